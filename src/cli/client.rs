@@ -1,0 +1,196 @@
+//! `fdopen-client`: ask a server by hand or from scripts (SPEC §7).
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use super::{exit, mode_parser};
+use crate::client::{Client, Error};
+use crate::protocol::{Grant, Mode};
+use crate::socket_path;
+
+/// Ask an fdopen server to open files on your behalf.
+///
+/// Exit codes: 0 success; 1 the request was refused (code and message on
+/// stderr); 2 usage or configuration error; 3 the server could not be reached.
+#[derive(Debug, Parser)]
+#[command(name = "fdopen-client", version, max_term_width = 100)]
+pub struct Cli {
+    /// Socket of the server [default: /run/fdopen/fdopen.sock as root,
+    /// else $XDG_RUNTIME_DIR/fdopen.sock]
+    #[arg(long, env = "FDOPEN_SOCKET", global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: ClientCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Ask the server who it is.
+    Hello,
+    /// Open a file through the server.
+    ///
+    /// Without CMD, a file opened for read (or readwrite) is copied to
+    /// stdout; for write or append, stdin is copied into it. With CMD, CMD
+    /// is executed with the file as its stdin (read), its stdout (write,
+    /// append) or both (readwrite).
+    Open {
+        /// File to open; a relative path is taken from the current directory.
+        path: PathBuf,
+        #[arg(long, default_value = "read", value_parser = mode_parser())]
+        mode: Mode,
+        /// Command to run with the file, after `--`.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Ask whether a file would be granted, without opening it.
+    Check {
+        path: PathBuf,
+        #[arg(long, default_value = "read", value_parser = mode_parser())]
+        mode: Mode,
+        /// Print the server's answer as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Line-echo demo: pass stdin to the echo server, which prints each line.
+    Echo,
+}
+
+/// Runs the client; returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let socket = match socket_path::resolve(cli.socket) {
+        Ok(path) => path,
+        Err(e) => return fail(exit::USAGE, &e),
+    };
+    let outcome = match cli.command {
+        ClientCommand::Echo => {
+            crate::echo::send_input(&socket, io::stdin().as_fd()).map(|_| exit::OK)
+        }
+        command => Client::connect(&socket).and_then(|mut client| run(&mut client, command)),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => fail(error_exit_code(&e), &e),
+    }
+}
+
+fn run(client: &mut Client, command: ClientCommand) -> Result<i32, Error> {
+    match command {
+        ClientCommand::Hello => {
+            let info = client.hello()?;
+            println!(
+                "{} {} (protocol {})",
+                info.server, info.version, info.protocol
+            );
+            Ok(exit::OK)
+        }
+        ClientCommand::Check { path, mode, json } => check(client, &absolute(path), mode, json),
+        ClientCommand::Open {
+            path,
+            mode,
+            command,
+        } => {
+            let file = client.open(absolute(path), mode)?;
+            if command.is_empty() {
+                copy(file, mode)
+            } else {
+                run_with(file, mode, &command)
+            }
+        }
+        ClientCommand::Echo => unreachable!("handled without a Client"),
+    }
+}
+
+fn check(
+    client: &mut Client,
+    path: &std::path::Path,
+    mode: Mode,
+    json: bool,
+) -> Result<i32, Error> {
+    let result = client.check(path, mode);
+    if json {
+        let value = match &result {
+            Ok(Grant {
+                path,
+                size,
+                mtime,
+                rule,
+            }) => {
+                json!({"ok": true, "fd": false, "path": path, "size": size, "mtime": mtime, "rule": rule})
+            }
+            Err(Error::Refused(e)) => json!({"ok": false, "error": e}),
+            Err(_) => return result.map(|_| exit::OK),
+        };
+        println!("{value}");
+        return Ok(if result.is_ok() {
+            exit::OK
+        } else {
+            exit::REFUSED
+        });
+    }
+    let grant = result?;
+    println!(
+        "granted: {} ({} bytes, rule {})",
+        grant.path, grant.size, grant.rule
+    );
+    Ok(exit::OK)
+}
+
+/// Copies the file to stdout, or stdin into it for write and append.
+fn copy(mut file: File, mode: Mode) -> Result<i32, Error> {
+    let copied = match mode {
+        Mode::Read | Mode::ReadWrite => {
+            io::copy(&mut file, &mut io::stdout().lock()).and_then(|_| io::stdout().flush())
+        }
+        Mode::Write | Mode::Append => io::copy(&mut io::stdin().lock(), &mut file).map(drop),
+    };
+    match copied {
+        // `| head` closing the pipe early is not a failure.
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(Error::Io(e)),
+        _ => Ok(exit::OK),
+    }
+}
+
+/// Replaces this process with CMD, the granted file as stdin and/or stdout.
+fn run_with(file: File, mode: Mode, command: &[OsString]) -> Result<i32, Error> {
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    match mode {
+        Mode::Read => cmd.stdin(Stdio::from(file)),
+        Mode::Write | Mode::Append => cmd.stdout(Stdio::from(file)),
+        Mode::ReadWrite => cmd
+            .stdin(Stdio::from(file.try_clone()?))
+            .stdout(Stdio::from(file)),
+    };
+    let e = cmd.exec();
+    eprintln!(
+        "fdopen-client: cannot run {}: {e}",
+        command[0].to_string_lossy()
+    );
+    Ok(exit::USAGE)
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
+
+fn error_exit_code(e: &Error) -> i32 {
+    match e {
+        Error::Refused(_) => exit::REFUSED,
+        Error::NonUtf8Path(_) => exit::USAGE,
+        Error::Connect { .. } | Error::Io(_) | Error::Protocol(_) => exit::UNREACHABLE,
+    }
+}
+
+fn fail(code: i32, e: &dyn std::fmt::Display) -> i32 {
+    eprintln!("fdopen-client: {e}");
+    code
+}

@@ -1,0 +1,27 @@
+//! The command-line front ends of the two binaries, kept in the library so
+//! the binaries stay one line each and the definitions can feed man pages
+//! and completions.
+
+pub mod client;
+pub mod server;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+
+use crate::protocol::Mode;
+
+/// `--mode` with its possible values listed in `--help`.
+fn mode_parser() -> impl TypedValueParser<Value = Mode> {
+    PossibleValuesParser::new(Mode::ALL.map(Mode::as_str))
+        .map(|s| s.parse::<Mode>().expect("listed value"))
+}
+
+/// Exit codes of SPEC §7.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// The request was refused.
+    pub const REFUSED: i32 = 1;
+    /// Usage or configuration error.
+    pub const USAGE: i32 = 2;
+    /// The server could not be reached.
+    pub const UNREACHABLE: i32 = 3;
+}

@@ -1,0 +1,401 @@
+//! `fdopen-server`: serve, check a policy, explain a decision, or run the
+//! echo demo (SPEC §7).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use nix::sys::signal::{SigSet, Signal};
+use serde_json::json;
+
+use super::{exit, mode_parser};
+use crate::audit::AuditLog;
+use crate::decision::{Explanation, explain};
+use crate::peer::PeerIdentity;
+use crate::policy::{Policy, PolicyErrors};
+use crate::protocol::{Mode, normalize_path};
+use crate::server::{Server, ServerConfig};
+use crate::{socket_path, systemd};
+
+/// Policy-gated file-open broker: opens the files a policy grants and hands
+/// the descriptors to clients over a Unix socket.
+///
+/// Exit codes: 0 success; 1 `check` found errors; 2 usage or configuration
+/// error (bad policy, socket in use, ...).
+#[derive(Debug, Parser)]
+#[command(name = "fdopen-server", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: ServerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Serve requests on a Unix socket until SIGTERM or SIGINT; SIGHUP
+    /// reloads the policy and reopens the audit log.
+    Serve(ServeArgs),
+    /// Validate a policy: exit 0, or 1 with every error located.
+    Check {
+        /// Policy file, or directory of *.json files.
+        #[arg(long, value_name = "PATH")]
+        policy: PathBuf,
+    },
+    /// Show, rule by rule, whether a request would match and why not,
+    /// then the decision the server would make.
+    Explain(ExplainArgs),
+    /// Run the line-echo demo server: print every line of every client's stdin.
+    Echo {
+        #[arg(long, env = "FDOPEN_SOCKET", value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Socket to listen on [default: /run/fdopen/fdopen.sock as root, else
+    /// $XDG_RUNTIME_DIR/fdopen.sock]; not needed under socket activation.
+    #[arg(long, env = "FDOPEN_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Policy file, or directory of *.json files.
+    #[arg(long, value_name = "PATH")]
+    pub policy: PathBuf,
+    /// Permissions of the socket file, in octal.
+    #[arg(long, default_value = "0660", value_parser = parse_octal_mode, value_name = "MODE")]
+    pub socket_mode: u32,
+    /// Group owning the socket file (name or gid).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Append audit records to FILE instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Longest request line in bytes, newline included.
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(64..=16 << 20), value_name = "BYTES")]
+    pub max_request: u64,
+    /// Disconnect clients idle (or stuck mid-request) this long, e.g. 60s, 5m.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
+    pub idle_timeout: Duration,
+    /// Most clients connected at once; more are answered busy.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_clients: usize,
+    /// Worker threads [default: number of CPUs].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256), value_name = "N")]
+    pub workers: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Policy file, or directory of *.json files.
+    #[arg(long, value_name = "PATH")]
+    pub policy: PathBuf,
+    /// Absolute path the client would ask for.
+    #[arg(long, value_name = "P")]
+    pub path: String,
+    #[arg(long, default_value = "read", value_parser = mode_parser())]
+    pub mode: Mode,
+    /// Client uid [default: yours].
+    #[arg(long, value_name = "N")]
+    pub uid: Option<u32>,
+    /// Client gid; the first is the primary group, more are supplementary
+    /// [default: yours].
+    #[arg(long, value_name = "N")]
+    pub gid: Vec<u32>,
+    /// Print the explanation as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_octal_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode such as 0660"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Runs the server CLI; returns the exit code.
+pub fn main() -> i32 {
+    match Cli::parse().command {
+        ServerCommand::Serve(args) => serve(args),
+        ServerCommand::Check { policy } => check(&policy),
+        ServerCommand::Explain(args) => explain_command(args),
+        ServerCommand::Echo { socket } => echo(socket),
+    }
+}
+
+fn log(message: impl std::fmt::Display) {
+    eprintln!("fdopen-server: {message}");
+}
+
+fn print_policy_errors(errors: &PolicyErrors) {
+    for e in &errors.0 {
+        eprintln!("error: {e}");
+    }
+}
+
+fn check(path: &Path) -> i32 {
+    match Policy::load(path) {
+        Ok(policy) => {
+            println!("{}: ok, {} rules", path.display(), policy.rules.len());
+            exit::OK
+        }
+        Err(errors) => {
+            print_policy_errors(&errors);
+            exit::REFUSED
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> i32 {
+    match try_serve(args) {
+        Ok(()) => exit::OK,
+        Err(message) => {
+            log(message);
+            exit::USAGE
+        }
+    }
+}
+
+fn try_serve(args: ServeArgs) -> Result<(), String> {
+    let activated = systemd::take_listener();
+    let policy = Policy::load(&args.policy).map_err(|errors| {
+        print_policy_errors(&errors);
+        format!("cannot load policy {}", args.policy.display())
+    })?;
+    let audit = match &args.audit_log {
+        Some(path) => AuditLog::open(path)
+            .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?,
+        None => AuditLog::stderr(),
+    };
+    let group = args
+        .socket_group
+        .as_deref()
+        .map(resolve_group)
+        .transpose()?;
+    raise_fd_limit();
+    let (listener, owned_path) = match activated {
+        Some(listener) => (listener, None),
+        None => {
+            let path = socket_path::resolve(args.socket).map_err(|e| e.to_string())?;
+            let listener =
+                socket_path::bind(&path, args.socket_mode, group).map_err(|e| e.to_string())?;
+            (listener, Some(path))
+        }
+    };
+    // Signals are taken synchronously by this thread; workers inherit the mask.
+    let signals = SigSet::from_iter([Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT]);
+    signals
+        .thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+    let mut config = ServerConfig {
+        max_request: args.max_request as usize,
+        idle_timeout: args.idle_timeout,
+        max_clients: args.max_clients,
+        ..ServerConfig::default()
+    };
+    if let Some(workers) = args.workers {
+        config.workers = workers as usize;
+    }
+    let rules = policy.rules.len();
+    let workers = config.workers;
+    let server = Server::start(listener, policy, args.policy.clone(), audit, config)
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let place = owned_path
+        .as_ref()
+        .map_or("the socket systemd passed".to_owned(), |p| {
+            p.display().to_string()
+        });
+    log(format_args!(
+        "listening on {place} ({rules} rules, {workers} workers)"
+    ));
+    let _ = systemd::notify("READY=1");
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGHUP) => {
+                match server.reload() {
+                    Ok(rules) => log(format_args!(
+                        "reloaded policy {} ({rules} rules)",
+                        args.policy.display()
+                    )),
+                    Err(errors) => {
+                        print_policy_errors(&errors);
+                        log("policy reload failed; the previous policy stays in force");
+                    }
+                }
+                if let Err(e) = server.reopen_audit_log() {
+                    log(format_args!("cannot reopen audit log: {e}"));
+                }
+            }
+            Ok(signal) => {
+                log(format_args!(
+                    "{signal}: finishing responses in flight and stopping"
+                ));
+                let _ = systemd::notify("STOPPING=1");
+                server.shutdown();
+                if let Some(path) = owned_path {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(format!("waiting for signals failed: {e}")),
+        }
+    }
+}
+
+fn resolve_group(name: &str) -> Result<nix::unistd::Gid, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(gid));
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid),
+        _ => Err(format!("unknown group {name:?} for --socket-group")),
+    }
+}
+
+/// Many clients need many descriptors: take all the hard limit allows.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn echo(socket: Option<PathBuf>) -> i32 {
+    let result = socket_path::resolve(socket)
+        .map_err(|e| e.to_string())
+        .and_then(|path| {
+            socket_path::bind(&path, 0o666, None)
+                .map_err(|e| e.to_string())
+                .map(|l| (l, path))
+        });
+    match result {
+        Ok((listener, path)) => {
+            log(format_args!("echo demo listening on {}", path.display()));
+            let _ = systemd::notify("READY=1");
+            match crate::echo::serve(listener, std::io::stdout()) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    log(e);
+                    exit::USAGE
+                }
+            }
+        }
+        Err(message) => {
+            log(message);
+            exit::USAGE
+        }
+    }
+}
+
+fn explain_command(args: ExplainArgs) -> i32 {
+    let policy = match Policy::load(&args.policy) {
+        Ok(p) => p,
+        Err(errors) => {
+            print_policy_errors(&errors);
+            return exit::USAGE;
+        }
+    };
+    let path = match normalize_path(&args.path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("fdopen-server: bad path: {e}");
+            return exit::USAGE;
+        }
+    };
+    let me = PeerIdentity::current();
+    let client = PeerIdentity {
+        pid: 0,
+        uid: args.uid.unwrap_or(me.uid),
+        gid: args.gid.first().copied().unwrap_or(me.gid),
+        groups: if args.gid.is_empty() {
+            me.groups
+        } else {
+            args.gid[1..].to_vec()
+        },
+    };
+    let explanation = explain(&policy, &path, &client, args.mode);
+    if args.json {
+        println!("{}", explanation_json(&explanation, &client, args.mode));
+    } else {
+        print!("{}", explanation_text(&explanation, &client, args.mode));
+    }
+    if explanation.outcome.is_ok() {
+        exit::OK
+    } else {
+        exit::REFUSED
+    }
+}
+
+fn explanation_text(e: &Explanation<'_>, client: &PeerIdentity, mode: Mode) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "request: {mode} {} as uid {} gid {}",
+        e.path, client.uid, client.gid
+    );
+    if let Some(real) = &e.real_path {
+        let _ = writeln!(out, "real path: {real}");
+    }
+    let width = e.rules.iter().map(|v| v.rule.name.len()).max().unwrap_or(0);
+    for v in &e.rules {
+        let verdict = match &v.mismatch {
+            None => "matches".to_owned(),
+            Some(m) => format!("no: {m}"),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<5} {:<width$}  {verdict}",
+            v.rule.effect.as_str(),
+            v.rule.name
+        );
+    }
+    match &e.outcome {
+        Ok(grant) => {
+            let _ = writeln!(
+                out,
+                "decision: granted by rule {} ({} bytes)",
+                grant.rule, grant.size
+            );
+        }
+        Err(r) => {
+            let _ = writeln!(out, "decision: {}: {}", r.code, r.message);
+        }
+    }
+    out
+}
+
+fn explanation_json(e: &Explanation<'_>, client: &PeerIdentity, mode: Mode) -> serde_json::Value {
+    let rules: Vec<_> = e
+        .rules
+        .iter()
+        .map(|v| {
+            json!({
+                "name": v.rule.name,
+                "effect": v.rule.effect.as_str(),
+                "matched": v.mismatch.is_none(),
+                "reason": v.mismatch.as_ref().map(|m| m.to_string()),
+            })
+        })
+        .collect();
+    let decision = match &e.outcome {
+        Ok(g) => {
+            json!({"ok": true, "rule": g.rule, "path": g.path, "size": g.size, "mtime": g.mtime})
+        }
+        Err(r) => json!({"ok": false, "code": r.code, "message": r.message, "rule": r.rule}),
+    };
+    json!({
+        "path": e.path,
+        "real_path": e.real_path,
+        "mode": mode,
+        "uid": client.uid,
+        "gid": client.gid,
+        "groups": client.groups,
+        "rules": rules,
+        "decision": decision,
+    })
+}

@@ -1,0 +1,205 @@
+//! The client library: connect, ask, and get a [`File`].
+//!
+//! Responses may arrive several to one `recvmsg`, each grant's descriptor
+//! with its own bytes, so received descriptors wait in a FIFO and each
+//! response with `"fd": true` takes the oldest. That keeps pipelining
+//! ([`Client::send`] many, then [`Client::receive`] as many) correct.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use crate::fdpass;
+use crate::protocol::{Grant, Mode, Op, ResponseLine, ServerError, ServerInfo, WireRequest};
+
+/// Everything that can go wrong for a client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server could not be reached.
+    #[error("cannot connect to {path}: {source}")]
+    Connect { path: PathBuf, source: io::Error },
+    /// The connection broke after it was made.
+    #[error("connection to the server failed: {0}")]
+    Io(#[from] io::Error),
+    /// The server said something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The server refused the request.
+    #[error("{0}")]
+    Refused(#[from] ServerError),
+    /// Requests carry paths as JSON strings.
+    #[error("path is not valid UTF-8: {0:?}")]
+    NonUtf8Path(PathBuf),
+}
+
+/// One response, with the descriptor of a grant.
+#[derive(Debug)]
+pub struct Response {
+    pub line: ResponseLine,
+    pub fd: Option<OwnedFd>,
+}
+
+impl Response {
+    /// The grant this response reports, or the server's refusal.
+    pub fn into_result(self) -> Result<(Grant, Option<OwnedFd>), Error> {
+        let line = self.line;
+        if !line.ok {
+            return Err(Error::Refused(line.error.ok_or_else(|| {
+                Error::Protocol("refusal without an error".into())
+            })?));
+        }
+        let missing = |what| Error::Protocol(format!("grant without {what}"));
+        let grant = Grant {
+            path: line.path.ok_or_else(|| missing("path"))?,
+            size: line.size.ok_or_else(|| missing("size"))?,
+            mtime: line.mtime.ok_or_else(|| missing("mtime"))?,
+            rule: line.rule.ok_or_else(|| missing("rule"))?,
+        };
+        Ok((grant, self.fd))
+    }
+}
+
+/// A connection to an fdopen server.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+    inbuf: Vec<u8>,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl Client {
+    /// Connects to the server listening at `socket`.
+    pub fn connect(socket: impl AsRef<Path>) -> Result<Client, Error> {
+        let path = socket.as_ref();
+        let stream = UnixStream::connect(path).map_err(|source| Error::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Client::from_stream(stream))
+    }
+
+    /// Wraps an already connected stream.
+    pub fn from_stream(stream: UnixStream) -> Client {
+        Client {
+            stream,
+            inbuf: Vec::new(),
+            fds: VecDeque::new(),
+        }
+    }
+
+    /// Asks the server who it is.
+    pub fn hello(&mut self) -> Result<ServerInfo, Error> {
+        self.send(Op::Hello, None, None)?;
+        let line = self.receive()?.line;
+        if !line.ok {
+            return Err(line
+                .error
+                .map_or_else(|| Error::Protocol("bad hello".into()), Error::Refused));
+        }
+        match (line.server, line.version, line.protocol) {
+            (Some(server), Some(version), Some(protocol)) => Ok(ServerInfo {
+                server,
+                version,
+                protocol,
+            }),
+            _ => Err(Error::Protocol(
+                "hello response lacks server, version or protocol".into(),
+            )),
+        }
+    }
+
+    /// Opens `path` through the server.
+    pub fn open(&mut self, path: impl AsRef<Path>, mode: Mode) -> Result<File, Error> {
+        self.open_with_grant(path, mode).map(|(file, _)| file)
+    }
+
+    /// Opens `path` and also returns what the server reported about it.
+    pub fn open_with_grant(
+        &mut self,
+        path: impl AsRef<Path>,
+        mode: Mode,
+    ) -> Result<(File, Grant), Error> {
+        self.send(Op::Open, Some(utf8(path.as_ref())?), Some(mode))?;
+        match self.receive()?.into_result()? {
+            (grant, Some(fd)) => Ok((File::from(fd), grant)),
+            (_, None) => Err(Error::Protocol("grant without a descriptor".into())),
+        }
+    }
+
+    /// Asks whether `path` would be granted, without opening it for us.
+    pub fn check(&mut self, path: impl AsRef<Path>, mode: Mode) -> Result<Grant, Error> {
+        self.send(Op::Check, Some(utf8(path.as_ref())?), Some(mode))?;
+        self.receive()?.into_result().map(|(grant, _)| grant)
+    }
+
+    /// Sends one request without waiting for its response (pipelining).
+    pub fn send(&mut self, op: Op, path: Option<&str>, mode: Option<Mode>) -> Result<(), Error> {
+        let request = WireRequest {
+            op,
+            path: path.map(str::to_owned),
+            mode,
+            id: None,
+        };
+        let mut line = serde_json::to_vec(&request).map_err(|e| Error::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.send_raw(&line)
+    }
+
+    /// Sends bytes as they are: for tests and tools that speak raw JSON.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Receives the next response, in request order.
+    pub fn receive(&mut self) -> Result<Response, Error> {
+        loop {
+            if let Some(newline) = self.inbuf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.inbuf.drain(..=newline).collect();
+                let parsed: ResponseLine = serde_json::from_slice(&line[..newline])
+                    .map_err(|e| Error::Protocol(format!("bad response line: {e}")))?;
+                let fd = if parsed.fd {
+                    Some(self.fds.pop_front().ok_or_else(|| {
+                        Error::Protocol("\"fd\":true but no descriptor came".into())
+                    })?)
+                } else {
+                    None
+                };
+                return Ok(Response { line: parsed, fd });
+            }
+            let mut buf = [0u8; 16 * 1024];
+            let received = fdpass::recv(self.stream.as_fd(), &mut buf)?;
+            if received.bytes == 0 {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "server closed the connection",
+                )));
+            }
+            if received.truncated {
+                return Err(Error::Protocol(
+                    "descriptors were truncated (MSG_CTRUNC)".into(),
+                ));
+            }
+            self.inbuf.extend_from_slice(&buf[..received.bytes]);
+            self.fds.extend(received.fds);
+        }
+    }
+
+    /// Descriptors received and not yet claimed by a response.
+    pub fn unclaimed_fds(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// The underlying socket.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+}
+
+fn utf8(path: &Path) -> Result<&str, Error> {
+    path.to_str()
+        .ok_or_else(|| Error::NonUtf8Path(path.to_owned()))
+}

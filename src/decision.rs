@@ -1,0 +1,664 @@
+//! The decision of SPEC §5: deny overrides allow, nothing is allowed
+//! implicitly, and the path is matched both as requested (before the
+//! filesystem is touched) and as really opened.
+//!
+//! The server, `check` and `explain` all go through [`decide`] and the
+//! per-rule predicates here, so what `explain` says is what the server does.
+
+use std::fmt;
+use std::fs::File;
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::peer::PeerIdentity;
+use crate::policy::{Age, ByteSize, Effect, Policy, Rule};
+use crate::protocol::{ErrorCode, Grant, Mode};
+use crate::safe_open::{self, FileFacts, FileKind, Located, OpenError};
+
+/// Why a rule does not apply to a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mismatch {
+    Path,
+    Mode(Mode),
+    User(u32),
+    Group,
+    /// The path matches, but the file it leads to (through symlinks) does not.
+    RealPath,
+    File(FileMismatch),
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mismatch::Path => f.write_str("path matches none of its globs"),
+            Mismatch::Mode(m) => write!(f, "does not cover mode {m}"),
+            Mismatch::User(uid) => write!(f, "uid {uid} is not among its users"),
+            Mismatch::Group => f.write_str("none of the client's groups is among its groups"),
+            Mismatch::RealPath => {
+                f.write_str("the real path (after symlinks) matches none of its globs")
+            }
+            Mismatch::File(m) => write!(f, "{}", m.describe()),
+        }
+    }
+}
+
+/// A size or age condition the file fails.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileMismatch {
+    TooLarge { limit: ByteSize, size: ByteSize },
+    TooSmall { limit: ByteSize, size: ByteSize },
+    TooOld { limit: Age, age: Age },
+    TooNew { limit: Age, age: Age },
+}
+
+impl FileMismatch {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FileMismatch::TooLarge { .. } => ErrorCode::TooLarge,
+            FileMismatch::TooSmall { .. } => ErrorCode::TooSmall,
+            FileMismatch::TooOld { .. } => ErrorCode::TooOld,
+            FileMismatch::TooNew { .. } => ErrorCode::TooNew,
+        }
+    }
+
+    /// "allows at most 10 MiB; file is 12.5 MiB"
+    pub fn describe(&self) -> String {
+        match self {
+            FileMismatch::TooLarge { limit, size } => {
+                format!("allows at most {limit}; file is {size}")
+            }
+            FileMismatch::TooSmall { limit, size } => {
+                format!("allows at least {limit}; file is {size}")
+            }
+            FileMismatch::TooOld { limit, age } => {
+                format!("allows files at most {limit} old; file is {age} old")
+            }
+            FileMismatch::TooNew { limit, age } => {
+                format!("allows files at least {limit} old; file is {age} old")
+            }
+        }
+    }
+}
+
+impl Rule {
+    /// Does a glob of this rule match `path`?
+    pub fn matches_path(&self, path: &Path) -> bool {
+        self.matcher.is_match(path)
+    }
+
+    /// Mode, users and groups: everything that needs no file.
+    pub fn check_request(&self, client: &PeerIdentity, mode: Mode) -> Result<(), Mismatch> {
+        if self.modes & mode.bit() == 0 {
+            return Err(Mismatch::Mode(mode));
+        }
+        if self
+            .users
+            .as_ref()
+            .is_some_and(|users| !users.contains(&client.uid))
+        {
+            return Err(Mismatch::User(client.uid));
+        }
+        if self
+            .groups
+            .as_ref()
+            .is_some_and(|groups| !groups.iter().any(|&g| client.in_group(g)))
+        {
+            return Err(Mismatch::Group);
+        }
+        Ok(())
+    }
+
+    /// Size, then age, of the opened file.
+    pub fn check_file(&self, facts: &FileFacts, now: SystemTime) -> Result<(), FileMismatch> {
+        let size = ByteSize(facts.size);
+        if let Some(limit) = self.size.max.filter(|&l| size > l) {
+            return Err(FileMismatch::TooLarge { limit, size });
+        }
+        if let Some(limit) = self.size.min.filter(|&l| size < l) {
+            return Err(FileMismatch::TooSmall { limit, size });
+        }
+        // Whole seconds read better in messages and lose nothing that matters.
+        let age = Age(std::time::Duration::from_secs(facts.age(now).as_secs()));
+        if let Some(limit) = self.age.max.filter(|&l| facts.age(now) > l.0) {
+            return Err(FileMismatch::TooOld { limit, age });
+        }
+        if let Some(limit) = self.age.min.filter(|&l| facts.age(now) < l.0) {
+            return Err(FileMismatch::TooNew { limit, age });
+        }
+        Ok(())
+    }
+}
+
+/// A refused request: the code and message for the client, and the deny
+/// rule that decided, for the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+    pub rule: Option<String>,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+            rule: None,
+        }
+    }
+
+    fn denied_by(rule: &Rule) -> Refusal {
+        Refusal {
+            code: ErrorCode::Denied,
+            message: format!("denied by rule {}", rule.name),
+            rule: Some(rule.name.clone()),
+        }
+    }
+}
+
+impl From<OpenError> for Refusal {
+    fn from(e: OpenError) -> Refusal {
+        let code = match e {
+            OpenError::NotFound => ErrorCode::NotFound,
+            OpenError::OutOfFds => ErrorCode::Busy,
+            OpenError::Io { .. } | OpenError::Changed => ErrorCode::IoError,
+        };
+        Refusal::new(code, e.to_string())
+    }
+}
+
+/// The rules that apply to one path, client and mode before the file is
+/// looked at; the server keeps one per worker to avoid allocating.
+#[derive(Default, Debug)]
+pub struct Candidates {
+    glob_hits: Vec<usize>,
+    allow: Vec<usize>,
+    deny: Vec<usize>,
+}
+
+impl Policy {
+    /// Stage one, before any filesystem access: the allow and deny rules
+    /// whose path, mode and client conditions hold. Refuses when no allow
+    /// rule is left, or when a deny rule with no file conditions applies.
+    pub fn candidates(
+        &self,
+        path: &Path,
+        client: &PeerIdentity,
+        mode: Mode,
+        out: &mut Candidates,
+    ) -> Result<(), Refusal> {
+        self.all_globs.matches_into(path, &mut out.glob_hits);
+        // Globs are numbered in rule order: sorted hits visit rules in order.
+        out.glob_hits.sort_unstable();
+        out.allow.clear();
+        out.deny.clear();
+        for &glob in &out.glob_hits {
+            let index = self.glob_rule[glob];
+            let rule = &self.rules[index];
+            if rule.check_request(client, mode).is_err() {
+                continue;
+            }
+            let list = match rule.effect {
+                Effect::Allow => &mut out.allow,
+                Effect::Deny => &mut out.deny,
+            };
+            // A rule with several matching globs is listed once.
+            if list.last() != Some(&index) {
+                list.push(index);
+            }
+        }
+        if let Some(&deny) = out
+            .deny
+            .iter()
+            .find(|&&i| !self.rules[i].has_file_conditions())
+        {
+            return Err(Refusal::denied_by(&self.rules[deny]));
+        }
+        if out.allow.is_empty() {
+            return Err(Refusal::new(
+                ErrorCode::Denied,
+                format!("no rule allows {mode} of this path for uid {}", client.uid),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stage two, on the opened file: deny rules with file conditions, then
+    /// the first allow rule whose size and age conditions hold.
+    fn judge(
+        &self,
+        candidates: &Candidates,
+        facts: &FileFacts,
+        now: SystemTime,
+    ) -> Result<&Rule, Refusal> {
+        for &i in &candidates.deny {
+            if self.rules[i].check_file(facts, now).is_ok() {
+                return Err(Refusal::denied_by(&self.rules[i]));
+            }
+        }
+        let mut first_failure = None;
+        for &i in &candidates.allow {
+            let rule = &self.rules[i];
+            match rule.check_file(facts, now) {
+                Ok(()) => return Ok(rule),
+                Err(why) => {
+                    first_failure.get_or_insert((rule, why));
+                }
+            }
+        }
+        let (rule, why) = first_failure.expect("candidates always hold an allow rule");
+        Err(Refusal::new(
+            why.code(),
+            format!("rule {} {}", rule.name, why.describe()),
+        ))
+    }
+}
+
+/// Scratch space for [`decide`], reused across requests.
+#[derive(Default, Debug)]
+pub struct Scratch {
+    requested: Candidates,
+    real: Candidates,
+}
+
+/// A granted request: the open file and what to report about it.
+#[derive(Debug)]
+pub struct Decision {
+    pub file: File,
+    pub grant: Grant,
+    /// The real path, when a symlink made it differ from the request.
+    pub real_path: Option<String>,
+}
+
+/// Decides a request end to end and, if granted, returns the open file.
+///
+/// `path` must already be normalised ([`crate::protocol::normalize_path`]).
+pub fn decide(
+    policy: &Policy,
+    path: &str,
+    client: &PeerIdentity,
+    mode: Mode,
+    scratch: &mut Scratch,
+) -> Result<Decision, Refusal> {
+    policy.candidates(Path::new(path), client, mode, &mut scratch.requested)?;
+    let located = safe_open::locate(path)?;
+    decide_located(policy, path, &located, client, mode, scratch)
+}
+
+fn decide_located(
+    policy: &Policy,
+    path: &str,
+    located: &Located,
+    client: &PeerIdentity,
+    mode: Mode,
+    scratch: &mut Scratch,
+) -> Result<Decision, Refusal> {
+    let symlinked = located.real_path.as_os_str() != path;
+    if symlinked {
+        policy
+            .candidates(&located.real_path, client, mode, &mut scratch.real)
+            .map_err(|refusal| Refusal {
+                code: ErrorCode::Denied,
+                message: "the path leads to a file the policy does not allow".into(),
+                rule: refusal.rule,
+            })?;
+    }
+    if located.facts.kind != FileKind::Regular {
+        return Err(Refusal::new(
+            ErrorCode::NotRegular,
+            format!("not a regular file: a {}", located.facts.kind.describe()),
+        ));
+    }
+    let (file, facts) = located.reopen(mode)?;
+    let now = SystemTime::now();
+    let rule = policy.judge(&scratch.requested, &facts, now)?;
+    if symlinked {
+        policy.judge(&scratch.real, &facts, now)?;
+    }
+    let real_path = located.real_path.to_string_lossy().into_owned();
+    Ok(Decision {
+        file,
+        grant: Grant {
+            path: real_path.clone(),
+            size: facts.size,
+            mtime: facts.mtime_secs(),
+            rule: rule.name.clone(),
+        },
+        real_path: symlinked.then_some(real_path),
+    })
+}
+
+/// How one rule relates to a request, for `explain`.
+#[derive(Debug)]
+pub struct RuleVerdict<'a> {
+    pub rule: &'a Rule,
+    /// `None` when the rule matches the request completely.
+    pub mismatch: Option<Mismatch>,
+}
+
+/// Everything `explain` reports: each rule's verdict, then the decision
+/// exactly as the server would make it.
+#[derive(Debug)]
+pub struct Explanation<'a> {
+    pub path: String,
+    pub real_path: Option<String>,
+    pub file: Option<FileFacts>,
+    pub rules: Vec<RuleVerdict<'a>>,
+    pub outcome: Result<Grant, Refusal>,
+}
+
+/// Explains the decision for `path` rule by rule. The outcome comes from
+/// [`decide`] itself; the per-rule verdicts use the same predicates.
+pub fn explain<'a>(
+    policy: &'a Policy,
+    path: &str,
+    client: &PeerIdentity,
+    mode: Mode,
+) -> Explanation<'a> {
+    let located = safe_open::locate(path).ok();
+    let real = located
+        .as_ref()
+        .map(|l| l.real_path.clone())
+        .filter(|r| r.as_os_str() != path);
+    let file = located.as_ref().map(|l| l.facts);
+    let now = SystemTime::now();
+    let rules = policy
+        .rules
+        .iter()
+        .map(|rule| {
+            let mismatch = if !rule.matches_path(Path::new(path)) {
+                Some(Mismatch::Path)
+            } else if let Err(m) = rule.check_request(client, mode) {
+                Some(m)
+            } else if real.as_deref().is_some_and(|r| !rule.matches_path(r)) {
+                Some(Mismatch::RealPath)
+            } else {
+                file.filter(|f| f.kind == FileKind::Regular)
+                    .and_then(|f| rule.check_file(&f, now).err())
+                    .map(Mismatch::File)
+            };
+            RuleVerdict { rule, mismatch }
+        })
+        .collect();
+    let outcome = decide(policy, path, client, mode, &mut Scratch::default()).map(|d| d.grant);
+    Explanation {
+        path: path.to_owned(),
+        real_path: real.map(|r| r.to_string_lossy().into_owned()),
+        file,
+        rules,
+        outcome,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn policy(text: &str) -> Policy {
+        Policy::from_str(Path::new("t.json"), text).unwrap()
+    }
+
+    fn client(uid: u32, gid: u32, groups: &[u32]) -> PeerIdentity {
+        PeerIdentity {
+            pid: 1,
+            uid,
+            gid,
+            groups: groups.to_vec(),
+        }
+    }
+
+    fn facts(size: u64, age_secs: u64, now: SystemTime) -> FileFacts {
+        FileFacts {
+            kind: FileKind::Regular,
+            size,
+            mtime: now - Duration::from_secs(age_secs),
+            dev: 1,
+            ino: 1,
+            links: 1,
+        }
+    }
+
+    /// Both stages, on made-up file facts.
+    fn verdict(
+        p: &Policy,
+        path: &str,
+        who: &PeerIdentity,
+        mode: Mode,
+        f: Option<FileFacts>,
+    ) -> Result<String, ErrorCode> {
+        let now = SystemTime::now();
+        let mut c = Candidates::default();
+        p.candidates(Path::new(path), who, mode, &mut c)
+            .map_err(|r| r.code)?;
+        let f = f.unwrap_or_else(|| facts(10, 10, now));
+        p.judge(&c, &f, now)
+            .map(|r| r.name.clone())
+            .map_err(|r| r.code)
+    }
+
+    const ROOT: fn() -> PeerIdentity = || client(0, 0, &[]);
+
+    #[test]
+    fn empty_policy_grants_nothing() {
+        let p = policy(r#"{"rules":[]}"#);
+        assert_eq!(
+            verdict(&p, "/etc/passwd", &ROOT(), Mode::Read, None),
+            Err(ErrorCode::Denied)
+        );
+    }
+
+    #[test]
+    fn star_stays_within_a_component_and_double_star_crosses() {
+        let p = policy(
+            r#"{"rules":[{"name":"one","paths":["/d/*.txt"]},{"name":"deep","paths":["/e/**/*.txt"]}]}"#,
+        );
+        assert_eq!(
+            verdict(&p, "/d/a.txt", &ROOT(), Mode::Read, None),
+            Ok("one".into())
+        );
+        assert_eq!(
+            verdict(&p, "/d/sub/a.txt", &ROOT(), Mode::Read, None),
+            Err(ErrorCode::Denied)
+        );
+        assert_eq!(
+            verdict(&p, "/e/a.txt", &ROOT(), Mode::Read, None),
+            Ok("deep".into())
+        );
+        assert_eq!(
+            verdict(&p, "/e/x/y/a.txt", &ROOT(), Mode::Read, None),
+            Ok("deep".into())
+        );
+        let q = policy(r#"{"rules":[{"name":"q","paths":["/d/?.txt","/d/[ab]c"]}]}"#);
+        assert_eq!(
+            verdict(&q, "/d/a.txt", &ROOT(), Mode::Read, None),
+            Ok("q".into())
+        );
+        assert_eq!(
+            verdict(&q, "/d//.txt", &ROOT(), Mode::Read, None),
+            Err(ErrorCode::Denied)
+        );
+        assert_eq!(
+            verdict(&q, "/d/bc", &ROOT(), Mode::Read, None),
+            Ok("q".into())
+        );
+        assert_eq!(
+            verdict(&q, "/d/cc", &ROOT(), Mode::Read, None),
+            Err(ErrorCode::Denied)
+        );
+    }
+
+    #[test]
+    fn deny_overrides_allow_whatever_the_order() {
+        for text in [
+            r#"{"rules":[{"name":"a","paths":["/d/**"]},{"name":"n","effect":"deny","paths":["/**/*.key"]}]}"#,
+            r#"{"rules":[{"name":"n","effect":"deny","paths":["/**/*.key"]},{"name":"a","paths":["/d/**"]}]}"#,
+        ] {
+            let p = policy(text);
+            assert_eq!(
+                verdict(&p, "/d/x.key", &ROOT(), Mode::Read, None),
+                Err(ErrorCode::Denied)
+            );
+            assert_eq!(
+                verdict(&p, "/d/x.txt", &ROOT(), Mode::Read, None),
+                Ok("a".into())
+            );
+        }
+    }
+
+    #[test]
+    fn deny_refusal_names_its_rule_before_any_file_access() {
+        let p = policy(
+            r#"{"rules":[{"name":"a","paths":["/d/**"]},{"name":"n","effect":"deny","paths":["/d/secret"]}]}"#,
+        );
+        let mut c = Candidates::default();
+        let r = p
+            .candidates(Path::new("/d/secret"), &ROOT(), Mode::Read, &mut c)
+            .unwrap_err();
+        assert_eq!(r.rule.as_deref(), Some("n"));
+    }
+
+    #[test]
+    fn modes_default_to_read_only() {
+        let p = policy(
+            r#"{"rules":[{"name":"a","paths":["/d/*"]},{"name":"w","paths":["/w/*"],"modes":["write","append"]}]}"#,
+        );
+        assert_eq!(
+            verdict(&p, "/d/x", &ROOT(), Mode::Read, None),
+            Ok("a".into())
+        );
+        for m in [Mode::Write, Mode::ReadWrite, Mode::Append] {
+            assert_eq!(
+                verdict(&p, "/d/x", &ROOT(), m, None),
+                Err(ErrorCode::Denied)
+            );
+        }
+        assert_eq!(
+            verdict(&p, "/w/x", &ROOT(), Mode::Append, None),
+            Ok("w".into())
+        );
+        assert_eq!(
+            verdict(&p, "/w/x", &ROOT(), Mode::Read, None),
+            Err(ErrorCode::Denied)
+        );
+        assert_eq!(
+            verdict(&p, "/w/x", &ROOT(), Mode::ReadWrite, None),
+            Err(ErrorCode::Denied)
+        );
+    }
+
+    #[test]
+    fn users_and_groups_match_primary_and_supplementary() {
+        let p = policy(
+            r#"{"rules":[{"name":"u","paths":["/u"],"users":[1001]},{"name":"g","paths":["/g"],"groups":[50]}]}"#,
+        );
+        assert_eq!(
+            verdict(&p, "/u", &client(1001, 1, &[]), Mode::Read, None),
+            Ok("u".into())
+        );
+        assert_eq!(
+            verdict(&p, "/u", &client(1002, 1, &[]), Mode::Read, None),
+            Err(ErrorCode::Denied)
+        );
+        assert_eq!(
+            verdict(&p, "/g", &client(5, 50, &[]), Mode::Read, None),
+            Ok("g".into())
+        );
+        assert_eq!(
+            verdict(&p, "/g", &client(5, 1, &[7, 50]), Mode::Read, None),
+            Ok("g".into())
+        );
+        assert_eq!(
+            verdict(&p, "/g", &client(5, 1, &[7]), Mode::Read, None),
+            Err(ErrorCode::Denied)
+        );
+    }
+
+    #[test]
+    fn size_and_age_conditions_give_their_codes() {
+        let p = policy(
+            r#"{"rules":[{"name":"r","paths":["/f"],"min_size":10,"max_size":"1KiB","min_age":"1m","max_age":"1h"}]}"#,
+        );
+        let now = SystemTime::now();
+        let who = ROOT();
+        let check = |size, age| verdict(&p, "/f", &who, Mode::Read, Some(facts(size, age, now)));
+        assert_eq!(check(100, 600), Ok("r".into()));
+        assert_eq!(check(1025, 600), Err(ErrorCode::TooLarge));
+        assert_eq!(check(9, 600), Err(ErrorCode::TooSmall));
+        assert_eq!(check(100, 7200), Err(ErrorCode::TooOld));
+        assert_eq!(check(100, 5), Err(ErrorCode::TooNew));
+        // Bounds are inclusive.
+        assert_eq!(check(1024, 600), Ok("r".into()));
+        assert_eq!(check(10, 600), Ok("r".into()));
+    }
+
+    #[test]
+    fn any_allow_rule_whose_conditions_hold_grants() {
+        let p = policy(
+            r#"{"rules":[{"name":"small","paths":["/f"],"max_size":10},{"name":"big","paths":["/f"],"min_size":100}]}"#,
+        );
+        let now = SystemTime::now();
+        assert_eq!(
+            verdict(&p, "/f", &ROOT(), Mode::Read, Some(facts(5, 1, now))),
+            Ok("small".into())
+        );
+        assert_eq!(
+            verdict(&p, "/f", &ROOT(), Mode::Read, Some(facts(500, 1, now))),
+            Ok("big".into())
+        );
+        assert_eq!(
+            verdict(&p, "/f", &ROOT(), Mode::Read, Some(facts(50, 1, now))),
+            Err(ErrorCode::TooLarge)
+        );
+    }
+
+    #[test]
+    fn deny_with_conditions_only_denies_when_they_hold() {
+        let p = policy(
+            r#"{"rules":[{"name":"a","paths":["/f"]},{"name":"nobig","effect":"deny","paths":["/f"],"min_size":"1MB"}]}"#,
+        );
+        let now = SystemTime::now();
+        assert_eq!(
+            verdict(&p, "/f", &ROOT(), Mode::Read, Some(facts(5, 1, now))),
+            Ok("a".into())
+        );
+        assert_eq!(
+            verdict(
+                &p,
+                "/f",
+                &ROOT(),
+                Mode::Read,
+                Some(facts(2_000_000, 1, now))
+            ),
+            Err(ErrorCode::Denied)
+        );
+    }
+
+    #[test]
+    fn deny_rule_for_another_user_does_not_apply() {
+        let p = policy(
+            r#"{"rules":[{"name":"a","paths":["/f"]},{"name":"n","effect":"deny","paths":["/f"],"users":[1234]}]}"#,
+        );
+        assert_eq!(verdict(&p, "/f", &ROOT(), Mode::Read, None), Ok("a".into()));
+        assert_eq!(
+            verdict(&p, "/f", &client(1234, 1, &[]), Mode::Read, None),
+            Err(ErrorCode::Denied)
+        );
+    }
+
+    #[test]
+    fn too_large_message_names_rule_limit_and_size() {
+        let p = policy(r#"{"rules":[{"name":"recent-logs","paths":["/f"],"max_size":"10MiB"}]}"#);
+        let now = SystemTime::now();
+        let mut c = Candidates::default();
+        p.candidates(Path::new("/f"), &ROOT(), Mode::Read, &mut c)
+            .unwrap();
+        let r = p
+            .judge(&c, &facts(12 * (1 << 20) + (1 << 19), 1, now), now)
+            .unwrap_err();
+        assert_eq!(
+            r.message,
+            "rule recent-logs allows at most 10 MiB; file is 12.5 MiB"
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! Sending and receiving bytes with descriptors attached (`SCM_RIGHTS`).
+//!
+//! Receiving is done with libc rather than nix because nix refuses to parse
+//! the control buffer when the kernel set `MSG_CTRUNC`, and the descriptors
+//! that did arrive must still be found and closed, never leaked.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+
+/// The kernel passes at most this many descriptors in one message
+/// (`SCM_MAX_FD`); a buffer this big is never truncated by one sender.
+const MAX_FDS_PER_MESSAGE: usize = 253;
+/// Room for one `SCM_RIGHTS` header and `MAX_FDS_PER_MESSAGE` descriptors,
+/// with slack for another control message, in 8-byte words.
+const CONTROL_WORDS: usize = (MAX_FDS_PER_MESSAGE * size_of::<RawFd>()).div_ceil(8) + 16;
+
+/// Sends `bytes` in one `sendmsg`, with `fd` attached if given. Returns the
+/// number of bytes sent: on a non-blocking socket it may be fewer, and the
+/// descriptor then travels with the part that was sent.
+pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<usize> {
+    let iov = [io::IoSlice::new(bytes)];
+    let raw;
+    let mut cmsgs = Vec::with_capacity(1);
+    if let Some(fd) = fd {
+        raw = [fd.as_raw_fd()];
+        cmsgs.push(ControlMessage::ScmRights(&raw));
+    }
+    loop {
+        match sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+/// What one [`recv`] got.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Bytes read into the buffer; 0 means end of stream.
+    pub bytes: usize,
+    /// Descriptors that came with them, already owned (closed on drop).
+    pub fds: Vec<OwnedFd>,
+    /// The kernel dropped descriptors that did not fit (`MSG_CTRUNC`).
+    pub truncated: bool,
+}
+
+/// One `recvmsg` into `buf`, collecting any descriptors sent along.
+/// Descriptors arrive close-on-exec.
+pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    // u64 elements keep the buffer aligned for `cmsghdr`; sized for
+    // `MAX_FDS_PER_MESSAGE` plus headers, on the stack.
+    let mut control = [0u64; CONTROL_WORDS];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() * 8;
+    let n = loop {
+        // SAFETY: msg points at live buffers of the lengths it states.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled msg_control up to msg_controllen; the CMSG
+    // macros walk it within those bounds.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg) as *const RawFd;
+                let count =
+                    ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(Received {
+        bytes: n,
+        fds,
+        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    })
+}

@@ -1,0 +1,748 @@
+//! Loading a policy (SPEC §5): one JSON file or a directory of `*.json`
+//! files, parsed strictly, with every error located by file, rule and
+//! line:column so an admin can fix it without guessing.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use serde_json::value::RawValue;
+
+use crate::protocol::Mode;
+
+/// Whether a rule grants or forbids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    #[default]
+    Allow,
+    Deny,
+}
+
+impl Effect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+        }
+    }
+}
+
+/// Where something was written: file and, where known, line and column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One problem found while loading a policy.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {}{kind}", rule.as_ref().map(|r| format!("rule {r:?}: ")).unwrap_or_default())]
+pub struct PolicyError {
+    pub location: Location,
+    /// The rule it concerns, when the rule got far enough to have a name.
+    pub rule: Option<String>,
+    pub kind: PolicyErrorKind,
+}
+
+/// What is wrong, without the where.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyErrorKind {
+    #[error("cannot read: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("{0}")]
+    Syntax(String),
+    #[error("duplicate rule name (first defined at {first})")]
+    DuplicateName { first: Location },
+    #[error("path glob {0:?} is not absolute")]
+    RelativeGlob(String),
+    #[error("bad path glob {glob:?}: {reason}")]
+    BadGlob { glob: String, reason: String },
+    #[error("a rule needs at least one path")]
+    NoPaths,
+    #[error("\"modes\" must not be empty")]
+    NoModes,
+    #[error("unknown user {0:?}")]
+    UnknownUser(String),
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
+}
+
+/// Every problem found in a policy, in file order.
+#[derive(Debug)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+/// A size in bytes: a JSON integer, or a string with a unit (SPEC §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"10MiB"`, `"1 KB"`, `"512B"`. The unit is required in a string.
+    pub fn parse(s: &str) -> Result<ByteSize, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        if digits.is_empty() {
+            return Err(format!("size {s:?} does not start with a number"));
+        }
+        let multiplier: u64 = match unit.trim_start() {
+            "B" => 1,
+            "KB" => 1000,
+            "MB" => 1000 * 1000,
+            "GB" => 1000 * 1000 * 1000,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "" => {
+                return Err(format!(
+                    "size {s:?} needs a unit (B, KB, MB, GB, KiB, MiB, GiB) or must be a JSON integer"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "size {s:?} has unknown unit {other:?} (expected B, KB, MB, GB, KiB, MiB or GiB)"
+                ));
+            }
+        };
+        digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(multiplier))
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    /// Human form for messages: `12.5 MiB`, `300 B`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+        if self.0 < 1024 {
+            return write!(f, "{} B", self.0);
+        }
+        let mut value = self.0 as f64;
+        let mut unit = "B";
+        for u in UNITS {
+            if value < 1024.0 {
+                break;
+            }
+            value /= 1024.0;
+            unit = u;
+        }
+        let text = format!("{value:.1}");
+        write!(f, "{} {unit}", text.strip_suffix(".0").unwrap_or(&text))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: integer bytes or a string like \"10MiB\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                Err(E::custom(format!("size {v} is negative")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<ByteSize, E> {
+                Err(E::custom(format!(
+                    "size {v} is not a whole number of bytes"
+                )))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(SizeVisitor)
+    }
+}
+
+/// A humantime duration such as `"90s"` or `"7d"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Age(pub Duration);
+
+impl fmt::Display for Age {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Age {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(Age)
+            .map_err(|e| de::Error::custom(format!("duration {text:?}: {e}")))
+    }
+}
+
+/// A user or group as written: a name or a numeric id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum IdSpec {
+    Id(u32),
+    Name(String),
+}
+
+impl<'de> Deserialize<'de> for IdSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl Visitor<'_> for IdVisitor {
+            type Value = IdSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a name or a numeric id")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IdSpec, E> {
+                u32::try_from(v)
+                    .map(IdSpec::Id)
+                    .map_err(|_| E::custom(format!("id {v} is out of range")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IdSpec, E> {
+                Err(E::custom(format!("id {v} is negative")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IdSpec, E> {
+                Ok(IdSpec::Name(v.to_owned()))
+            }
+        }
+        d.deserialize_any(IdVisitor)
+    }
+}
+
+fn default_modes() -> Vec<Mode> {
+    vec![Mode::Read]
+}
+
+/// A rule exactly as the admin wrote it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    name: String,
+    #[serde(default)]
+    effect: Effect,
+    paths: Vec<String>,
+    #[serde(default = "default_modes")]
+    modes: Vec<Mode>,
+    users: Option<Vec<IdSpec>>,
+    groups: Option<Vec<IdSpec>>,
+    min_size: Option<ByteSize>,
+    max_size: Option<ByteSize>,
+    min_age: Option<Age>,
+    max_age: Option<Age>,
+}
+
+/// The top level of a policy file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile<'a> {
+    #[serde(borrow)]
+    rules: Vec<&'a RawValue>,
+}
+
+/// Lower and upper bounds, both optional and inclusive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bounds<T> {
+    pub min: Option<T>,
+    pub max: Option<T>,
+}
+
+impl<T> Bounds<T> {
+    pub fn is_unbounded(&self) -> bool {
+        self.min.is_none() && self.max.is_none()
+    }
+}
+
+/// A compiled, validated rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub effect: Effect,
+    pub paths: Vec<String>,
+    /// The rule's own globs, for `explain`; the server uses the policy-wide set.
+    pub(crate) matcher: GlobSet,
+    /// One bit per [`Mode`].
+    pub(crate) modes: u8,
+    pub users: Option<Vec<u32>>,
+    pub groups: Option<Vec<u32>>,
+    pub size: Bounds<ByteSize>,
+    pub age: Bounds<Age>,
+    pub origin: Location,
+}
+
+impl Rule {
+    pub fn modes(&self) -> impl Iterator<Item = Mode> + '_ {
+        Mode::ALL.into_iter().filter(|m| self.modes & m.bit() != 0)
+    }
+
+    /// True when the rule has size or age conditions, which need the file.
+    pub fn has_file_conditions(&self) -> bool {
+        !self.size.is_unbounded() || !self.age.is_unbounded()
+    }
+}
+
+/// A loaded policy: its rules and one matcher over all their globs.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
+    /// Every glob of every rule, compiled once.
+    pub(crate) all_globs: GlobSet,
+    /// For each glob in `all_globs`, the index of its rule.
+    pub(crate) glob_rule: Vec<usize>,
+    pub source: PathBuf,
+}
+
+/// Compiles one glob with SPEC §5 semantics: `*`, `?` and `[...]` never
+/// cross `/`; `**` does.
+pub fn compile_glob(glob: &str) -> Result<Glob, globset::Error> {
+    GlobBuilder::new(glob)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+}
+
+impl Policy {
+    /// Loads a policy file, or every `*.json` file of a directory in sorted
+    /// order, reporting every error found rather than only the first.
+    pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
+        let files = policy_files(path).map_err(|e| {
+            PolicyErrors(vec![PolicyError {
+                location: Location {
+                    file: path.to_owned(),
+                    line: None,
+                    column: None,
+                },
+                rule: None,
+                kind: PolicyErrorKind::Io(e),
+            }])
+        })?;
+        let mut errors = Vec::new();
+        let mut rules: Vec<Rule> = Vec::new();
+        for file in files {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => parse_file(&file, &text, &mut rules, &mut errors),
+                Err(e) => errors.push(PolicyError {
+                    location: Location {
+                        file,
+                        line: None,
+                        column: None,
+                    },
+                    rule: None,
+                    kind: PolicyErrorKind::Io(e),
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(PolicyErrors(errors));
+        }
+        Ok(Policy::from_rules(rules, path.to_owned()))
+    }
+
+    /// Parses a policy held in memory, as if read from `name`.
+    pub fn from_str(name: &Path, text: &str) -> Result<Policy, PolicyErrors> {
+        let mut errors = Vec::new();
+        let mut rules = Vec::new();
+        parse_file(name, text, &mut rules, &mut errors);
+        if errors.is_empty() {
+            Ok(Policy::from_rules(rules, name.to_owned()))
+        } else {
+            Err(PolicyErrors(errors))
+        }
+    }
+
+    fn from_rules(rules: Vec<Rule>, source: PathBuf) -> Policy {
+        let mut builder = GlobSetBuilder::new();
+        let mut glob_rule = Vec::new();
+        for (index, rule) in rules.iter().enumerate() {
+            for glob in &rule.paths {
+                builder.add(compile_glob(glob).expect("validated while parsing"));
+                glob_rule.push(index);
+            }
+        }
+        let all_globs = builder.build().expect("validated globs compile");
+        Policy {
+            rules,
+            all_globs,
+            glob_rule,
+            source,
+        }
+    }
+
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+}
+
+fn policy_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !std::fs::metadata(path)?.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let p = entry.path();
+        if p.extension().is_some_and(|e| e == "json") && !entry.file_type()?.is_dir() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Line and column (1-based) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+fn parse_file(file: &Path, text: &str, rules: &mut Vec<Rule>, errors: &mut Vec<PolicyError>) {
+    let at = |line: Option<usize>, column: Option<usize>| Location {
+        file: file.to_owned(),
+        line,
+        column,
+    };
+    let top: PolicyFile<'_> = match serde_json::from_str(text) {
+        Ok(top) => top,
+        Err(e) => {
+            errors.push(PolicyError {
+                location: at(Some(e.line()), Some(e.column())),
+                rule: None,
+                kind: PolicyErrorKind::Syntax(strip_position(&e)),
+            });
+            return;
+        }
+    };
+    for raw in top.rules {
+        // The raw value borrows from `text`, so its offset locates the rule.
+        let offset = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+        let (line, column) = line_column(text, offset);
+        let spec = match serde_json::from_str::<RuleSpec>(raw.get()) {
+            Ok(spec) => spec,
+            Err(e) => {
+                let (eline, ecol) = if e.line() <= 1 {
+                    (line, column + e.column().saturating_sub(1))
+                } else {
+                    (line + e.line() - 1, e.column())
+                };
+                errors.push(PolicyError {
+                    location: at(Some(eline), Some(ecol)),
+                    rule: rule_name(raw),
+                    kind: PolicyErrorKind::Syntax(strip_position(&e)),
+                });
+                continue;
+            }
+        };
+        let origin = at(Some(line), Some(column));
+        if let Some(first) = rules.iter().find(|r| r.name == spec.name) {
+            errors.push(PolicyError {
+                location: origin.clone(),
+                rule: Some(spec.name.clone()),
+                kind: PolicyErrorKind::DuplicateName {
+                    first: first.origin.clone(),
+                },
+            });
+            continue;
+        }
+        match compile_rule(spec, origin.clone()) {
+            Ok(rule) => rules.push(rule),
+            Err((name, kinds)) => errors.extend(kinds.into_iter().map(|kind| PolicyError {
+                location: origin.clone(),
+                rule: Some(name.clone()),
+                kind,
+            })),
+        }
+    }
+}
+
+/// The name of a rule that failed to parse, if it has one.
+fn rule_name(raw: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct NameOnly {
+        name: Option<String>,
+    }
+    serde_json::from_str::<NameOnly>(raw.get()).ok()?.name
+}
+
+/// serde_json appends "at line L column C"; we report the position ourselves.
+fn strip_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<PolicyErrorKind>)> {
+    let mut problems = Vec::new();
+    if spec.paths.is_empty() {
+        problems.push(PolicyErrorKind::NoPaths);
+    }
+    if spec.modes.is_empty() {
+        problems.push(PolicyErrorKind::NoModes);
+    }
+    let mut matcher = GlobSetBuilder::new();
+    for glob in &spec.paths {
+        if !glob.starts_with('/') {
+            problems.push(PolicyErrorKind::RelativeGlob(glob.clone()));
+            continue;
+        }
+        match compile_glob(glob) {
+            Ok(g) => {
+                matcher.add(g);
+            }
+            Err(e) => problems.push(PolicyErrorKind::BadGlob {
+                glob: glob.clone(),
+                reason: e.kind().to_string(),
+            }),
+        }
+    }
+    let users = spec.users.map(|ids| {
+        resolve_ids(
+            ids,
+            lookup_user,
+            PolicyErrorKind::UnknownUser,
+            &mut problems,
+        )
+    });
+    let groups = spec.groups.map(|ids| {
+        resolve_ids(
+            ids,
+            lookup_group,
+            PolicyErrorKind::UnknownGroup,
+            &mut problems,
+        )
+    });
+    if !problems.is_empty() {
+        return Err((spec.name, problems));
+    }
+    Ok(Rule {
+        name: spec.name,
+        effect: spec.effect,
+        paths: spec.paths,
+        matcher: matcher.build().expect("each glob compiled"),
+        modes: spec.modes.iter().fold(0, |bits, m| bits | m.bit()),
+        users,
+        groups,
+        size: Bounds {
+            min: spec.min_size,
+            max: spec.max_size,
+        },
+        age: Bounds {
+            min: spec.min_age,
+            max: spec.max_age,
+        },
+        origin,
+    })
+}
+
+fn resolve_ids(
+    ids: Vec<IdSpec>,
+    lookup: fn(&str) -> Option<u32>,
+    unknown: fn(String) -> PolicyErrorKind,
+    problems: &mut Vec<PolicyErrorKind>,
+) -> Vec<u32> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        match id {
+            IdSpec::Id(n) => out.push(n),
+            IdSpec::Name(name) => match lookup(&name) {
+                Some(n) => out.push(n),
+                None => problems.push(unknown(name)),
+            },
+        }
+    }
+    out
+}
+
+fn lookup_user(name: &str) -> Option<u32> {
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
+}
+
+fn lookup_group(name: &str) -> Option<u32> {
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Policy, PolicyErrors> {
+        Policy::from_str(Path::new("p.json"), text)
+    }
+
+    fn error_text(text: &str) -> String {
+        load(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(ByteSize::parse("10MiB"), Ok(ByteSize(10 << 20)));
+        assert_eq!(ByteSize::parse("1KB"), Ok(ByteSize(1000)));
+        assert_eq!(ByteSize::parse("1 GB"), Ok(ByteSize(1_000_000_000)));
+        assert_eq!(ByteSize::parse("7B"), Ok(ByteSize(7)));
+        for bad in [
+            "10",
+            "MiB",
+            "10 TB",
+            "1.5MiB",
+            "-1KB",
+            "10mib",
+            "99999999999999GiB",
+        ] {
+            assert!(ByteSize::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn formats_sizes_for_humans() {
+        assert_eq!(ByteSize(300).to_string(), "300 B");
+        assert_eq!(ByteSize(10 << 20).to_string(), "10 MiB");
+        assert_eq!(ByteSize(12 * (1 << 20) + (1 << 19)).to_string(), "12.5 MiB");
+    }
+
+    #[test]
+    fn loads_the_spec_example() {
+        let p = load(
+            r#"{"rules":[
+              {"name":"recent-logs","effect":"allow","paths":["/var/log/app/**/*.log"],
+               "modes":["read"],"users":["root",1001],"groups":["root"],
+               "max_size":"10MiB","max_age":"7d"},
+              {"name":"no-keys","effect":"deny","paths":["/**/*.key"]}]}"#,
+        )
+        .unwrap();
+        let r = p.rule("recent-logs").unwrap();
+        assert_eq!(r.users.as_deref(), Some(&[0, 1001][..]));
+        assert_eq!(r.groups.as_deref(), Some(&[0][..]));
+        assert_eq!(r.size.max, Some(ByteSize(10 << 20)));
+        assert_eq!(r.age.max, Some(Age(Duration::from_secs(7 * 86400))));
+        assert_eq!(p.rule("no-keys").unwrap().effect, Effect::Deny);
+        assert_eq!(
+            p.rule("no-keys").unwrap().modes().collect::<Vec<_>>(),
+            vec![Mode::Read]
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_located_inside_the_rule() {
+        let text = "{\"rules\": [\n  {\"name\": \"a\",\n   \"paths\": [\"/x\"], \"mdoes\": []}\n]}";
+        let e = error_text(text);
+        assert!(e.starts_with("p.json:3:"), "{e}");
+        assert!(e.contains("rule \"a\""), "{e}");
+        assert!(e.contains("unknown field `mdoes`"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_rule_and_position() {
+        let text = "{\"rules\": [\n {\"name\": \"a\", \"paths\": [\"/x\"]},\n {\"name\": \"a\", \"paths\": [\"x/*\"]}\n]}";
+        let e = error_text(text);
+        assert!(
+            e.contains("p.json:3:2: rule \"a\": duplicate rule name (first defined at p.json:2:2)"),
+            "{e}"
+        );
+        let e = error_text(r#"{"rules":[{"name":"b","paths":["rel/*"]}]}"#);
+        assert!(
+            e.contains("p.json:1:11: rule \"b\": path glob \"rel/*\" is not absolute"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for (text, needle) in [
+            (
+                r#"{"rules":[{"name":"a","paths":["/x"],"max_size":"10"}]}"#,
+                "needs a unit",
+            ),
+            (
+                r#"{"rules":[{"name":"a","paths":["/x"],"max_size":"1XB"}]}"#,
+                "unknown unit",
+            ),
+            (
+                r#"{"rules":[{"name":"a","paths":["/x"],"max_size":-5}]}"#,
+                "negative",
+            ),
+            (
+                r#"{"rules":[{"name":"a","paths":["/x"],"max_age":"7 fortnights"}]}"#,
+                "duration",
+            ),
+            (
+                r#"{"rules":[{"name":"a","paths":["/x"],"users":["no-such-user-xyz"]}]}"#,
+                "unknown user",
+            ),
+            (
+                r#"{"rules":[{"name":"a","paths":["/x"],"groups":["no-such-group-xyz"]}]}"#,
+                "unknown group",
+            ),
+            (
+                r#"{"rules":[{"name":"a","paths":["/x"],"effect":"maybe"}]}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"rules":[{"name":"a","paths":["/[x"]}]}"#,
+                "bad path glob",
+            ),
+            (
+                r#"{"rules":[{"name":"a","paths":[]}]}"#,
+                "at least one path",
+            ),
+            (r#"{"rules":[{"paths":["/x"]}]}"#, "missing field `name`"),
+            (r#"{"rules":[], "extra": 1}"#, "unknown field `extra`"),
+            (r#"{"rules":[}"#, "p.json:1:"),
+        ] {
+            let e = error_text(text);
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn reports_every_error_not_just_the_first() {
+        let e = load(r#"{"rules":[{"name":"a","paths":["x"]},{"name":"b","paths":["y"]}]}"#)
+            .unwrap_err();
+        assert_eq!(e.0.len(), 2);
+    }
+
+    #[test]
+    fn empty_policy_loads() {
+        assert!(load(r#"{"rules":[]}"#).unwrap().rules.is_empty());
+    }
+}

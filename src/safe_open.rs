@@ -1,0 +1,205 @@
+//! Opening a file without being tricked (SPEC §5).
+//!
+//! A path is first resolved to an `O_PATH` descriptor: that opens nothing
+//! for real, so it never blocks on a FIFO and never touches a device. The
+//! descriptor pins the inode; its real path and type are read from it, and
+//! only once the policy has accepted those is the very same inode reopened
+//! with the requested access through `/proc/self/fd`. Whatever is renamed
+//! or swapped for a symlink in between, the file sent is the file checked.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{FileStat, Mode as Perm, SFlag};
+
+use crate::protocol::Mode;
+
+/// The kind of filesystem object a path names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Regular,
+    Directory,
+    Fifo,
+    CharDevice,
+    BlockDevice,
+    Socket,
+    Symlink,
+    Other,
+}
+
+impl FileKind {
+    fn of(stat: &FileStat) -> FileKind {
+        match SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT {
+            SFlag::S_IFREG => FileKind::Regular,
+            SFlag::S_IFDIR => FileKind::Directory,
+            SFlag::S_IFIFO => FileKind::Fifo,
+            SFlag::S_IFCHR => FileKind::CharDevice,
+            SFlag::S_IFBLK => FileKind::BlockDevice,
+            SFlag::S_IFSOCK => FileKind::Socket,
+            SFlag::S_IFLNK => FileKind::Symlink,
+            _ => FileKind::Other,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            FileKind::Regular => "regular file",
+            FileKind::Directory => "directory",
+            FileKind::Fifo => "FIFO",
+            FileKind::CharDevice => "character device",
+            FileKind::BlockDevice => "block device",
+            FileKind::Socket => "socket",
+            FileKind::Symlink => "symbolic link",
+            FileKind::Other => "special file",
+        }
+    }
+}
+
+/// What the policy's type, size and age checks look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileFacts {
+    pub kind: FileKind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub dev: u64,
+    pub ino: u64,
+    pub links: u64,
+}
+
+impl FileFacts {
+    pub fn of(fd: impl AsFd) -> Result<FileFacts, OpenError> {
+        let stat = nix::sys::stat::fstat(fd).map_err(|e| OpenError::from_errno(e, "fstat"))?;
+        let mtime = if stat.st_mtime >= 0 {
+            SystemTime::UNIX_EPOCH + Duration::new(stat.st_mtime as u64, stat.st_mtime_nsec as u32)
+        } else {
+            SystemTime::UNIX_EPOCH - Duration::from_secs(stat.st_mtime.unsigned_abs())
+        };
+        Ok(FileFacts {
+            kind: FileKind::of(&stat),
+            size: stat.st_size.max(0) as u64,
+            mtime,
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            links: stat.st_nlink,
+        })
+    }
+
+    /// Unix seconds of the mtime, as responses report it.
+    pub fn mtime_secs(&self) -> i64 {
+        match self.mtime.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        }
+    }
+
+    /// Age at `now`; a file from the future is of age zero.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        now.duration_since(self.mtime).unwrap_or_default()
+    }
+}
+
+/// Why a file could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("no such file")]
+    NotFound,
+    /// Out of descriptors: the client should retry later.
+    #[error("server is out of file descriptors")]
+    OutOfFds,
+    #[error("{what}: {errno}", errno = errno.desc())]
+    Io { what: &'static str, errno: Errno },
+    #[error("file changed while it was being opened")]
+    Changed,
+}
+
+impl OpenError {
+    fn from_errno(errno: Errno, what: &'static str) -> OpenError {
+        match errno {
+            Errno::ENOENT | Errno::ENOTDIR => OpenError::NotFound,
+            Errno::EMFILE | Errno::ENFILE => OpenError::OutOfFds,
+            errno => OpenError::Io { what, errno },
+        }
+    }
+}
+
+/// A path resolved to an inode, not yet opened for I/O.
+#[derive(Debug)]
+pub struct Located {
+    handle: OwnedFd,
+    /// The path of the inode after every symlink was followed.
+    pub real_path: PathBuf,
+    pub facts: FileFacts,
+}
+
+fn how(resolve: ResolveFlag) -> OpenHow {
+    OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(resolve)
+}
+
+fn proc_fd_path(fd: &impl AsRawFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// Resolves `path` (absolute and normalised) to an `O_PATH` handle.
+///
+/// The common case has no symlinks and is answered by one `openat2` with
+/// `RESOLVE_NO_SYMLINKS`, whose path is then the real path. Otherwise
+/// symlinks are followed, but never magic links such as `/proc/self/fd/N`,
+/// which would name the server's own descriptors.
+pub fn locate(path: &str) -> Result<Located, OpenError> {
+    let cwd = nix::fcntl::AT_FDCWD;
+    let (handle, real_path) =
+        match nix::fcntl::openat2(cwd, path, how(ResolveFlag::RESOLVE_NO_SYMLINKS)) {
+            Ok(fd) => (fd, PathBuf::from(path)),
+            Err(Errno::ELOOP) => {
+                let fd = nix::fcntl::openat2(cwd, path, how(ResolveFlag::RESOLVE_NO_MAGICLINKS))
+                    .map_err(|e| OpenError::from_errno(e, "cannot resolve path"))?;
+                let real = std::fs::read_link(proc_fd_path(&fd)).map_err(|e| OpenError::Io {
+                    what: "cannot read real path",
+                    errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                })?;
+                (fd, real)
+            }
+            Err(Errno::ENOSYS) => {
+                return Err(OpenError::Io {
+                    what: "kernel lacks openat2 (Linux 5.6+ needed)",
+                    errno: Errno::ENOSYS,
+                });
+            }
+            Err(e) => return Err(OpenError::from_errno(e, "cannot resolve path")),
+        };
+    let facts = FileFacts::of(&handle)?;
+    if facts.links == 0 && facts.kind == FileKind::Regular {
+        // Unlinked between lookup and fstat: it no longer has a path.
+        return Err(OpenError::NotFound);
+    }
+    Ok(Located {
+        handle,
+        real_path,
+        facts,
+    })
+}
+
+impl Located {
+    /// Opens the located inode for I/O in `mode` and returns it with facts
+    /// read from the new open file description itself.
+    ///
+    /// Call only for regular files: that is what makes this free of side
+    /// effects.
+    pub fn reopen(&self, mode: Mode) -> Result<(File, FileFacts), OpenError> {
+        debug_assert_eq!(self.facts.kind, FileKind::Regular);
+        let flags = mode.open_flags() | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+        let fd = nix::fcntl::open(proc_fd_path(&self.handle).as_str(), flags, Perm::empty())
+            .map_err(|e| OpenError::from_errno(e, "cannot open"))?;
+        let facts = FileFacts::of(&fd)?;
+        if (facts.dev, facts.ino) != (self.facts.dev, self.facts.ino) {
+            return Err(OpenError::Changed);
+        }
+        Ok((File::from(fd), facts))
+    }
+}

@@ -1,0 +1,87 @@
+//! Where the socket lives and how it is claimed (SPEC §1): the default
+//! path, replacing a stale socket file but never stealing a live one, and
+//! the file's mode and group.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::{Mode, umask};
+use nix::unistd::Gid;
+
+/// Why the server could not claim its socket.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error(
+        "no socket path: pass --socket (or set FDOPEN_SOCKET); there is no default when not root and XDG_RUNTIME_DIR is unset"
+    )]
+    NoDefault,
+    #[error("another server is already listening on {0}")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("cannot bind {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("cannot set mode or group of {path}: {source}")]
+    Permissions { path: PathBuf, source: io::Error },
+}
+
+/// The default socket path: `/run/fdopen/fdopen.sock` for root, else
+/// `$XDG_RUNTIME_DIR/fdopen.sock`.
+pub fn default_path() -> Result<PathBuf, SocketError> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(PathBuf::from("/run/fdopen/fdopen.sock"));
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => Ok(Path::new(&dir).join("fdopen.sock")),
+        _ => Err(SocketError::NoDefault),
+    }
+}
+
+/// `--socket`, else `FDOPEN_SOCKET` (folded in by clap), else the default.
+pub fn resolve(explicit: Option<PathBuf>) -> Result<PathBuf, SocketError> {
+    explicit.map_or_else(default_path, Ok)
+}
+
+/// Binds a listening socket at `path` with `mode` and, optionally, `group`.
+///
+/// The socket is created under a restrictive umask so it is never, even
+/// for an instant, more open than asked.
+pub fn bind(path: &Path, mode: u32, group: Option<Gid>) -> Result<UnixListener, SocketError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(SocketError::NotASocket(path.to_owned()));
+        }
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => return Err(SocketError::InUse(path.to_owned())),
+            // Nobody answers: a leftover of a server that died.
+            Err(_) => {
+                let _ = std::fs::remove_file(path);
+            }
+        },
+        Err(_) => {}
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    umask(old);
+    let listener = bound.map_err(|source| match source.kind() {
+        io::ErrorKind::AddrInUse => SocketError::InUse(path.to_owned()),
+        _ => SocketError::Bind {
+            path: path.to_owned(),
+            source,
+        },
+    })?;
+    let permissions = |source| SocketError::Permissions {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(gid)).map_err(|e| permissions(e.into()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(permissions)?;
+    Ok(listener)
+}

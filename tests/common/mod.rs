@@ -1,0 +1,215 @@
+//! Shared helpers: start the real `fdopen-server` on a temporary socket,
+//! wait for its readiness notification (never a sleep), and talk to it.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use fdopen::client::Client;
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const SERVER: &str = env!("CARGO_BIN_EXE_fdopen-server");
+pub const CLIENT: &str = env!("CARGO_BIN_EXE_fdopen-client");
+
+/// A scratch directory whose path is safe to put in a glob.
+pub fn scratch() -> TempDir {
+    let dir = tempfile::Builder::new().prefix("fdopen-test").tempdir().unwrap();
+    // Let other uids (user/group tests) reach the socket and files inside.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Escapes a path for use inside a policy glob.
+pub fn glob(path: &Path) -> String {
+    globset::escape(path.to_str().unwrap())
+}
+
+pub struct TestServer {
+    pub dir: TempDir,
+    pub socket: PathBuf,
+    pub policy: PathBuf,
+    pub audit: PathBuf,
+    pub child: Option<Child>,
+    pub stderr: PathBuf,
+}
+
+impl TestServer {
+    /// Starts a server on `policy` (JSON text) with extra `serve` flags.
+    pub fn start(policy: &str, extra: &[&str]) -> TestServer {
+        Self::start_in(scratch(), policy, extra)
+    }
+
+    pub fn start_in(dir: TempDir, policy: &str, extra: &[&str]) -> TestServer {
+        let policy_path = dir.path().join("policy.json");
+        fs::write(&policy_path, policy).unwrap();
+        let socket = dir.path().join("fdopen.sock");
+        let audit = dir.path().join("audit.log");
+        let stderr = dir.path().join("server.stderr");
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--socket".into(),
+            socket.to_str().unwrap().into(),
+            "--policy".into(),
+            policy_path.to_str().unwrap().into(),
+            "--audit-log".into(),
+            audit.to_str().unwrap().into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = spawn_ready(dir.path(), SERVER, &args, &stderr);
+        TestServer { dir, socket, policy: policy_path, audit, child: Some(child), stderr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket).unwrap()
+    }
+
+    pub fn connect(&self) -> UnixStream {
+        UnixStream::connect(&self.socket).unwrap()
+    }
+
+    /// Sends one raw line and returns the parsed response and any fd.
+    pub fn ask(&self, line: &str) -> (Value, Option<OwnedFd>) {
+        let mut c = self.client();
+        ask(&mut c, line)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn audit_lines(&self) -> Vec<Value> {
+        fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Sends `signal` and waits for the exit status.
+    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        wait_timeout(&mut child, Duration::from_secs(20)).expect("server exits")
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).unwrap();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Spawns `program args` with a NOTIFY_SOCKET and waits for `READY=1`.
+pub fn spawn_ready(dir: &Path, program: &str, args: &[String], stderr: &Path) -> Child {
+    let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
+    let _ = fs::remove_file(&notify_path);
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut child = Command::new(program)
+        .args(args)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match notify.recv(&mut buf) {
+        Ok(n) if &buf[..n] == b"READY=1" => {}
+        other => {
+            let _ = child.kill();
+            panic!(
+                "server did not become ready ({other:?}): {}",
+                fs::read_to_string(stderr).unwrap_or_default()
+            );
+        }
+    }
+    let _ = fs::remove_file(&notify_path);
+    child
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn ask(client: &mut Client, line: &str) -> (Value, Option<OwnedFd>) {
+    client.send_raw(format!("{line}\n").as_bytes()).unwrap();
+    receive(client)
+}
+
+pub fn receive(client: &mut Client) -> (Value, Option<OwnedFd>) {
+    let response = client.receive().unwrap();
+    let value = serde_json::to_value(&response.line).unwrap();
+    (value, response.fd)
+}
+
+/// `{"op":"open","path":P}` with an optional mode.
+pub fn open_line(path: &Path, mode: Option<&str>) -> String {
+    let mut v = serde_json::json!({"op": "open", "path": path.to_str().unwrap()});
+    if let Some(m) = mode {
+        v["mode"] = m.into();
+    }
+    v.to_string()
+}
+
+pub fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+/// Runs the client binary against `socket`.
+pub fn run_client(socket: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(CLIENT)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let _ = input.write_all(stdin);
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// Count of open descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}

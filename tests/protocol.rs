@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 use fdopen::protocol::Op;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 fn policy_for(dir: &std::path::Path) -> String {
     let d = glob(dir);
@@ -38,7 +38,12 @@ fn server() -> TestServer {
 
 fn set_age(path: &std::path::Path, secs: u64) {
     let t = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
-    fs::File::options().write(true).open(path).unwrap().set_modified(t).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
 }
 
 #[test]
@@ -57,7 +62,10 @@ fn hello_announces_server_version_and_protocol() {
 fn grant_carries_fd_real_path_size_mtime_and_rule() {
     let s = server();
     let path = s.path("files/a.txt");
-    let (v, fd) = s.ask(&format!(r#"{{"op":"open","path":"{}","id":7}}"#, path.display()));
+    let (v, fd) = s.ask(&format!(
+        r#"{{"op":"open","path":"{}","id":7}}"#,
+        path.display()
+    ));
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["id"], 7);
     assert_eq!(v["fd"], true);
@@ -82,7 +90,12 @@ fn check_decides_the_same_but_passes_no_fd() {
     assert_eq!(v["fd"], false);
     assert!(fd.is_none());
     let mut c = s.client();
-    assert_eq!(c.check(s.path("files/b.secret"), fdopen::Mode::Read).unwrap_err().to_string(), "denied: denied by rule no-secret");
+    assert_eq!(
+        c.check(s.path("files/b.secret"), fdopen::Mode::Read)
+            .unwrap_err()
+            .to_string(),
+        "denied: denied by rule no-secret"
+    );
 }
 
 #[test]
@@ -98,22 +111,46 @@ fn every_refusal_code() {
         (open_line(&s.path("outside.txt"), None), "denied"),
         (open_line(&s.path("files/b.secret"), None), "denied"),
         (open_line(&s.path("files/missing"), None), "not_found"),
-        (open_line(&s.path("files"), None).replace("/files\"", "/files/\""), "denied"),
-        (open_line(std::path::Path::new("/dev/null"), None), "not_regular"),
-        (open_line(&s.path("special"), None).replace("special\"", "special/.\""), "denied"),
+        (
+            open_line(&s.path("files"), None).replace("/files\"", "/files/\""),
+            "denied",
+        ),
+        (
+            open_line(std::path::Path::new("/dev/null"), None),
+            "not_regular",
+        ),
+        (
+            open_line(&s.path("special"), None).replace("special\"", "special/.\""),
+            "denied",
+        ),
         (open_line(&s.path("sized/big"), None), "too_large"),
         (open_line(&s.path("sized/empty"), None), "too_small"),
         (open_line(&s.path("aged/old"), None), "too_old"),
         (open_line(&s.path("aged/new"), None), "too_new"),
         (open_line(&s.path("files/loop"), None), "io_error"),
-        (r#"{"op":"open","path":"relative/x"}"#.to_string(), "bad_request"),
+        (
+            r#"{"op":"open","path":"relative/x"}"#.to_string(),
+            "bad_request",
+        ),
         (r#"{"op":"open","path":""}"#.to_string(), "bad_request"),
-        (r#"{"op":"open","path":"/a/../etc/passwd"}"#.to_string(), "bad_request"),
-        (r#"{"op":"open","path":"/a\u0000b"}"#.to_string(), "bad_request"),
+        (
+            r#"{"op":"open","path":"/a/../etc/passwd"}"#.to_string(),
+            "bad_request",
+        ),
+        (
+            r#"{"op":"open","path":"/a\u0000b"}"#.to_string(),
+            "bad_request",
+        ),
         (r#"{"op":"open"}"#.to_string(), "bad_request"),
         (r#"{"op":"unlink","path":"/x"}"#.to_string(), "bad_request"),
-        (r#"{"op":"open","path":"/x","flags":1}"#.to_string(), "bad_request"),
-        (r#"{"op":"open","path":"/x","mode":"exec"}"#.to_string(), "bad_request"),
+        (
+            r#"{"op":"open","path":"/x","flags":1}"#.to_string(),
+            "bad_request",
+        ),
+        (
+            r#"{"op":"open","path":"/x","mode":"exec"}"#.to_string(),
+            "bad_request",
+        ),
         ("[]".to_string(), "bad_request"),
         ("garbage".to_string(), "bad_request"),
     ];
@@ -126,7 +163,10 @@ fn every_refusal_code() {
     }
     // The size message names the rule, its limit and the file's size.
     let (v, _) = ask(&mut c, &open_line(&s.path("sized/big"), None));
-    assert_eq!(v["error"]["message"], "rule sized allows at most 1 KiB; file is 2 KiB");
+    assert_eq!(
+        v["error"]["message"],
+        "rule sized allows at most 1 KiB; file is 2 KiB"
+    );
 }
 
 #[test]
@@ -169,7 +209,13 @@ fn busy_when_too_many_clients() {
 fn ids_are_echoed_verbatim_and_only_when_given() {
     let s = server();
     let mut c = s.client();
-    for id in [json!(1), json!("x"), json!(null), json!({"a": [1, 2.5, "z"]}), json!(-3)] {
+    for id in [
+        json!(1),
+        json!("x"),
+        json!(null),
+        json!({"a": [1, 2.5, "z"]}),
+        json!(-3),
+    ] {
         let (v, _) = ask(&mut c, &json!({"op": "hello", "id": id}).to_string());
         assert_eq!(v["id"], id);
     }
@@ -184,7 +230,14 @@ fn ids_are_echoed_verbatim_and_only_when_given() {
 fn bad_lines_keep_the_connection_usable() {
     let s = server();
     let mut c = s.client();
-    for garbage in ["{", "\u{1}\u{2}", "{\"op\":\"hello\",\"x\":1}", "null", "\"str\"", "1e999999"] {
+    for garbage in [
+        "{",
+        "\u{1}\u{2}",
+        "{\"op\":\"hello\",\"x\":1}",
+        "null",
+        "\"str\"",
+        "1e999999",
+    ] {
         let (v, _) = ask(&mut c, garbage);
         assert_eq!(code(&v), "bad_request", "{garbage}");
     }
@@ -207,8 +260,14 @@ fn over_long_line_is_answered_then_closed() {
     assert_eq!(code(&v), "bad_request");
     assert!(v["error"]["message"].as_str().unwrap().contains("1024"));
     let mut rest = Vec::new();
-    c.stream().set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-    assert_eq!((&*c.stream()).read_to_end(&mut rest).unwrap(), 0, "closed after the answer");
+    c.stream()
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        (&*c.stream()).read_to_end(&mut rest).unwrap(),
+        0,
+        "closed after the answer"
+    );
     // A line that never ends is cut off too.
     let mut c = s.connect();
     c.write_all(&vec![b'a'; 5000]).unwrap();
@@ -236,7 +295,10 @@ fn pipelined_mixed_requests_come_back_in_order_with_the_right_fds() {
                 (json!({"op":"open","path":p,"id":n}), Some(*ino))
             }
             2 => (json!({"op":"check","path":inodes[n % 10].0,"id":n}), None),
-            3 => (json!({"op":"open","path":s.path("outside.txt"),"id":n}), None),
+            3 => (
+                json!({"op":"open","path":s.path("outside.txt"),"id":n}),
+                None,
+            ),
             _ => (json!({"op":"hello","id":n}), None),
         };
         batch.extend_from_slice(format!("{line}\n").as_bytes());
@@ -263,7 +325,8 @@ fn library_pipelining_with_send_and_receive() {
     let path = s.path("files/a.txt");
     let mut c = s.client();
     for _ in 0..50 {
-        c.send(Op::Open, Some(path.to_str().unwrap()), None).unwrap();
+        c.send(Op::Open, Some(path.to_str().unwrap()), None)
+            .unwrap();
     }
     for _ in 0..50 {
         let (grant, fd) = c.receive().unwrap().into_result().unwrap();
@@ -277,12 +340,22 @@ fn fds_sent_by_the_client_are_refused_and_closed() {
     let s = server();
     let stream = s.connect();
     let devnull = fs::File::open("/dev/null").unwrap();
-    fdopen::fdpass::send(stream.as_fd(), b"{\"op\":\"hello\",\"id\":1}\n", Some(devnull.as_fd())).unwrap();
+    fdopen::fdpass::send(
+        stream.as_fd(),
+        b"{\"op\":\"hello\",\"id\":1}\n",
+        Some(devnull.as_fd()),
+    )
+    .unwrap();
     let mut c = fdopen::Client::from_stream(stream);
     let (v, _) = receive(&mut c);
     assert_eq!(code(&v), "bad_request", "{v}");
     assert_eq!(v["id"], 1);
-    assert!(v["error"]["message"].as_str().unwrap().contains("descriptor"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("descriptor")
+    );
     // The connection goes on.
     assert_eq!(ask(&mut c, r#"{"op":"hello"}"#).0["ok"], true);
 }
@@ -293,7 +366,7 @@ fn every_mode_opens_with_the_right_access() {
     let path = s.path("files/m.txt");
     fs::write(&path, "0123456789").unwrap();
     let mut c = s.client();
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
     for (mode, access, append) in [
         ("read", OFlag::O_RDONLY, false),
         ("write", OFlag::O_WRONLY, false),
@@ -349,10 +422,15 @@ fn audit_log_records_each_decision() {
 fn half_closed_client_still_gets_its_answers() {
     let s = server();
     let mut stream = s.connect();
-    stream.write_all(b"{\"op\":\"hello\",\"id\":1}\n{\"op\":\"hello\",\"id\":2}\n").unwrap();
+    stream
+        .write_all(b"{\"op\":\"hello\",\"id\":1}\n{\"op\":\"hello\",\"id\":2}\n")
+        .unwrap();
     stream.shutdown(std::net::Shutdown::Write).unwrap();
     let mut reply = String::new();
     stream.read_to_string(&mut reply).unwrap();
-    let ids: Vec<Value> = reply.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].clone()).collect();
+    let ids: Vec<Value> = reply
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].clone())
+        .collect();
     assert_eq!(ids, vec![json!(1), json!(2)]);
 }

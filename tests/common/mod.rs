@@ -19,7 +19,10 @@ pub const CLIENT: &str = env!("CARGO_BIN_EXE_fdopen-client");
 
 /// A scratch directory whose path is safe to put in a glob.
 pub fn scratch() -> TempDir {
-    let dir = tempfile::Builder::new().prefix("fdopen-test").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("fdopen-test")
+        .tempdir()
+        .unwrap();
     // Let other uids (user/group tests) reach the socket and files inside.
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -63,7 +66,14 @@ impl TestServer {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = spawn_ready(dir.path(), SERVER, &args, &stderr);
-        TestServer { dir, socket, policy: policy_path, audit, child: Some(child), stderr }
+        TestServer {
+            dir,
+            socket,
+            policy: policy_path,
+            audit,
+            child: Some(child),
+            stderr,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -126,7 +136,9 @@ pub fn spawn_ready(dir: &Path, program: &str, args: &[String], stderr: &Path) ->
     let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
     let _ = fs::remove_file(&notify_path);
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut child = Command::new(program)
         .args(args)
         .env("NOTIFY_SOCKET", &notify_path)

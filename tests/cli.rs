@@ -1,0 +1,446 @@
+//! The command lines of SPEC §7: check, explain, client exit codes, the
+//! echo demo, and the socket's life cycle.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::process::{Command, Stdio};
+
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+fn demo_server() -> TestServer {
+    let dir = scratch();
+    fs::write(dir.path().join("hello.txt"), "hello world\n").unwrap();
+    fs::write(dir.path().join("out.log"), "").unwrap();
+    let d = glob(dir.path());
+    let policy = json!({"rules": [
+        {"name": "read-txt", "paths": [format!("{d}/*.txt")]},
+        {"name": "log", "paths": [format!("{d}/*.log")], "modes": ["write", "append", "readwrite"]}
+    ]})
+    .to_string();
+    TestServer::start_in(dir, &policy, &[])
+}
+
+fn run(program: &str, args: &[&str]) -> std::process::Output {
+    Command::new(program).args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn shipped_policies_pass_check() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let out = run(SERVER, &["check", "--policy", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn check_reports_located_errors_and_exits_1() {
+    let dir = scratch();
+    let bad = dir.path().join("bad.json");
+    fs::write(
+        &bad,
+        "{\"rules\": [\n  {\"name\": \"a\", \"paths\": [\"/x\"]},\n  {\"name\": \"a\", \"paths\": [\"y/*\"], \"max_size\": \"1XB\"}\n]}\n",
+    )
+    .unwrap();
+    let out = run(SERVER, &["check", "--policy", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("{}:3:", bad.display())), "{err}");
+    assert!(err.contains("rule \"a\""), "{err}");
+    assert!(err.contains("unknown unit"), "{err}");
+
+    let good = dir.path().join("good.json");
+    fs::write(&good, r#"{"rules":[{"name":"a","paths":["/x"]}]}"#).unwrap();
+    let out = run(SERVER, &["check", "--policy", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run(SERVER, &["check", "--policy", "/nonexistent/policy.json"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn serve_with_a_broken_policy_exits_2() {
+    let dir = scratch();
+    let bad = dir.path().join("bad.json");
+    fs::write(&bad, r#"{"rules":[{"name":"a","paths":["relative"]}]}"#).unwrap();
+    let sock = dir.path().join("s.sock");
+    let out = run(
+        SERVER,
+        &[
+            "serve",
+            "--socket",
+            sock.to_str().unwrap(),
+            "--policy",
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not absolute"));
+    assert!(!sock.exists());
+}
+
+#[test]
+fn explain_shows_each_rule_and_the_decision() {
+    let dir = scratch();
+    fs::write(dir.path().join("big.log"), vec![b'x'; 4096]).unwrap();
+    let d = glob(dir.path());
+    let policy = dir.path().join("p.json");
+    fs::write(
+        &policy,
+        json!({"rules": [
+            {"name": "small-logs", "paths": [format!("{d}/*.log")], "max_size": "1KiB"},
+            {"name": "txt-only", "paths": [format!("{d}/*.txt")]},
+            {"name": "writers", "paths": [format!("{d}/*.log")], "modes": ["write"]},
+            {"name": "alice-only", "paths": [format!("{d}/*.log")], "users": [4242]}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let target = dir.path().join("big.log");
+    let args = [
+        "explain",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--path",
+        target.to_str().unwrap(),
+        "--uid",
+        "1000",
+        "--gid",
+        "1000",
+    ];
+    let out = run(SERVER, &args);
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out.stdout);
+    assert!(
+        t.contains("small-logs  no: allows at most 1 KiB; file is 4 KiB"),
+        "{t}"
+    );
+    assert!(
+        t.contains("txt-only    no: path matches none of its globs"),
+        "{t}"
+    );
+    assert!(
+        t.contains("writers     no: does not cover mode read"),
+        "{t}"
+    );
+    assert!(
+        t.contains("alice-only  no: uid 1000 is not among its users"),
+        "{t}"
+    );
+    assert!(
+        t.contains("decision: too_large: rule small-logs allows at most 1 KiB; file is 4 KiB"),
+        "{t}"
+    );
+
+    let out = run(
+        SERVER,
+        &[
+            "explain",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--path",
+            target.to_str().unwrap(),
+            "--uid",
+            "4242",
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["decision"]["ok"], true);
+    assert_eq!(v["decision"]["rule"], "alice-only");
+    assert_eq!(v["rules"][3]["matched"], true);
+    assert_eq!(v["rules"][1]["matched"], false);
+}
+
+#[test]
+fn client_exit_codes() {
+    let s = demo_server();
+    let sock = s.socket.to_str().unwrap();
+    let hello = s.path("hello.txt");
+    let ok = run_client(&s.socket, &["open", hello.to_str().unwrap()], b"");
+    assert_eq!(ok.status.code(), Some(0));
+    assert_eq!(text(&ok.stdout), "hello world\n");
+
+    let refused = run_client(&s.socket, &["open", "/etc/hostname"], b"");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("denied"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(refused.stdout.is_empty());
+
+    let usage = run(CLIENT, &["--socket", sock, "open", "--mode", "exec", "/x"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let usage = run(CLIENT, &["--socket", sock, "frobnicate"]);
+    assert_eq!(usage.status.code(), Some(2));
+
+    let unreachable = run(
+        CLIENT,
+        &["--socket", s.path("nobody.sock").to_str().unwrap(), "hello"],
+    );
+    assert_eq!(unreachable.status.code(), Some(3));
+    assert!(text(&unreachable.stderr).contains("cannot connect"));
+}
+
+#[test]
+fn socket_comes_from_fdopen_socket_when_not_given() {
+    let s = demo_server();
+    let out = Command::new(CLIENT)
+        .arg("hello")
+        .env("FDOPEN_SOCKET", &s.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("fdopen "));
+}
+
+#[test]
+fn open_runs_a_command_with_the_file_as_stdin_or_stdout() {
+    let s = demo_server();
+    let hello = s.path("hello.txt");
+    let out = run_client(
+        &s.socket,
+        &["open", hello.to_str().unwrap(), "--", "wc", "-c"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout).trim(), "12");
+
+    let log = s.path("out.log");
+    let out = run_client(
+        &s.socket,
+        &[
+            "open",
+            "--mode",
+            "append",
+            log.to_str().unwrap(),
+            "--",
+            "echo",
+            "appended",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run_client(
+        &s.socket,
+        &["open", "--mode", "append", log.to_str().unwrap()],
+        b"from stdin\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(fs::read_to_string(&log).unwrap(), "appended\nfrom stdin\n");
+
+    // The command's own exit status comes through.
+    let out = run_client(
+        &s.socket,
+        &["open", hello.to_str().unwrap(), "--", "sh", "-c", "exit 7"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(7));
+}
+
+#[test]
+fn check_subcommand_prints_json_on_request() {
+    let s = demo_server();
+    let hello = s.path("hello.txt");
+    let out = run_client(
+        &s.socket,
+        &["check", "--json", hello.to_str().unwrap()],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rule"], "read-txt");
+    assert_eq!(v["size"], 12);
+    let out = run_client(
+        &s.socket,
+        &[
+            "check",
+            "--json",
+            "--mode",
+            "write",
+            hello.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "denied");
+}
+
+#[test]
+fn help_documents_every_subcommand() {
+    let out = run(SERVER, &["--help"]);
+    let t = text(&out.stdout);
+    for word in ["serve", "check", "explain", "echo"] {
+        assert!(t.contains(word), "{t}");
+    }
+    let out = run(SERVER, &["serve", "--help"]);
+    let t = text(&out.stdout);
+    for flag in [
+        "--socket",
+        "--policy",
+        "--socket-mode",
+        "--socket-group",
+        "--audit-log",
+        "--max-request",
+        "--idle-timeout",
+        "--max-clients",
+    ] {
+        assert!(t.contains(flag), "{flag}: {t}");
+    }
+    let out = run(CLIENT, &["open", "--help"]);
+    let t = text(&out.stdout);
+    assert!(t.contains("readwrite") && t.contains("CMD"), "{t}");
+}
+
+#[test]
+fn echo_demo_prints_every_line_of_several_clients() {
+    let dir = scratch();
+    let sock = dir.path().join("echo.sock");
+    let out_path = dir.path().join("echo.out");
+    let notify = dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    let mut server = Command::new(SERVER)
+        .args(["echo", "--socket", sock.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 16];
+    listener.recv(&mut buf).unwrap();
+
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let mut child = Command::new(CLIENT)
+                .args(["--socket", sock.to_str().unwrap(), "echo"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            for n in 0..50 {
+                writeln!(stdin, "client {i} line {n}").unwrap();
+            }
+            drop(stdin);
+            child
+        })
+        .collect();
+    for mut c in clients {
+        assert!(c.wait().unwrap().success());
+    }
+    // Each client exits only after the server has printed all its lines.
+    let printed = fs::read_to_string(&out_path).unwrap();
+    for i in 0..4 {
+        let mine: Vec<&str> = printed
+            .lines()
+            .filter(|l| l.starts_with(&format!("client {i} ")))
+            .collect();
+        let want: Vec<String> = (0..50).map(|n| format!("client {i} line {n}")).collect();
+        assert_eq!(mine, want);
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn socket_life_cycle() {
+    let mut s = demo_server();
+    // Mode 0660 by default.
+    let meta = fs::metadata(&s.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+
+    // A second server on a live socket refuses and leaves the first alone.
+    let out = run(
+        SERVER,
+        &[
+            "serve",
+            "--socket",
+            s.socket.to_str().unwrap(),
+            "--policy",
+            s.policy.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("already listening"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(s.ask(r#"{"op":"hello"}"#).0["ok"], true);
+
+    // SIGTERM: exit 0, socket removed.
+    let status = s.stop_with(Signal::SIGTERM);
+    assert_eq!(status.code(), Some(0));
+    assert!(!s.socket.exists());
+}
+
+#[test]
+fn stale_socket_is_replaced_and_other_files_are_not() {
+    let dir = scratch();
+    let sock = dir.path().join("fdopen.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap()); // stale: nobody listens
+    let s = TestServer::start_in(dir, r#"{"rules":[]}"#, &["--socket-mode", "0600"]);
+    assert_eq!(s.ask(r#"{"op":"hello"}"#).0["ok"], true);
+    assert_eq!(
+        fs::metadata(&s.socket).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+
+    let dir = scratch();
+    let file = dir.path().join("not-a-socket");
+    fs::write(&file, "precious").unwrap();
+    let out = run(
+        SERVER,
+        &[
+            "serve",
+            "--socket",
+            file.to_str().unwrap(),
+            "--policy",
+            "/dev/null",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let policy = dir.path().join("p.json");
+    fs::write(&policy, r#"{"rules":[]}"#).unwrap();
+    let out = run(
+        SERVER,
+        &[
+            "serve",
+            "--socket",
+            file.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not a socket"));
+    assert_eq!(fs::read_to_string(&file).unwrap(), "precious");
+}
+
+#[test]
+fn socket_group_is_applied() {
+    if !is_root() {
+        eprintln!("skipped: chown to another group needs root");
+        return;
+    }
+    let s = TestServer::start(r#"{"rules":[]}"#, &["--socket-group", "4321"]);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(&s.socket).unwrap().gid(), 4321);
+}

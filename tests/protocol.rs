@@ -264,7 +264,7 @@ fn over_long_line_is_answered_then_closed() {
         .set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     assert_eq!(
-        (&*c.stream()).read_to_end(&mut rest).unwrap(),
+        c.stream().read_to_end(&mut rest).unwrap(),
         0,
         "closed after the answer"
     );

@@ -418,10 +418,11 @@ pub mod encode {
 }
 
 /// A response line as a client reads it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResponseLine {
+    /// Raw, so any id comes back exactly (even numbers too big for `f64`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<serde_json::Value>,
+    pub id: Option<Box<RawValue>>,
     pub ok: bool,
     #[serde(default)]
     pub fd: bool,

@@ -50,6 +50,16 @@ impl TestServer {
     }
 
     pub fn start_in(dir: TempDir, policy: &str, extra: &[&str]) -> TestServer {
+        Self::start_with_fd_limit(dir, policy, extra, None)
+    }
+
+    /// Like [`start_in`], with `RLIMIT_NOFILE` (soft and hard) set to `limit`.
+    pub fn start_with_fd_limit(
+        dir: TempDir,
+        policy: &str,
+        extra: &[&str],
+        limit: Option<u64>,
+    ) -> TestServer {
         let policy_path = dir.path().join("policy.json");
         fs::write(&policy_path, policy).unwrap();
         let socket = dir.path().join("fdopen.sock");
@@ -65,7 +75,7 @@ impl TestServer {
             audit.to_str().unwrap().into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = spawn_ready(dir.path(), SERVER, &args, &stderr);
+        let child = spawn_ready_limited(dir.path(), SERVER, &args, &stderr, limit);
         TestServer {
             dir,
             socket,
@@ -133,20 +143,43 @@ impl Drop for TestServer {
 
 /// Spawns `program args` with a NOTIFY_SOCKET and waits for `READY=1`.
 pub fn spawn_ready(dir: &Path, program: &str, args: &[String], stderr: &Path) -> Child {
+    spawn_ready_limited(dir, program, args, stderr, None)
+}
+
+pub fn spawn_ready_limited(
+    dir: &Path,
+    program: &str,
+    args: &[String],
+    stderr: &Path,
+    fd_limit: Option<u64>,
+) -> Child {
     let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
     let _ = fs::remove_file(&notify_path);
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut child = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .env("NOTIFY_SOCKET", &notify_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(fs::File::create(stderr).unwrap())
-        .spawn()
-        .unwrap();
+        .stderr(fs::File::create(stderr).unwrap());
+    if let Some(limit) = fd_limit {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    limit,
+                    limit,
+                )?;
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
     let mut buf = [0u8; 64];
     match notify.recv(&mut buf) {
         Ok(n) if &buf[..n] == b"READY=1" => {}

@@ -5,7 +5,7 @@ CARGO  ?= cargo
 SOCKET ?= ./fdopen.sock
 POLICY ?= policies/demo.json
 
-.PHONY: all build run test lint fmt clean
+.PHONY: all build run test lint fmt clean fuzz fuzz-build man
 
 all: build
 
@@ -22,9 +22,34 @@ run: build
 test:
 	$(CARGO) test --locked
 
+# Man pages for both binaries (and each subcommand), generated from the
+# clap definitions into target/man.
+man: build
+	./target/release/fdopen-server man target/man
+	@ls target/man
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# Coverage-guided fuzzing with afl.rs on the stable toolchain: both targets
+# side by side for FUZZ_SECONDS (default 10 minutes), then a summary.
+# Needs `cargo install cargo-afl` once.
+FUZZ_SECONDS ?= 600
+FUZZ_ENV = AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1
+
+fuzz-build:
+	command -v cargo-afl >/dev/null || $(CARGO) install --locked cargo-afl
+	cd fuzz && $(CARGO) afl build --release
+
+fuzz: fuzz-build
+	cd fuzz && for t in request_parser policy_loader; do \
+	  seeds=seeds/$${t%%_*}; mkdir -p out; \
+	  $(FUZZ_ENV) $(CARGO) afl fuzz -i $$seeds -o out/$$t -V $(FUZZ_SECONDS) target/release/$$t > out-$$t.log 2>&1 & \
+	done; wait
+	cd fuzz && for t in request_parser policy_loader; do \
+	  echo "== $$t"; grep -E 'execs_done|saved_crashes|saved_hangs|corpus_count' out/$$t/default/fuzzer_stats; \
+	done
 
 fmt:
 	$(CARGO) fmt --all

@@ -20,6 +20,8 @@ pub mod client;
 pub mod decision;
 pub mod echo;
 pub mod fdpass;
+pub mod lint;
+pub mod logging;
 pub mod peer;
 pub mod policy;
 pub mod protocol;

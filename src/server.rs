@@ -27,6 +27,7 @@ use slab::Slab;
 use crate::audit::{AuditLog, Record};
 use crate::decision::{self, Scratch};
 use crate::fdpass;
+use crate::logging;
 use crate::peer::PeerIdentity;
 use crate::policy::{Policy, PolicyErrors};
 use crate::protocol::{ErrorCode, Request, RequestError, encode, parse_request};
@@ -234,6 +235,8 @@ struct Worker {
     spare_fd: Option<OwnedFd>,
     listening: bool,
     last_sweep: Instant,
+    /// Running out of descriptors is logged at most every few seconds.
+    last_fd_warning: Option<Instant>,
 }
 
 impl Worker {
@@ -263,6 +266,7 @@ impl Worker {
             spare_fd: open_spare(),
             listening: true,
             last_sweep: Instant::now(),
+            last_fd_warning: None,
         })
     }
 
@@ -280,7 +284,7 @@ impl Worker {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
                 Err(e) => {
-                    eprintln!("fdopen-server: epoll_wait failed: {e}");
+                    logging::error(format_args!("epoll_wait failed: {e}"));
                     std::thread::sleep(Duration::from_millis(10));
                     0
                 }
@@ -346,6 +350,15 @@ impl Worker {
 
     /// Out of descriptors: free the spare, accept, say `busy`, close.
     fn refuse_for_lack_of_fds(&mut self) {
+        if self
+            .last_fd_warning
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+        {
+            logging::warn(format_args!(
+                "out of file descriptors: new clients are told busy"
+            ));
+            self.last_fd_warning = Some(Instant::now());
+        }
         self.spare_fd = None;
         if let Ok((stream, _)) = self.listener.accept() {
             say_busy(&stream, "server is out of file descriptors");
@@ -428,9 +441,9 @@ impl Worker {
         let audited = self.shared.audit.write(&self.audit_buf);
         self.audit_buf.clear();
         if let Err(e) = &audited {
-            eprintln!(
-                "fdopen-server: audit log write failed, refusing the grants of this batch: {e}"
-            );
+            logging::error(format_args!(
+                "audit log write failed, refusing the grants of this batch: {e}"
+            ));
         }
         for &key in &active {
             let Some(conn) = self.conns.get_mut(key) else {

@@ -23,8 +23,18 @@ pub fn take_listener() -> Option<UnixListener> {
         std::env::remove_var("LISTEN_FDS");
         std::env::remove_var("LISTEN_FDNAMES");
     }
+    // SAFETY: fd 3 is only borrowed for these checks.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(LISTEN_FDS_START) };
+    let is_socket =
+        nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK);
+    if !is_socket {
+        crate::logging::error(format_args!(
+            "LISTEN_FDS is set but fd 3 is not a socket; ignoring it"
+        ));
+        return None;
+    }
     let _ = nix::fcntl::fcntl(
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(LISTEN_FDS_START) },
+        fd,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
     // SAFETY: systemd passes an open socket at fd 3 and nothing else owns it.
@@ -48,4 +58,12 @@ pub fn notify(state: &str) -> io::Result<()> {
     };
     UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
     Ok(())
+}
+
+/// `RELOADING=1` with the monotonic timestamp systemd wants alongside it.
+pub fn reloading_message() -> String {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+        .unwrap_or(0);
+    format!("RELOADING=1\nMONOTONIC_USEC={now}")
 }

@@ -61,11 +61,20 @@ pub enum ClientCommand {
     },
     /// Line-echo demo: pass stdin to the echo server, which prints each line.
     Echo,
+    /// Print a shell completion script for fdopen-client.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Runs the client; returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if let ClientCommand::Completions { shell } = cli.command {
+        super::print_completions::<Cli>(shell, "fdopen-client");
+        return exit::OK;
+    }
     let socket = match socket_path::resolve(cli.socket) {
         Ok(path) => path,
         Err(e) => return fail(exit::USAGE, &e),
@@ -105,7 +114,9 @@ fn run(client: &mut Client, command: ClientCommand) -> Result<i32, Error> {
                 run_with(file, mode, &command)
             }
         }
-        ClientCommand::Echo => unreachable!("handled without a Client"),
+        ClientCommand::Echo | ClientCommand::Completions { .. } => {
+            unreachable!("handled without a Client")
+        }
     }
 }
 

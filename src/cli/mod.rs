@@ -15,6 +15,11 @@ fn mode_parser() -> impl TypedValueParser<Value = Mode> {
         .map(|s| s.parse::<Mode>().expect("listed value"))
 }
 
+/// Writes a completion script for `C` to stdout.
+fn print_completions<C: clap::CommandFactory>(shell: clap_complete::Shell, name: &str) {
+    clap_complete::generate(shell, &mut C::command(), name, &mut std::io::stdout());
+}
+
 /// Exit codes of SPEC §7.
 pub mod exit {
     pub const OK: i32 = 0;

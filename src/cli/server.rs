@@ -11,11 +11,12 @@ use serde_json::json;
 use super::{exit, mode_parser};
 use crate::audit::AuditLog;
 use crate::decision::{Explanation, explain};
+use crate::logging::{self, Level};
 use crate::peer::PeerIdentity;
 use crate::policy::{Policy, PolicyErrors};
 use crate::protocol::{Mode, normalize_path};
 use crate::server::{Server, ServerConfig};
-use crate::{socket_path, systemd};
+use crate::{lint, socket_path, systemd};
 
 /// Policy-gated file-open broker: opens the files a policy grants and hands
 /// the descriptors to clients over a Unix socket.
@@ -25,6 +26,15 @@ use crate::{socket_path, systemd};
 #[derive(Debug, Parser)]
 #[command(name = "fdopen-server", version, max_term_width = 100)]
 pub struct Cli {
+    /// How much operational logging goes to stderr (audit records are apart).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "info",
+        value_name = "LEVEL"
+    )]
+    pub log_level: Level,
     #[command(subcommand)]
     pub command: ServerCommand,
 }
@@ -34,11 +44,15 @@ pub enum ServerCommand {
     /// Serve requests on a Unix socket until SIGTERM or SIGINT; SIGHUP
     /// reloads the policy and reopens the audit log.
     Serve(ServeArgs),
-    /// Validate a policy: exit 0, or 1 with every error located.
+    /// Validate a policy: exit 0, or 1 with every error located. Also warns
+    /// about rules that can never match or that a deny rule cancels.
     Check {
         /// Policy file, or directory of *.json files.
         #[arg(long, value_name = "PATH")]
         policy: PathBuf,
+        /// Treat warnings as errors (exit 1).
+        #[arg(long)]
+        strict: bool,
     },
     /// Show, rule by rule, whether a request would match and why not,
     /// then the decision the server would make.
@@ -48,6 +62,14 @@ pub enum ServerCommand {
         #[arg(long, env = "FDOPEN_SOCKET", value_name = "PATH")]
         socket: Option<PathBuf>,
     },
+    /// Print a shell completion script for fdopen-server.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of fdopen-server and fdopen-client into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -117,16 +139,50 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs the server CLI; returns the exit code.
 pub fn main() -> i32 {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    logging::set_level(cli.log_level);
+    match cli.command {
         ServerCommand::Serve(args) => serve(args),
-        ServerCommand::Check { policy } => check(&policy),
+        ServerCommand::Check { policy, strict } => check(&policy, strict),
         ServerCommand::Explain(args) => explain_command(args),
         ServerCommand::Echo { socket } => echo(socket),
+        ServerCommand::Completions { shell } => {
+            super::print_completions::<Cli>(shell, "fdopen-server");
+            exit::OK
+        }
+        ServerCommand::Man { dir } => match write_man_pages(&dir) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                logging::error(format_args!(
+                    "cannot write man pages to {}: {e}",
+                    dir.display()
+                ));
+                exit::USAGE
+            }
+        },
     }
 }
 
+fn write_man_pages(dir: &Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    for command in [Cli::command(), super::client::Cli::command()] {
+        let name = command.get_name().to_owned();
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command.clone()).render(&mut page)?;
+        std::fs::write(dir.join(format!("{name}.1")), page)?;
+        for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let sub_name = format!("{name}-{}", sub.get_name());
+            let mut page = Vec::new();
+            clap_mangen::Man::new(sub.clone().name(sub_name.clone())).render(&mut page)?;
+            std::fs::write(dir.join(format!("{sub_name}.1")), page)?;
+        }
+    }
+    Ok(())
+}
+
 fn log(message: impl std::fmt::Display) {
-    eprintln!("fdopen-server: {message}");
+    logging::info(format_args!("{message}"));
 }
 
 fn print_policy_errors(errors: &PolicyErrors) {
@@ -135,24 +191,40 @@ fn print_policy_errors(errors: &PolicyErrors) {
     }
 }
 
-fn check(path: &Path) -> i32 {
-    match Policy::load(path) {
-        Ok(policy) => {
-            println!("{}: ok, {} rules", path.display(), policy.rules.len());
-            exit::OK
-        }
+fn check(path: &Path, strict: bool) -> i32 {
+    let policy = match Policy::load(path) {
+        Ok(policy) => policy,
         Err(errors) => {
             print_policy_errors(&errors);
-            exit::REFUSED
+            return exit::REFUSED;
         }
+    };
+    let warnings = lint::lint(&policy, true);
+    for w in &warnings {
+        eprintln!("warning: {w}");
     }
+    if strict && !warnings.is_empty() {
+        eprintln!(
+            "{}: {} warnings, fatal with --strict",
+            path.display(),
+            warnings.len()
+        );
+        return exit::REFUSED;
+    }
+    println!(
+        "{}: ok, {} rules, {} warnings",
+        path.display(),
+        policy.rules.len(),
+        warnings.len()
+    );
+    exit::OK
 }
 
 fn serve(args: ServeArgs) -> i32 {
     match try_serve(args) {
         Ok(()) => exit::OK,
         Err(message) => {
-            log(message);
+            logging::error(format_args!("{message}"));
             exit::USAGE
         }
     }
@@ -214,19 +286,25 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
     loop {
         match signals.wait() {
             Ok(Signal::SIGHUP) => {
+                let _ = systemd::notify(&systemd::reloading_message());
                 match server.reload() {
                     Ok(rules) => log(format_args!(
                         "reloaded policy {} ({rules} rules)",
                         args.policy.display()
                     )),
                     Err(errors) => {
-                        print_policy_errors(&errors);
-                        log("policy reload failed; the previous policy stays in force");
+                        for e in &errors.0 {
+                            logging::error(format_args!("{e}"));
+                        }
+                        logging::error(format_args!(
+                            "policy reload failed; the previous policy stays in force"
+                        ));
                     }
                 }
                 if let Err(e) = server.reopen_audit_log() {
-                    log(format_args!("cannot reopen audit log: {e}"));
+                    logging::error(format_args!("cannot reopen audit log: {e}"));
                 }
+                let _ = systemd::notify("READY=1");
             }
             Ok(signal) => {
                 log(format_args!(
@@ -302,7 +380,7 @@ fn explain_command(args: ExplainArgs) -> i32 {
     let path = match normalize_path(&args.path) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("fdopen-server: bad path: {e}");
+            logging::error(format_args!("bad path: {e}"));
             return exit::USAGE;
         }
     };

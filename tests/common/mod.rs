@@ -41,6 +41,8 @@ pub struct TestServer {
     pub audit: PathBuf,
     pub child: Option<Child>,
     pub stderr: PathBuf,
+    /// Where the server's sd_notify messages arrive.
+    pub notify: UnixDatagram,
 }
 
 impl TestServer {
@@ -75,7 +77,7 @@ impl TestServer {
             audit.to_str().unwrap().into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = spawn_ready_limited(dir.path(), SERVER, &args, &stderr, limit);
+        let (child, notify) = spawn_notifying(dir.path(), SERVER, &args, &stderr, limit);
         TestServer {
             dir,
             socket,
@@ -83,6 +85,7 @@ impl TestServer {
             audit,
             child: Some(child),
             stderr,
+            notify,
         }
     }
 
@@ -127,6 +130,25 @@ impl TestServer {
         wait_timeout(&mut child, Duration::from_secs(20)).expect("server exits")
     }
 
+    /// Waits for the next notification that starts with `prefix`.
+    pub fn wait_notify(&self, prefix: &str) -> String {
+        let mut buf = [0u8; 256];
+        loop {
+            let n = self.notify.recv(&mut buf).expect("server notification");
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text.starts_with(prefix) {
+                return text;
+            }
+        }
+    }
+
+    /// SIGHUP, then waits until the server says it is ready again.
+    pub fn reload(&self) {
+        self.signal(nix::sys::signal::Signal::SIGHUP);
+        self.wait_notify("RELOADING=1");
+        self.wait_notify("READY=1");
+    }
+
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).unwrap();
     }
@@ -153,6 +175,18 @@ pub fn spawn_ready_limited(
     stderr: &Path,
     fd_limit: Option<u64>,
 ) -> Child {
+    spawn_notifying(dir, program, args, stderr, fd_limit).0
+}
+
+/// Spawns and waits for `READY=1`; returns the notify socket too, for the
+/// `RELOADING=1`/`READY=1` of later reloads.
+pub fn spawn_notifying(
+    dir: &Path,
+    program: &str,
+    args: &[String],
+    stderr: &Path,
+    fd_limit: Option<u64>,
+) -> (Child, UnixDatagram) {
     let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
     let _ = fs::remove_file(&notify_path);
     let notify = UnixDatagram::bind(&notify_path).unwrap();
@@ -191,8 +225,7 @@ pub fn spawn_ready_limited(
             );
         }
     }
-    let _ = fs::remove_file(&notify_path);
-    child
+    (child, notify)
 }
 
 pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {

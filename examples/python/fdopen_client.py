@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""A complete fdopen client on Python's standard library alone.
+
+    python3 fdopen_client.py --socket ./fdopen.sock open /abs/path [--mode read]
+    python3 fdopen_client.py --socket ./fdopen.sock check /abs/path
+
+As a library:
+
+    with FdopenClient("./fdopen.sock") as client:
+        with client.open("/var/log/app/today.log") as f:
+            print(f.read())
+
+Responses can arrive several to one recvmsg, so received descriptors wait in
+a FIFO and each response with "fd": true takes the oldest (SPEC section 2).
+"""
+import argparse
+import collections
+import json
+import os
+import socket
+import sys
+
+
+class FdopenError(Exception):
+    """The server refused: `code` is one of the SPEC section 4 codes."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class FdopenClient:
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.buffer = b""
+        self.fds = collections.deque()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        while self.fds:
+            os.close(self.fds.popleft())
+        self.sock.close()
+
+    def request(self, op, path=None, mode=None):
+        """Sends one request and returns (response, fd or None)."""
+        req = {"op": op}
+        if path is not None:
+            req["path"] = path
+        if mode is not None:
+            req["mode"] = mode
+        self.sock.sendall(json.dumps(req).encode() + b"\n")
+        return self.receive()
+
+    def receive(self):
+        while b"\n" not in self.buffer:
+            data, fds, flags, _ = socket.recv_fds(self.sock, 65536, 16)
+            self.fds.extend(fds)
+            if flags & socket.MSG_CTRUNC:
+                raise OSError("descriptors truncated")
+            if not data:
+                raise ConnectionError("server closed the connection")
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        response = json.loads(line)
+        fd = self.fds.popleft() if response.get("fd") else None
+        return response, fd
+
+    def open(self, path, mode="read"):
+        """Returns a Python file object for the granted descriptor."""
+        response, fd = self.request("open", path, mode)
+        if not response["ok"]:
+            raise FdopenError(response["error"]["code"], response["error"]["message"])
+        py_mode = {"read": "rb", "write": "wb", "readwrite": "r+b", "append": "ab"}[mode]
+        return os.fdopen(fd, py_mode)
+
+    def check(self, path, mode="read"):
+        response, _ = self.request("check", path, mode)
+        if not response["ok"]:
+            raise FdopenError(response["error"]["code"], response["error"]["message"])
+        return response
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", default=os.environ.get("FDOPEN_SOCKET"), required="FDOPEN_SOCKET" not in os.environ)
+    parser.add_argument("command", choices=["open", "check", "hello"])
+    parser.add_argument("path", nargs="?")
+    parser.add_argument("--mode", default="read", choices=["read", "write", "readwrite", "append"])
+    args = parser.parse_args()
+    try:
+        client = FdopenClient(args.socket)
+    except OSError as e:
+        print(f"fdopen_client: cannot connect to {args.socket}: {e}", file=sys.stderr)
+        return 3
+    with client:
+        try:
+            if args.command == "hello":
+                print(json.dumps(client.request("hello")[0]))
+            elif args.command == "check":
+                print(json.dumps(client.check(args.path, args.mode)))
+            else:
+                with client.open(args.path, args.mode) as f:
+                    sys.stdout.buffer.write(f.read())
+        except FdopenError as e:
+            print(f"fdopen_client: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

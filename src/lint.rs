@@ -1,0 +1,214 @@
+//! Warnings for a policy that loads but cannot mean what its author
+//! thought: rules that can never match, or that another rule cancels.
+//! `fdopen-server check` prints them; `--strict` makes them fatal.
+
+use std::fmt;
+use std::path::Path;
+
+use crate::policy::{Effect, Policy, Rule, compile_glob};
+
+/// One suspicious rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub rule: String,
+    pub location: String,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: rule {:?}: {}",
+            self.location, self.rule, self.message
+        )
+    }
+}
+
+/// Glob metacharacters: where the literal part of a glob ends.
+const META: &[char] = &['*', '?', '[', '{', '\\'];
+
+/// The directory a glob starts in: everything before the component that
+/// holds its first metacharacter.
+pub fn literal_prefix(glob: &str) -> &str {
+    let literal = glob.find(META).map_or(glob, |i| &glob[..i]);
+    match literal.rfind('/') {
+        Some(0) => "/",
+        Some(i) if literal.len() < glob.len() => &glob[..i],
+        _ => literal,
+    }
+}
+
+/// Looks for rules that can never match and allows cancelled by denies.
+/// `fs_checks` also reports globs whose literal directory does not exist.
+pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    for rule in &policy.rules {
+        let mut warn = |message: String| {
+            warnings.push(Warning {
+                rule: rule.name.clone(),
+                location: rule.origin.to_string(),
+                message,
+            });
+        };
+        if let (Some(min), Some(max)) = (rule.size.min, rule.size.max)
+            && min > max
+        {
+            warn(format!(
+                "min_size {min} is larger than max_size {max}: it can never match"
+            ));
+        }
+        if let (Some(min), Some(max)) = (rule.age.min, rule.age.max)
+            && min > max
+        {
+            warn(format!(
+                "min_age {min} is longer than max_age {max}: it can never match"
+            ));
+        }
+        if rule.users.as_ref().is_some_and(Vec::is_empty) {
+            warn("\"users\" is empty: it can never match".into());
+        }
+        if rule.groups.as_ref().is_some_and(Vec::is_empty) {
+            warn("\"groups\" is empty: it can never match".into());
+        }
+        for glob in &rule.paths {
+            if glob.len() > 1
+                && (glob.ends_with('/')
+                    || glob.contains("//")
+                    || glob.contains("/./")
+                    || glob.ends_with("/."))
+            {
+                warn(format!(
+                    "glob {glob:?} can never match: requested paths are normalised (no //, /./ or trailing /)"
+                ));
+            } else if glob.split('/').any(|c| c == "..") {
+                warn(format!(
+                    "glob {glob:?} can never match: paths with .. are refused"
+                ));
+            } else if fs_checks {
+                let prefix = literal_prefix(glob);
+                if !Path::new(prefix).exists() {
+                    warn(format!("glob {glob:?}: {prefix} does not exist"));
+                }
+            }
+        }
+        if rule.effect == Effect::Allow
+            && let Some(deny) = policy.rules.iter().find(|d| shadows(d, rule))
+        {
+            warn(format!(
+                "every request it allows is denied by rule {:?}",
+                deny.name
+            ));
+        }
+    }
+    warnings
+}
+
+/// True when `deny` refuses everything `allow` would grant. Conservative:
+/// only claims it when the deny rule has no conditions of its own beyond
+/// paths and modes, covers all the allow rule's modes, and each allow glob
+/// is equal to a deny glob, lies under a deny glob of the form `DIR/**`,
+/// or is a literal path a deny glob matches.
+fn shadows(deny: &Rule, allow: &Rule) -> bool {
+    if deny.effect != Effect::Deny
+        || deny.has_file_conditions()
+        || deny.users.is_some()
+        || deny.groups.is_some()
+        || allow.modes().any(|m| !deny.modes().any(|d| d == m))
+    {
+        return false;
+    }
+    allow.paths.iter().all(|a| {
+        deny.paths.iter().any(|d| {
+            if a == d {
+                return true;
+            }
+            if let Some(dir) = d.strip_suffix("/**")
+                && !dir.contains(META)
+            {
+                let a_dir = literal_prefix(a);
+                return a_dir == dir || a_dir.starts_with(&format!("{dir}/")) || dir.is_empty();
+            }
+            !a.contains(META) && compile_glob(d).is_ok_and(|g| g.compile_matcher().is_match(a))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warnings(text: &str) -> Vec<String> {
+        let p = Policy::from_str(Path::new("t.json"), text).unwrap();
+        lint(&p, true).into_iter().map(|w| w.message).collect()
+    }
+
+    #[test]
+    fn literal_prefixes() {
+        assert_eq!(literal_prefix("/var/log/app/**/*.log"), "/var/log/app");
+        assert_eq!(literal_prefix("/var/log/a*.log"), "/var/log");
+        assert_eq!(literal_prefix("/etc/passwd"), "/etc/passwd");
+        assert_eq!(literal_prefix("/**"), "/");
+        assert_eq!(literal_prefix("/*.txt"), "/");
+    }
+
+    #[test]
+    fn clean_policy_has_no_warnings() {
+        assert!(
+            warnings(
+                r#"{"rules":[{"name":"a","paths":["/etc/**"],"max_size":"1MiB","min_size":1}]}"#
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn impossible_bounds_are_flagged() {
+        let w = warnings(
+            r#"{"rules":[{"name":"a","paths":["/etc/*"],"min_size":"2KiB","max_size":"1KiB","min_age":"2d","max_age":"1d"}]}"#,
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("min_size") && w[1].contains("min_age"));
+    }
+
+    #[test]
+    fn unmatchable_globs_are_flagged() {
+        let w = warnings(
+            r#"{"rules":[{"name":"a","paths":["/etc//x","/etc/./x","/etc/","/no/such/dir/here/*.log"]}]}"#,
+        );
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert!(w[3].contains("/no/such/dir/here does not exist"), "{w:?}");
+    }
+
+    #[test]
+    fn complete_shadowing_by_a_deny_is_flagged() {
+        let w = warnings(
+            r#"{"rules":[
+                {"name":"logs","paths":["/var/log/app/*.log"]},
+                {"name":"keys","paths":["/etc/ssl/a.key"]},
+                {"name":"no-var","effect":"deny","paths":["/var/**"]},
+                {"name":"no-keys","effect":"deny","paths":["/**/*.key"]}]}"#,
+        );
+        assert!(
+            w.iter().any(|m| m.contains("denied by rule \"no-var\"")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter().any(|m| m.contains("denied by rule \"no-keys\"")),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn partial_or_conditional_denies_are_not_shadowing() {
+        let w = warnings(
+            r#"{"rules":[
+                {"name":"logs","paths":["/var/log/*.log"],"modes":["read","append"]},
+                {"name":"no-append","effect":"deny","paths":["/var/**"],"modes":["append"]},
+                {"name":"no-big","effect":"deny","paths":["/var/**"],"min_size":"1GiB"},
+                {"name":"no-bob","effect":"deny","paths":["/var/**"],"users":[1234]},
+                {"name":"no-old","effect":"deny","paths":["/var/log/old*.log"]}]}"#,
+        );
+        assert!(!w.iter().any(|m| m.contains("denied by rule")), "{w:?}");
+    }
+}

@@ -171,7 +171,8 @@ impl From<OpenError> for Refusal {
 /// looked at; the server keeps one per worker to avoid allocating.
 #[derive(Default, Debug)]
 pub struct Candidates {
-    glob_hits: Vec<usize>,
+    glob_scratch: Vec<usize>,
+    rule_hits: Vec<usize>,
     allow: Vec<usize>,
     deny: Vec<usize>,
 }
@@ -187,13 +188,14 @@ impl Policy {
         mode: Mode,
         out: &mut Candidates,
     ) -> Result<(), Refusal> {
-        self.all_globs.matches_into(path, &mut out.glob_hits);
-        // Globs are numbered in rule order: sorted hits visit rules in order.
-        out.glob_hits.sort_unstable();
+        out.rule_hits.clear();
+        self.index
+            .matching_rules(path, &mut out.glob_scratch, &mut out.rule_hits);
+        // Sorted, the hits visit rules in policy order.
+        out.rule_hits.sort_unstable();
         out.allow.clear();
         out.deny.clear();
-        for &glob in &out.glob_hits {
-            let index = self.glob_rule[glob];
+        for &index in &out.rule_hits {
             let rule = &self.rules[index];
             if rule.check_request(client, mode).is_err() {
                 continue;
@@ -225,7 +227,7 @@ impl Policy {
 
     /// Stage two, on the opened file: deny rules with file conditions, then
     /// the first allow rule whose size and age conditions hold.
-    fn judge(
+    pub fn judge(
         &self,
         candidates: &Candidates,
         facts: &FileFacts,

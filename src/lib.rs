@@ -22,6 +22,7 @@ pub mod echo;
 pub mod fdpass;
 pub mod lint;
 pub mod logging;
+pub mod path_index;
 pub mod peer;
 pub mod policy;
 pub mod protocol;

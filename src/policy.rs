@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use serde_json::value::RawValue;
 
+use crate::path_index::PathIndex;
 use crate::protocol::Mode;
 
 /// Whether a rule grants or forbids.
@@ -317,10 +318,8 @@ impl Rule {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub rules: Vec<Rule>,
-    /// Every glob of every rule, compiled once.
-    pub(crate) all_globs: GlobSet,
-    /// For each glob in `all_globs`, the index of its rule.
-    pub(crate) glob_rule: Vec<usize>,
+    /// Every glob of every rule, indexed by literal prefix.
+    pub(crate) index: PathIndex,
     pub source: PathBuf,
 }
 
@@ -383,19 +382,14 @@ impl Policy {
     }
 
     fn from_rules(rules: Vec<Rule>, source: PathBuf) -> Policy {
-        let mut builder = GlobSetBuilder::new();
-        let mut glob_rule = Vec::new();
-        for (index, rule) in rules.iter().enumerate() {
-            for glob in &rule.paths {
-                builder.add(compile_glob(glob).expect("validated while parsing"));
-                glob_rule.push(index);
-            }
-        }
-        let all_globs = builder.build().expect("validated globs compile");
+        let globs = rules
+            .iter()
+            .enumerate()
+            .flat_map(|(index, rule)| rule.paths.iter().map(move |g| (g.as_str(), index)));
+        let index = PathIndex::build(globs);
         Policy {
             rules,
-            all_globs,
-            glob_rule,
+            index,
             source,
         }
     }

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""fdopen-server against the C floor (refserver), side by side, same run.
+
+Builds ../shared/bench/{refserver,loadgen}.c, creates 1000 files and a
+100-rule policy (98 unrelated rules with globs and size/age limits, one
+allow rule covering the files, one deny rule), starts both servers, and
+runs loadgen against each in turn (interleaved, so machine noise hits both
+alike) for the shapes conns:depth 1:1, 4:1, 64:1, 4:16, then 10,000 idle
+clients plus 4 active ones. Prints a table of ratios fdopen/refserver;
+--record appends it to BENCHMARKS.md.
+
+    python3 bench/bench.py [--seconds 5] [--rounds 3] [--record]
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(ROOT, "..", "shared", "bench")
+SHAPES = [(1, 1), (4, 1), (64, 1), (4, 16)]
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def build(work):
+    for name in ("refserver", "loadgen"):
+        sh("cc", "-O2", "-pthread", "-o", os.path.join(work, name), os.path.join(SHARED, name + ".c"))
+    sh("cargo", "build", "--release", "--locked", "-q", cwd=ROOT)
+
+
+def make_files(work, count=1000):
+    data = os.path.join(work, "data")
+    os.makedirs(data)
+    paths = []
+    for i in range(count):
+        sub = os.path.join(data, f"d{i % 10}")
+        os.makedirs(sub, exist_ok=True)
+        p = os.path.join(sub, f"file{i:04}.log")
+        with open(p, "wb") as f:
+            f.write(b"x" * (100 + i))
+        paths.append(p)
+    with open(os.path.join(work, "paths.txt"), "w") as f:
+        f.write("\n".join(paths) + "\n")
+    return data
+
+
+def make_policy(work, data, unrelated=98):
+    rules = []
+    for i in range(unrelated):
+        rules.append({
+            "name": f"unrelated-{i}",
+            "paths": [f"/srv/app{i}/**/*.log", f"/var/lib/svc{i}/[a-f]*/data-?.bin"],
+            "modes": ["read", "append"],
+            "max_size": "10MiB",
+            "min_size": 1,
+            "max_age": "30d",
+        })
+    rules.append({"name": "bench-files", "paths": [data + "/**/*.log"], "max_size": "1MiB", "max_age": "3650d"})
+    rules.append({"name": "no-keys", "effect": "deny", "paths": ["/**/*.key"]})
+    path = os.path.join(work, "policy.json")
+    with open(path, "w") as f:
+        json.dump({"rules": rules}, f, indent=1)
+    return path
+
+
+def wait_socket(path, proc, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server exited early with {proc.returncode}")
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            s.close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{path}: server not ready")
+
+
+def start_servers(work, policy):
+    ref_sock = os.path.join(work, "ref.sock")
+    fd_sock = os.path.join(work, "fdopen.sock")
+    ref = subprocess.Popen([os.path.join(work, "refserver"), ref_sock], stderr=subprocess.DEVNULL)
+    fdopen = subprocess.Popen(
+        [os.path.join(ROOT, "target/release/fdopen-server"), "--log-level", "warn", "serve",
+         "--socket", fd_sock, "--policy", policy,
+         "--audit-log", os.path.join(work, "audit.log"), "--max-clients", "20000"],
+    )
+    wait_socket(ref_sock, ref)
+    wait_socket(fd_sock, fdopen)
+    return {"refserver": (ref, ref_sock), "fdopen": (fdopen, fd_sock)}
+
+
+def loadgen(work, sock, conns, depth, seconds, extra=()):
+    threads = 1 if conns == 1 else 2
+    cmd = [os.path.join(work, "loadgen"), "-s", sock, "-p", os.path.join(work, "paths.txt"),
+           "-c", str(conns), "-d", str(depth), "-t", str(threads), "-n", str(seconds), *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"loadgen failed ({' '.join(cmd)}): {out.stdout} {out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median_run(runs):
+    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--idle", type=int, default=10000)
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="fdopen-bench-")
+    try:
+        build(work)
+        data = make_files(work)
+        policy = make_policy(work, data)
+        servers = start_servers(work, policy)
+        results = {}
+        for conns, depth in SHAPES:
+            runs = {"refserver": [], "fdopen": []}
+            for _ in range(args.rounds):
+                for name in ("refserver", "fdopen"):
+                    runs[name].append(loadgen(work, servers[name][1], conns, depth, args.seconds))
+            results[(conns, depth)] = {name: median_run(r) for name, r in runs.items()}
+        idle = {}
+        for name in ("refserver", "fdopen"):
+            proc, sock = servers[name]
+            idle[name] = loadgen(work, sock, 4, 1, args.seconds, ("-i", str(args.idle), "-P", str(proc.pid)))
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait()
+        audit_lines = sum(1 for _ in open(os.path.join(work, "audit.log")))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    lines = []
+    lines.append(f"| shape conns:depth | refserver req/s | fdopen req/s | ratio | refserver p99 µs | fdopen p99 µs | p99 ratio |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    ratios, p99s = [], []
+    for (conns, depth), r in results.items():
+        ref, fd = r["refserver"], r["fdopen"]
+        ratio = fd["rps"] / ref["rps"]
+        p99 = fd["p99_us"] / max(ref["p99_us"], 1)
+        ratios.append(ratio)
+        p99s.append(p99)
+        lines.append(f"| {conns}:{depth} | {ref['rps']:.0f} | {fd['rps']:.0f} | {ratio:.2f} | {ref['p99_us']} | {fd['p99_us']} | {p99:.2f} |")
+    lines.append("")
+    lines.append(f"worst throughput ratio: {min(ratios):.2f} (target >= 0.90); worst p99 ratio: {max(p99s):.2f} (target <= 1.5)")
+    lines.append("")
+    lines.append(f"| {args.idle} idle + 4 active | req/s | idle answered (start/end) | server RSS MiB | server threads |")
+    lines.append("| --- | ---: | ---: | ---: | ---: |")
+    for name, r in idle.items():
+        lines.append(f"| {name} | {r['rps']:.0f} | {r['idle_ok']}/{r['idle_alive']} | {r['server_rss_kb'] / 1024:.1f} | {r['server_threads']} |")
+    busy = results[(4, 1)]["fdopen"]["rps"]
+    lines.append("")
+    lines.append(f"fdopen active throughput with idle clients / without: {idle['fdopen']['rps'] / busy:.2f} (target >= 0.90)")
+    violations = sum(r[n]["violations"] for r in results.values() for n in r) + sum(r["violations"] for r in idle.values())
+    lines.append(f"protocol violations seen by loadgen: {violations}; fdopen audit records written: {audit_lines}")
+    table = "\n".join(lines)
+    print(table)
+    if args.record:
+        cpu = ""
+        try:
+            cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        header = (f"\n## {datetime.date.today()} — {platform.node()}, {os.cpu_count()} cores, {cpu}, "
+                  f"Linux {platform.release()}; {args.rounds} rounds of {args.seconds}s per shape, median\n\n")
+        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
+            f.write(header + table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -72,10 +72,32 @@ fn open_append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// RFC 3339 timestamps with milliseconds, formatted once per millisecond
+/// rather than once per record.
+#[derive(Debug, Default)]
+pub struct Clock {
+    millis: u128,
+    text: String,
+}
+
+impl Clock {
+    pub fn now(&mut self) -> &str {
+        let now = SystemTime::now();
+        let millis = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        if millis != self.millis || self.text.is_empty() {
+            self.millis = millis;
+            self.text = humantime::format_rfc3339_millis(now).to_string();
+        }
+        &self.text
+    }
+}
+
 /// One decision, as logged.
 #[derive(Debug, Serialize)]
 pub struct Record<'a> {
-    pub ts: String,
+    pub ts: &'a str,
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
@@ -96,10 +118,10 @@ pub struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
-    /// A record for `client` stamped now; the caller fills in the rest.
-    pub fn new(client: &PeerIdentity) -> Record<'a> {
+    /// A record for `client` stamped `ts`; the caller fills in the rest.
+    pub fn new(client: &PeerIdentity, ts: &'a str) -> Record<'a> {
         Record {
-            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            ts,
             pid: client.pid,
             uid: client.uid,
             gid: client.gid,

@@ -24,7 +24,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use slab::Slab;
 
-use crate::audit::{AuditLog, Record};
+use crate::audit::{AuditLog, Clock, Record};
 use crate::decision::{self, Scratch};
 use crate::fdpass;
 use crate::logging;
@@ -97,6 +97,7 @@ impl Server {
         config: ServerConfig,
     ) -> io::Result<Server> {
         listener.set_nonblocking(true)?;
+        crate::safe_open::prepare();
         let listener = Arc::new(listener);
         let shared = Arc::new(Shared {
             policy: ArcSwap::from_pointee(policy),
@@ -226,6 +227,7 @@ struct Worker {
     read_buf: Vec<u8>,
     scratch: Scratch,
     audit_buf: Vec<u8>,
+    clock: Clock,
     /// Connections touched in this round, to answer and flush.
     active: Vec<usize>,
     /// Connections with answerable lines left over from the last round.
@@ -260,6 +262,7 @@ impl Worker {
             conns: Slab::new(),
             read_buf: vec![0; READ_CHUNK],
             scratch: Scratch::default(),
+            clock: Clock::default(),
             audit_buf: Vec::with_capacity(16 * 1024),
             active: Vec::new(),
             pending: Vec::new(),
@@ -500,8 +503,12 @@ impl Worker {
             let end = start + newline;
             if end + 1 - start > max_request {
                 // Framing is lost: answer, then read nothing more.
-                conn.outq
-                    .push_back(line_too_long(&conn.peer, max_request, &mut self.audit_buf));
+                conn.outq.push_back(line_too_long(
+                    &conn.peer,
+                    max_request,
+                    self.clock.now(),
+                    &mut self.audit_buf,
+                ));
                 conn.read_done = true;
                 start = conn.inbuf.len();
                 break;
@@ -516,10 +523,13 @@ impl Worker {
                 line,
                 tainted,
                 &mut self.scratch,
+                self.clock.now(),
                 &mut self.audit_buf,
             ));
-            conn.last_active = Instant::now();
             start = end + 1;
+        }
+        if start > 0 {
+            conn.last_active = Instant::now();
         }
         if start > 0 {
             conn.inbuf.drain(..start);
@@ -528,8 +538,12 @@ impl Worker {
             });
         }
         if !conn.read_done && !conn.has_complete_line() && conn.inbuf.len() >= max_request {
-            conn.outq
-                .push_back(line_too_long(&conn.peer, max_request, &mut self.audit_buf));
+            conn.outq.push_back(line_too_long(
+                &conn.peer,
+                max_request,
+                self.clock.now(),
+                &mut self.audit_buf,
+            ));
             conn.read_done = true;
             conn.inbuf.clear();
         }
@@ -644,7 +658,12 @@ fn flush(conn: &mut Connection) {
     }
 }
 
-fn line_too_long(peer: &PeerIdentity, max_request: usize, audit: &mut Vec<u8>) -> Outgoing {
+fn line_too_long(
+    peer: &PeerIdentity,
+    max_request: usize,
+    ts: &str,
+    audit: &mut Vec<u8>,
+) -> Outgoing {
     let mut bytes = Vec::new();
     encode::error(
         &mut bytes,
@@ -652,7 +671,7 @@ fn line_too_long(peer: &PeerIdentity, max_request: usize, audit: &mut Vec<u8>) -
         ErrorCode::BadRequest,
         &format!("request line longer than {max_request} bytes; closing the connection"),
     );
-    let mut record = Record::new(peer);
+    let mut record = Record::new(peer, ts);
     record.code = Some(ErrorCode::BadRequest.as_str());
     record.append_to(audit);
     Outgoing {
@@ -670,12 +689,13 @@ fn answer(
     line: &[u8],
     carried_fds: bool,
     scratch: &mut Scratch,
+    ts: &str,
     audit: &mut Vec<u8>,
 ) -> Outgoing {
     let parsed = parse_request(line);
     let mut bytes = Vec::with_capacity(192);
     let mut fd = None;
-    let mut record = Record::new(peer);
+    let mut record = Record::new(peer, ts);
     let request = match parsed.request {
         Ok(_) if carried_fds => Err(RequestError::Malformed(
             "file descriptors are not accepted".into(),

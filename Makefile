@@ -5,7 +5,7 @@ CARGO  ?= cargo
 SOCKET ?= ./fdopen.sock
 POLICY ?= policies/demo.json
 
-.PHONY: all build run test lint fmt clean fuzz fuzz-build man
+.PHONY: all build run test lint fmt clean fuzz fuzz-build man bench
 
 all: build
 
@@ -21,6 +21,14 @@ run: build
 # the real binaries on temporary sockets, and the doc tests.
 test:
 	$(CARGO) test --locked
+
+# fdopen-server against the C floor (../shared/bench/refserver.c), with
+# ../shared/bench/loadgen.c, interleaved in one run; then the decision
+# micro-benchmark. BENCH_ARGS=--record appends the table to BENCHMARKS.md.
+BENCH_ARGS ?=
+bench:
+	python3 bench/bench.py $(BENCH_ARGS)
+	$(CARGO) bench --locked --bench decision
 
 # Man pages for both binaries (and each subcommand), generated from the
 # clap definitions into target/man.

@@ -29,6 +29,18 @@ fn run(program: &str, args: &[&str]) -> std::process::Output {
     Command::new(program).args(args).output().unwrap()
 }
 
+/// Runs `fdopen-server serve` that is expected to exit by itself.
+fn serve_once(socket: &std::path::Path, policy: &std::path::Path) -> std::process::Output {
+    Command::new(SERVER)
+        .arg("serve")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--policy")
+        .arg(policy)
+        .output()
+        .unwrap()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -78,16 +90,7 @@ fn serve_with_a_broken_policy_exits_2() {
     let bad = dir.path().join("bad.json");
     fs::write(&bad, r#"{"rules":[{"name":"a","paths":["relative"]}]}"#).unwrap();
     let sock = dir.path().join("s.sock");
-    let out = run(
-        SERVER,
-        &[
-            "serve",
-            "--socket",
-            sock.to_str().unwrap(),
-            "--policy",
-            bad.to_str().unwrap(),
-        ],
-    );
+    let out = serve_once(&sock, &bad);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("not absolute"));
     assert!(!sock.exists());
@@ -367,16 +370,7 @@ fn socket_life_cycle() {
     assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
 
     // A second server on a live socket refuses and leaves the first alone.
-    let out = run(
-        SERVER,
-        &[
-            "serve",
-            "--socket",
-            s.socket.to_str().unwrap(),
-            "--policy",
-            s.policy.to_str().unwrap(),
-        ],
-    );
+    let out = serve_once(&s.socket, &s.policy);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("already listening"),
@@ -406,29 +400,11 @@ fn stale_socket_is_replaced_and_other_files_are_not() {
     let dir = scratch();
     let file = dir.path().join("not-a-socket");
     fs::write(&file, "precious").unwrap();
-    let out = run(
-        SERVER,
-        &[
-            "serve",
-            "--socket",
-            file.to_str().unwrap(),
-            "--policy",
-            "/dev/null",
-        ],
-    );
+    let out = serve_once(&file, std::path::Path::new("/dev/null"));
     assert_eq!(out.status.code(), Some(2));
     let policy = dir.path().join("p.json");
     fs::write(&policy, r#"{"rules":[]}"#).unwrap();
-    let out = run(
-        SERVER,
-        &[
-            "serve",
-            "--socket",
-            file.to_str().unwrap(),
-            "--policy",
-            policy.to_str().unwrap(),
-        ],
-    );
+    let out = serve_once(&file, &policy);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("not a socket"));
     assert_eq!(fs::read_to_string(&file).unwrap(), "precious");

@@ -99,6 +99,10 @@ pub struct ServeArgs {
     /// Most clients connected at once; more are answered busy.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_clients: usize,
+    /// How long an idle worker polls for new requests before it sleeps:
+    /// lower latency for a little CPU; 0 never polls.
+    #[arg(long, default_value = "50us", value_parser = parse_duration, value_name = "DUR")]
+    pub busy_poll: Duration,
     /// Worker threads [default: number of CPUs].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256), value_name = "N")]
     pub workers: Option<u64>,
@@ -265,6 +269,7 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
         max_request: args.max_request as usize,
         idle_timeout: args.idle_timeout,
         max_clients: args.max_clients,
+        busy_poll: args.busy_poll,
         ..ServerConfig::default()
     };
     if let Some(workers) = args.workers {

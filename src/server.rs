@@ -13,8 +13,8 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -80,12 +80,21 @@ struct Shared {
     config: ServerConfig,
     clients: AtomicUsize,
     stopping: AtomicBool,
+    /// Per worker: its wake-up, its connection count, and connections
+    /// handed to it by the worker that accepted them.
+    lanes: Vec<Lane>,
+}
+
+/// What other threads need of one worker.
+struct Lane {
+    waker: EventFd,
+    load: AtomicUsize,
+    inbox: Mutex<Vec<UnixStream>>,
 }
 
 /// A running server: reload its policy, or stop it.
 pub struct Server {
     shared: Arc<Shared>,
-    wakers: Vec<Arc<EventFd>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -102,6 +111,18 @@ impl Server {
         listener.set_nonblocking(true)?;
         crate::safe_open::prepare();
         let listener = Arc::new(listener);
+        let lanes = (0..config.workers.max(1))
+            .map(|_| {
+                Ok(Lane {
+                    waker: EventFd::from_value_and_flags(
+                        0,
+                        EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+                    )?,
+                    load: AtomicUsize::new(0),
+                    inbox: Mutex::new(Vec::new()),
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         let shared = Arc::new(Shared {
             policy: ArcSwap::from_pointee(policy),
             policy_path,
@@ -109,12 +130,11 @@ impl Server {
             clients: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             config,
+            lanes,
         });
-        let mut wakers = Vec::new();
         let mut threads = Vec::new();
-        for index in 0..shared.config.workers.max(1) {
-            let worker = Worker::new(listener.clone(), shared.clone())?;
-            wakers.push(worker.waker.clone());
+        for index in 0..shared.lanes.len() {
+            let worker = Worker::new(index, listener.clone(), shared.clone())?;
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("fdopen-worker-{index}"))
@@ -122,11 +142,7 @@ impl Server {
                     .spawn(move || worker.run())?,
             );
         }
-        Ok(Server {
-            shared,
-            wakers,
-            threads,
-        })
+        Ok(Server { shared, threads })
     }
 
     /// Re-reads the policy. On success new requests use it; requests in
@@ -153,8 +169,8 @@ impl Server {
     /// waits for the workers to finish.
     pub fn shutdown(self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        for waker in &self.wakers {
-            let _ = waker.write(1);
+        for lane in &self.shared.lanes {
+            let _ = lane.waker.write(1);
         }
         for thread in self.threads {
             let _ = thread.join();
@@ -243,9 +259,10 @@ impl Connection {
 }
 
 struct Worker {
+    /// This worker's lane in `shared.lanes`.
+    index: usize,
     epoll: Epoll,
     listener: Arc<UnixListener>,
-    waker: Arc<EventFd>,
     shared: Arc<Shared>,
     conns: Slab<Connection>,
     read_buf: Vec<u8>,
@@ -266,12 +283,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(listener: Arc<UnixListener>, shared: Arc<Shared>) -> io::Result<Worker> {
+    fn new(index: usize, listener: Arc<UnixListener>, shared: Arc<Shared>) -> io::Result<Worker> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        let waker = Arc::new(EventFd::from_value_and_flags(
-            0,
-            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
-        )?);
+        let waker = &shared.lanes[index].waker;
         // EPOLLEXCLUSIVE: one worker wakes per new connection, not all.
         epoll.add(
             listener.as_fd(),
@@ -279,9 +293,9 @@ impl Worker {
         )?;
         epoll.add(waker.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKER))?;
         Ok(Worker {
+            index,
             epoll,
             listener,
-            waker,
             shared,
             conns: Slab::new(),
             read_buf: vec![0; READ_CHUNK],
@@ -312,7 +326,11 @@ impl Worker {
                 match event.data() {
                     LISTENER => self.accept_ready(),
                     WAKER => {
-                        let _ = self.waker.read();
+                        let _ = self.lane().waker.read();
+                        let handed = std::mem::take(&mut *lock(&self.lane().inbox));
+                        for stream in handed {
+                            self.register(stream);
+                        }
                     }
                     key => self.on_ready(key as usize, event.events()),
                 }
@@ -418,6 +436,13 @@ impl Worker {
         self.spare_fd = open_spare();
     }
 
+    fn lane(&self) -> &Lane {
+        &self.shared.lanes[self.index]
+    }
+
+    /// Counts a new client in, then serves it here or, if another worker
+    /// has fewer clients, hands it over: whichever worker the kernel woke
+    /// to accept, connections spread evenly.
     fn admit(&mut self, stream: UnixStream) {
         let clients = self.shared.clients.fetch_add(1, Ordering::Relaxed);
         if clients >= self.shared.config.max_clients {
@@ -425,13 +450,34 @@ impl Worker {
             say_busy(&stream, "too many clients");
             return;
         }
+        let lanes = &self.shared.lanes;
+        let target = (0..lanes.len())
+            .min_by_key(|&i| (lanes[i].load.load(Ordering::Relaxed), i != self.index))
+            .unwrap_or(self.index);
+        lanes[target].load.fetch_add(1, Ordering::Relaxed);
+        if target == self.index {
+            self.register(stream);
+        } else {
+            lock(&lanes[target].inbox).push(stream);
+            let _ = lanes[target].waker.write(1);
+        }
+    }
+
+    /// A client counted in by [`Worker::admit`] is gone.
+    fn forget_client(&self) {
+        self.shared.clients.fetch_sub(1, Ordering::Relaxed);
+        self.lane().load.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Starts serving a counted-in client on this worker.
+    fn register(&mut self, stream: UnixStream) {
         let setup = stream
             .set_nonblocking(true)
             .and_then(|()| PeerIdentity::of(&stream));
         let peer = match setup {
             Ok(peer) => peer,
             Err(_) => {
-                self.shared.clients.fetch_sub(1, Ordering::Relaxed);
+                self.forget_client();
                 return;
             }
         };
@@ -443,7 +489,7 @@ impl Worker {
             .add(stream.as_fd(), EpollEvent::new(interest, key as u64))
             .is_err()
         {
-            self.shared.clients.fetch_sub(1, Ordering::Relaxed);
+            self.forget_client();
             return;
         }
         entry.insert(Connection {
@@ -592,7 +638,7 @@ impl Worker {
     fn close(&mut self, key: usize) {
         let conn = self.conns.remove(key);
         let _ = self.epoll.delete(conn.stream.as_fd());
-        self.shared.clients.fetch_sub(1, Ordering::Relaxed);
+        self.forget_client();
     }
 
     fn close_finished_for_shutdown(&mut self) {
@@ -622,6 +668,10 @@ impl Worker {
             self.close(key);
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {

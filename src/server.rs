@@ -378,7 +378,9 @@ impl Worker {
                 if ready > 0 {
                     return ready;
                 }
-                std::hint::spin_loop();
+                // Let a thread that is ready on this CPU (often the very client
+                // about to ask) run rather than spinning past it.
+                std::thread::yield_now();
             }
         }
         poll(

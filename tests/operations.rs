@@ -18,12 +18,17 @@ fn policy_with_rule(dir: &std::path::Path, name: &str) -> String {
     json!({"rules": [{"name": name, "paths": [format!("{d}/*.txt")]}]}).to_string()
 }
 
-#[test]
-fn reload_under_load_never_fails_a_request() {
+/// A server whose policy has one rule, `name`, allowing its `a.txt`.
+fn server_with_rule(name: &str) -> TestServer {
     let dir = scratch();
     fs::write(dir.path().join("a.txt"), "a").unwrap();
-    let policy = policy_with_rule(dir.path(), "v0");
-    let s = TestServer::start_in(dir, &policy, &[]);
+    let policy = policy_with_rule(dir.path(), name);
+    TestServer::start_in(dir, &policy, &[])
+}
+
+#[test]
+fn reload_under_load_never_fails_a_request() {
+    let s = server_with_rule("v0");
     let stop = Arc::new(AtomicBool::new(false));
     let path = s.path("a.txt");
     let workers: Vec<_> = (0..3)
@@ -68,10 +73,7 @@ fn reload_under_load_never_fails_a_request() {
 
 #[test]
 fn a_broken_policy_on_reload_keeps_the_old_one_and_is_logged() {
-    let dir = scratch();
-    fs::write(dir.path().join("a.txt"), "a").unwrap();
-    let policy = policy_with_rule(dir.path(), "good");
-    let s = TestServer::start_in(dir, &policy, &[]);
+    let s = server_with_rule("good");
     fs::write(
         &s.policy,
         "{\"rules\": [\n  {\"name\": \"bad\", \"paths\": [\"relative/*\"]}\n]}",
@@ -103,10 +105,7 @@ fn a_broken_policy_on_reload_keeps_the_old_one_and_is_logged() {
 
 #[test]
 fn sighup_reopens_the_audit_log_for_logrotate() {
-    let dir = scratch();
-    fs::write(dir.path().join("a.txt"), "a").unwrap();
-    let policy = policy_with_rule(dir.path(), "r");
-    let s = TestServer::start_in(dir, &policy, &[]);
+    let s = server_with_rule("r");
     let mut c = s.client();
     c.check(s.path("a.txt"), fdopen::Mode::Read).unwrap();
     let rotated = s.path("audit.log.1");

@@ -121,25 +121,28 @@ fn out_of_descriptors_is_busy_then_recovers() {
     let policy = json!({"rules": [{"name": "all", "paths": [format!("{d}/**")]}]}).to_string();
     let s = TestServer::start_with_fd_limit(dir, &policy, &["--workers", "1"], Some(32));
     let path = s.path("a.txt");
-    // Many more clients than descriptors: the excess are told busy.
+    // Served while descriptors last.
+    let mut first = s.client();
+    assert_eq!(ask(&mut first, &open_line(&path, None)).0["ok"], true);
+    // Many more clients than descriptors: the excess are told busy, and so
+    // are opens that find no descriptor left; nobody gets a broken answer.
     let mut streams = Vec::new();
     for _ in 0..60 {
         streams.push(s.connect());
     }
-    let mut answers = Vec::new();
     for stream in &mut streams {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let _ = stream.write_all(format!("{}\n", open_line(&path, None)).as_bytes());
     }
+    let mut answers = Vec::new();
     for stream in streams.drain(..) {
         let mut c = fdopen::Client::from_stream(stream);
         answers.push(
             c.receive()
                 .map(|r| (r.line.ok, r.line.error.map(|e| e.code))),
         );
-        drop(c);
     }
     let busy = answers
         .iter()
@@ -150,7 +153,12 @@ fn out_of_descriptors_is_busy_then_recovers() {
         .filter(|a| matches!(a, Ok((true, _))))
         .count();
     assert!(busy > 0, "{answers:?}");
-    assert!(granted > 0, "{answers:?}");
+    assert_eq!(
+        busy + granted,
+        answers.len(),
+        "only grants and busy: {answers:?}"
+    );
+    drop(first);
     // All gone: the server serves again.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

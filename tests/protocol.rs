@@ -195,13 +195,14 @@ fn busy_when_too_many_clients() {
     assert_eq!(code(&v), "busy");
     drop(first);
     // A slot frees up once the server has seen the close.
-    let mut again;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        again = s.client();
+        let mut again = s.client();
         let _ = again.send_raw(b"{\"op\":\"hello\"}\n");
         if again.receive().unwrap().line.ok {
             break;
         }
+        assert!(std::time::Instant::now() < deadline, "the slot never freed");
     }
 }
 

@@ -93,12 +93,18 @@ impl TestServer {
         self.child.as_ref().unwrap().id()
     }
 
+    /// A client whose reads give up after 30 s, so a server bug fails a
+    /// test instead of hanging it.
     pub fn client(&self) -> Client {
-        Client::connect(&self.socket).unwrap()
+        Client::from_stream(self.connect())
     }
 
     pub fn connect(&self) -> UnixStream {
-        UnixStream::connect(&self.socket).unwrap()
+        let stream = UnixStream::connect(&self.socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
     }
 
     /// Sends one raw line and returns the parsed response and any fd.

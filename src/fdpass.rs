@@ -1,13 +1,13 @@
 //! Sending and receiving bytes with descriptors attached (`SCM_RIGHTS`).
 //!
-//! Receiving is done with libc rather than nix because nix refuses to parse
-//! the control buffer when the kernel set `MSG_CTRUNC`, and the descriptors
-//! that did arrive must still be found and closed, never leaked.
+//! Both directions use libc rather than nix: nix refuses to parse the
+//! control buffer when the kernel set `MSG_CTRUNC` (and the descriptors that
+//! did arrive must still be found and closed, never leaked), and its
+//! `sendmsg` allocates a control buffer on every call, which on the hot
+//! path of every grant is a cost worth avoiding.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-
-use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
 
 /// The kernel passes at most this many descriptors in one message
 /// (`SCM_MAX_FD`); a buffer this big is never truncated by one sender.
@@ -20,17 +20,38 @@ const CONTROL_WORDS: usize = (MAX_FDS_PER_MESSAGE * size_of::<RawFd>()).div_ceil
 /// number of bytes sent: on a non-blocking socket it may be fewer, and the
 /// descriptor then travels with the part that was sent.
 pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<usize> {
-    let iov = [io::IoSlice::new(bytes)];
-    let raw;
-    let mut cmsgs = Vec::with_capacity(1);
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // Room for one SCM_RIGHTS message with one descriptor, aligned.
+    let mut control = [0u64; 4];
+    // SAFETY: all-zero is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
     if let Some(fd) = fd {
-        raw = [fd.as_raw_fd()];
-        cmsgs.push(ControlMessage::ScmRights(&raw));
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_* only compute sizes and walk the buffer set above,
+        // which is large enough for one header and one descriptor.
+        unsafe {
+            msg.msg_controllen = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
+            (libc::CMSG_DATA(cmsg) as *mut RawFd).write_unaligned(fd.as_raw_fd());
+        }
     }
     loop {
-        match sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => return other.map_err(io::Error::from),
+        // SAFETY: msg points at live buffers of the lengths it states.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
         }
     }
 }

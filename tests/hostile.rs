@@ -119,7 +119,7 @@ fn out_of_descriptors_is_busy_then_recovers() {
     fs::write(dir.path().join("a.txt"), "a").unwrap();
     let d = glob(dir.path());
     let policy = json!({"rules": [{"name": "all", "paths": [format!("{d}/**")]}]}).to_string();
-    let s = TestServer::start_with_fd_limit(dir, &policy, &["--workers", "1"], Some(32));
+    let s = TestServer::start_with_fd_limit(dir, &policy, &["--workers", "1"], Some((32, 32)));
     let path = s.path("a.txt");
     // Served while descriptors last.
     let mut first = s.client();
@@ -174,6 +174,18 @@ fn out_of_descriptors_is_busy_then_recovers() {
         "no log flood: {}",
         s.stderr_text()
     );
+}
+
+#[test]
+fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+    let s = TestServer::start_with_fd_limit(scratch(), r#"{"rules":[]}"#, &[], Some((64, 4096)));
+    let limits = fs::read_to_string(format!("/proc/{}/limits", s.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{line}");
 }
 
 /// Exchanges two directory entries atomically, `rounds` times or until `stop`.

@@ -55,12 +55,12 @@ impl TestServer {
         Self::start_with_fd_limit(dir, policy, extra, None)
     }
 
-    /// Like [`start_in`], with `RLIMIT_NOFILE` (soft and hard) set to `limit`.
+    /// Like [`start_in`], with `RLIMIT_NOFILE` set to `(soft, hard)`.
     pub fn start_with_fd_limit(
         dir: TempDir,
         policy: &str,
         extra: &[&str],
-        limit: Option<u64>,
+        limit: Option<(u64, u64)>,
     ) -> TestServer {
         let policy_path = dir.path().join("policy.json");
         fs::write(&policy_path, policy).unwrap();
@@ -179,7 +179,7 @@ pub fn spawn_ready_limited(
     program: &str,
     args: &[String],
     stderr: &Path,
-    fd_limit: Option<u64>,
+    fd_limit: Option<(u64, u64)>,
 ) -> Child {
     spawn_notifying(dir, program, args, stderr, fd_limit).0
 }
@@ -191,7 +191,7 @@ pub fn spawn_notifying(
     program: &str,
     args: &[String],
     stderr: &Path,
-    fd_limit: Option<u64>,
+    fd_limit: Option<(u64, u64)>,
 ) -> (Child, UnixDatagram) {
     let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
     let _ = fs::remove_file(&notify_path);
@@ -205,15 +205,15 @@ pub fn spawn_notifying(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(stderr).unwrap());
-    if let Some(limit) = fd_limit {
+    if let Some((soft, hard)) = fd_limit {
         use std::os::unix::process::CommandExt;
         // SAFETY: setrlimit is async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
                 nix::sys::resource::setrlimit(
                     nix::sys::resource::Resource::RLIMIT_NOFILE,
-                    limit,
-                    limit,
+                    soft,
+                    hard,
                 )?;
                 Ok(())
             });

@@ -259,6 +259,8 @@ fn operational_log_is_plain_or_journald_prefixed_and_respects_the_level() {
         ]);
         if journal {
             cmd.env("JOURNAL_STREAM", "8:1234");
+        } else {
+            cmd.env_remove("JOURNAL_STREAM");
         }
         let out = cmd.output().unwrap();
         assert_eq!(out.status.code(), Some(2));

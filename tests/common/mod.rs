@@ -201,6 +201,10 @@ pub fn spawn_notifying(
         .unwrap();
     let mut cmd = Command::new(program);
     cmd.args(args)
+        // Hermetic: nothing from the caller's service manager leaks in.
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS")
         .env("NOTIFY_SOCKET", &notify_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -248,9 +248,9 @@ fn operational_log_is_plain_or_journald_prefixed_and_respects_the_level() {
     let dir = scratch();
     let policy = dir.path().join("p.json");
     fs::write(&policy, r#"{"rules":[]}"#).unwrap();
-    let run = |extra: &[&str], journal: bool| {
+    let run = |journal: bool| {
         let mut cmd = Command::new(SERVER);
-        cmd.args(extra).args([
+        cmd.args([
             "serve",
             "--socket",
             "/nonexistent-dir/x/y.sock",
@@ -266,14 +266,14 @@ fn operational_log_is_plain_or_journald_prefixed_and_respects_the_level() {
         assert_eq!(out.status.code(), Some(2));
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let plain = run(&[], false);
+    let plain = run(false);
     assert!(
         plain
             .lines()
             .any(|l| l.starts_with("fdopen-server: error: cannot load policy")),
         "{plain}"
     );
-    let journal = run(&[], true);
+    let journal = run(true);
     assert!(
         journal
             .lines()

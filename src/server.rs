@@ -30,7 +30,7 @@ use crate::fdpass;
 use crate::logging;
 use crate::peer::PeerIdentity;
 use crate::policy::{Policy, PolicyErrors};
-use crate::protocol::{ErrorCode, Request, RequestError, encode, parse_request};
+use crate::protocol::{ErrorCode, Op, Request, RequestError, encode, parse_request};
 
 /// Limits and knobs of a running server.
 #[derive(Clone, Debug)]
@@ -188,6 +188,26 @@ struct Outgoing {
     unaudited: bool,
 }
 
+impl Outgoing {
+    /// A response line; `audited` when its decision was just recorded in
+    /// the audit buffer, so it waits for that buffer to be written.
+    fn new(bytes: Vec<u8>, fd: Option<File>, audited: bool) -> Outgoing {
+        Outgoing {
+            bytes,
+            sent: 0,
+            fd,
+            unaudited: audited,
+        }
+    }
+
+    /// An error line that carries no descriptor.
+    fn error(code: ErrorCode, message: &str, audited: bool) -> Outgoing {
+        let mut bytes = Vec::new();
+        encode::error(&mut bytes, None, code, message);
+        Outgoing::new(bytes, None, audited)
+    }
+}
+
 /// One client.
 struct Connection {
     stream: UnixStream,
@@ -235,19 +255,11 @@ impl Connection {
     /// A line longer than the limit: framing is lost, so the client gets a
     /// `bad_request` and nothing more is read from it.
     fn refuse_oversized_line(&mut self, max_request: usize, ts: &str, audit: &mut Vec<u8>) {
-        let mut bytes = Vec::new();
         let message =
             format!("request line longer than {max_request} bytes; closing the connection");
-        encode::error(&mut bytes, None, ErrorCode::BadRequest, &message);
-        let mut record = Record::new(&self.peer, ts);
-        record.code = Some(ErrorCode::BadRequest.as_str());
-        record.append_to(audit);
-        self.outq.push_back(Outgoing {
-            bytes,
-            sent: 0,
-            fd: None,
-            unaudited: true,
-        });
+        record_bad_request(&self.peer, ts, audit);
+        self.outq
+            .push_back(Outgoing::error(ErrorCode::BadRequest, &message, true));
         self.read_done = true;
         self.inbuf.clear();
         self.tainted = None;
@@ -552,18 +564,7 @@ impl Worker {
             for out in conn.outq.iter_mut().filter(|o| o.unaudited) {
                 out.unaudited = false;
                 if audited.is_err() && out.fd.is_some() {
-                    *out = Outgoing {
-                        bytes: Vec::new(),
-                        sent: 0,
-                        fd: None,
-                        unaudited: false,
-                    };
-                    encode::error(
-                        &mut out.bytes,
-                        None,
-                        ErrorCode::IoError,
-                        "audit log unavailable",
-                    );
+                    *out = Outgoing::error(ErrorCode::IoError, "audit log unavailable", false);
                 }
             }
             flush(conn);
@@ -743,6 +744,13 @@ fn flush(conn: &mut Connection) {
     }
 }
 
+/// Records a malformed request in the audit buffer.
+fn record_bad_request(peer: &PeerIdentity, ts: &str, audit: &mut Vec<u8>) {
+    let mut record = Record::new(peer, ts);
+    record.code = Some(ErrorCode::BadRequest.as_str());
+    record.append_to(audit);
+}
+
 /// Answers one request line, appending its audit record.
 fn answer(
     policy: &Policy,
@@ -755,70 +763,49 @@ fn answer(
 ) -> Outgoing {
     let parsed = parse_request(line);
     let mut bytes = Vec::with_capacity(192);
-    let mut fd = None;
-    let mut record = Record::new(peer, ts);
     let request = match parsed.request {
         Ok(_) if carried_fds => Err(RequestError::Malformed(
             "file descriptors are not accepted".into(),
         )),
         other => other,
     };
-    match &request {
-        Err(e) => {
-            encode::error(&mut bytes, parsed.id, ErrorCode::BadRequest, &e.to_string());
-            record.code = Some(ErrorCode::BadRequest.as_str());
-        }
+    let (op, path, mode) = match &request {
+        // Not a decision: nothing to audit.
         Ok(Request::Hello) => {
             encode::hello(&mut bytes, parsed.id);
-            return Outgoing {
-                bytes,
-                sent: 0,
-                fd: None,
-                unaudited: false,
-            };
+            return Outgoing::new(bytes, None, false);
         }
-        Ok(Request::Open { path, mode } | Request::Check { path, mode }) => {
-            let is_open = matches!(request, Ok(Request::Open { .. }));
-            record.op = Some(if is_open { "open" } else { "check" });
-            record.path = Some(path);
-            record.mode = Some(mode.as_str());
-            match decision::decide(policy, path, peer, *mode, scratch) {
-                Ok(decision) => {
-                    encode::grant(&mut bytes, parsed.id, &decision.grant, is_open);
-                    record.ok = true;
-                    record.rule = Some(&decision.grant.rule);
-                    record.real_path = decision.real_path.as_deref();
-                    record.append_to(audit);
-                    if is_open {
-                        fd = Some(decision.file);
-                    }
-                    return Outgoing {
-                        bytes,
-                        sent: 0,
-                        fd,
-                        unaudited: true,
-                    };
-                }
-                Err(refusal) => {
-                    encode::error(&mut bytes, parsed.id, refusal.code, &refusal.message);
-                    record.code = Some(refusal.code.as_str());
-                    record.rule = refusal.rule.as_deref();
-                    record.append_to(audit);
-                    return Outgoing {
-                        bytes,
-                        sent: 0,
-                        fd: None,
-                        unaudited: true,
-                    };
-                }
-            }
+        Err(e) => {
+            encode::error(&mut bytes, parsed.id, ErrorCode::BadRequest, &e.to_string());
+            record_bad_request(peer, ts, audit);
+            return Outgoing::new(bytes, None, true);
+        }
+        Ok(Request::Open { path, mode }) => (Op::Open, path, *mode),
+        Ok(Request::Check { path, mode }) => (Op::Check, path, *mode),
+    };
+    let decision = decision::decide(policy, path, peer, mode, scratch);
+    let mut record = Record::new(peer, ts);
+    record.op = Some(op.as_str());
+    record.path = Some(path);
+    record.mode = Some(mode.as_str());
+    match &decision {
+        Ok(granted) => {
+            encode::grant(&mut bytes, parsed.id, &granted.grant, op == Op::Open);
+            record.ok = true;
+            record.rule = Some(&granted.grant.rule);
+            record.real_path = granted.real_path.as_deref();
+        }
+        Err(refusal) => {
+            encode::error(&mut bytes, parsed.id, refusal.code, &refusal.message);
+            record.code = Some(refusal.code.as_str());
+            record.rule = refusal.rule.as_deref();
         }
     }
     record.append_to(audit);
-    Outgoing {
-        bytes,
-        sent: 0,
-        fd,
-        unaudited: true,
-    }
+    // `check` decides the same but keeps the file to itself.
+    let fd = decision
+        .ok()
+        .filter(|_| op == Op::Open)
+        .map(|granted| granted.file);
+    Outgoing::new(bytes, fd, true)
 }

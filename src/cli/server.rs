@@ -189,9 +189,17 @@ fn log(message: impl std::fmt::Display) {
     logging::info(format_args!("{message}"));
 }
 
+/// For `check` and `explain`: one `error:` line per problem.
 fn print_policy_errors(errors: &PolicyErrors) {
     for e in &errors.0 {
         eprintln!("error: {e}");
+    }
+}
+
+/// For the daemon, at start and on reload: through the operational log.
+fn log_policy_errors(errors: &PolicyErrors) {
+    for e in &errors.0 {
+        logging::error(format_args!("{e}"));
     }
 }
 
@@ -237,7 +245,7 @@ fn serve(args: ServeArgs) -> i32 {
 fn try_serve(args: ServeArgs) -> Result<(), String> {
     let activated = systemd::take_listener();
     let policy = Policy::load(&args.policy).map_err(|errors| {
-        print_policy_errors(&errors);
+        log_policy_errors(&errors);
         format!("cannot load policy {}", args.policy.display())
     })?;
     let audit = match &args.audit_log {
@@ -298,9 +306,7 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
                         args.policy.display()
                     )),
                     Err(errors) => {
-                        for e in &errors.0 {
-                            logging::error(format_args!("{e}"));
-                        }
+                        log_policy_errors(&errors);
                         logging::error(format_args!(
                             "policy reload failed; the previous policy stays in force"
                         ));

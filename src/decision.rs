@@ -509,6 +509,40 @@ mod tests {
     }
 
     #[test]
+    fn a_deny_rule_without_modes_denies_every_mode() {
+        let p = policy(
+            r#"{"rules":[{"name":"a","paths":["/d/**"],"modes":["read","write","readwrite","append"]},{"name":"no-keys","effect":"deny","paths":["/**/*.key"]}]}"#,
+        );
+        for mode in Mode::ALL {
+            assert_eq!(
+                verdict(&p, "/d/x.key", &ROOT(), mode, None),
+                Err(ErrorCode::Denied),
+                "{mode}"
+            );
+            assert_eq!(
+                verdict(&p, "/d/x.txt", &ROOT(), mode, None),
+                Ok("a".into()),
+                "{mode}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_deny_rule_with_modes_denies_only_those() {
+        let p = policy(
+            r#"{"rules":[{"name":"a","paths":["/d/**"],"modes":["read","append"]},{"name":"no-append","effect":"deny","paths":["/d/*.log"],"modes":["append"]}]}"#,
+        );
+        assert_eq!(
+            verdict(&p, "/d/x.log", &ROOT(), Mode::Append, None),
+            Err(ErrorCode::Denied)
+        );
+        assert_eq!(
+            verdict(&p, "/d/x.log", &ROOT(), Mode::Read, None),
+            Ok("a".into())
+        );
+    }
+
+    #[test]
     fn deny_refusal_names_its_rule_before_any_file_access() {
         let p = policy(
             r#"{"rules":[{"name":"a","paths":["/d/**"]},{"name":"n","effect":"deny","paths":["/d/secret"]}]}"#,

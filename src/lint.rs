@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::path_index::{is_literal, literal_prefix};
 use crate::policy::{Effect, Policy, Rule, compile_glob};
+use crate::protocol::Mode;
 
 /// One suspicious rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +80,23 @@ pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {
                 }
             }
         }
+        if rule.effect == Effect::Deny {
+            for allow in policy.rules.iter().filter(|a| a.effect == Effect::Allow) {
+                let uncovered: Vec<&str> = allow
+                    .modes()
+                    .filter(|m| !rule.modes().any(|d| d == *m))
+                    .map(Mode::as_str)
+                    .collect();
+                if !uncovered.is_empty() && paths_may_overlap(rule, allow) {
+                    warn(format!(
+                        "its \"modes\" leave out {} which rule {:?} allows on overlapping paths; \
+                         drop \"modes\" to deny every mode",
+                        uncovered.join(", "),
+                        allow.name
+                    ));
+                }
+            }
+        }
         if rule.effect == Effect::Allow
             && let Some(deny) = policy.rules.iter().find(|d| shadows(d, rule))
         {
@@ -89,6 +107,45 @@ pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {
         }
     }
     warnings
+}
+
+/// True unless the two rules' globs are clearly disjoint. Errs towards
+/// "may overlap": it feeds a warning, never a decision.
+fn paths_may_overlap(a: &Rule, b: &Rule) -> bool {
+    a.paths
+        .iter()
+        .any(|x| b.paths.iter().any(|y| globs_may_overlap(x, y)))
+}
+
+fn globs_may_overlap(a: &str, b: &str) -> bool {
+    let matches = |glob: &str, path: &str| {
+        compile_glob(glob).is_ok_and(|g| g.compile_matcher().is_match(path))
+    };
+    match (is_literal(a), is_literal(b)) {
+        (true, true) => return a == b,
+        (true, false) => return matches(b, a),
+        (false, true) => return matches(a, b),
+        (false, false) => {}
+    }
+    let (pa, pb) = (literal_prefix(a), literal_prefix(b));
+    let nested = |outer: &str, inner: &str| {
+        outer == "/" || inner == outer || inner.starts_with(&format!("{outer}/"))
+    };
+    if !nested(pa, pb) && !nested(pb, pa) {
+        return false;
+    }
+    // `*.log` and `*.key` never name the same file.
+    match (literal_suffix(a), literal_suffix(b)) {
+        (Some(x), Some(y)) => x.ends_with(y) || y.ends_with(x),
+        _ => true,
+    }
+}
+
+/// The literal text after a glob's last metacharacter, when it stays
+/// within the last component (`".log"` for `/var/**/*.log`).
+fn literal_suffix(glob: &str) -> Option<&str> {
+    let tail = &glob[glob.rfind(['*', '?', ']', '}'])? + 1..];
+    (!tail.is_empty() && !tail.contains('/')).then_some(tail)
 }
 
 /// True when `deny` refuses everything `allow` would grant. Conservative:
@@ -175,6 +232,30 @@ mod tests {
             w.iter().any(|m| m.contains("denied by rule \"no-keys\"")),
             "{w:?}"
         );
+    }
+
+    #[test]
+    fn a_deny_that_leaves_out_modes_an_overlapping_allow_grants_is_flagged() {
+        let w = warnings(
+            r#"{"rules":[
+                {"name":"logs","paths":["/var/log/**"],"modes":["read","append"]},
+                {"name":"no-keys","effect":"deny","paths":["/**/*.key"],"modes":["read"]},
+                {"name":"no-txt","effect":"deny","paths":["/var/log/*.txt"]},
+                {"name":"elsewhere","effect":"deny","paths":["/etc/*.key"],"modes":["read"]}]}"#,
+        );
+        let flagged: Vec<&String> = w.iter().filter(|m| m.contains("leave out")).collect();
+        assert_eq!(flagged.len(), 1, "{w:?}");
+        assert!(flagged[0].contains("append which rule \"logs\""), "{w:?}");
+    }
+
+    #[test]
+    fn globs_that_cannot_name_the_same_file_do_not_overlap() {
+        assert!(globs_may_overlap("/var/**", "/**/*.key"));
+        assert!(globs_may_overlap("/var/log/*.log", "/var/**/*.log"));
+        assert!(globs_may_overlap("/var/a.key", "/**/*.key"));
+        assert!(!globs_may_overlap("/var/**", "/etc/**"));
+        assert!(!globs_may_overlap("/var/*.log", "/var/*.key"));
+        assert!(!globs_may_overlap("/var/a.txt", "/**/*.key"));
     }
 
     #[test]

@@ -243,10 +243,6 @@ impl<'de> Deserialize<'de> for IdSpec {
     }
 }
 
-fn default_modes() -> Vec<Mode> {
-    vec![Mode::Read]
-}
-
 /// A rule exactly as the admin wrote it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -255,8 +251,9 @@ struct RuleSpec {
     #[serde(default)]
     effect: Effect,
     paths: Vec<String>,
-    #[serde(default = "default_modes")]
-    modes: Vec<Mode>,
+    /// Absent: `["read"]` for an allow rule, every mode for a deny rule
+    /// (deny rules fail closed, SPEC §5).
+    modes: Option<Vec<Mode>>,
     users: Option<Vec<IdSpec>>,
     groups: Option<Vec<IdSpec>>,
     min_size: Option<ByteSize>,
@@ -505,7 +502,7 @@ fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<P
     if spec.paths.is_empty() {
         problems.push(PolicyErrorKind::NoPaths);
     }
-    if spec.modes.is_empty() {
+    if spec.modes.as_ref().is_some_and(Vec::is_empty) {
         problems.push(PolicyErrorKind::NoModes);
     }
     let mut matcher = GlobSetBuilder::new();
@@ -548,7 +545,11 @@ fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<P
         effect: spec.effect,
         paths: spec.paths,
         matcher: matcher.build().expect("each glob compiled"),
-        modes: spec.modes.iter().fold(0, |bits, m| bits | m.bit()),
+        modes: match (&spec.modes, spec.effect) {
+            (Some(modes), _) => modes.iter().fold(0, |bits, m| bits | m.bit()),
+            (None, Effect::Allow) => Mode::Read.bit(),
+            (None, Effect::Deny) => Mode::ALL.iter().fold(0, |bits, m| bits | m.bit()),
+        },
         users,
         groups,
         size: Bounds {
@@ -652,6 +653,11 @@ mod tests {
         assert_eq!(p.rule("no-keys").unwrap().effect, Effect::Deny);
         assert_eq!(
             p.rule("no-keys").unwrap().modes().collect::<Vec<_>>(),
+            Mode::ALL.to_vec(),
+            "a deny rule without modes covers every mode"
+        );
+        assert_eq!(
+            p.rule("recent-logs").unwrap().modes().collect::<Vec<_>>(),
             vec![Mode::Read]
         );
     }

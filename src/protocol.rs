@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// The protocol version announced by `hello`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest path a request may name; the kernel refuses longer ones anyway.
 pub const MAX_PATH_LEN: usize = 4095;

@@ -142,7 +142,9 @@ fn deny_overrides_allow_in_either_file_order() {
     .unwrap();
     fs::write(
         dir.path().join("policy.d/20-allow.json"),
-        json!({"rules": [{"name": "all", "paths": [format!("{d}/*")]}]}).to_string(),
+        json!({"rules": [{"name": "all", "paths": [format!("{d}/*")],
+            "modes": ["read", "write", "readwrite", "append"]}]})
+        .to_string(),
     )
     .unwrap();
     fs::write(dir.path().join("policy.d/ignored.txt"), "not json").unwrap();
@@ -159,16 +161,12 @@ fn deny_overrides_allow_in_either_file_order() {
     .to_vec();
     let mut child = spawn_ready(dir.path(), SERVER, &args, &stderr);
     let mut c = fdopen::Client::connect(&socket).unwrap();
-    assert_eq!(
-        c.check(dir.path().join("a.txt"), fdopen::Mode::Read)
-            .unwrap()
-            .rule,
-        "all"
-    );
-    let e = c
-        .check(dir.path().join("a.key"), fdopen::Mode::Read)
-        .unwrap_err();
-    assert_eq!(e.to_string(), "denied: denied by rule no-keys");
+    // A deny rule without "modes" denies every mode (SPEC v2 §5).
+    for mode in fdopen::Mode::ALL {
+        assert_eq!(c.check(dir.path().join("a.txt"), mode).unwrap().rule, "all");
+        let e = c.open(dir.path().join("a.key"), mode).unwrap_err();
+        assert_eq!(e.to_string(), "denied: denied by rule no-keys", "{mode}");
+    }
     child.kill().unwrap();
     child.wait().unwrap();
 }

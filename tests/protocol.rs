@@ -54,7 +54,7 @@ fn hello_announces_server_version_and_protocol() {
     assert_eq!(v["id"], "h");
     assert_eq!(v["ok"], true);
     assert_eq!(v["server"], "fdopen");
-    assert_eq!(v["protocol"], 1);
+    assert_eq!(v["protocol"], 2);
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
 }
 

@@ -23,6 +23,8 @@ pub enum SocketError {
     NotASocket(PathBuf),
     #[error("cannot bind {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
+    #[error("cannot lock {path} (taken while a server claims the socket): {source}")]
+    Lock { path: PathBuf, source: io::Error },
     #[error("cannot set mode or group of {path}: {source}")]
     Permissions { path: PathBuf, source: io::Error },
 }
@@ -47,8 +49,16 @@ pub fn resolve(explicit: Option<PathBuf>) -> Result<PathBuf, SocketError> {
 /// Binds a listening socket at `path` with `mode` and, optionally, `group`.
 ///
 /// The socket is created under a restrictive umask so it is never, even
-/// for an instant, more open than asked.
+/// for an instant, more open than asked. Two servers starting on the same
+/// path at once are serialised by a lock on `PATH.lock`, held from the
+/// check for a live server to the `listen`: without it, both could find
+/// the same stale file, and the second to unlink it would remove the
+/// first one's live socket.
 pub fn bind(path: &Path, mode: u32, group: Option<Gid>) -> Result<UnixListener, SocketError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _lock = StartLock::acquire(path)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
             return Err(SocketError::NotASocket(path.to_owned()));
@@ -57,13 +67,11 @@ pub fn bind(path: &Path, mode: u32, group: Option<Gid>) -> Result<UnixListener, 
             Ok(_) => return Err(SocketError::InUse(path.to_owned())),
             // Nobody answers: a leftover of a server that died.
             Err(_) => {
+                widen_claim_window_for_tests();
                 let _ = std::fs::remove_file(path);
             }
         },
         Err(_) => {}
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = std::fs::create_dir_all(dir);
     }
     let old = umask(Mode::from_bits_truncate(0o177));
     let bound = UnixListener::bind(path);
@@ -84,4 +92,52 @@ pub fn bind(path: &Path, mode: u32, group: Option<Gid>) -> Result<UnixListener, 
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(permissions)?;
     Ok(listener)
+}
+
+/// An exclusive `flock` on `SOCKET.lock`, released when dropped. The file
+/// itself stays: unlinking a lock file reopens the very race it closes.
+struct StartLock(#[allow(dead_code)] std::fs::File);
+
+impl StartLock {
+    fn acquire(socket: &Path) -> Result<StartLock, SocketError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut name = socket.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let error = |source| SocketError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(error)?;
+        loop {
+            // SAFETY: flock on a descriptor we own; no memory is involved.
+            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } == 0 {
+                return Ok(StartLock(file));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(error(e));
+            }
+        }
+    }
+}
+
+/// Debug builds only: `FDOPEN_TEST_CLAIM_DELAY_MS` sleeps between finding
+/// a stale socket and replacing it, so a test can make two servers meet in
+/// that window every time instead of once in a thousand starts.
+fn widen_claim_window_for_tests() {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("FDOPEN_TEST_CLAIM_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }

@@ -410,6 +410,113 @@ fn stale_socket_is_replaced_and_other_files_are_not() {
     assert_eq!(fs::read_to_string(&file).unwrap(), "precious");
 }
 
+/// The pid that sent the next datagram on `notify` (SO_PASSCRED), and its text.
+fn next_notification(notify: &std::os::unix::net::UnixDatagram) -> (i32, String) {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 256];
+    let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        notify.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .expect("a notification within the read timeout");
+    let pid = msg
+        .cmsgs()
+        .unwrap()
+        .find_map(|c| match c {
+            ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
+            _ => None,
+        })
+        .expect("credentials");
+    let n = msg.bytes;
+    (pid, String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[test]
+fn servers_started_together_on_a_stale_socket_never_steal_it() {
+    const ROUNDS: usize = 20;
+    const SERVERS: usize = 4;
+    let dir = scratch();
+    let policy = dir.path().join("p.json");
+    fs::write(&policy, r#"{"rules":[]}"#).unwrap();
+    let sock = dir.path().join("fdopen.sock");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    nix::sys::socket::setsockopt(&notify, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+    for round in 0..ROUNDS {
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap()); // stale
+        // Every server is exec'd by a shell that first waits for this gate
+        // to close, so all of them start at the same moment.
+        let (gate, gate_open) = std::io::pipe().unwrap();
+        let mut children: Vec<_> = (0..SERVERS)
+            .map(|_| {
+                Command::new("sh")
+                    .args(["-c", r#"read -r _; exec "$0" "$@" </dev/null"#, SERVER])
+                    .args(["serve", "--socket"])
+                    .arg(&sock)
+                    .arg("--policy")
+                    .arg(&policy)
+                    .env("NOTIFY_SOCKET", &notify_path)
+                    .env("FDOPEN_TEST_CLAIM_DELAY_MS", "20")
+                    .env_remove("LISTEN_FDS")
+                    .env_remove("LISTEN_PID")
+                    .stdin(gate.try_clone().unwrap())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        drop((gate, gate_open));
+        // The previous round's winner said STOPPING=1 on its way out.
+        let winner = loop {
+            match next_notification(&notify) {
+                (pid, text) if text == "READY=1" => break pid,
+                _ => continue,
+            }
+        };
+        let (mut winners, losers): (Vec<_>, Vec<_>) =
+            children.drain(..).partition(|c| c.id() as i32 == winner);
+        assert_eq!(winners.len(), 1, "round {round}: READY from a stranger");
+        for mut loser in losers {
+            let status = wait_timeout(&mut loser, std::time::Duration::from_secs(20));
+            let mut err = String::new();
+            use std::io::Read;
+            loser
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            assert_eq!(
+                status.and_then(|s| s.code()),
+                Some(2),
+                "round {round}: every other server exits 2: {err}"
+            );
+            assert!(err.contains("already listening"), "round {round}: {err}");
+        }
+        // The one that serves still owns the socket.
+        let mut c = fdopen::Client::connect(&sock).unwrap();
+        assert_eq!(c.hello().unwrap().server, "fdopen");
+        let mut winner = winners.pop().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(winner.id() as i32),
+            Signal::SIGTERM,
+        )
+        .unwrap();
+        assert_eq!(winner.wait().unwrap().code(), Some(0));
+        // It removes its socket on the way out; the next round starts stale.
+        assert!(!sock.exists(), "round {round}");
+    }
+}
+
 #[test]
 fn socket_group_is_applied() {
     if !is_root() {

@@ -11,7 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let paths: Vec<String> = args.collect();
     let mut client = Client::connect(&socket)?;
     for path in &paths {
-        client.send(Op::Open, Some(path), None)?;
+        client.send(Op::Open, Some(path.as_ref()), None)?;
     }
     for path in &paths {
         match client.receive()?.into_result() {

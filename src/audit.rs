@@ -5,6 +5,7 @@
 //! one `write` under a lock, so lines never interleave and the log costs
 //! one system call per batch rather than per request.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -15,6 +16,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::peer::PeerIdentity;
+use crate::protocol::json_path;
 
 /// Where audit records go.
 #[derive(Debug)]
@@ -104,10 +106,15 @@ pub struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub op: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<&'a str>,
+    pub path: Option<Cow<'a, str>>,
+    /// The exact bytes of a `path` that is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_b64: Option<String>,
     /// Where a symlink led, when it differs from `path`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub real_path: Option<&'a str>,
+    pub real_path: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real_path_b64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<&'a str>,
     pub ok: bool,
@@ -127,12 +134,28 @@ impl<'a> Record<'a> {
             gid: client.gid,
             op: None,
             path: None,
+            path_b64: None,
             real_path: None,
+            real_path_b64: None,
             mode: None,
             ok: false,
             rule: None,
             code: None,
         }
+    }
+
+    /// Sets `path` (and `path_b64` when it is not UTF-8).
+    pub fn set_path(&mut self, path: &'a Path) {
+        let (text, b64) = json_path(path);
+        self.path = Some(text);
+        self.path_b64 = b64;
+    }
+
+    /// Sets `real_path` (and `real_path_b64` when it is not UTF-8).
+    pub fn set_real_path(&mut self, path: &'a Path) {
+        let (text, b64) = json_path(path);
+        self.real_path = Some(text);
+        self.real_path_b64 = b64;
     }
 
     /// Appends the record as one line to `out`.

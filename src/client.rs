@@ -13,7 +13,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use crate::fdpass;
-use crate::protocol::{Grant, Mode, Op, ResponseLine, ServerError, ServerInfo, WireRequest};
+use crate::protocol::{
+    Grant, Mode, Op, ResponseLine, ServerError, ServerInfo, WireRequest, json_path,
+};
 
 /// Everything that can go wrong for a client.
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +32,6 @@ pub enum Error {
     /// The server refused the request.
     #[error("{0}")]
     Refused(#[from] ServerError),
-    /// Requests carry paths as JSON strings.
-    #[error("path is not valid UTF-8: {0:?}")]
-    NonUtf8Path(PathBuf),
 }
 
 /// One response, with the descriptor of a grant.
@@ -54,6 +53,7 @@ impl Response {
         let missing = |what| Error::Protocol(format!("grant without {what}"));
         let grant = Grant {
             path: line.path.ok_or_else(|| missing("path"))?,
+            path_b64: line.path_b64,
             size: line.size.ok_or_else(|| missing("size"))?,
             mtime: line.mtime.ok_or_else(|| missing("mtime"))?,
             rule: line.rule.ok_or_else(|| missing("rule"))?,
@@ -122,7 +122,7 @@ impl Client {
         path: impl AsRef<Path>,
         mode: Mode,
     ) -> Result<(File, Grant), Error> {
-        self.send(Op::Open, Some(utf8(path.as_ref())?), Some(mode))?;
+        self.send(Op::Open, Some(path.as_ref()), Some(mode))?;
         match self.receive()?.into_result()? {
             (grant, Some(fd)) => Ok((File::from(fd), grant)),
             (_, None) => Err(Error::Protocol("grant without a descriptor".into())),
@@ -131,15 +131,22 @@ impl Client {
 
     /// Asks whether `path` would be granted, without opening it for us.
     pub fn check(&mut self, path: impl AsRef<Path>, mode: Mode) -> Result<Grant, Error> {
-        self.send(Op::Check, Some(utf8(path.as_ref())?), Some(mode))?;
+        self.send(Op::Check, Some(path.as_ref()), Some(mode))?;
         self.receive()?.into_result().map(|(grant, _)| grant)
     }
 
     /// Sends one request without waiting for its response (pipelining).
-    pub fn send(&mut self, op: Op, path: Option<&str>, mode: Option<Mode>) -> Result<(), Error> {
+    /// A path that is not UTF-8 travels as `path_b64`.
+    pub fn send(&mut self, op: Op, path: Option<&Path>, mode: Option<Mode>) -> Result<(), Error> {
+        let (path, path_b64) = match path.map(json_path) {
+            Some((text, None)) => (Some(text.into_owned()), None),
+            Some((_, b64)) => (None, b64),
+            None => (None, None),
+        };
         let request = WireRequest {
             op,
-            path: path.map(str::to_owned),
+            path,
+            path_b64,
             mode,
             id: None,
         };
@@ -197,9 +204,4 @@ impl Client {
     pub fn stream(&self) -> &UnixStream {
         &self.stream
     }
-}
-
-fn utf8(path: &Path) -> Result<&str, Error> {
-    path.to_str()
-        .ok_or_else(|| Error::NonUtf8Path(path.to_owned()))
 }

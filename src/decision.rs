@@ -7,13 +7,13 @@
 
 use std::fmt;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::peer::PeerIdentity;
 use crate::policy::{Age, ByteSize, Effect, Policy, Rule};
-use crate::protocol::{ErrorCode, Grant, Mode};
-use crate::safe_open::{self, FileFacts, FileKind, Located, OpenError};
+use crate::protocol::{ErrorCode, FileRequest, Grant, Mode, RequestPath, json_path};
+use crate::safe_open::{self, FileFacts, FileKind, OpenError};
 
 /// Why a rule does not apply to a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,8 +160,11 @@ impl From<OpenError> for Refusal {
     fn from(e: OpenError) -> Refusal {
         let code = match e {
             OpenError::NotFound => ErrorCode::NotFound,
+            // Callers resolve a dangling path first; should one slip by,
+            // refusing says the least.
+            OpenError::Dangling => ErrorCode::Denied,
             OpenError::OutOfFds => ErrorCode::Busy,
-            OpenError::Io { .. } | OpenError::Changed => ErrorCode::IoError,
+            OpenError::Io { .. } => ErrorCode::IoError,
         };
         Refusal::new(code, e.to_string())
     }
@@ -263,47 +266,67 @@ pub struct Scratch {
     real: Candidates,
 }
 
-/// A granted request: the open file and what to report about it.
+/// What a granted request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// `open`: the file is opened for I/O, to be sent.
+    Open,
+    /// `check`: decided on the `O_PATH` handle alone; nothing is opened,
+    /// so the file sees no access at all (not even an inotify event).
+    Check,
+}
+
+/// A granted request: the open file (for [`Intent::Open`]) and what to
+/// report about it.
 #[derive(Debug)]
 pub struct Decision {
-    pub file: File,
+    pub file: Option<File>,
     pub grant: Grant,
     /// The real path, when a symlink made it differ from the request.
-    pub real_path: Option<String>,
+    pub real_path: Option<PathBuf>,
 }
 
 /// Decides a request end to end and, if granted, returns the open file.
-///
-/// `path` must already be normalised ([`crate::protocol::normalize_path`]).
 pub fn decide(
     policy: &Policy,
-    path: &str,
+    request: &FileRequest,
     client: &PeerIdentity,
-    mode: Mode,
+    intent: Intent,
     scratch: &mut Scratch,
 ) -> Result<Decision, Refusal> {
-    policy.candidates(Path::new(path), client, mode, &mut scratch.requested)?;
-    let located = safe_open::locate(path)?;
-    decide_located(policy, path, &located, client, mode, scratch)
+    policy.candidates(
+        &request.path.path,
+        client,
+        request.mode,
+        &mut scratch.requested,
+    )?;
+    decide_on_filesystem(policy, request, client, intent, scratch)
 }
 
-fn decide_located(
+/// The second half of [`decide`], once [`Policy::candidates`] has accepted
+/// the requested path into `scratch`: everything that touches the
+/// filesystem, and so everything that can hang on it.
+pub fn decide_on_filesystem(
     policy: &Policy,
-    path: &str,
-    located: &Located,
+    request: &FileRequest,
     client: &PeerIdentity,
-    mode: Mode,
+    intent: Intent,
     scratch: &mut Scratch,
 ) -> Result<Decision, Refusal> {
-    let symlinked = located.real_path.as_os_str() != path;
+    let path = request.path.path.as_path();
+    let mode = request.mode;
+    let located = match safe_open::locate(path) {
+        Ok(located) => located,
+        Err(OpenError::Dangling) => {
+            return Err(refuse_missing(policy, path, client, mode, scratch));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let symlinked = located.real_path != path;
     if symlinked {
         policy
             .candidates(&located.real_path, client, mode, &mut scratch.real)
-            .map_err(|refusal| Refusal {
-                code: ErrorCode::Denied,
-                message: "the path leads to a file the policy does not allow".into(),
-                rule: refusal.rule,
-            })?;
+            .map_err(leads_elsewhere)?;
     }
     if located.facts.kind != FileKind::Regular {
         return Err(Refusal::new(
@@ -311,23 +334,67 @@ fn decide_located(
             format!("not a regular file: a {}", located.facts.kind.describe()),
         ));
     }
-    let (file, facts) = located.reopen(mode)?;
-    let now = SystemTime::now();
-    let rule = policy.judge(&scratch.requested, &facts, now)?;
-    if symlinked {
-        policy.judge(&scratch.real, &facts, now)?;
+    if request.path.directory {
+        return Err(Refusal::new(
+            ErrorCode::NotRegular,
+            "not a directory: the path ends in / but names a regular file",
+        ));
     }
-    let real_path = located.real_path.to_string_lossy().into_owned();
+    let facts = located.facts;
+    let now = SystemTime::now();
+    let requested_rule = policy.judge(&scratch.requested, &facts, now)?;
+    // The rule reported is the one that granted the file actually sent.
+    let rule = if symlinked {
+        policy.judge(&scratch.real, &facts, now)?
+    } else {
+        requested_rule
+    };
+    let file = match intent {
+        Intent::Open => Some(located.reopen(mode)?),
+        Intent::Check => None,
+    };
+    let (text, b64) = json_path(&located.real_path);
+    let grant = Grant {
+        path: text.into_owned(),
+        path_b64: b64,
+        size: facts.size,
+        mtime: facts.mtime_secs(),
+        rule: rule.name.clone(),
+    };
     Ok(Decision {
         file,
-        grant: Grant {
-            path: real_path.clone(),
-            size: facts.size,
-            mtime: facts.mtime_secs(),
-            rule: rule.name.clone(),
-        },
-        real_path: symlinked.then_some(real_path),
+        grant,
+        real_path: symlinked.then_some(located.real_path),
     })
+}
+
+/// A symlink led to a real path the policy does not grant this client.
+fn leads_elsewhere(refusal: Refusal) -> Refusal {
+    Refusal {
+        code: ErrorCode::Denied,
+        message: "the path leads to a file the policy does not allow".into(),
+        rule: refusal.rule,
+    }
+}
+
+/// A path that broke off after a symlink: `not_found` only if the client
+/// may see where the missing part would lie, else `denied`, so a symlink
+/// never tells anyone whether a forbidden file exists (SPEC §4).
+fn refuse_missing(
+    policy: &Policy,
+    path: &Path,
+    client: &PeerIdentity,
+    mode: Mode,
+    scratch: &mut Scratch,
+) -> Refusal {
+    let where_missing = match safe_open::missing_real_path(path) {
+        Ok(real) => real,
+        Err(_) => return leads_elsewhere(Refusal::new(ErrorCode::Denied, "")),
+    };
+    match policy.candidates(&where_missing, client, mode, &mut scratch.real) {
+        Ok(()) => OpenError::NotFound.into(),
+        Err(refusal) => leads_elsewhere(refusal),
+    }
 }
 
 /// How one rule relates to a request, for `explain`.
@@ -342,8 +409,8 @@ pub struct RuleVerdict<'a> {
 /// exactly as the server would make it.
 #[derive(Debug)]
 pub struct Explanation<'a> {
-    pub path: String,
-    pub real_path: Option<String>,
+    pub path: PathBuf,
+    pub real_path: Option<PathBuf>,
     pub file: Option<FileFacts>,
     pub rules: Vec<RuleVerdict<'a>>,
     pub outcome: Result<Grant, Refusal>,
@@ -353,22 +420,27 @@ pub struct Explanation<'a> {
 /// [`decide`] itself; the per-rule verdicts use the same predicates.
 pub fn explain<'a>(
     policy: &'a Policy,
-    path: &str,
+    path: &RequestPath,
     client: &PeerIdentity,
     mode: Mode,
 ) -> Explanation<'a> {
+    let request = FileRequest {
+        path: path.clone(),
+        mode,
+    };
+    let path = path.path.as_path();
     let located = safe_open::locate(path).ok();
     let real = located
         .as_ref()
         .map(|l| l.real_path.clone())
-        .filter(|r| r.as_os_str() != path);
+        .filter(|r| r != path);
     let file = located.as_ref().map(|l| l.facts);
     let now = SystemTime::now();
     let rules = policy
         .rules
         .iter()
         .map(|rule| {
-            let mismatch = if !rule.matches_path(Path::new(path)) {
+            let mismatch = if !rule.matches_path(path) {
                 Some(Mismatch::Path)
             } else if let Err(m) = rule.check_request(client, mode) {
                 Some(m)
@@ -382,10 +454,17 @@ pub fn explain<'a>(
             RuleVerdict { rule, mismatch }
         })
         .collect();
-    let outcome = decide(policy, path, client, mode, &mut Scratch::default()).map(|d| d.grant);
+    let outcome = decide(
+        policy,
+        &request,
+        client,
+        Intent::Check,
+        &mut Scratch::default(),
+    )
+    .map(|d| d.grant);
     Explanation {
         path: path.to_owned(),
-        real_path: real.map(|r| r.to_string_lossy().into_owned()),
+        real_path: real,
         file,
         rules,
         outcome,

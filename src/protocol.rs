@@ -5,8 +5,13 @@
 //! paths are `bad_request`, so a typo in a client never silently changes
 //! what it asked for.
 
+use std::ffi::OsString;
 use std::fmt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+use base64::Engine;
 
 use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
@@ -17,6 +22,8 @@ pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest path a request may name; the kernel refuses longer ones anyway.
 pub const MAX_PATH_LEN: usize = 4095;
+/// Longest name of one path component (`NAME_MAX`).
+pub const MAX_NAME_LEN: usize = 255;
 
 /// How a client wants the file opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -140,13 +147,31 @@ impl Op {
 }
 
 /// A request as it travels on the wire (SPEC §3).
+///
+/// Every optional field is "absent or a value of its type": `null` is a
+/// type error like any other (`"mode": null` must not quietly mean read).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireRequest<'a> {
     pub op: Op,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The path's exact bytes in base64, for paths that are not UTF-8.
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub path_b64: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mode: Option<Mode>,
     /// Kept as raw JSON so it is echoed byte for byte, `null` included.
     #[serde(
@@ -158,6 +183,15 @@ pub struct WireRequest<'a> {
     pub id: Option<&'a RawValue>,
 }
 
+/// A field that, when present, must hold a `T`: `null` is refused.
+fn non_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// Distinguishes `"id": null` (echoed) from no `id` at all (not echoed).
 fn present_raw<'de, D>(d: D) -> Result<Option<&'de RawValue>, D::Error>
 where
@@ -166,20 +200,47 @@ where
     <&RawValue>::deserialize(d).map(Some)
 }
 
+/// A normalised request path (SPEC §3): absolute, no `.` or `..`
+/// components, no repeated or trailing `/`; any bytes but NUL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPath {
+    pub path: PathBuf,
+    /// It ended in `/` or `/.`: it asks for a directory, so a file there
+    /// is `not_regular` (as `open("file/")` fails in the kernel).
+    pub directory: bool,
+}
+
+impl RequestPath {
+    /// A path that needs no normalising (tests, `explain`).
+    pub fn plain(path: impl Into<PathBuf>) -> RequestPath {
+        RequestPath {
+            path: path.into(),
+            directory: false,
+        }
+    }
+}
+
+/// An `open` or `check` of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRequest {
+    pub path: RequestPath,
+    pub mode: Mode,
+}
+
 /// A request the server can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Hello,
-    Open { path: String, mode: Mode },
-    Check { path: String, mode: Mode },
+    Open(FileRequest),
+    Check(FileRequest),
 }
 
 impl Request {
     pub fn op(&self) -> Op {
         match self {
             Request::Hello => Op::Hello,
-            Request::Open { .. } => Op::Open,
-            Request::Check { .. } => Op::Check,
+            Request::Open(_) => Op::Open,
+            Request::Check(_) => Op::Check,
         }
     }
 }
@@ -191,8 +252,12 @@ pub enum RequestError {
     NotUtf8,
     #[error("malformed request: {0}")]
     Malformed(String),
-    #[error("{0} needs a \"path\"")]
+    #[error("{0} needs a \"path\" (or \"path_b64\")")]
     MissingPath(&'static str),
+    #[error("give \"path\" or \"path_b64\", not both")]
+    TwoPaths,
+    #[error("\"path_b64\" is not valid base64")]
+    BadBase64,
     #[error("hello takes no \"path\" or \"mode\"")]
     HelloWithArguments,
     #[error("bad path: {0}")]
@@ -212,6 +277,8 @@ pub enum PathError {
     DotDot,
     #[error("path is longer than {MAX_PATH_LEN} bytes")]
     TooLong,
+    #[error("a path component is longer than {MAX_NAME_LEN} bytes")]
+    NameTooLong,
 }
 
 /// A parsed request line: the `id` to echo (when one could be read) and the
@@ -232,7 +299,7 @@ pub fn parse_request(line: &[u8]) -> ParsedLine<'_> {
     match serde_json::from_str::<WireRequest<'_>>(text) {
         Ok(wire) => ParsedLine {
             id: wire.id,
-            request: validate(wire.op, wire.path, wire.mode),
+            request: validate(wire),
         },
         Err(e) => ParsedLine {
             id: salvage_id(text),
@@ -252,76 +319,112 @@ fn salvage_id(text: &str) -> Option<&RawValue> {
     serde_json::from_str::<OnlyId<'_>>(text).ok()?.id
 }
 
-fn validate(op: Op, path: Option<String>, mode: Option<Mode>) -> Result<Request, RequestError> {
+fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
+    let op = wire.op;
     match op {
-        Op::Hello if path.is_some() || mode.is_some() => Err(RequestError::HelloWithArguments),
+        Op::Hello if wire.path.is_some() || wire.path_b64.is_some() || wire.mode.is_some() => {
+            Err(RequestError::HelloWithArguments)
+        }
         Op::Hello => Ok(Request::Hello),
         Op::Open | Op::Check => {
-            let raw = path.ok_or(RequestError::MissingPath(op.as_str()))?;
-            let path = normalize_owned(raw)?;
-            let mode = mode.unwrap_or_default();
+            let raw = match (wire.path, wire.path_b64) {
+                (Some(text), None) => text.into_bytes(),
+                (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|_| RequestError::BadBase64)?,
+                (Some(_), Some(_)) => return Err(RequestError::TwoPaths),
+                (None, None) => return Err(RequestError::MissingPath(op.as_str())),
+            };
+            let file = FileRequest {
+                path: normalize_owned(raw)?,
+                mode: wire.mode.unwrap_or_default(),
+            };
             Ok(if op == Op::Open {
-                Request::Open { path, mode }
+                Request::Open(file)
             } else {
-                Request::Check { path, mode }
+                Request::Check(file)
             })
         }
     }
 }
 
-/// [`normalize_path`] that keeps the string when it is already normal, as
-/// nearly every request's path is.
-fn normalize_owned(raw: String) -> Result<String, PathError> {
+/// [`normalize_path`] that keeps the bytes when they are already normal,
+/// as nearly every request's path is.
+fn normalize_owned(raw: Vec<u8>) -> Result<RequestPath, PathError> {
     let normal = raw.len() > 1
         && raw.len() <= MAX_PATH_LEN
-        && raw.starts_with('/')
-        && !raw.ends_with('/')
-        && !raw.contains('\0')
-        && raw[1..].split('/').all(|c| !matches!(c, "" | "." | ".."));
+        && raw[0] == b'/'
+        && raw[1..].split(|&b| b == b'/').all(|c| {
+            !matches!(c, b"" | b"." | b"..") && c.len() <= MAX_NAME_LEN && !c.contains(&0)
+        });
     if normal {
-        Ok(raw)
+        Ok(RequestPath::plain(OsString::from_vec(raw)))
     } else {
         normalize_path(&raw)
     }
 }
 
-/// Normalises a requested path: absolute, no NUL, no `..`; `.` components
-/// and repeated or trailing `/` are dropped.
-pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+/// Normalises a requested path: absolute, no NUL, no `..`, no name over
+/// 255 bytes; `.` components and repeated `/` are dropped, and a trailing
+/// `/` or `/.` is remembered as asking for a directory.
+pub fn normalize_path(raw: &[u8]) -> Result<RequestPath, PathError> {
     if raw.is_empty() {
         return Err(PathError::Empty);
     }
-    if raw.contains('\0') {
+    if raw.contains(&0) {
         return Err(PathError::Nul);
     }
-    if !raw.starts_with('/') {
+    if raw[0] != b'/' {
         return Err(PathError::Relative);
     }
     if raw.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong);
     }
-    let mut out = String::with_capacity(raw.len());
-    for component in raw.split('/') {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut last = &b""[..];
+    for component in raw.split(|&b| b == b'/') {
+        last = component;
         match component {
-            "" | "." => {}
-            ".." => return Err(PathError::DotDot),
+            b"" | b"." => {}
+            b".." => return Err(PathError::DotDot),
+            name if name.len() > MAX_NAME_LEN => return Err(PathError::NameTooLong),
             name => {
-                out.push('/');
-                out.push_str(name);
+                out.push(b'/');
+                out.extend_from_slice(name);
             }
         }
     }
     if out.is_empty() {
-        out.push('/');
+        out.push(b'/');
     }
-    Ok(out)
+    Ok(RequestPath {
+        path: PathBuf::from(OsString::from_vec(out)),
+        directory: matches!(last, b"" | b"."),
+    })
+}
+
+/// A path for JSON: the text itself when it is UTF-8; otherwise a lossy
+/// text and the exact bytes in base64 (SPEC §6), so that two files never
+/// share a record.
+pub fn json_path(path: &Path) -> (std::borrow::Cow<'_, str>, Option<String>) {
+    let bytes = path.as_os_str().as_bytes();
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (text.into(), None),
+        Err(_) => (
+            String::from_utf8_lossy(bytes),
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    }
 }
 
 /// What a successful `open` or `check` reports about the file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
-    /// Real path of the opened file.
+    /// Real path of the opened file (lossy when not UTF-8).
     pub path: String,
+    /// The real path's exact bytes, when they are not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_b64: Option<String>,
     pub size: u64,
     pub mtime: i64,
     /// The allow rule that granted it.
@@ -364,6 +467,8 @@ pub mod encode {
         ok: bool,
         fd: bool,
         path: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path_b64: Option<&'a str>,
         size: u64,
         mtime: i64,
         rule: &'a str,
@@ -405,6 +510,7 @@ pub mod encode {
             ok: true,
             fd,
             path: &grant.path,
+            path_b64: grant.path_b64.as_deref(),
             size: grant.size,
             mtime: grant.mtime,
             rule: &grant.rule,
@@ -445,6 +551,8 @@ pub struct ResponseLine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime: Option<i64>,
@@ -463,60 +571,136 @@ pub struct ResponseLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
 
     fn parse(line: &str) -> (Option<String>, Result<Request, RequestError>) {
         let p = parse_request(line.as_bytes());
         (p.id.map(|r| r.get().to_owned()), p.request)
     }
 
+    fn normal(raw: &str) -> (String, bool) {
+        let p = normalize_path(raw.as_bytes()).unwrap();
+        (p.path.to_str().unwrap().to_owned(), p.directory)
+    }
+
     #[test]
     fn normalises_dots_and_slashes() {
-        assert_eq!(normalize_path("/a//b/./c/").unwrap(), "/a/b/c");
-        assert_eq!(normalize_path("/").unwrap(), "/");
-        assert_eq!(normalize_path("//.//").unwrap(), "/");
+        assert_eq!(normal("/a//b/./c"), ("/a/b/c".into(), false));
+        assert_eq!(normal("/"), ("/".into(), true));
+        assert_eq!(normal("//.//"), ("/".into(), true));
+    }
+
+    #[test]
+    fn a_trailing_slash_or_dot_asks_for_a_directory() {
+        assert_eq!(normal("/a/b/"), ("/a/b".into(), true));
+        assert_eq!(normal("/a/b/."), ("/a/b".into(), true));
+        assert_eq!(normal("/a/b/./"), ("/a/b".into(), true));
+        assert_eq!(normal("/a/./b"), ("/a/b".into(), false));
     }
 
     #[test]
     fn the_fast_path_agrees_with_the_slow_one() {
+        let long = format!("/a/{}", "n".repeat(256));
         for p in [
-            "/a/b", "/", "/a//b", "/a/./b", "/a/", "/a/..", "/..a/b.", "a", "", "/a\0", "/.",
+            "/a/b", "/", "/a//b", "/a/./b", "/a/", "/a/..", "/..a/b.", "a", "", "/a\0", "/.", &long,
         ] {
-            assert_eq!(normalize_owned(p.to_owned()), normalize_path(p), "{p:?}");
+            assert_eq!(
+                normalize_owned(p.as_bytes().to_vec()),
+                normalize_path(p.as_bytes()),
+                "{p:?}"
+            );
         }
     }
 
     #[test]
     fn rejects_hostile_paths() {
-        assert_eq!(normalize_path(""), Err(PathError::Empty));
-        assert_eq!(normalize_path("a/b"), Err(PathError::Relative));
-        assert_eq!(normalize_path("/a/../b"), Err(PathError::DotDot));
-        assert_eq!(normalize_path("/a/.."), Err(PathError::DotDot));
-        assert_eq!(normalize_path("/a\0b"), Err(PathError::Nul));
+        let bad = |p: &str| normalize_path(p.as_bytes()).unwrap_err();
+        assert_eq!(bad(""), PathError::Empty);
+        assert_eq!(bad("a/b"), PathError::Relative);
+        assert_eq!(bad("/a/../b"), PathError::DotDot);
+        assert_eq!(bad("/a/.."), PathError::DotDot);
+        assert_eq!(bad("/a\0b"), PathError::Nul);
+        assert_eq!(bad(&format!("/{}", "a".repeat(5000))), PathError::TooLong);
         assert_eq!(
-            normalize_path(&format!("/{}", "a".repeat(5000))),
-            Err(PathError::TooLong)
+            bad(&format!("/a/{}", "n".repeat(256))),
+            PathError::NameTooLong
         );
+        // 255 bytes is the longest name; 4095 the longest path.
+        assert!(normalize_path(format!("/a/{}", "n".repeat(255)).as_bytes()).is_ok());
+        let longest = format!(
+            "/{}/{}",
+            vec!["n".repeat(255); 15].join("/"),
+            "n".repeat(254)
+        );
+        assert_eq!(longest.len(), 4095);
+        assert!(normalize_path(longest.as_bytes()).is_ok());
         // `..` inside a name is just a name.
-        assert_eq!(normalize_path("/a/..b/c..").unwrap(), "/a/..b/c..");
+        assert_eq!(normal("/a/..b/c.."), ("/a/..b/c..".into(), false));
+    }
+
+    fn file(path: &str, mode: Mode) -> FileRequest {
+        FileRequest {
+            path: RequestPath::plain(path),
+            mode,
+        }
     }
 
     #[test]
     fn parses_requests_with_defaults() {
         assert_eq!(
             parse(r#"{"op":"open","path":"/x"}"#).1,
-            Ok(Request::Open {
-                path: "/x".into(),
-                mode: Mode::Read
-            })
+            Ok(Request::Open(file("/x", Mode::Read)))
         );
         assert_eq!(
             parse(r#"{"op":"check","path":"/x","mode":"append"}"#).1,
-            Ok(Request::Check {
-                path: "/x".into(),
-                mode: Mode::Append
-            })
+            Ok(Request::Check(file("/x", Mode::Append)))
         );
         assert_eq!(parse(r#"{"op":"hello"}"#).1, Ok(Request::Hello));
+    }
+
+    #[test]
+    fn null_is_not_a_default() {
+        for line in [
+            r#"{"op":"open","path":"/x","mode":null}"#,
+            r#"{"op":"open","path":null}"#,
+            r#"{"op":"open","path_b64":null}"#,
+            r#"{"op":null,"path":"/x"}"#,
+        ] {
+            assert!(
+                matches!(parse(line).1, Err(RequestError::Malformed(_))),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn path_b64_carries_any_bytes() {
+        let (_, req) = parse(r#"{"op":"open","path_b64":"L3RtcC9h/w=="}"#);
+        let Ok(Request::Open(f)) = req else {
+            panic!("{req:?}")
+        };
+        assert_eq!(f.path.path.as_os_str().as_bytes(), b"/tmp/a\xff");
+        assert_eq!(
+            parse(r#"{"op":"open","path_b64":"!!"}"#).1,
+            Err(RequestError::BadBase64)
+        );
+        assert_eq!(
+            parse(r#"{"op":"open","path":"/a","path_b64":"L2E="}"#).1,
+            Err(RequestError::TwoPaths)
+        );
+        assert_eq!(
+            parse(r#"{"op":"open","path_b64":"YQ=="}"#).1,
+            Err(RequestError::BadPath(PathError::Relative))
+        );
+    }
+
+    #[test]
+    fn json_paths_are_exact_for_any_bytes() {
+        let p = Path::new(OsStr::from_bytes(b"/a\xff"));
+        let (text, b64) = json_path(p);
+        assert_eq!(text, "/a\u{fffd}");
+        assert_eq!(b64.as_deref(), Some("L2H/"));
+        assert_eq!(json_path(Path::new("/a")), ("/a".into(), None));
     }
 
     #[test]
@@ -589,6 +773,7 @@ mod tests {
         let mut out = Vec::new();
         let grant = Grant {
             path: "/a".into(),
+            path_b64: None,
             size: 3,
             mtime: 9,
             rule: "r".into(),

@@ -7,9 +7,12 @@
 //! with the requested access through `/proc/self/fd`. Whatever is renamed
 //! or swapped for a symlink in between, the file sent is the file checked.
 
+use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
@@ -108,13 +111,15 @@ impl FileFacts {
 pub enum OpenError {
     #[error("no such file")]
     NotFound,
+    /// Missing, but only after following a symlink: where the missing part
+    /// lies decides whether the client may be told ([`missing_real_path`]).
+    #[error("no such file (through a symbolic link)")]
+    Dangling,
     /// Out of descriptors: the client should retry later.
     #[error("server is out of file descriptors")]
     OutOfFds,
     #[error("{what}: {errno}", errno = errno.desc())]
     Io { what: &'static str, errno: Errno },
-    #[error("file changed while it was being opened")]
-    Changed,
 }
 
 impl OpenError {
@@ -178,14 +183,17 @@ fn proc_fd_dir() -> Option<BorrowedFd<'static>> {
 /// `RESOLVE_NO_SYMLINKS`, whose path is then the real path. Otherwise
 /// symlinks are followed, but never magic links such as `/proc/self/fd/N`,
 /// which would name the server's own descriptors.
-pub fn locate(path: &str) -> Result<Located, OpenError> {
+pub fn locate(path: &Path) -> Result<Located, OpenError> {
     let cwd = nix::fcntl::AT_FDCWD;
     let (handle, real_path) =
         match nix::fcntl::openat2(cwd, path, how(ResolveFlag::RESOLVE_NO_SYMLINKS)) {
-            Ok(fd) => (fd, PathBuf::from(path)),
+            Ok(fd) => (fd, path.to_owned()),
             Err(Errno::ELOOP) => {
                 let fd = nix::fcntl::openat2(cwd, path, how(ResolveFlag::RESOLVE_NO_MAGICLINKS))
-                    .map_err(|e| OpenError::from_errno(e, "cannot resolve path"))?;
+                    .map_err(|e| match OpenError::from_errno(e, "cannot resolve path") {
+                        OpenError::NotFound => OpenError::Dangling,
+                        other => other,
+                    })?;
                 let real = std::fs::read_link(proc_fd_path(&fd)).map_err(|e| OpenError::Io {
                     what: "cannot read real path",
                     errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
@@ -213,12 +221,13 @@ pub fn locate(path: &str) -> Result<Located, OpenError> {
 }
 
 impl Located {
-    /// Opens the located inode for I/O in `mode` and returns it with facts
-    /// read from the new open file description itself.
+    /// Opens the located inode for I/O in `mode`.
     ///
     /// Call only for regular files: that is what makes this free of side
-    /// effects.
-    pub fn reopen(&self, mode: Mode) -> Result<(File, FileFacts), OpenError> {
+    /// effects. The reopen goes through the `O_PATH` handle's magic link,
+    /// which names the pinned inode itself, so the facts already read from
+    /// the handle hold for the file returned (SPEC §5): no second `fstat`.
+    pub fn reopen(&self, mode: Mode) -> Result<File, OpenError> {
         debug_assert_eq!(self.facts.kind, FileKind::Regular);
         let flags = mode.open_flags() | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
         let fd = match proc_fd_dir() {
@@ -229,10 +238,88 @@ impl Located {
             None => nix::fcntl::open(proc_fd_path(&self.handle).as_str(), flags, Perm::empty()),
         }
         .map_err(|e| OpenError::from_errno(e, "cannot open"))?;
-        let facts = FileFacts::of(&fd)?;
-        if (facts.dev, facts.ino) != (self.facts.dev, self.facts.ino) {
-            return Err(OpenError::Changed);
-        }
-        Ok((File::from(fd), facts))
+        Ok(File::from(fd))
     }
+}
+
+/// Where the missing part of a path that could not be resolved would
+/// really lie: the real path of its deepest existing directory, joined
+/// with what is missing below it. Symlinks are followed as the kernel
+/// would (at most 40); nothing is opened but `O_PATH` handles.
+///
+/// This only decides whether `not_found` may be said (SPEC §4); it is
+/// never used to open anything, so a race here can cost at most a wrong
+/// refusal code, never a grant.
+pub fn missing_real_path(path: &Path) -> Result<PathBuf, OpenError> {
+    let io = |what| move |errno| OpenError::Io { what, errno };
+    let open_dir = |real: &Path| {
+        nix::fcntl::openat2(
+            nix::fcntl::AT_FDCWD,
+            real,
+            how(ResolveFlag::RESOLVE_NO_SYMLINKS),
+        )
+        .map_err(io("cannot resolve path"))
+    };
+    let mut pending: VecDeque<OsString> = components(path.as_os_str().as_bytes()).collect();
+    let mut real = PathBuf::from("/");
+    let mut dir = open_dir(&real)?;
+    let mut links = 0;
+    while let Some(name) = pending.pop_front() {
+        match name.as_bytes() {
+            b"." => continue,
+            b".." => {
+                real.pop();
+                dir = open_dir(&real)?;
+                continue;
+            }
+            _ => {}
+        }
+        let step = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH);
+        let fd = match nix::fcntl::openat2(&dir, name.as_os_str(), step) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT | Errno::ENOTDIR) => {
+                real.push(&name);
+                // Below a missing name nothing exists, and a `..` there
+                // would fail in the kernel too.
+                for rest in pending.iter().take_while(|c| c.as_bytes() != b"..") {
+                    if rest.as_bytes() != b"." {
+                        real.push(rest);
+                    }
+                }
+                return Ok(real);
+            }
+            Err(e) => return Err(io("cannot resolve path")(e)),
+        };
+        if FileFacts::of(&fd)?.kind == FileKind::Symlink {
+            links += 1;
+            if links > 40 {
+                return Err(io("cannot resolve path")(Errno::ELOOP));
+            }
+            let target = nix::fcntl::readlinkat(&dir, name.as_os_str())
+                .map_err(io("cannot read symbolic link"))?;
+            let target = target.as_bytes();
+            for component in components(target).collect::<Vec<_>>().into_iter().rev() {
+                pending.push_front(component);
+            }
+            if target.first() == Some(&b'/') {
+                real = PathBuf::from("/");
+                dir = open_dir(&real)?;
+            }
+        } else {
+            real.push(&name);
+            dir = fd;
+        }
+    }
+    // Everything exists now: it appeared since the open failed.
+    Ok(real)
+}
+
+/// The non-empty components of a path, as owned names.
+fn components(bytes: &[u8]) -> impl Iterator<Item = OsString> + '_ {
+    bytes
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .map(|c| OsString::from_vec(c.to_vec()))
 }

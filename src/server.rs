@@ -25,7 +25,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use slab::Slab;
 
 use crate::audit::{AuditLog, Clock, Record};
-use crate::decision::{self, Scratch};
+use crate::decision::{self, Intent, Scratch};
 use crate::fdpass;
 use crate::logging;
 use crate::peer::PeerIdentity;
@@ -769,7 +769,7 @@ fn answer(
         )),
         other => other,
     };
-    let (op, path, mode) = match &request {
+    let (op, file, intent) = match &request {
         // Not a decision: nothing to audit.
         Ok(Request::Hello) => {
             encode::hello(&mut bytes, parsed.id);
@@ -780,20 +780,22 @@ fn answer(
             record_bad_request(peer, ts, audit);
             return Outgoing::new(bytes, None, true);
         }
-        Ok(Request::Open { path, mode }) => (Op::Open, path, *mode),
-        Ok(Request::Check { path, mode }) => (Op::Check, path, *mode),
+        Ok(Request::Open(file)) => (Op::Open, file, Intent::Open),
+        Ok(Request::Check(file)) => (Op::Check, file, Intent::Check),
     };
-    let decision = decision::decide(policy, path, peer, mode, scratch);
+    let decision = decision::decide(policy, file, peer, intent, scratch);
     let mut record = Record::new(peer, ts);
     record.op = Some(op.as_str());
-    record.path = Some(path);
-    record.mode = Some(mode.as_str());
+    record.set_path(&file.path.path);
+    record.mode = Some(file.mode.as_str());
     match &decision {
         Ok(granted) => {
             encode::grant(&mut bytes, parsed.id, &granted.grant, op == Op::Open);
             record.ok = true;
             record.rule = Some(&granted.grant.rule);
-            record.real_path = granted.real_path.as_deref();
+            if let Some(real) = &granted.real_path {
+                record.set_real_path(real);
+            }
         }
         Err(refusal) => {
             encode::error(&mut bytes, parsed.id, refusal.code, &refusal.message);
@@ -802,10 +804,7 @@ fn answer(
         }
     }
     record.append_to(audit);
-    // `check` decides the same but keeps the file to itself.
-    let fd = decision
-        .ok()
-        .filter(|_| op == Op::Open)
-        .map(|granted| granted.file);
+    // `check` decides the same but opens nothing.
+    let fd = decision.ok().and_then(|granted| granted.file);
     Outgoing::new(bytes, fd, true)
 }

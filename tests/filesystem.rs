@@ -67,6 +67,177 @@ fn symlinks_within_the_allowed_tree_are_followed_and_report_the_real_path() {
 }
 
 #[test]
+fn a_symlink_out_of_the_grant_is_denied_whether_or_not_its_target_exists() {
+    let s = symlink_server();
+    // Existing and missing targets outside the grant, by absolute and
+    // relative links, through a link to a directory, and a chain of links.
+    symlink(s.path("forbidden/secret.txt"), s.path("allowed/there")).unwrap();
+    symlink(s.path("forbidden/nothing.txt"), s.path("allowed/missing")).unwrap();
+    symlink("../forbidden/nothing.txt", s.path("allowed/rel-missing")).unwrap();
+    symlink(s.path("forbidden"), s.path("allowed/dir")).unwrap();
+    symlink(s.path("no-such-dir/x"), s.path("allowed/deep-missing")).unwrap();
+    symlink("missing", s.path("allowed/chain")).unwrap();
+    for link in [
+        "allowed/there",
+        "allowed/missing",
+        "allowed/rel-missing",
+        "allowed/dir/secret.txt",
+        "allowed/dir/nothing.txt",
+        "allowed/dir/no/such/depth",
+        "allowed/deep-missing",
+        "allowed/chain",
+    ] {
+        for op in ["open", "check"] {
+            let line = json!({"op": op, "path": s.path(link)}).to_string();
+            let (v, fd) = s.ask(&line);
+            assert_eq!(code(&v), "denied", "{op} {link}: {v}");
+            assert!(fd.is_none());
+        }
+    }
+}
+
+#[test]
+fn a_missing_file_the_client_may_see_is_not_found_even_through_a_symlink() {
+    let s = symlink_server();
+    symlink("nothing.txt", s.path("allowed/to-missing")).unwrap();
+    symlink(s.path("allowed/sub"), s.path("allowed/sublink")).unwrap();
+    for path in [
+        "allowed/nothing.txt",
+        "allowed/to-missing",
+        "allowed/sublink/nothing.txt",
+        "allowed/no-dir/nothing.txt",
+    ] {
+        let (v, _) = s.ask(&open_line(&s.path(path), None));
+        assert_eq!(code(&v), "not_found", "{path}: {v}");
+    }
+}
+
+#[test]
+fn a_grant_through_a_symlink_names_the_rule_that_granted_the_real_path() {
+    let dir = scratch();
+    fs::create_dir_all(dir.path().join("links")).unwrap();
+    fs::create_dir_all(dir.path().join("data")).unwrap();
+    fs::write(dir.path().join("data/f.txt"), "f").unwrap();
+    symlink(dir.path().join("data/f.txt"), dir.path().join("links/f")).unwrap();
+    let d = glob(dir.path());
+    let policy = json!({"rules": [
+        {"name": "links", "paths": [format!("{d}/links/*")]},
+        {"name": "data", "paths": [format!("{d}/data/*")]}
+    ]})
+    .to_string();
+    let s = TestServer::start_in(dir, &policy, &[]);
+    let (v, fd) = s.ask(&open_line(&s.path("links/f"), None));
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(fd.is_some());
+    assert_eq!(v["rule"], "data", "{v}");
+    assert_eq!(s.audit_lines()[0]["rule"], "data");
+}
+
+#[test]
+fn a_trailing_slash_asks_for_a_directory() {
+    let s = symlink_server();
+    let file = s.path("allowed/ok.txt");
+    for suffix in ["/", "/.", "/./"] {
+        let path = format!("{}{suffix}", file.display());
+        let (v, fd) = s.ask(&json!({"op": "open", "path": path}).to_string());
+        assert_eq!(code(&v), "not_regular", "{path}: {v}");
+        assert!(fd.is_none());
+    }
+    let (v, _) = s.ask(
+        &json!({"op": "open", "path": format!("{}/nothing/", s.path("allowed").display())})
+            .to_string(),
+    );
+    assert_eq!(code(&v), "not_found", "{v}");
+}
+
+#[test]
+fn check_decides_on_the_handle_and_never_opens_the_file() {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let s = symlink_server();
+    let file = s.path("allowed/ok.txt");
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).unwrap();
+    inotify
+        .add_watch(&file, AddWatchFlags::IN_ALL_EVENTS)
+        .unwrap();
+    let (v, fd) = s.ask(&json!({"op": "check", "path": file}).to_string());
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["fd"], false);
+    assert!(fd.is_none());
+    // The answer came after the decision: any event would be queued now.
+    match inotify.read_events() {
+        Err(nix::errno::Errno::EAGAIN) => {}
+        other => panic!("check touched the file: {other:?}"),
+    }
+    // The same watch does see an open, so the test can fail.
+    let (v, fd) = s.ask(&open_line(&file, None));
+    assert_eq!(v["ok"], true, "{v}");
+    drop(fd);
+    let events = inotify.read_events().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.mask.contains(AddWatchFlags::IN_OPEN)),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn non_utf8_paths_travel_as_base64_in_requests_responses_and_audit() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let s = symlink_server();
+    let mut raw = s.path("allowed").into_os_string().into_vec();
+    raw.extend_from_slice(b"/caf\xe9.txt");
+    let name = Path::new(OsStr::from_bytes(&raw));
+    fs::write(name, "bytes").unwrap();
+    // A link whose own name is UTF-8, so the real path differs from it.
+    symlink(name, s.path("allowed/utf8-link")).unwrap();
+    let b64 = |bytes: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    let mut c = s.client();
+    let (v, fd) = ask(
+        &mut c,
+        &json!({"op": "open", "path_b64": b64(&raw)}).to_string(),
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["path_b64"], b64(&raw));
+    assert_eq!(
+        v["path"],
+        String::from_utf8_lossy(&raw).into_owned(),
+        "a lossy text beside the exact bytes"
+    );
+    let mut text = String::new();
+    use std::io::Read;
+    fs::File::from(fd.unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(text, "bytes");
+    // The library sends such paths as path_b64 by itself.
+    let grant = c.check(name, fdopen::Mode::Read).unwrap();
+    assert_eq!(grant.path_b64.as_deref(), Some(b64(&raw).as_str()));
+    let (v, _) = ask(&mut c, &open_line(&s.path("allowed/utf8-link"), None));
+    assert_eq!(v["path_b64"], b64(&raw), "{v}");
+    let audit = s.audit_lines();
+    assert_eq!(audit[0]["path_b64"], b64(&raw));
+    assert_eq!(audit[2]["real_path_b64"], b64(&raw), "{}", audit[2]);
+    assert!(audit[2].get("path_b64").is_none(), "{}", audit[2]);
+    // Two names that differ only in bytes the lossy text hides differ in
+    // the record.
+    let mut other = s.path("allowed").into_os_string().into_vec();
+    other.extend_from_slice(b"/caf\xe8.txt");
+    let (v, _) = ask(
+        &mut c,
+        &json!({"op": "check", "path_b64": b64(&other)}).to_string(),
+    );
+    assert_eq!(code(&v), "not_found");
+    let audit = s.audit_lines();
+    assert_eq!(audit[3]["path"], audit[0]["path"]);
+    assert_ne!(audit[3]["path_b64"], audit[0]["path_b64"]);
+}
+
+#[test]
 fn magic_links_never_reach_the_servers_own_descriptors() {
     let dir = scratch();
     let policy = json!({"rules": [{"name": "all", "paths": ["/**"]}]}).to_string();

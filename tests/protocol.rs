@@ -248,6 +248,34 @@ fn bad_lines_keep_the_connection_usable() {
 }
 
 #[test]
+fn null_fields_and_over_long_paths_are_bad_requests_before_any_lookup() {
+    let s = server();
+    let mut c = s.client();
+    let file = s.path("files/a.txt");
+    let dir = s.path("files");
+    let long_name = format!("{}/{}", dir.display(), "n".repeat(256));
+    let long_path = format!("{}/{}", dir.display(), "d/".repeat(2100));
+    for line in [
+        json!({"op": "open", "path": file, "mode": null}),
+        json!({"op": "check", "path": file, "mode": null}),
+        json!({"op": "open", "path": null}),
+        json!({"op": "open", "path": file, "path_b64": "L2E="}),
+        json!({"op": "open", "path": long_name}),
+        json!({"op": "open", "path": long_path}),
+        json!({"op": "open", "path": format!("{}/../files/a.txt", dir.display())}),
+        json!({"op": "open", "path": "relative/path"}),
+        json!({"op": "open", "path": ""}),
+    ] {
+        let (v, fd) = ask(&mut c, &line.to_string());
+        assert_eq!(code(&v), "bad_request", "{line}: {v}");
+        assert!(fd.is_none());
+    }
+    // The same file, asked properly, is granted: the refusals were the form.
+    let (v, _) = ask(&mut c, &open_line(&file, Some("read")));
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
 fn over_long_line_is_answered_then_closed() {
     let s = TestServer::start(r#"{"rules":[]}"#, &["--max-request", "1024"]);
     // Exactly at the limit (newline included) is fine.
@@ -326,8 +354,7 @@ fn library_pipelining_with_send_and_receive() {
     let path = s.path("files/a.txt");
     let mut c = s.client();
     for _ in 0..50 {
-        c.send(Op::Open, Some(path.to_str().unwrap()), None)
-            .unwrap();
+        c.send(Op::Open, Some(&path), None).unwrap();
     }
     for _ in 0..50 {
         let (grant, fd) = c.receive().unwrap().into_result().unwrap();

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::{exit, mode_parser};
 use crate::client::{Client, Error};
-use crate::protocol::{Grant, Mode};
+use crate::protocol::Mode;
 use crate::socket_path;
 
 /// Ask an fdopen server to open files on your behalf.
@@ -129,13 +129,11 @@ fn check(
     let result = client.check(path, mode);
     if json {
         let value = match &result {
-            Ok(Grant {
-                path,
-                size,
-                mtime,
-                rule,
-            }) => {
-                json!({"ok": true, "fd": false, "path": path, "size": size, "mtime": mtime, "rule": rule})
+            Ok(grant) => {
+                let mut value = serde_json::to_value(grant).expect("a grant serialises");
+                value["ok"] = true.into();
+                value["fd"] = false.into();
+                value
             }
             Err(Error::Refused(e)) => json!({"ok": false, "error": e}),
             Err(_) => return result.map(|_| exit::OK),
@@ -196,7 +194,6 @@ fn absolute(path: PathBuf) -> PathBuf {
 fn error_exit_code(e: &Error) -> i32 {
     match e {
         Error::Refused(_) => exit::REFUSED,
-        Error::NonUtf8Path(_) => exit::USAGE,
         Error::Connect { .. } | Error::Io(_) | Error::Protocol(_) => exit::UNREACHABLE,
     }
 }

@@ -1,6 +1,7 @@
 //! `fdopen-server`: serve, check a policy, explain a decision, or run the
 //! echo demo (SPEC §7).
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::decision::{Explanation, explain};
 use crate::logging::{self, Level};
 use crate::peer::PeerIdentity;
 use crate::policy::{Policy, PolicyErrors};
-use crate::protocol::{Mode, normalize_path};
+use crate::protocol::{Mode, json_path, normalize_path};
 use crate::server::{Server, ServerConfig};
 use crate::{lint, socket_path, systemd};
 
@@ -115,7 +116,7 @@ pub struct ExplainArgs {
     pub policy: PathBuf,
     /// Absolute path the client would ask for.
     #[arg(long, value_name = "P")]
-    pub path: String,
+    pub path: PathBuf,
     #[arg(long, default_value = "read", value_parser = mode_parser())]
     pub mode: Mode,
     /// Client uid [default: yours].
@@ -388,7 +389,7 @@ fn explain_command(args: ExplainArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    let path = match normalize_path(&args.path) {
+    let path = match normalize_path(args.path.as_os_str().as_bytes()) {
         Ok(p) => p,
         Err(e) => {
             logging::error(format_args!("bad path: {e}"));
@@ -425,10 +426,12 @@ fn explanation_text(e: &Explanation<'_>, client: &PeerIdentity, mode: Mode) -> S
     let _ = writeln!(
         out,
         "request: {mode} {} as uid {} gid {}",
-        e.path, client.uid, client.gid
+        e.path.display(),
+        client.uid,
+        client.gid
     );
     if let Some(real) = &e.real_path {
-        let _ = writeln!(out, "real path: {real}");
+        let _ = writeln!(out, "real path: {}", real.display());
     }
     let width = e.rules.iter().map(|v| v.rule.name.len()).max().unwrap_or(0);
     for v in &e.rules {
@@ -478,8 +481,8 @@ fn explanation_json(e: &Explanation<'_>, client: &PeerIdentity, mode: Mode) -> s
         Err(r) => json!({"ok": false, "code": r.code, "message": r.message, "rule": r.rule}),
     };
     json!({
-        "path": e.path,
-        "real_path": e.real_path,
+        "path": json_path(&e.path).0,
+        "real_path": e.real_path.as_deref().map(|p| json_path(p).0),
         "mode": mode,
         "uid": client.uid,
         "gid": client.gid,

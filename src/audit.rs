@@ -7,10 +7,12 @@
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -22,47 +24,166 @@ use crate::protocol::json_path;
 #[derive(Debug)]
 pub struct AuditLog {
     path: Option<PathBuf>,
-    sink: Mutex<Option<File>>,
+    sink: Mutex<Sink>,
+    /// Batches that could not be written whole, since start.
+    failures: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Sink {
+    /// `None`: the server's standard error.
+    file: Option<File>,
+    /// A failed write left part of a record that could not be cut back
+    /// yet: the file must shrink to this size before anything else goes in.
+    torn_at: Option<u64>,
+}
+
+/// A batch that was not written whole (SPEC §6): its first `kept` bytes
+/// are in the log as whole lines, the rest is not there at all.
+#[derive(Debug, thiserror::Error)]
+#[error("audit log write failed after {kept} bytes: {source}")]
+pub struct AuditWriteError {
+    pub kept: usize,
+    #[source]
+    pub source: io::Error,
 }
 
 impl AuditLog {
     /// Records go to the server's standard error.
     pub fn stderr() -> AuditLog {
-        AuditLog {
-            path: None,
-            sink: Mutex::new(None),
-        }
+        AuditLog::with_file(None, None)
     }
 
     /// Records are appended to `path`, created `0640` if missing.
     pub fn open(path: &Path) -> io::Result<AuditLog> {
         let file = open_append(path)?;
-        Ok(AuditLog {
-            path: Some(path.to_owned()),
-            sink: Mutex::new(Some(file)),
-        })
+        Ok(AuditLog::with_file(Some(path.to_owned()), Some(file)))
+    }
+
+    fn with_file(path: Option<PathBuf>, file: Option<File>) -> AuditLog {
+        AuditLog {
+            path,
+            sink: Mutex::new(Sink {
+                file,
+                torn_at: None,
+            }),
+            failures: AtomicU64::new(0),
+        }
     }
 
     /// Reopens the file (after logrotate moved it); a no-op for stderr.
     pub fn reopen(&self) -> io::Result<()> {
         if let Some(path) = &self.path {
             let file = open_append(path)?;
-            *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+            let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+            sink.file = Some(file);
+            sink.torn_at = None;
         }
         Ok(())
     }
 
-    /// Writes whole lines in one go.
-    pub fn write(&self, lines: &[u8]) -> io::Result<()> {
+    /// Batches that failed to be written whole since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Appends whole lines. If the write fails part-way (disk full, I/O
+    /// error), the log is cut back to the last whole line before the call
+    /// returns (or, should even that fail, before the next write), and the
+    /// error says how many bytes of `lines` stayed.
+    pub fn write(&self, lines: &[u8]) -> Result<(), AuditWriteError> {
         if lines.is_empty() {
             return Ok(());
         }
-        let sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
-        match &*sink {
-            Some(file) => (&*file).write_all(lines),
-            None => io::stderr().lock().write_all(lines),
+        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        let result = sink.append(lines);
+        if result.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl Sink {
+    fn append(&mut self, lines: &[u8]) -> Result<(), AuditWriteError> {
+        let stderr;
+        let file: &File = match &self.file {
+            Some(file) => file,
+            None => {
+                stderr = io::stderr();
+                // SAFETY: fd 2 stays open for the life of the process; the
+                // borrowed handle is dropped before this function returns.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stderr.as_raw_fd()) };
+                return write_torn_free(&fd, lines, &mut self.torn_at);
+            }
+        };
+        write_torn_free(&file.as_fd(), lines, &mut self.torn_at)
+    }
+}
+
+/// The write loop of [`AuditLog::write`] on any descriptor.
+fn write_torn_free(
+    fd: &std::os::fd::BorrowedFd<'_>,
+    lines: &[u8],
+    torn_at: &mut Option<u64>,
+) -> Result<(), AuditWriteError> {
+    let fail = |source| AuditWriteError { kept: 0, source };
+    if let Some(size) = *torn_at {
+        nix::unistd::ftruncate(fd, size as libc::off_t).map_err(|e| fail(e.into()))?;
+        *torn_at = None;
+    }
+    let mut written = 0;
+    while written < lines.len() {
+        match nix::unistd::write(fd, &lines[written..]) {
+            Ok(0) => {
+                return Err(cut_back(
+                    fd,
+                    lines,
+                    written,
+                    torn_at,
+                    io::ErrorKind::WriteZero.into(),
+                ));
+            }
+            Ok(n) => written += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(cut_back(fd, lines, written, torn_at, e.into())),
         }
     }
+    Ok(())
+}
+
+/// After `written` bytes of `lines` went in and the next write failed:
+/// shrink the file so it ends with the last whole line.
+fn cut_back(
+    fd: &std::os::fd::BorrowedFd<'_>,
+    lines: &[u8],
+    written: usize,
+    torn_at: &mut Option<u64>,
+    source: io::Error,
+) -> AuditWriteError {
+    let kept = lines[..written]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let torn = (written - kept) as u64;
+    if torn > 0 {
+        // Only this process appends, under the sink's lock: the file ends
+        // with the torn bytes just written.
+        match nix::sys::stat::fstat(fd) {
+            Ok(stat) if stat.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                let size = (stat.st_size as u64).saturating_sub(torn);
+                if nix::unistd::ftruncate(fd, size as libc::off_t).is_err() {
+                    *torn_at = Some(size);
+                }
+            }
+            // A pipe or terminal cannot be cut back; a newline at least
+            // ends the broken record before the next one starts.
+            _ => {
+                let _ = nix::unistd::write(fd, b"\n");
+            }
+        }
+    }
+    AuditWriteError { kept, source }
 }
 
 fn open_append(path: &Path) -> io::Result<File> {

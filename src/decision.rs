@@ -139,12 +139,17 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
         Refusal {
             code,
             message: message.into(),
             rule: None,
         }
+    }
+
+    /// The server is at a limit; the client should try later.
+    pub fn busy(message: impl Into<String>) -> Refusal {
+        Refusal::new(ErrorCode::Busy, message)
     }
 
     fn denied_by(rule: &Rule) -> Refusal {
@@ -264,6 +269,14 @@ impl Policy {
 pub struct Scratch {
     requested: Candidates,
     real: Candidates,
+}
+
+impl Scratch {
+    /// Where [`Policy::candidates`] of the requested path goes before
+    /// [`decide_on_filesystem`] is called.
+    pub fn requested(&mut self) -> &mut Candidates {
+        &mut self.requested
+    }
 }
 
 /// What a granted request is for.

@@ -86,3 +86,21 @@ pub fn info(message: fmt::Arguments<'_>) {
 pub fn debug(message: fmt::Arguments<'_>) {
     log(Level::Debug, message)
 }
+
+/// A message worth saying once in a while, not once per event: at most
+/// every ten seconds.
+#[derive(Debug, Default)]
+pub struct RateLimited {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl RateLimited {
+    /// Logs `message` as an error unless one went out in the last ten seconds.
+    pub fn log(&self, message: fmt::Arguments<'_>) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+            *last = Some(std::time::Instant::now());
+            error(message);
+        }
+    }
+}

@@ -343,32 +343,6 @@ fn deny_overrides_allow_in_either_file_order() {
 }
 
 /// Runs `fdopen-client check` as another uid/gid.
-fn check_as(
-    socket: &Path,
-    uid: u32,
-    gid: u32,
-    groups: &[u32],
-    path: &Path,
-) -> std::process::Output {
-    use std::os::unix::process::CommandExt;
-    let groups: Vec<nix::unistd::Gid> = groups
-        .iter()
-        .map(|&g| nix::unistd::Gid::from_raw(g))
-        .collect();
-    let mut cmd = std::process::Command::new(CLIENT);
-    cmd.arg("--socket").arg(socket).arg("check").arg(path);
-    // SAFETY: only async-signal-safe calls; groups first, uid last, as
-    // each step needs the privilege the next one drops.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setgroups(&groups)?;
-            nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
-            Ok(())
-        });
-    }
-    cmd.output().unwrap()
-}
 
 #[test]
 fn user_and_group_rules_match_kernel_credentials() {

@@ -104,6 +104,10 @@ pub struct ServeArgs {
     /// lower latency for a little CPU; 0 never polls.
     #[arg(long, default_value = "50us", value_parser = parse_duration, value_name = "DUR")]
     pub busy_poll: Duration,
+    /// A request whose filesystem calls have not finished after this long
+    /// is answered io_error; other clients are served meanwhile.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    pub fs_timeout: Duration,
     /// Worker threads [default: number of CPUs].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256), value_name = "N")]
     pub workers: Option<u64>,
@@ -279,6 +283,7 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
         idle_timeout: args.idle_timeout,
         max_clients: args.max_clients,
         busy_poll: args.busy_poll,
+        fs_timeout: args.fs_timeout,
         ..ServerConfig::default()
     };
     if let Some(workers) = args.workers {

@@ -301,3 +301,31 @@ pub fn fd_count(pid: u32) -> usize {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// Runs `fdopen-client check PATH` as another user (root only).
+pub fn check_as(
+    socket: &Path,
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+    path: &Path,
+) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let groups: Vec<nix::unistd::Gid> = groups
+        .iter()
+        .map(|&g| nix::unistd::Gid::from_raw(g))
+        .collect();
+    let mut cmd = std::process::Command::new(CLIENT);
+    cmd.arg("--socket").arg(socket).arg("check").arg(path);
+    // SAFETY: only async-signal-safe calls; groups first, uid last, as
+    // each step needs the privilege the next one drops.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}

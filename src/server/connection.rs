@@ -1,0 +1,248 @@
+//! One client's connection: the bytes it sent and has not had answered,
+//! the responses waiting to go out, and the framing rules of SPEC §2.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Instant;
+
+use nix::sys::epoll::EpollFlags;
+
+use super::dispatch::FilesystemJob;
+use super::watchdog::Delivery;
+use crate::fdpass;
+use crate::peer::PeerIdentity;
+use crate::protocol::{ErrorCode, encode};
+
+/// Responses queued for one client before it stops being read: bounds
+/// memory and the descriptors held on its behalf.
+pub(super) const MAX_QUEUED_RESPONSES: usize = 64;
+
+/// A response waiting to be sent.
+pub(super) struct Outgoing {
+    pub bytes: Vec<u8>,
+    pub sent: usize,
+    /// The granted file; sent with the first byte of the line.
+    pub fd: Option<File>,
+    /// Where this response's audit record ends in the batch being written:
+    /// it may not leave before the log holds that record.
+    pub audit_end: Option<usize>,
+    /// Still being decided by a thread stuck on the filesystem: the line is
+    /// written when the answer comes or `--fs-timeout` passes.
+    pub waiting: Option<(Arc<Delivery>, Box<FilesystemJob>)>,
+}
+
+impl Outgoing {
+    pub fn new(bytes: Vec<u8>, fd: Option<File>, audit_end: Option<usize>) -> Outgoing {
+        Outgoing {
+            bytes,
+            sent: 0,
+            fd,
+            audit_end,
+            waiting: None,
+        }
+    }
+
+    /// An error line that carries no descriptor.
+    pub fn error(code: ErrorCode, message: &str, audit_end: Option<usize>) -> Outgoing {
+        let mut bytes = Vec::new();
+        encode::error(&mut bytes, None, code, message);
+        Outgoing::new(bytes, None, audit_end)
+    }
+
+    /// A slot held, in request order, for an answer still on its way.
+    pub fn waiting_for(delivery: Arc<Delivery>, job: FilesystemJob) -> Outgoing {
+        Outgoing {
+            waiting: Some((delivery, Box::new(job))),
+            ..Outgoing::new(Vec::new(), None, None)
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.audit_end.is_none() && self.waiting.is_none()
+    }
+}
+
+/// One client.
+pub(super) struct Connection {
+    pub stream: UnixStream,
+    pub peer: Arc<PeerIdentity>,
+    /// Bytes received; lines before `answered` have been taken care of.
+    pub inbuf: Vec<u8>,
+    pub answered: usize,
+    /// Byte range of `inbuf` that arrived with descriptors attached: the
+    /// requests it touches are refused.
+    pub tainted: Option<(usize, usize)>,
+    pub outq: VecDeque<Outgoing>,
+    /// Last time the client completed a request or took a response.
+    pub last_active: Instant,
+    /// No more input: end of stream, or framing was lost.
+    pub read_done: bool,
+    /// Current epoll interest, to skip needless `epoll_ctl` calls.
+    pub interest: EpollFlags,
+}
+
+impl Connection {
+    pub fn new(stream: UnixStream, peer: Arc<PeerIdentity>, interest: EpollFlags) -> Connection {
+        Connection {
+            stream,
+            peer,
+            inbuf: Vec::new(),
+            answered: 0,
+            tainted: None,
+            outq: VecDeque::new(),
+            last_active: Instant::now(),
+            read_done: false,
+            interest,
+        }
+    }
+
+    pub fn wants_input(&self) -> bool {
+        !self.read_done && self.outq.len() < MAX_QUEUED_RESPONSES
+    }
+
+    pub fn has_complete_line(&self) -> bool {
+        self.inbuf[self.answered..].contains(&b'\n')
+    }
+
+    /// Lines are waiting and there is room to queue their answers.
+    pub fn can_answer(&self) -> bool {
+        self.outq.len() < MAX_QUEUED_RESPONSES && self.has_complete_line()
+    }
+
+    /// The next complete line not yet answered, as `(start, end)` offsets
+    /// of `inbuf` (the newline at `end` excluded), and whether it came
+    /// with descriptors attached.
+    pub fn next_line(&self) -> Option<(usize, usize, bool)> {
+        let start = self.answered;
+        let end = start + memchr(b'\n', &self.inbuf[start..])?;
+        let tainted = self
+            .tainted
+            .is_some_and(|(from, to)| from <= end && to > start);
+        Some((start, end, tainted))
+    }
+
+    /// Forgets the lines answered so far.
+    pub fn drop_answered_lines(&mut self) {
+        let done = std::mem::take(&mut self.answered);
+        if done > 0 {
+            self.last_active = Instant::now();
+            self.inbuf.drain(..done);
+            self.tainted = self
+                .tainted
+                .and_then(|(from, to)| (to > done).then(|| (from.saturating_sub(done), to - done)));
+        }
+        if self.read_done && !self.has_complete_line() {
+            // A partial line at the end of the stream is no request.
+            self.inbuf = Vec::new();
+        } else if self.inbuf.is_empty() && self.inbuf.capacity() > 4096 {
+            // An idle client holds no buffer.
+            self.inbuf = Vec::new();
+        }
+    }
+
+    /// A partial line already longer than the limit: framing is lost.
+    pub fn overlong_partial_line(&self, max_request: usize) -> bool {
+        !self.read_done
+            && !self.has_complete_line()
+            && self.inbuf.len() - self.answered >= max_request
+    }
+
+    /// After a line longer than the limit, framing is lost: the client gets
+    /// its `bad_request` and nothing more is read from it.
+    pub fn stop_reading(&mut self) {
+        self.read_done = true;
+        self.inbuf.clear();
+        self.answered = 0;
+        self.tainted = None;
+    }
+
+    pub fn desired_interest(&self) -> EpollFlags {
+        let mut flags = EpollFlags::empty();
+        if self.wants_input() && !self.has_complete_line() {
+            flags |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+        }
+        if self.outq.front().is_some_and(Outgoing::ready) {
+            flags |= EpollFlags::EPOLLOUT;
+        }
+        flags
+    }
+
+    pub fn finished(&self) -> bool {
+        self.read_done && self.outq.is_empty() && !self.has_complete_line()
+    }
+
+    /// Nobody is left to read the answers: drop what is queued. A slot
+    /// still waiting for a stuck call stays, so its answer finds it.
+    pub fn abandon_output(&mut self) {
+        self.read_done = true;
+        self.outq.retain(|o| o.waiting.is_some());
+        self.inbuf.clear();
+        self.answered = 0;
+    }
+
+    /// One `recvmsg`; descriptors the client sent are handed to `closing`
+    /// (closing one can block, on a filesystem the client chose) and the
+    /// bytes they came with are marked so their request is refused.
+    pub fn read(&mut self, buf: &mut [u8], closing: &mut Vec<OwnedFd>) {
+        match fdpass::recv(self.stream.as_fd(), buf) {
+            Ok(received) if received.bytes == 0 => {
+                self.read_done = true;
+            }
+            Ok(received) => {
+                let from = self.inbuf.len();
+                self.inbuf.extend_from_slice(&buf[..received.bytes]);
+                if !received.fds.is_empty() || received.truncated {
+                    let to = self.inbuf.len();
+                    self.tainted = Some(self.tainted.map_or((from, to), |(f, _)| (f, to)));
+                }
+                closing.extend(received.fds);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => self.abandon_output(),
+        }
+    }
+
+    /// Sends queued responses until done, the socket is full, or the next
+    /// one is not ready. Sent descriptors go to `closing`.
+    pub fn flush(&mut self, closing: &mut Vec<OwnedFd>) {
+        while let Some(out) = self.outq.front_mut() {
+            if !out.ready() {
+                return;
+            }
+            let fd = out.fd.as_ref().map(|f| f.as_fd());
+            match fdpass::send(self.stream.as_fd(), &out.bytes[out.sent..], fd) {
+                Ok(n) => {
+                    out.sent += n;
+                    // Delivered with the first byte.
+                    closing.extend(out.fd.take().map(OwnedFd::from));
+                    self.last_active = Instant::now();
+                    if out.sent == out.bytes.len() {
+                        self.outq.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    // The client is gone; drop everything it asked for.
+                    self.abandon_output();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
+    haystack.iter().position(|&b| b == needle)
+}
+
+/// Best effort: a client we cannot serve is told why before it is closed.
+pub(super) fn say_busy(stream: &UnixStream, why: &str) {
+    let _ = stream.set_nonblocking(true);
+    let mut line = Vec::new();
+    encode::error(&mut line, None, ErrorCode::Busy, why);
+    let _ = fdpass::send(stream.as_fd(), &line, None);
+}

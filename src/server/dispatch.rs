@@ -1,0 +1,155 @@
+//! From a request line to its response: parse, decide, audit, encode.
+//!
+//! A request is answered in two halves so that the event loop never waits
+//! on a filesystem: [`begin`] does everything that needs only memory (and
+//! answers most refusals outright); a request that must look at files
+//! comes back as a [`FilesystemJob`], which the worker runs where a hung
+//! filesystem can be abandoned, and [`finish`] turns its outcome into the
+//! response and the audit record.
+
+use serde_json::value::RawValue;
+
+use super::connection::Outgoing;
+use crate::audit::Record;
+use crate::decision::{self, Decision, Intent, Refusal, Scratch};
+use crate::peer::PeerIdentity;
+use crate::policy::Policy;
+use crate::protocol::{ErrorCode, FileRequest, Op, Request, RequestError, encode, parse_request};
+
+/// A request whose answer needs the filesystem.
+#[derive(Debug)]
+pub(super) struct FilesystemJob {
+    pub op: Op,
+    pub intent: Intent,
+    pub file: FileRequest,
+    pub id: Option<Box<RawValue>>,
+}
+
+impl FilesystemJob {
+    /// The part that may hang. `scratch` holds the first stage's rules,
+    /// from the [`begin`] that made this job.
+    pub fn run(
+        &self,
+        policy: &Policy,
+        peer: &PeerIdentity,
+        scratch: &mut Scratch,
+    ) -> Result<Decision, Refusal> {
+        decision::decide_on_filesystem(policy, &self.file, peer, self.intent, scratch)
+    }
+}
+
+/// How far [`begin`] got.
+pub(super) enum Begun {
+    Answered(Outgoing),
+    NeedsFilesystem(FilesystemJob),
+}
+
+/// Answers `line` as far as memory allows, appending any audit record.
+pub(super) fn begin(
+    policy: &Policy,
+    peer: &PeerIdentity,
+    line: &[u8],
+    carried_fds: bool,
+    scratch: &mut Scratch,
+    ts: &str,
+    audit: &mut Vec<u8>,
+) -> Begun {
+    let parsed = parse_request(line);
+    let mut bytes = Vec::with_capacity(192);
+    let request = match parsed.request {
+        Ok(_) if carried_fds => Err(RequestError::Malformed(
+            "file descriptors are not accepted".into(),
+        )),
+        other => other,
+    };
+    let (op, file, intent) = match request {
+        // Not a decision: nothing to audit.
+        Ok(Request::Hello) => {
+            encode::hello(&mut bytes, parsed.id);
+            return Begun::Answered(Outgoing::new(bytes, None, None));
+        }
+        Err(e) => {
+            encode::error(&mut bytes, parsed.id, ErrorCode::BadRequest, &e.to_string());
+            let end = record_bad_request(peer, ts, audit);
+            return Begun::Answered(Outgoing::new(bytes, None, Some(end)));
+        }
+        Ok(Request::Open(file)) => (Op::Open, file, Intent::Open),
+        Ok(Request::Check(file)) => (Op::Check, file, Intent::Check),
+    };
+    let job = FilesystemJob {
+        op,
+        intent,
+        file,
+        id: parsed.id.map(ToOwned::to_owned),
+    };
+    // Refused on the requested path alone: the filesystem is never asked.
+    match policy.candidates(
+        &job.file.path.path,
+        peer,
+        job.file.mode,
+        scratch.requested(),
+    ) {
+        Ok(()) => Begun::NeedsFilesystem(job),
+        Err(refusal) => Begun::Answered(finish(&job, Err(refusal), peer, ts, audit)),
+    }
+}
+
+/// The job a request line made, made again from the parsed line (by a
+/// thread taking over a lane whose request was in flight).
+pub(super) fn rebuild_job(request: Request, id: Option<&RawValue>) -> Option<FilesystemJob> {
+    let (op, intent, file) = match request {
+        Request::Open(file) => (Op::Open, Intent::Open, file),
+        Request::Check(file) => (Op::Check, Intent::Check, file),
+        Request::Hello => return None,
+    };
+    Some(FilesystemJob {
+        op,
+        intent,
+        file,
+        id: id.map(ToOwned::to_owned),
+    })
+}
+
+/// The response and audit record of a job's outcome.
+pub(super) fn finish(
+    job: &FilesystemJob,
+    outcome: Result<Decision, Refusal>,
+    peer: &PeerIdentity,
+    ts: &str,
+    audit: &mut Vec<u8>,
+) -> Outgoing {
+    let mut bytes = Vec::with_capacity(192);
+    let id = job.id.as_deref();
+    let mut record = Record::new(peer, ts);
+    record.op = Some(job.op.as_str());
+    record.set_path(&job.file.path.path);
+    record.mode = Some(job.file.mode.as_str());
+    match &outcome {
+        Ok(granted) => {
+            encode::grant(&mut bytes, id, &granted.grant, job.op == Op::Open);
+            record.ok = true;
+            record.rule = Some(&granted.grant.rule);
+            if let Some(real) = &granted.real_path {
+                record.set_real_path(real);
+            }
+        }
+        Err(refusal) => {
+            encode::error(&mut bytes, id, refusal.code, &refusal.message);
+            record.code = Some(refusal.code.as_str());
+            record.rule = refusal.rule.as_deref();
+        }
+    }
+    record.append_to(audit);
+    let end = audit.len();
+    // `check` decides the same but opens nothing.
+    let fd = outcome.ok().and_then(|granted| granted.file);
+    Outgoing::new(bytes, fd, Some(end))
+}
+
+/// Records a malformed request; returns where its record ends.
+pub(super) fn record_bad_request(peer: &PeerIdentity, ts: &str, audit: &mut Vec<u8>) -> usize {
+    let mut record = Record::new(peer, ts);
+    record.code = Some(ErrorCode::BadRequest.as_str());
+    record.append_to(audit);
+    audit.len()
+}

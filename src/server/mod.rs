@@ -1,0 +1,215 @@
+//! The server: a few lanes, each an epoll loop over its own connections
+//! ([`worker`]), none of which can stall another; a watchdog that keeps a
+//! hung filesystem from stalling any of them ([`watchdog`]).
+//!
+//! Every socket is non-blocking. A lane reads what its clients sent,
+//! answers the complete lines ([`dispatch`]; bounded per client, so one
+//! client cannot hoard the lane or the server's descriptors), writes the
+//! audit records of the batch in one go, and only then sends the
+//! responses ([`connection`]). A client that stops reading simply stops
+//! being read from; it costs the others nothing.
+
+mod connection;
+mod dispatch;
+mod watchdog;
+mod worker;
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::audit::AuditLog;
+use crate::logging::{self, RateLimited};
+use crate::policy::{Policy, PolicyErrors};
+use watchdog::Watchdog;
+use worker::{Lane, SHUTDOWN_GRACE, spawn_lane};
+
+/// Limits and knobs of a running server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Longest request line, newline included.
+    pub max_request: usize,
+    /// Clients silent (or stuck mid-line) this long are disconnected.
+    pub idle_timeout: Duration,
+    /// Connections beyond this are answered `busy` and closed.
+    pub max_clients: usize,
+    /// Worker threads; each runs its own event loop.
+    pub workers: usize,
+    /// How long a worker polls for more work before it sleeps.
+    pub busy_poll: Duration,
+    /// A request whose filesystem calls take longer is answered `io_error`.
+    pub fs_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_request: 65536,
+            idle_timeout: Duration::from_secs(60),
+            max_clients: 4096,
+            busy_poll: Duration::from_micros(50),
+            workers: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(1, 16),
+            fs_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// State shared by all lanes.
+struct Shared {
+    policy: ArcSwap<Policy>,
+    policy_path: PathBuf,
+    audit: AuditLog,
+    config: ServerConfig,
+    listener: UnixListener,
+    clients: AtomicUsize,
+    stopping: AtomicBool,
+    lanes: Vec<Lane>,
+    /// Kept open so that, out of descriptors, a client can still be
+    /// accepted and told `busy`; its lock also serialises accepts.
+    spare_fd: Mutex<Option<OwnedFd>>,
+    watchdog: Watchdog,
+    /// Lanes still running; shutdown waits for none.
+    running: Mutex<usize>,
+    lane_done: Condvar,
+    audit_failures_log: RateLimited,
+    fd_exhaustion_log: RateLimited,
+}
+
+impl Shared {
+    /// A client counted in by a lane's `admit` is gone.
+    fn forget_client(&self, lane: usize) {
+        self.clients.fetch_sub(1, Ordering::Relaxed);
+        self.lanes[lane].load.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn lane_exited(&self) {
+        *lock(&self.running) -= 1;
+        self.lane_done.notify_all();
+    }
+}
+
+/// A running server: reload its policy, or stop it.
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Starts serving `listener` with `policy` (loaded from `policy_path`,
+    /// which reloads read again).
+    pub fn start(
+        listener: UnixListener,
+        policy: Policy,
+        policy_path: PathBuf,
+        audit: AuditLog,
+        config: ServerConfig,
+    ) -> io::Result<Server> {
+        listener.set_nonblocking(true)?;
+        crate::safe_open::prepare();
+        let lanes = (0..config.workers.max(1))
+            .map(|index| Lane::new(index, &listener))
+            .collect::<io::Result<Vec<_>>>()?;
+        let shared = Arc::new(Shared {
+            policy: ArcSwap::from_pointee(policy),
+            policy_path,
+            audit,
+            watchdog: Watchdog::new(config.fs_timeout),
+            config,
+            listener,
+            clients: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            running: Mutex::new(lanes.len()),
+            lanes,
+            spare_fd: Mutex::new(std::fs::File::open("/dev/null").ok().map(OwnedFd::from)),
+            lane_done: Condvar::new(),
+            audit_failures_log: RateLimited::default(),
+            fd_exhaustion_log: RateLimited::default(),
+        });
+        for index in 0..shared.lanes.len() {
+            spawn_lane(shared.clone(), index, None)?;
+        }
+        let watched = shared.clone();
+        std::thread::Builder::new()
+            .name("fdopen-watchdog".into())
+            .stack_size(128 * 1024)
+            .spawn(move || run_watchdog(&watched))?;
+        Ok(Server { shared })
+    }
+
+    /// Re-reads the policy. On success new requests use it; requests in
+    /// flight finish under the one they started with. On failure the
+    /// running policy stays.
+    pub fn reload(&self) -> Result<usize, PolicyErrors> {
+        let policy = Policy::load(&self.shared.policy_path)?;
+        let rules = policy.rules.len();
+        self.shared.policy.store(Arc::new(policy));
+        Ok(rules)
+    }
+
+    /// Reopens the audit log file (for logrotate).
+    pub fn reopen_audit_log(&self) -> io::Result<()> {
+        self.shared.audit.reopen()
+    }
+
+    /// Clients connected right now.
+    pub fn clients(&self) -> usize {
+        self.shared.clients.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, lets clients take the responses already due, and
+    /// waits for the lanes to finish (not for calls stuck in the kernel:
+    /// those threads end with the process).
+    pub fn shutdown(self) {
+        let shared = &self.shared;
+        shared.stopping.store(true, Ordering::SeqCst);
+        for lane in &shared.lanes {
+            lane.wake();
+        }
+        let mut running = lock(&shared.running);
+        let give_up = std::time::Instant::now() + SHUTDOWN_GRACE + Duration::from_secs(5);
+        while *running > 0 {
+            let left = give_up.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                logging::warn(format_args!(
+                    "{} lanes did not finish in time; stopping anyway",
+                    *running
+                ));
+                break;
+            }
+            running = shared
+                .lane_done
+                .wait_timeout(running, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// The watchdog thread: a lane whose thread was abandoned in a hung call
+/// gets a new thread. It runs for the life of the process, so a lane stuck
+/// during shutdown is still taken over and can finish.
+fn run_watchdog(shared: &Arc<Shared>) {
+    let calls: Vec<_> = shared.lanes.iter().map(|lane| &lane.call).collect();
+    let never = AtomicBool::new(false);
+    shared.watchdog.run(&calls, &never, |lane, delivery| {
+        logging::warn(format_args!(
+            "a filesystem call of uid {} is stuck; worker {lane} goes on in a new thread ({} calls stuck)",
+            delivery.uid,
+            shared.watchdog.stuck.now()
+        ));
+        if let Err(e) = spawn_lane(shared.clone(), lane, Some(delivery)) {
+            logging::error(format_args!("cannot start a thread for worker {lane}: {e}"));
+        }
+    });
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,285 @@
+//! Filesystems that stop answering (SPEC §5, `--fs-timeout`).
+//!
+//! A worker makes a request's filesystem calls itself: handing every
+//! request to another thread would cost a wake-up and a context switch
+//! each, and almost no call ever hangs. Instead each call is watched. A
+//! call still running after a short stall is *abandoned*: the thread stays
+//! where the kernel holds it, a fresh thread takes over the worker's
+//! connections (the lane, see `worker.rs`), and the request's answer slot
+//! waits for the stuck call to come back, or for `--fs-timeout`, whichever
+//! is first (then `io_error`). A call stuck in the kernel cannot be
+//! cancelled; abandoned calls are counted and capped per uid and in all,
+//! and beyond the caps new filesystem requests are answered `busy`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use super::lock;
+use crate::decision::{Decision, Refusal};
+
+/// Abandoned calls one uid may have at once; beyond, its filesystem
+/// requests are `busy`.
+pub(super) const MAX_STUCK_PER_UID: usize = 4;
+/// Abandoned calls in all; beyond, everyone's filesystem requests are `busy`.
+pub(super) const MAX_STUCK: usize = 16;
+/// A call running longer than this is abandoned (at most half the
+/// `--fs-timeout`): the longest pause a hang costs the lane's other clients.
+const MAX_STALL: Duration = Duration::from_millis(40);
+
+const IDLE: u64 = 0;
+const IN_CALL: u64 = 1;
+const ABANDONED: u64 = 2;
+
+/// The filesystem call a lane's thread is making, if any.
+#[derive(Debug, Default)]
+pub(super) struct CallWatch {
+    /// `sequence << 2 | IDLE/IN_CALL/ABANDONED`: the sequence number keeps
+    /// the watchdog from abandoning a later call than the one it timed.
+    state: AtomicU64,
+    /// Start of the call in progress, in microseconds since server start.
+    started: AtomicU64,
+    uid: AtomicU32,
+    /// Where each abandoned call, by sequence number, leaves its outcome:
+    /// a lane's later calls can be abandoned before an earlier one returns.
+    deliveries: Mutex<Vec<(u64, Arc<Delivery>)>>,
+}
+
+/// What became of a watched call.
+pub(super) enum Watched<T> {
+    Finished(T),
+    /// The lane went on without this thread; the outcome is the caller's
+    /// to deliver, and the thread's to end.
+    Abandoned(T, Arc<Delivery>),
+}
+
+impl CallWatch {
+    /// Runs `call` on behalf of `uid`, watched.
+    pub fn run<T>(&self, watchdog: &Watchdog, uid: u32, call: impl FnOnce() -> T) -> Watched<T> {
+        let sequence = (self.state.load(Ordering::Relaxed) >> 2) + 1;
+        self.started.store(watchdog.micros(), Ordering::Relaxed);
+        self.uid.store(uid, Ordering::Relaxed);
+        let in_call = sequence << 2 | IN_CALL;
+        self.state.store(in_call, Ordering::SeqCst);
+        watchdog.nudge();
+        let outcome = call();
+        match self.state.compare_exchange(
+            in_call,
+            sequence << 2 | IDLE,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => Watched::Finished(outcome),
+            Err(_) => {
+                let mut deliveries = lock(&self.deliveries);
+                let mine = deliveries
+                    .iter()
+                    .position(|(s, _)| *s == sequence)
+                    .expect("the watchdog leaves a delivery before it abandons a call");
+                Watched::Abandoned(outcome, deliveries.swap_remove(mine).1)
+            }
+        }
+    }
+}
+
+/// The outcome of a request whose thread was abandoned, on its way to the
+/// lane that now serves the client.
+#[derive(Debug)]
+pub(super) struct Delivery {
+    /// When the client is told `io_error` if nothing came.
+    pub deadline: Instant,
+    pub uid: u32,
+    outcome: Mutex<DeliveryState>,
+}
+
+#[derive(Debug)]
+enum DeliveryState {
+    Waiting,
+    Arrived(Result<Decision, Refusal>),
+    /// Past the deadline and answered; a late outcome is dropped.
+    Expired,
+    Taken,
+}
+
+impl Delivery {
+    /// Hands over the outcome; false when it came too late and was dropped.
+    pub fn deliver(&self, outcome: Result<Decision, Refusal>) -> bool {
+        let mut state = lock(&self.outcome);
+        if matches!(*state, DeliveryState::Waiting) {
+            *state = DeliveryState::Arrived(outcome);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The outcome if it arrived, or `Err(())` if the deadline has passed
+    /// (and from now on any outcome is dropped); `None` to keep waiting.
+    pub fn poll(&self, now: Instant) -> Option<Result<Result<Decision, Refusal>, ()>> {
+        let mut state = lock(&self.outcome);
+        match std::mem::replace(&mut *state, DeliveryState::Taken) {
+            DeliveryState::Arrived(outcome) => Some(Ok(outcome)),
+            DeliveryState::Waiting if now >= self.deadline => {
+                *state = DeliveryState::Expired;
+                Some(Err(()))
+            }
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+}
+
+/// Abandoned calls still stuck, per uid and in all.
+#[derive(Debug, Default)]
+pub(super) struct StuckCalls {
+    total: AtomicUsize,
+    per_uid: Mutex<HashMap<u32, usize>>,
+}
+
+impl StuckCalls {
+    /// May `uid` start another filesystem call? Free while nothing is stuck.
+    pub fn admits(&self, uid: u32) -> bool {
+        let total = self.total.load(Ordering::Relaxed);
+        if total == 0 {
+            return true;
+        }
+        total < MAX_STUCK && lock(&self.per_uid).get(&uid).copied().unwrap_or(0) < MAX_STUCK_PER_UID
+    }
+
+    pub fn now(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, uid: u32) {
+        *lock(&self.per_uid).entry(uid).or_default() += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A stuck call came back.
+    pub fn remove(&self, uid: u32) {
+        let mut per_uid = lock(&self.per_uid);
+        if let Some(count) = per_uid.get_mut(&uid) {
+            *count -= 1;
+            if *count == 0 {
+                per_uid.remove(&uid);
+            }
+        }
+        self.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The thread that watches every lane's calls.
+#[derive(Debug)]
+pub(super) struct Watchdog {
+    epoch: Instant,
+    fs_timeout: Duration,
+    stall: Duration,
+    thread: OnceLock<Thread>,
+    /// Parked until a call starts: an idle server does not wake for it.
+    asleep: AtomicBool,
+    pub stuck: StuckCalls,
+}
+
+impl Watchdog {
+    pub fn new(fs_timeout: Duration) -> Watchdog {
+        Watchdog {
+            epoch: Instant::now(),
+            fs_timeout,
+            stall: (fs_timeout / 2).min(MAX_STALL),
+            thread: OnceLock::new(),
+            asleep: AtomicBool::new(false),
+            stuck: StuckCalls::default(),
+        }
+    }
+
+    fn micros(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Wakes the watchdog if it sleeps (after a call was marked started).
+    fn nudge(&self) {
+        if self.asleep.load(Ordering::SeqCst)
+            && self.asleep.swap(false, Ordering::SeqCst)
+            && let Some(thread) = self.thread.get()
+        {
+            thread.unpark();
+        }
+    }
+
+    /// Watches `calls` until `stopping`; `take_over(lane, delivery)` is
+    /// called for each call abandoned on lane `lane`.
+    pub fn run(
+        &self,
+        calls: &[&CallWatch],
+        stopping: &AtomicBool,
+        mut take_over: impl FnMut(usize, Arc<Delivery>),
+    ) {
+        let _ = self.thread.set(std::thread::current());
+        let period = (self.stall / 2).max(Duration::from_millis(1));
+        while !stopping.load(Ordering::SeqCst) {
+            let mut busy = false;
+            for (lane, call) in calls.iter().enumerate() {
+                let state = call.state.load(Ordering::SeqCst);
+                if state & 3 != IN_CALL {
+                    continue;
+                }
+                busy = true;
+                let started = call.started.load(Ordering::Relaxed);
+                if self.micros().saturating_sub(started) < self.stall.as_micros() as u64 {
+                    continue;
+                }
+                if let Some(delivery) = self.abandon(call, state, started) {
+                    take_over(lane, delivery);
+                }
+            }
+            if busy {
+                std::thread::sleep(period);
+                continue;
+            }
+            // Nothing in flight: sleep until a call starts. Announce it,
+            // then look once more, so a call that started in between is
+            // not missed (its thread reads `asleep` after marking itself).
+            self.asleep.store(true, Ordering::SeqCst);
+            if calls
+                .iter()
+                .any(|c| c.state.load(Ordering::SeqCst) & 3 == IN_CALL)
+            {
+                self.asleep.store(false, Ordering::SeqCst);
+                continue;
+            }
+            std::thread::park_timeout(Duration::from_secs(1));
+            self.asleep.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Marks the call `state` abandoned, unless it just finished.
+    fn abandon(&self, call: &CallWatch, state: u64, started: u64) -> Option<Arc<Delivery>> {
+        let uid = call.uid.load(Ordering::Relaxed);
+        let started_at = self.epoch + Duration::from_micros(started);
+        let delivery = Arc::new(Delivery {
+            deadline: started_at + self.fs_timeout,
+            uid,
+            outcome: Mutex::new(DeliveryState::Waiting),
+        });
+        let sequence = state >> 2;
+        lock(&call.deliveries).push((sequence, delivery.clone()));
+        let abandoned = state & !3 | ABANDONED;
+        match call
+            .state
+            .compare_exchange(state, abandoned, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                self.stuck.add(uid);
+                Some(delivery)
+            }
+            Err(_) => {
+                lock(&call.deliveries).retain(|(s, _)| *s != sequence);
+                None
+            }
+        }
+    }
+}

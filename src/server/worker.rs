@@ -1,0 +1,725 @@
+//! The event loop: a few lanes, each an epoll instance with its own
+//! connections, served by one thread at a time.
+//!
+//! A lane's state (its [`Core`]) sits behind a mutex that its thread holds
+//! except while it makes a request's filesystem calls. If such a call
+//! hangs, the watchdog abandons that thread where it is and starts a new
+//! one on the same lane, which finds the core exactly as the old thread
+//! left it: the request in flight gets a slot in its connection's queue
+//! that waits for the stuck call's outcome or for `--fs-timeout`, and
+//! every other client on the lane is served on as before.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use slab::Slab;
+
+use super::connection::{Connection, MAX_QUEUED_RESPONSES, Outgoing, say_busy};
+use super::dispatch::{self, Begun, FilesystemJob};
+use super::watchdog::{CallWatch, Delivery, Watched};
+use super::{Shared, lock};
+use crate::audit::Clock;
+use crate::decision::{Refusal, Scratch};
+use crate::logging;
+use crate::peer::PeerIdentity;
+use crate::policy::Policy;
+use crate::protocol::{ErrorCode, parse_request};
+
+/// Bytes read from a client in one go.
+const READ_CHUNK: usize = 64 * 1024;
+/// How long shutdown waits for clients to take their last responses.
+pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Out of descriptors with no spare to answer `busy` with: how long the
+/// listener rests before the next try, instead of waking us in a spin.
+const LISTENER_REST: Duration = Duration::from_millis(5);
+/// Closing descriptors is watched too (a FUSE file's flush can hang); the
+/// closes of a round are charged to no client.
+const CLOSER_UID: u32 = u32::MAX;
+
+const LISTENER: u64 = u64::MAX;
+const WAKER: u64 = u64::MAX - 1;
+
+/// What other threads need of one lane.
+pub(super) struct Lane {
+    pub waker: EventFd,
+    /// Connections served here, for balancing.
+    pub load: AtomicUsize,
+    /// Connections handed over by the lane that accepted them.
+    pub inbox: std::sync::Mutex<Vec<UnixStream>>,
+    pub core: std::sync::Mutex<Core>,
+    pub call: CallWatch,
+}
+
+impl Lane {
+    pub fn new(index: usize, shared_listener: &impl AsFd) -> io::Result<Lane> {
+        let waker =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        // EPOLLEXCLUSIVE: one lane wakes per new connection, not all.
+        epoll.add(shared_listener.as_fd(), listener_event())?;
+        epoll.add(waker.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKER))?;
+        Ok(Lane {
+            waker,
+            load: AtomicUsize::new(0),
+            inbox: std::sync::Mutex::new(Vec::new()),
+            core: std::sync::Mutex::new(Core::new(index, epoll)),
+            call: CallWatch::default(),
+        })
+    }
+
+    pub fn wake(&self) {
+        let _ = self.waker.write(1);
+    }
+}
+
+fn listener_event() -> EpollEvent {
+    EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, LISTENER)
+}
+
+/// The request whose filesystem call runs while the core is unlocked:
+/// its connection and line, for a thread that takes the lane over.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    key: usize,
+    start: usize,
+    end: usize,
+}
+
+/// A lane's event loop state.
+pub(super) struct Core {
+    /// This lane's place in `Shared::lanes`.
+    index: usize,
+    epoll: Epoll,
+    conns: Slab<Connection>,
+    read_buf: Vec<u8>,
+    audit_buf: Vec<u8>,
+    clock: Clock,
+    /// Connections to answer and flush in this round, and how far the
+    /// answering got (a thread taking over resumes there).
+    active: Vec<usize>,
+    cursor: usize,
+    /// Connections with answerable lines left over from the last round.
+    pending: Vec<usize>,
+    in_flight: Option<InFlight>,
+    /// Connections with a slot waiting for an abandoned call.
+    waiting: Vec<usize>,
+    /// Descriptors to close, outside the lock and watched.
+    closing: Vec<OwnedFd>,
+    listening: bool,
+    listener_rest_until: Option<Instant>,
+    last_sweep: Instant,
+    stop_deadline: Option<Instant>,
+}
+
+impl Core {
+    fn new(index: usize, epoll: Epoll) -> Core {
+        Core {
+            index,
+            epoll,
+            conns: Slab::new(),
+            read_buf: vec![0; READ_CHUNK],
+            audit_buf: Vec::with_capacity(16 * 1024),
+            clock: Clock::default(),
+            active: Vec::new(),
+            cursor: 0,
+            pending: Vec::new(),
+            in_flight: None,
+            waiting: Vec::new(),
+            closing: Vec::new(),
+            listening: true,
+            listener_rest_until: None,
+            last_sweep: Instant::now(),
+            stop_deadline: None,
+        }
+    }
+}
+
+/// Starts a thread serving lane `index`; `taking_over` when the previous
+/// thread was abandoned in a filesystem call.
+pub(super) fn spawn_lane(
+    shared: Arc<Shared>,
+    index: usize,
+    taking_over: Option<Arc<Delivery>>,
+) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("fdopen-worker-{index}"))
+        .stack_size(256 * 1024)
+        .spawn(move || serve_lane(&shared, index, taking_over))
+        .map(drop)
+}
+
+/// A lane thread's life: rounds of wait, answer, flush, until shutdown or
+/// until it is abandoned in a filesystem call.
+fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delivery>>) {
+    let lane = &shared.lanes[index];
+    let mut scratch = Scratch::default();
+    let mut events = vec![EpollEvent::empty(); 512];
+    let mut core = lock(&lane.core);
+    if let Some(delivery) = taking_over {
+        core.take_over(delivery);
+    }
+    loop {
+        // Answer, running each filesystem call with the core unlocked.
+        loop {
+            let policy = shared.policy.load_full();
+            let Some((key, job, peer)) =
+                core.answer_until_filesystem(shared, &policy, &mut scratch)
+            else {
+                break;
+            };
+            drop(core);
+            let run = || job.run(&policy, &peer, &mut scratch);
+            match lane.call.run(&shared.watchdog, peer.uid, run) {
+                Watched::Finished(outcome) => {
+                    core = lock(&lane.core);
+                    core.in_flight = None;
+                    core.finish(key, &job, outcome);
+                }
+                Watched::Abandoned(outcome, delivery) => {
+                    // Too late to deliver: dropping it closes its file here.
+                    let _ = delivery.deliver(outcome);
+                    lane.wake();
+                    shared.watchdog.stuck.remove(delivery.uid);
+                    return;
+                }
+            }
+        }
+        core.end_round(shared);
+        if !core.closing.is_empty() {
+            let closing = std::mem::take(&mut core.closing);
+            drop(core);
+            if let Watched::Abandoned(_, delivery) =
+                lane.call
+                    .run(&shared.watchdog, CLOSER_UID, || drop(closing))
+            {
+                shared.watchdog.stuck.remove(delivery.uid);
+                return;
+            }
+            core = lock(&lane.core);
+        }
+        if shared.stopping.load(Ordering::SeqCst) && core.ready_to_stop(shared) {
+            shared.lane_exited();
+            return;
+        }
+        if core.last_sweep.elapsed() >= core.sweep_interval(shared) {
+            core.sweep_idle(shared);
+        }
+        let ready = core.wait(shared, &mut events);
+        core.begin_round(shared, &events[..ready]);
+    }
+}
+
+impl Core {
+    /// A new thread found the lane as an abandoned one left it: the
+    /// request in flight gets a slot that waits for its outcome.
+    fn take_over(&mut self, delivery: Arc<Delivery>) {
+        // None: the abandoned call was closing descriptors.
+        let Some(InFlight { key, start, end }) = self.in_flight.take() else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let parsed = parse_request(&conn.inbuf[start..end]);
+        let job = match parsed.request {
+            Ok(request) => dispatch::rebuild_job(request, parsed.id),
+            Err(_) => None,
+        };
+        match job {
+            Some(job) => {
+                conn.outq.push_back(Outgoing::waiting_for(delivery, job));
+                self.waiting.push(key);
+            }
+            // Cannot happen: the line parsed into this very job before.
+            None => conn.outq.push_back(Outgoing::error(
+                ErrorCode::IoError,
+                "request lost while the filesystem hung",
+                None,
+            )),
+        }
+    }
+
+    /// Answers the lines of the active connections from where the round
+    /// got to, until one needs the filesystem: that job is returned, with
+    /// its connection and client, and marked in flight.
+    fn answer_until_filesystem(
+        &mut self,
+        shared: &Shared,
+        policy: &Policy,
+        scratch: &mut Scratch,
+    ) -> Option<(usize, FilesystemJob, Arc<PeerIdentity>)> {
+        let max_request = shared.config.max_request;
+        while let Some(&key) = self.active.get(self.cursor) {
+            if let Some(conn) = self.conns.get_mut(key) {
+                while conn.outq.len() < MAX_QUEUED_RESPONSES {
+                    let Some((start, end, tainted)) = conn.next_line() else {
+                        break;
+                    };
+                    if end + 1 - start > max_request {
+                        refuse_oversized_line(
+                            conn,
+                            max_request,
+                            self.clock.now(),
+                            &mut self.audit_buf,
+                        );
+                        break;
+                    }
+                    conn.answered = end + 1;
+                    let ts = self.clock.now();
+                    let line = &conn.inbuf[start..end];
+                    let begun = dispatch::begin(
+                        policy,
+                        &conn.peer,
+                        line,
+                        tainted,
+                        scratch,
+                        ts,
+                        &mut self.audit_buf,
+                    );
+                    match begun {
+                        Begun::Answered(out) => conn.outq.push_back(out),
+                        Begun::NeedsFilesystem(job)
+                            if !shared.watchdog.stuck.admits(conn.peer.uid) =>
+                        {
+                            let busy =
+                                Refusal::busy("too many filesystem calls are stuck; try later");
+                            let out = dispatch::finish(
+                                &job,
+                                Err(busy),
+                                &conn.peer,
+                                ts,
+                                &mut self.audit_buf,
+                            );
+                            conn.outq.push_back(out);
+                        }
+                        Begun::NeedsFilesystem(job) => {
+                            self.in_flight = Some(InFlight { key, start, end });
+                            return Some((key, job, conn.peer.clone()));
+                        }
+                    }
+                }
+                if conn.overlong_partial_line(max_request) {
+                    refuse_oversized_line(conn, max_request, self.clock.now(), &mut self.audit_buf);
+                }
+            }
+            self.cursor += 1;
+        }
+        None
+    }
+
+    /// Queues the response of a job that ran on this thread.
+    fn finish(
+        &mut self,
+        key: usize,
+        job: &FilesystemJob,
+        outcome: Result<crate::decision::Decision, Refusal>,
+    ) {
+        let ts = self.clock.now();
+        match self.conns.get_mut(key) {
+            Some(conn) => {
+                let out = dispatch::finish(job, outcome, &conn.peer, ts, &mut self.audit_buf);
+                conn.outq.push_back(out);
+            }
+            None => {
+                // The client left meanwhile (only a sweep can do that, and
+                // sweeps wait for the lock): close what it was granted.
+                if let Ok(granted) = outcome {
+                    self.closing.extend(granted.file.map(OwnedFd::from));
+                }
+            }
+        }
+    }
+
+    /// Fills the slots whose abandoned call came back or timed out.
+    fn resolve_waiting(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let keys = std::mem::take(&mut self.waiting);
+        for key in keys {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let mut still_waiting = false;
+            for out in conn.outq.iter_mut() {
+                let Some((delivery, job)) = &out.waiting else {
+                    continue;
+                };
+                let outcome = match delivery.poll(now) {
+                    None => {
+                        still_waiting = true;
+                        continue;
+                    }
+                    Some(Ok(outcome)) => outcome,
+                    Some(Err(())) => Err(Refusal::new(
+                        ErrorCode::IoError,
+                        "the filesystem did not answer within --fs-timeout",
+                    )),
+                };
+                let ts = self.clock.now();
+                *out = dispatch::finish(job, outcome, &conn.peer, ts, &mut self.audit_buf);
+            }
+            if still_waiting {
+                self.waiting.push(key);
+            }
+            self.active.push(key);
+        }
+    }
+
+    /// Writes the round's audit records, then sends what they cover.
+    fn end_round(&mut self, shared: &Shared) {
+        let kept = match shared.audit.write(&self.audit_buf) {
+            Ok(()) => usize::MAX,
+            Err(e) => {
+                shared.audit_failures_log.log(format_args!(
+                    "audit log write failed; grants whose records it lacks are refused io_error ({} failures so far): {}",
+                    shared.audit.failures(),
+                    e.source
+                ));
+                e.kept
+            }
+        };
+        self.audit_buf.clear();
+        let active = std::mem::take(&mut self.active);
+        for &key in &active {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            for out in conn.outq.iter_mut() {
+                let Some(end) = out.audit_end.take() else {
+                    continue;
+                };
+                if end > kept && out.fd.is_some() {
+                    // No grant leaves without its record in the log.
+                    let refused = Outgoing::error(
+                        ErrorCode::IoError,
+                        "the audit log cannot be written; nothing is granted until it can",
+                        None,
+                    );
+                    let granted = std::mem::replace(out, refused);
+                    self.closing.extend(granted.fd.map(OwnedFd::from));
+                }
+            }
+            conn.flush(&mut self.closing);
+            conn.drop_answered_lines();
+            if conn.finished() {
+                self.close(shared, key);
+                continue;
+            }
+            if conn.can_answer() {
+                self.pending.push(key);
+            }
+            let want = conn.desired_interest();
+            if want != conn.interest {
+                let mut event = EpollEvent::new(want, key as u64);
+                if self.epoll.modify(conn.stream.as_fd(), &mut event).is_ok() {
+                    conn.interest = want;
+                }
+            }
+        }
+        self.active = active;
+        self.active.clear();
+        self.cursor = 0;
+    }
+
+    /// Takes in the ready events: the connections they concern (and those
+    /// left over) become this round's active set.
+    fn begin_round(&mut self, shared: &Shared, events: &[EpollEvent]) {
+        let index = self.index;
+        std::mem::swap(&mut self.active, &mut self.pending);
+        for event in events {
+            match event.data() {
+                LISTENER => self.accept_ready(shared),
+                WAKER => {
+                    let lane = &shared.lanes[index];
+                    let _ = lane.waker.read();
+                    let handed = std::mem::take(&mut *lock(&lane.inbox));
+                    for stream in handed {
+                        self.register(shared, stream);
+                    }
+                }
+                key => self.on_ready(key as usize, event.events()),
+            }
+        }
+        self.resolve_waiting();
+        if self
+            .listener_rest_until
+            .is_some_and(|until| Instant::now() >= until)
+        {
+            self.listener_rest_until = None;
+            if !shared.stopping.load(Ordering::SeqCst)
+                && self
+                    .epoll
+                    .add(shared.listener.as_fd(), listener_event())
+                    .is_ok()
+            {
+                self.listening = true;
+            }
+        }
+        self.active.sort_unstable();
+        self.active.dedup();
+        self.cursor = 0;
+    }
+
+    /// Waits for events. Before sleeping, polls for a short while: a client
+    /// answered a moment ago usually asks again within microseconds, and
+    /// catching that without a sleep and wake-up (costly, above all on
+    /// virtual machines) is worth more than the few microseconds polled.
+    fn wait(&self, shared: &Shared, events: &mut [EpollEvent]) -> usize {
+        let timeout = if self.pending.is_empty() {
+            self.next_deadline(shared)
+        } else {
+            Duration::ZERO
+        };
+        let poll = |events: &mut [EpollEvent], timeout: EpollTimeout| match self
+            .epoll
+            .wait(events, timeout)
+        {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => {
+                logging::error(format_args!("epoll_wait failed: {e}"));
+                std::thread::sleep(Duration::from_millis(10));
+                0
+            }
+        };
+        let spin = shared.config.busy_poll;
+        if !timeout.is_zero() && !spin.is_zero() {
+            let until = Instant::now() + spin;
+            while Instant::now() < until {
+                let ready = poll(events, EpollTimeout::ZERO);
+                if ready > 0 {
+                    return ready;
+                }
+                // Let a thread that is ready on this CPU (often the very client
+                // about to ask) run rather than spinning past it.
+                std::thread::yield_now();
+            }
+        }
+        poll(
+            events,
+            EpollTimeout::try_from(timeout).unwrap_or(EpollTimeout::NONE),
+        )
+    }
+
+    /// The longest this lane may sleep: until the next idle sweep, the
+    /// next waiting slot's deadline, or the end of a listener rest.
+    fn next_deadline(&self, shared: &Shared) -> Duration {
+        let now = Instant::now();
+        let mut timeout = self.sweep_interval(shared);
+        if shared.stopping.load(Ordering::SeqCst) {
+            timeout = timeout.min(Duration::from_millis(50));
+        }
+        if let Some(until) = self.listener_rest_until {
+            timeout = timeout.min(until.saturating_duration_since(now));
+        }
+        for &key in &self.waiting {
+            let deadlines = self.conns.get(key).into_iter().flat_map(|c| {
+                c.outq
+                    .iter()
+                    .filter_map(|o| o.waiting.as_ref().map(|(d, _)| d.deadline))
+            });
+            for deadline in deadlines {
+                timeout = timeout.min(deadline.saturating_duration_since(now));
+            }
+        }
+        timeout
+    }
+
+    fn sweep_interval(&self, shared: &Shared) -> Duration {
+        (shared.config.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+
+    /// Shutting down: stop listening, then let clients take the answers
+    /// already due. True once the lane is done.
+    fn ready_to_stop(&mut self, shared: &Shared) -> bool {
+        let deadline = match self.stop_deadline {
+            Some(deadline) => deadline,
+            None => {
+                if self.listening {
+                    let _ = self.epoll.delete(shared.listener.as_fd());
+                    self.listening = false;
+                }
+                for (_, conn) in self.conns.iter_mut() {
+                    conn.read_done = true;
+                }
+                *self.stop_deadline.insert(Instant::now() + SHUTDOWN_GRACE)
+            }
+        };
+        let done: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.outq.is_empty() && !c.can_answer())
+            .map(|(k, _)| k)
+            .collect();
+        for key in done {
+            self.close(shared, key);
+        }
+        self.conns.is_empty() || Instant::now() >= deadline
+    }
+
+    fn accept_ready(&mut self, shared: &Shared) {
+        let mut admitted = Vec::new();
+        {
+            // Accepts are serialised with the spare descriptor, so no other
+            // lane's accept can take the slot the spare frees.
+            let mut spare = lock(&shared.spare_fd);
+            // Bounded so a connection storm cannot starve existing clients.
+            for _ in 0..64 {
+                match shared.listener.accept() {
+                    Ok((stream, _)) => admitted.push(stream),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                        shared.fd_exhaustion_log.log(format_args!(
+                            "out of file descriptors: new clients are told busy"
+                        ));
+                        if spare.take().is_some()
+                            && let Ok((stream, _)) = shared.listener.accept()
+                        {
+                            say_busy(&stream, "server is out of file descriptors");
+                        }
+                        *spare = open_spare();
+                        if spare.is_none() {
+                            // Nothing to answer with: rest the listener
+                            // rather than spin on it.
+                            self.rest_listener(shared);
+                        }
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break, // ECONNABORTED and the like: that client is gone
+                }
+            }
+        }
+        for stream in admitted {
+            self.admit(shared, stream);
+        }
+    }
+
+    fn rest_listener(&mut self, shared: &Shared) {
+        if self.listening && self.epoll.delete(shared.listener.as_fd()).is_ok() {
+            self.listening = false;
+            self.listener_rest_until = Some(Instant::now() + LISTENER_REST);
+        }
+    }
+
+    /// Counts a new client in, then serves it here or, if another lane
+    /// has fewer clients, hands it over: whichever lane the kernel woke
+    /// to accept, connections spread evenly.
+    fn admit(&mut self, shared: &Shared, stream: UnixStream) {
+        let index = self.index;
+        let clients = shared.clients.fetch_add(1, Ordering::Relaxed);
+        if clients >= shared.config.max_clients {
+            shared.clients.fetch_sub(1, Ordering::Relaxed);
+            say_busy(&stream, "too many clients");
+            return;
+        }
+        let lanes = &shared.lanes;
+        let target = (0..lanes.len())
+            .min_by_key(|&i| (lanes[i].load.load(Ordering::Relaxed), i != index))
+            .unwrap_or(index);
+        lanes[target].load.fetch_add(1, Ordering::Relaxed);
+        if target == index {
+            self.register(shared, stream);
+        } else {
+            lock(&lanes[target].inbox).push(stream);
+            lanes[target].wake();
+        }
+    }
+
+    /// Starts serving a counted-in client on this lane.
+    fn register(&mut self, shared: &Shared, stream: UnixStream) {
+        let index = self.index;
+        let setup = stream
+            .set_nonblocking(true)
+            .and_then(|()| PeerIdentity::of(&stream));
+        let peer = match setup {
+            Ok(peer) => Arc::new(peer),
+            Err(_) => {
+                shared.forget_client(index);
+                return;
+            }
+        };
+        let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if self
+            .epoll
+            .add(stream.as_fd(), EpollEvent::new(interest, key as u64))
+            .is_err()
+        {
+            shared.forget_client(index);
+            return;
+        }
+        entry.insert(Connection::new(stream, peer, interest));
+    }
+
+    fn on_ready(&mut self, key: usize, events: EpollFlags) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return; // closed earlier in this round
+        };
+        if events.intersects(
+            EpollFlags::EPOLLIN
+                | EpollFlags::EPOLLRDHUP
+                | EpollFlags::EPOLLHUP
+                | EpollFlags::EPOLLERR,
+        ) && conn.wants_input()
+            && !conn.has_complete_line()
+        {
+            conn.read(&mut self.read_buf, &mut self.closing);
+        }
+        if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+            // Nobody is left to read the answers.
+            conn.abandon_output();
+        }
+        self.active.push(key);
+    }
+
+    fn close(&mut self, shared: &Shared, key: usize) {
+        let conn = self.conns.remove(key);
+        let _ = self.epoll.delete(conn.stream.as_fd());
+        for out in conn.outq {
+            self.closing.extend(out.fd.map(OwnedFd::from));
+        }
+        shared.forget_client(self.index);
+    }
+
+    /// Disconnects clients idle or stuck mid-line for longer than the timeout.
+    fn sweep_idle(&mut self, shared: &Shared) {
+        let now = Instant::now();
+        self.last_sweep = now;
+        let timeout = shared.config.idle_timeout;
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now.duration_since(c.last_active) > timeout)
+            .map(|(k, _)| k)
+            .collect();
+        for key in idle {
+            self.close(shared, key);
+        }
+    }
+}
+
+/// A line longer than the limit: framing is lost, so the client gets a
+/// `bad_request` and nothing more is read from it.
+fn refuse_oversized_line(conn: &mut Connection, max_request: usize, ts: &str, audit: &mut Vec<u8>) {
+    let message = format!("request line longer than {max_request} bytes; closing the connection");
+    let end = dispatch::record_bad_request(&conn.peer, ts, audit);
+    conn.outq
+        .push_back(Outgoing::error(ErrorCode::BadRequest, &message, Some(end)));
+    conn.stop_reading();
+}
+
+fn open_spare() -> Option<OwnedFd> {
+    File::open("/dev/null").ok().map(OwnedFd::from)
+}

@@ -1,0 +1,337 @@
+//! A filesystem that stops answering (SPEC §5, `--fs-timeout`): the client
+//! whose file lives there gets `io_error` in time, everyone else, on the
+//! same worker thread too, keeps being served, the server's threads and
+//! descriptors stay bounded, and it recovers when the filesystem answers
+//! again. The filesystem is a FUSE one made here, whose lookups block
+//! while it is "hung". Needs root and /dev/fuse; skips otherwise.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use common::*;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, ReplyAttr, ReplyEntry,
+    Request,
+};
+use serde_json::json;
+
+/// Whether lookups block, and a way to let them go.
+#[derive(Default)]
+struct Gate {
+    hung: Mutex<bool>,
+    released: Condvar,
+    /// Lookups that were made to wait.
+    blocked: AtomicUsize,
+}
+
+impl Gate {
+    fn set_hung(&self, hung: bool) {
+        *self.hung.lock().unwrap() = hung;
+        self.released.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut hung = self.hung.lock().unwrap();
+        if *hung {
+            self.blocked.fetch_add(1, Ordering::SeqCst);
+        }
+        while *hung {
+            hung = self.released.wait(hung).unwrap();
+        }
+    }
+}
+
+/// A root directory with one regular file, `file.txt`.
+struct HangingFs {
+    gate: Arc<Gate>,
+}
+
+fn attr(ino: u64, kind: FileType, size: u64) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks: 1,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind,
+        perm: if kind == FileType::Directory {
+            0o755
+        } else {
+            0o644
+        },
+        nlink: if kind == FileType::Directory { 2 } else { 1 },
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 512,
+        flags: 0,
+    }
+}
+
+impl Filesystem for HangingFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.gate.pass();
+        if parent == INodeNo::ROOT && name == "file.txt" {
+            // No caching: every lookup reaches us, so a hang is a hang.
+            reply.entry(
+                &Duration::ZERO,
+                &attr(2, FileType::RegularFile, 5),
+                Generation(0),
+            );
+        } else {
+            reply.error(Errno::ENOENT);
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match u64::from(ino) {
+            1 => reply.attr(&Duration::ZERO, &attr(1, FileType::Directory, 0)),
+            2 => reply.attr(&Duration::ZERO, &attr(2, FileType::RegularFile, 5)),
+            _ => reply.error(Errno::ENOENT),
+        }
+    }
+}
+
+/// The mounted filesystem; aborted through its FUSE connection and
+/// unmounted when dropped, so a failing test never leaves a hung mount.
+struct Mounted {
+    point: PathBuf,
+    gate: Arc<Gate>,
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl Mounted {
+    fn new(point: &Path) -> Result<Mounted, String> {
+        ensure_fusectl()?;
+        fs::create_dir_all(point).map_err(|e| e.to_string())?;
+        let gate = Arc::new(Gate::default());
+        let fs = HangingFs { gate: gate.clone() };
+        let mut config = fuser::Config::default();
+        config.mount_options = vec![fuser::MountOption::FSName("fdopen-hang-test".into())];
+        let session = fuser::spawn_mount(fs, point, &config).map_err(|e| e.to_string())?;
+        Ok(Mounted {
+            point: point.to_owned(),
+            gate,
+            session: Some(session),
+        })
+    }
+
+    /// `/sys/fs/fuse/connections/N/abort`: fails every request, pending
+    /// or future, so nothing stays stuck on this filesystem.
+    fn abort(&self) {
+        if let Ok(meta) = fs::metadata(&self.point) {
+            let minor = nix::sys::stat::minor(meta.dev());
+            let _ = fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.gate.set_hung(false);
+        self.abort();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.point)
+            .status();
+        if let Some(session) = self.session.take() {
+            drop(session);
+        }
+    }
+}
+
+/// The FUSE control filesystem, whose `abort` files are the cleanup of
+/// last resort; mounted here if the machine has not.
+fn ensure_fusectl() -> Result<(), String> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    if mounts.lines().any(|l| l.contains(" - fusectl ")) {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"])
+        .status()
+        .map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("cannot mount fusectl, so a hung mount could not be cleaned up".into())
+    }
+}
+
+fn threads(pid: u32) -> usize {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_hung_filesystem_times_out_one_request_and_stalls_nobody() {
+    if !is_root() {
+        eprintln!("skipped: mounting a FUSE filesystem needs root");
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: no /dev/fuse on this machine");
+        return;
+    }
+    let dir = scratch();
+    fs::write(dir.path().join("local.txt"), "local").unwrap();
+    let mounted = match Mounted::new(&dir.path().join("fuse")) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("skipped: cannot mount a FUSE filesystem here: {e}");
+            return;
+        }
+    };
+    let d = glob(dir.path());
+    let policy = json!({"rules": [{"name": "all", "paths": [format!("{d}/**")]}]}).to_string();
+    // One worker: the hung request and everyone else share its thread.
+    let s = TestServer::start_in(
+        dir,
+        &policy,
+        &[
+            "--workers",
+            "1",
+            "--fs-timeout",
+            "3s",
+            "--socket-mode",
+            "0666",
+        ],
+    );
+    let pid = s.pid();
+    let hung_file = mounted.point.join("file.txt");
+    let local = s.path("local.txt");
+
+    // While it answers, the FUSE file is granted like any other.
+    let (v, _) = s.ask(&json!({"op": "check", "path": hung_file}).to_string());
+    assert_eq!(v["ok"], true, "{v}");
+    let threads_at_rest = threads(pid);
+    let fds_at_rest = fd_count(pid);
+
+    mounted.gate.set_hung(true);
+    let mut victim = s.client();
+    victim
+        .send_raw(format!("{}\n", open_line(&hung_file, None)).as_bytes())
+        .unwrap();
+    // Everyone else, on the same thread, is served until the victim is
+    // answered.
+    let victim_answered = Arc::new(AtomicBool::new(false));
+    let others = {
+        let mut c = s.client();
+        let done = victim_answered.clone();
+        let local = local.clone();
+        std::thread::spawn(move || {
+            let mut answered = 0usize;
+            while !done.load(Ordering::SeqCst) {
+                let (v, fd) = ask(&mut c, &open_line(&local, None));
+                assert_eq!(v["ok"], true, "{v}");
+                assert!(fd.is_some());
+                answered += 1;
+            }
+            answered
+        })
+    };
+    let (v, fd) = receive(&mut victim);
+    victim_answered.store(true, Ordering::SeqCst);
+    let answered_meanwhile = others.join().unwrap();
+    assert_eq!(code(&v), "io_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fs-timeout"),
+        "{v}"
+    );
+    assert!(fd.is_none());
+    assert!(
+        mounted.gate.blocked.load(Ordering::SeqCst) >= 1,
+        "the lookup really hung"
+    );
+    // Three seconds of a debug build serve thousands; a worker stuck in
+    // the lookup would have served none.
+    assert!(
+        answered_meanwhile >= 500,
+        "only {answered_meanwhile} answers while the filesystem hung"
+    );
+
+    // More requests for the hung filesystem, from several clients at once:
+    // each is answered (io_error, or busy once the stuck calls reach their
+    // cap), and threads and descriptors stay bounded.
+    let mut clients: Vec<_> = (0..20)
+        .map(|_| {
+            let mut c = s.client();
+            c.send_raw(format!("{}\n", open_line(&hung_file, None)).as_bytes())
+                .unwrap();
+            c
+        })
+        .collect();
+    // Root has reached its cap of stuck calls; another user is still
+    // served while they wait.
+    for _ in 0..20 {
+        let out = check_as(&s.socket, 65534, 65534, &[], &local);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let peak_threads = threads(pid);
+    let mut codes = Vec::new();
+    for c in &mut clients {
+        codes.push(code(&receive(c).0).to_owned());
+    }
+    assert!(
+        codes.iter().all(|c| c == "io_error" || c == "busy"),
+        "{codes:?}"
+    );
+    assert!(
+        codes.iter().any(|c| c == "busy"),
+        "the cap was reached: {codes:?}"
+    );
+    // Workers, watchdog and main thread, plus at most the per-uid cap of
+    // abandoned calls (all clients here are root).
+    assert!(
+        peak_threads <= threads_at_rest + 4,
+        "threads grew from {threads_at_rest} to {peak_threads}"
+    );
+    assert!(
+        fd_count(pid) <= fds_at_rest + 30,
+        "descriptors grew from {fds_at_rest} to {}",
+        fd_count(pid)
+    );
+
+    // The filesystem comes back: the stuck calls return, and it is served.
+    mounted.gate.set_hung(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (v, fd) = s.ask(&open_line(&hung_file, None));
+        if v["ok"] == true {
+            assert!(fd.is_some());
+            break;
+        }
+        assert_eq!(code(&v), "busy", "{v}");
+        assert!(Instant::now() < deadline, "no recovery: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        threads(pid) <= threads_at_rest + 1,
+        "abandoned threads ended: {} now, {threads_at_rest} at rest",
+        threads(pid)
+    );
+    let log = s.stderr_text();
+    assert!(log.contains("stuck"), "{log}");
+}

@@ -1,0 +1,143 @@
+//! The audit log on a full disk (SPEC §6): every line in it is one whole
+//! record, no grant is sent without its record, and grants resume by
+//! themselves once there is room. Needs root for a small tmpfs.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// A tmpfs of `size`, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> Result<SmallDisk, String> {
+        fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(SmallDisk(at.to_owned()))
+        } else {
+            Err(format!("mount -t tmpfs failed: {status}"))
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Sends `count` opens at once, cycling over `files`; returns each answer
+/// as (ok, error code, fd received).
+fn burst(s: &TestServer, files: &[PathBuf], count: usize) -> Vec<(bool, String, bool)> {
+    let mut c = s.client();
+    let lines: String = (0..count)
+        .map(|i| format!("{}\n", open_line(&files[i % files.len()], None)))
+        .collect();
+    c.send_raw(lines.as_bytes()).unwrap();
+    (0..count)
+        .map(|_| {
+            let (v, fd) = receive(&mut c);
+            (v["ok"] == true, code(&v).to_owned(), fd.is_some())
+        })
+        .collect()
+}
+
+/// Every line of the log, each of which must be one whole JSON record.
+fn whole_records(path: &Path) -> Vec<Value> {
+    let text = fs::read(path).unwrap();
+    assert!(
+        text.is_empty() || text.ends_with(b"\n"),
+        "the log ends in a torn record"
+    );
+    text.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_slice(l)
+                .unwrap_or_else(|e| panic!("torn line {:?}: {e}", String::from_utf8_lossy(l)));
+            assert!(v["ts"].is_string() && v["uid"].is_number(), "{v}");
+            v
+        })
+        .collect()
+}
+
+fn grants(records: &[Value]) -> usize {
+    records.iter().filter(|r| r["ok"] == true).count()
+}
+
+#[test]
+fn a_full_disk_never_tears_a_record_nor_lets_an_unrecorded_grant_out() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = scratch();
+    let disk = match SmallDisk::mount(&dir.path().join("disk"), "64k") {
+        Ok(disk) => disk,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let files: Vec<PathBuf> = (0..10)
+        .map(|i| {
+            let p = dir.path().join(format!("f{i}.txt"));
+            fs::write(&p, "x").unwrap();
+            p
+        })
+        .collect();
+    // The server writes to the path TestServer reads: a link onto the disk.
+    let log = disk.0.join("audit.log");
+    std::os::unix::fs::symlink(&log, dir.path().join("audit.log")).unwrap();
+    // Leave two pages free.
+    let filler = disk.0.join("filler");
+    fs::write(&filler, vec![0u8; 14 * 4096]).unwrap();
+    let d = glob(dir.path());
+    let policy = json!({"rules": [{"name": "all", "paths": [format!("{d}/*.txt")]}]}).to_string();
+    let s = TestServer::start_in(dir, &policy, &["--workers", "1"]);
+
+    let answers = burst(&s, &files, 400);
+    let granted = answers.iter().filter(|a| a.0).count();
+    let refused: Vec<_> = answers.iter().filter(|a| !a.0).collect();
+    assert!(
+        refused.iter().all(|a| a.1 == "io_error" && !a.2),
+        "only io_error, with no fd: {refused:?}"
+    );
+    assert!(!refused.is_empty(), "the disk filled up");
+    assert!(answers.iter().filter(|a| a.0).all(|a| a.2));
+    let records = whole_records(&log);
+    assert_eq!(
+        grants(&records),
+        granted,
+        "one grant record per grant sent, none for a refused one"
+    );
+
+    // Room again: grants resume, no restart.
+    fs::remove_file(&filler).unwrap();
+    let answers = burst(&s, &files, 50);
+    assert!(answers.iter().all(|a| a.0 && a.2), "{answers:?}");
+    let records = whole_records(&log);
+    assert_eq!(grants(&records), granted + 50);
+    assert!(
+        s.stderr_text().contains("audit log write failed"),
+        "{}",
+        s.stderr_text()
+    );
+}

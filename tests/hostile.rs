@@ -176,6 +176,83 @@ fn out_of_descriptors_is_busy_then_recovers() {
     );
 }
 
+/// Sets another process's descriptor limit (`prlimit(2)`).
+fn set_fd_limit(pid: u32, limit: u64) {
+    let new = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: plain syscall with a valid struct; the old limit is not read.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn squeezed_for_descriptors_every_client_gets_an_answer_every_time() {
+    let dir = scratch();
+    fs::write(dir.path().join("a.txt"), "a").unwrap();
+    let d = glob(dir.path());
+    let policy = json!({"rules": [{"name": "all", "paths": [format!("{d}/**")]}]}).to_string();
+    // Two lanes race for the last descriptors.
+    let s = TestServer::start_in(dir, &policy, &["--workers", "2"]);
+    let path = s.path("a.txt");
+    let pid = s.pid();
+    assert_eq!(s.ask(r#"{"op":"hello"}"#).0["ok"], true);
+    let at_rest = settled_fd_count(&s);
+    set_fd_limit(pid, at_rest as u64 + 3);
+    let line = format!("{}\n", open_line(&path, None));
+    let busy_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for round in 0..50 {
+        // Four threads connect and ask at once, so both lanes race for
+        // the last descriptors; every client holds on until all answered.
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (socket, line, barrier) = (s.socket.clone(), line.clone(), barrier.clone());
+                let busy_seen = busy_seen.clone();
+                std::thread::spawn(move || {
+                    let mut held = Vec::new();
+                    for i in 0..4 {
+                        let mut c = UnixStream::connect(&socket).unwrap();
+                        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                        // A client already told busy and closed may see EPIPE.
+                        let _ = c.write_all(line.as_bytes());
+                        let mut client = fdopen::Client::from_stream(c);
+                        let answer = client.receive().unwrap_or_else(|e| {
+                            panic!("round {round}, thread {t}, client {i}: no answer: {e}")
+                        });
+                        let ok = answer.line.ok && answer.fd.is_some();
+                        let busy = answer.line.error.as_ref().map(|e| e.code)
+                            == Some(fdopen::ErrorCode::Busy);
+                        assert!(ok || busy, "round {round}: {:?}", answer.line);
+                        held.push(client);
+                        busy_seen.fetch_add(busy as usize, Ordering::Relaxed);
+                    }
+                    barrier.wait();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+    // The squeeze was real: sixteen clients never all fit in three slots.
+    assert!(busy_seen.load(Ordering::Relaxed) >= 50, "{busy_seen:?}");
+    // All gone: a lone client fits in the squeeze and is served.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.ask(&open_line(&path, None)).0["ok"] != true {
+        assert!(Instant::now() < deadline, "server did not recover");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
     let s = TestServer::start_with_fd_limit(scratch(), r#"{"rules":[]}"#, &[], Some((64, 4096)));

@@ -573,6 +573,17 @@ impl Core {
             // Accepts are serialised with the spare descriptor, so no other
             // lane's accept can take the slot the spare frees.
             let mut spare = lock(&shared.spare_fd);
+            // The spare comes first: if a request's open took the slot it
+            // freed, the next free slot restores it before any client gets
+            // it, or every later client would meet EMFILE with nothing to
+            // answer `busy` with.
+            if spare.is_none() {
+                *spare = open_spare();
+                if spare.is_none() {
+                    self.rest_listener(shared);
+                    return;
+                }
+            }
             // Bounded so a connection storm cannot starve existing clients.
             for _ in 0..64 {
                 match shared.listener.accept() {

@@ -20,6 +20,7 @@ pub mod client;
 pub mod decision;
 pub mod echo;
 pub mod fdpass;
+pub mod hygiene;
 pub mod lint;
 pub mod logging;
 pub mod path_index;

@@ -84,6 +84,8 @@ pub enum PolicyErrorKind {
     UnknownUser(String),
     #[error("unknown group {0:?}")]
     UnknownGroup(String),
+    #[error("insecure permissions: {0}")]
+    Exposed(crate::hygiene::Exposure),
 }
 
 /// Every problem found in a policy, in file order.
@@ -364,6 +366,33 @@ impl Policy {
             return Err(PolicyErrors(errors));
         }
         Ok(Policy::from_rules(rules, path.to_owned()))
+    }
+
+    /// Loads a policy the server can trust (SPEC §5): every file and
+    /// directory it is read through must be safe from uids other than root
+    /// and `server_uid` ([`crate::hygiene`]). With `insecure` such
+    /// exposures do not refuse the policy; they come back to be warned about.
+    pub fn load_trusted(
+        path: &Path,
+        server_uid: u32,
+        insecure: bool,
+    ) -> Result<(Policy, Vec<PolicyError>), PolicyErrors> {
+        let exposures: Vec<PolicyError> = crate::hygiene::check(path, server_uid)
+            .into_iter()
+            .map(|exposure| PolicyError {
+                location: Location {
+                    file: path.to_owned(),
+                    line: None,
+                    column: None,
+                },
+                rule: None,
+                kind: PolicyErrorKind::Exposed(exposure),
+            })
+            .collect();
+        if !insecure && !exposures.is_empty() {
+            return Err(PolicyErrors(exposures));
+        }
+        Ok((Policy::load(path)?, exposures))
     }
 
     /// Parses a policy held in memory, as if read from `name`.

@@ -108,6 +108,11 @@ pub struct ServeArgs {
     /// is answered io_error; other clients are served meanwhile.
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
     pub fs_timeout: Duration,
+    /// Load a policy that users other than root and the server's own could
+    /// change, with a warning instead of refusing it. For tests and
+    /// development only.
+    #[arg(long)]
+    pub insecure_policy_permissions: bool,
     /// Worker threads [default: number of CPUs].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256), value_name = "N")]
     pub workers: Option<u64>,
@@ -209,8 +214,8 @@ fn log_policy_errors(errors: &PolicyErrors) {
 }
 
 fn check(path: &Path, strict: bool) -> i32 {
-    let policy = match Policy::load(path) {
-        Ok(policy) => policy,
+    let policy = match Policy::load_trusted(path, nix::unistd::geteuid().as_raw(), false) {
+        Ok((policy, _)) => policy,
         Err(errors) => {
             print_policy_errors(&errors);
             return exit::REFUSED;
@@ -249,10 +254,20 @@ fn serve(args: ServeArgs) -> i32 {
 
 fn try_serve(args: ServeArgs) -> Result<(), String> {
     let activated = systemd::take_listener();
-    let policy = Policy::load(&args.policy).map_err(|errors| {
+    let (policy, exposures) = Policy::load_trusted(
+        &args.policy,
+        nix::unistd::geteuid().as_raw(),
+        args.insecure_policy_permissions,
+    )
+    .map_err(|errors| {
         log_policy_errors(&errors);
         format!("cannot load policy {}", args.policy.display())
     })?;
+    for exposure in exposures {
+        logging::warn(format_args!(
+            "{exposure} (allowed by --insecure-policy-permissions)"
+        ));
+    }
     let audit = match &args.audit_log {
         Some(path) => AuditLog::open(path)
             .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?,
@@ -284,6 +299,7 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
         max_clients: args.max_clients,
         busy_poll: args.busy_poll,
         fs_timeout: args.fs_timeout,
+        insecure_policy_permissions: args.insecure_policy_permissions,
         ..ServerConfig::default()
     };
     if let Some(workers) = args.workers {

@@ -18,7 +18,11 @@ pub const SERVER: &str = env!("CARGO_BIN_EXE_fdopen-server");
 pub const CLIENT: &str = env!("CARGO_BIN_EXE_fdopen-client");
 
 /// A scratch directory whose path is safe to put in a glob.
+///
+/// Files the tests write get the usual 0644/0755 whatever umask the test
+/// runner came with: a group-writable policy is refused (SPEC §5).
 pub fn scratch() -> TempDir {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let dir = tempfile::Builder::new()
         .prefix("fdopen-test")
         .tempdir()

@@ -44,18 +44,21 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Sends `count` opens at once, cycling over `files`; returns each answer
-/// as (ok, error code, fd received).
+/// Sends `count` requests at once, every third a `check`, cycling over
+/// `files`; returns each answer as (ok, error code, an fd came or, for a
+/// check, none was due).
 fn burst(s: &TestServer, files: &[PathBuf], count: usize) -> Vec<(bool, String, bool)> {
     let mut c = s.client();
+    let op = |i: usize| if i % 3 == 2 { "check" } else { "open" };
     let lines: String = (0..count)
-        .map(|i| format!("{}\n", open_line(&files[i % files.len()], None)))
+        .map(|i| format!("{}\n", json!({"op": op(i), "path": files[i % files.len()]})))
         .collect();
     c.send_raw(lines.as_bytes()).unwrap();
     (0..count)
-        .map(|_| {
+        .map(|i| {
             let (v, fd) = receive(&mut c);
-            (v["ok"] == true, code(&v).to_owned(), fd.is_some())
+            let fd_as_due = fd.is_some() == (op(i) == "open" && v["ok"] == true);
+            (v["ok"] == true, code(&v).to_owned(), fd_as_due)
         })
         .collect()
 }
@@ -117,11 +120,14 @@ fn a_full_disk_never_tears_a_record_nor_lets_an_unrecorded_grant_out() {
     let granted = answers.iter().filter(|a| a.0).count();
     let refused: Vec<_> = answers.iter().filter(|a| !a.0).collect();
     assert!(
-        refused.iter().all(|a| a.1 == "io_error" && !a.2),
+        refused.iter().all(|a| a.1 == "io_error" && a.2),
         "only io_error, with no fd: {refused:?}"
     );
     assert!(!refused.is_empty(), "the disk filled up");
-    assert!(answers.iter().filter(|a| a.0).all(|a| a.2));
+    assert!(
+        answers.iter().all(|a| a.2),
+        "an fd for each granted open only"
+    );
     let records = whole_records(&log);
     assert_eq!(
         grants(&records),

@@ -30,10 +30,13 @@ fn main() {
         let parsed = parse_request(line);
         let mut out = Vec::new();
         match parsed.request {
-            Ok(Request::Open { path, mode } | Request::Check { path, mode }) => {
-                assert_eq!(normalize_path(&path).as_deref(), Ok(path.as_str()), "normalisation is idempotent");
-                assert!(!path.split('/').any(|c| c == ".." || c == "."));
-                let _ = POLICY.candidates(Path::new(&path), &client, mode, &mut candidates);
+            Ok(Request::Open(file) | Request::Check(file)) => {
+                use std::os::unix::ffi::OsStrExt;
+                let bytes = file.path.path.as_os_str().as_bytes();
+                let again = normalize_path(bytes).expect("a normal path stays valid");
+                assert_eq!(again.path, file.path.path, "normalisation is idempotent");
+                assert!(!bytes.split(|&b| b == b'/').any(|c| c == b".." || c == b"."));
+                let _ = POLICY.candidates(&file.path.path, &client, file.mode, &mut candidates);
             }
             Ok(Request::Hello) => encode::hello(&mut out, parsed.id),
             Err(e) => encode::error(&mut out, parsed.id, ErrorCode::BadRequest, &e.to_string()),

@@ -30,6 +30,9 @@ pub(super) struct Outgoing {
     /// Where this response's audit record ends in the batch being written:
     /// it may not leave before the log holds that record.
     pub audit_end: Option<usize>,
+    /// It grants something (an `open`, or a `check` that says yes): if its
+    /// record does not make it into the log, it must become `io_error`.
+    pub grants: bool,
     /// Still being decided by a thread stuck on the filesystem: the line is
     /// written when the answer comes or `--fs-timeout` passes.
     pub waiting: Option<(Arc<Delivery>, Box<FilesystemJob>)>,
@@ -42,6 +45,7 @@ impl Outgoing {
             sent: 0,
             fd,
             audit_end,
+            grants: false,
             waiting: None,
         }
     }

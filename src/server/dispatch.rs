@@ -141,9 +141,13 @@ pub(super) fn finish(
     }
     record.append_to(audit);
     let end = audit.len();
+    let grants = outcome.is_ok();
     // `check` decides the same but opens nothing.
     let fd = outcome.ok().and_then(|granted| granted.file);
-    Outgoing::new(bytes, fd, Some(end))
+    Outgoing {
+        grants,
+        ..Outgoing::new(bytes, fd, Some(end))
+    }
 }
 
 /// Records a malformed request; returns where its record ends.

@@ -398,7 +398,7 @@ impl Core {
                 let Some(end) = out.audit_end.take() else {
                     continue;
                 };
-                if end > kept && out.fd.is_some() {
+                if end > kept && out.grants {
                     // No grant leaves without its record in the log.
                     let refused = Outgoing::error(
                         ErrorCode::IoError,

@@ -243,6 +243,9 @@ pub struct Record<'a> {
     pub rule: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<&'a str>,
+    /// The request created the file.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub created: bool,
 }
 
 impl<'a> Record<'a> {
@@ -262,6 +265,7 @@ impl<'a> Record<'a> {
             ok: false,
             rule: None,
             code: None,
+            created: false,
         }
     }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::fdpass;
 use crate::protocol::{
-    Grant, Mode, Op, ResponseLine, ServerError, ServerInfo, WireRequest, json_path,
+    Create, Grant, Mode, Op, ResponseLine, ServerError, ServerInfo, WireRequest, json_path,
 };
 
 /// Everything that can go wrong for a client.
@@ -57,6 +57,7 @@ impl Response {
             size: line.size.ok_or_else(|| missing("size"))?,
             mtime: line.mtime.ok_or_else(|| missing("mtime"))?,
             rule: line.rule.ok_or_else(|| missing("rule"))?,
+            created: line.created,
         };
         Ok((grant, self.fd))
     }
@@ -135,21 +136,64 @@ impl Client {
         self.receive()?.into_result().map(|(grant, _)| grant)
     }
 
+    /// Opens (and, as `options` allow, creates or truncates) `path`.
+    pub fn open_with(
+        &mut self,
+        path: impl AsRef<Path>,
+        options: &OpenOptions,
+    ) -> Result<(File, Grant), Error> {
+        self.send_file(Op::Open, path.as_ref(), options)?;
+        match self.receive()?.into_result()? {
+            (grant, Some(fd)) => Ok((File::from(fd), grant)),
+            (_, None) => Err(Error::Protocol("grant without a descriptor".into())),
+        }
+    }
+
+    /// What [`Client::open_with`] would be answered, without opening,
+    /// creating or truncating anything.
+    pub fn check_with(
+        &mut self,
+        path: impl AsRef<Path>,
+        options: &OpenOptions,
+    ) -> Result<Grant, Error> {
+        self.send_file(Op::Check, path.as_ref(), options)?;
+        self.receive()?.into_result().map(|(grant, _)| grant)
+    }
+
+    /// Sends an `open` or `check` with every option, without waiting.
+    pub fn send_file(&mut self, op: Op, path: &Path, options: &OpenOptions) -> Result<(), Error> {
+        let (path, path_b64) = wire_path(path);
+        let request = WireRequest {
+            op,
+            path,
+            path_b64,
+            mode: Some(options.mode),
+            create: options.create.is_requested().then_some(options.create),
+            perm: options.perm.map(|p| format!("{p:04o}")),
+            truncate: options.truncate.then_some(true),
+            id: None,
+        };
+        self.send_request(&request)
+    }
+
     /// Sends one request without waiting for its response (pipelining).
     /// A path that is not UTF-8 travels as `path_b64`.
     pub fn send(&mut self, op: Op, path: Option<&Path>, mode: Option<Mode>) -> Result<(), Error> {
-        let (path, path_b64) = match path.map(json_path) {
-            Some((text, None)) => (Some(text.into_owned()), None),
-            Some((_, b64)) => (None, b64),
-            None => (None, None),
-        };
+        let (path, path_b64) = path.map_or((None, None), wire_path);
         let request = WireRequest {
             op,
             path,
             path_b64,
             mode,
+            create: None,
+            perm: None,
+            truncate: None,
             id: None,
         };
+        self.send_request(&request)
+    }
+
+    fn send_request(&mut self, request: &WireRequest<'_>) -> Result<(), Error> {
         let mut line = serde_json::to_vec(&request).map_err(|e| Error::Protocol(e.to_string()))?;
         line.push(b'\n');
         self.send_raw(&line)
@@ -203,5 +247,49 @@ impl Client {
     /// The underlying socket.
     pub fn stream(&self) -> &UnixStream {
         &self.stream
+    }
+}
+
+/// `path`, or `path_b64` for a path that is not UTF-8.
+fn wire_path(path: &Path) -> (Option<String>, Option<String>) {
+    match json_path(path) {
+        (text, None) => (Some(text.into_owned()), None),
+        (_, b64) => (None, b64),
+    }
+}
+
+/// How to open a file: mode, and whether the server may create or
+/// truncate it (SPEC §3.2).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    pub mode: Mode,
+    pub create: Create,
+    /// Permission bits for a created file (the server's default is 0600;
+    /// the rule's `create_perm` masks them).
+    pub perm: Option<u32>,
+    pub truncate: bool,
+}
+
+impl OpenOptions {
+    pub fn new(mode: Mode) -> OpenOptions {
+        OpenOptions {
+            mode,
+            ..OpenOptions::default()
+        }
+    }
+
+    pub fn create(mut self, create: Create) -> OpenOptions {
+        self.create = create;
+        self
+    }
+
+    pub fn perm(mut self, perm: u32) -> OpenOptions {
+        self.perm = Some(perm);
+        self
+    }
+
+    pub fn truncate(mut self, truncate: bool) -> OpenOptions {
+        self.truncate = truncate;
+        self
     }
 }

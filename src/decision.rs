@@ -11,15 +11,19 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::peer::PeerIdentity;
-use crate::policy::{Age, ByteSize, Effect, Policy, Rule};
-use crate::protocol::{ErrorCode, FileRequest, Grant, Mode, RequestPath, json_path};
-use crate::safe_open::{self, FileFacts, FileKind, OpenError};
+use crate::policy::{Age, ByteSize, Effect, Owner, Policy, Rule};
+use crate::protocol::{Create, ErrorCode, FileRequest, Grant, Mode, RequestPath, json_path};
+use crate::safe_open::{self, CreatedFile, FileFacts, FileKind, Located, OpenError};
 
 /// Why a rule does not apply to a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mismatch {
     Path,
     Mode(Mode),
+    /// The request may create the file; the rule does not cover that.
+    Create,
+    /// The request truncates; the rule does not cover that.
+    Truncate,
     User(u32),
     Group,
     /// The path matches, but the file it leads to (through symlinks) does not.
@@ -32,6 +36,10 @@ impl fmt::Display for Mismatch {
         match self {
             Mismatch::Path => f.write_str("path matches none of its globs"),
             Mismatch::Mode(m) => write!(f, "does not cover mode {m}"),
+            Mismatch::Create => f.write_str("does not let the request create the file (create)"),
+            Mismatch::Truncate => {
+                f.write_str("does not let the request truncate the file (truncate)")
+            }
             Mismatch::User(uid) => write!(f, "uid {uid} is not among its users"),
             Mismatch::Group => f.write_str("none of the client's groups is among its groups"),
             Mismatch::RealPath => {
@@ -86,10 +94,25 @@ impl Rule {
         self.matcher.is_match(path)
     }
 
-    /// Mode, users and groups: everything that needs no file.
-    pub fn check_request(&self, client: &PeerIdentity, mode: Mode) -> Result<(), Mismatch> {
+    /// Mode, create, truncate, users and groups: everything that needs
+    /// no file.
+    pub fn check_request(&self, client: &PeerIdentity, request: &Wants) -> Result<(), Mismatch> {
+        let mode = request.mode;
         if self.modes & mode.bit() == 0 {
             return Err(Mismatch::Mode(mode));
+        }
+        // An allow rule's `create`/`truncate` permits them (and does not
+        // demand them); a deny rule's names which requests it covers.
+        let covers = |rule: Option<bool>, asked: bool| match (self.effect, rule) {
+            (Effect::Allow, Some(permitted)) => permitted || !asked,
+            (Effect::Deny, Some(kind)) => kind == asked,
+            (_, None) => true,
+        };
+        if !covers(self.create, request.create) {
+            return Err(Mismatch::Create);
+        }
+        if !covers(self.truncate, request.truncate) {
+            return Err(Mismatch::Truncate);
         }
         if self
             .users
@@ -126,6 +149,40 @@ impl Rule {
             return Err(FileMismatch::TooNew { limit, age });
         }
         Ok(())
+    }
+}
+
+/// What a file request asks for, as rules see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wants {
+    pub mode: Mode,
+    /// It may create the file (`create` true or exclusive).
+    pub create: bool,
+    pub truncate: bool,
+}
+
+impl From<Mode> for Wants {
+    fn from(mode: Mode) -> Wants {
+        Wants::mode(mode)
+    }
+}
+
+impl Wants {
+    pub fn of(request: &FileRequest) -> Wants {
+        Wants {
+            mode: request.mode,
+            create: request.create.is_requested(),
+            truncate: request.truncate,
+        }
+    }
+
+    /// A plain read, write, ... with no create or truncate.
+    pub fn mode(mode: Mode) -> Wants {
+        Wants {
+            mode,
+            create: false,
+            truncate: false,
+        }
     }
 }
 
@@ -193,9 +250,11 @@ impl Policy {
         &self,
         path: &Path,
         client: &PeerIdentity,
-        mode: Mode,
+        wants: impl Into<Wants>,
         out: &mut Candidates,
     ) -> Result<(), Refusal> {
+        let wants = wants.into();
+        let mode = wants.mode;
         out.rule_hits.clear();
         self.index
             .matching_rules(path, &mut out.glob_scratch, &mut out.rule_hits);
@@ -205,7 +264,7 @@ impl Policy {
         out.deny.clear();
         for &index in &out.rule_hits {
             let rule = &self.rules[index];
-            if rule.check_request(client, mode).is_err() {
+            if rule.check_request(client, &wants).is_err() {
                 continue;
             }
             let list = match rule.effect {
@@ -297,6 +356,11 @@ pub struct Decision {
     pub grant: Grant,
     /// The real path, when a symlink made it differ from the request.
     pub real_path: Option<PathBuf>,
+    /// Truncate the file once its grant is recorded (SPEC §3.2).
+    pub truncate: bool,
+    /// The file this request created, to remove if its grant cannot be
+    /// recorded.
+    pub created: Option<CreatedFile>,
 }
 
 /// Decides a request end to end and, if granted, returns the open file.
@@ -310,7 +374,7 @@ pub fn decide(
     policy.candidates(
         &request.path.path,
         client,
-        request.mode,
+        Wants::of(request),
         &mut scratch.requested,
     )?;
     decide_on_filesystem(policy, request, client, intent, scratch)
@@ -326,19 +390,34 @@ pub fn decide_on_filesystem(
     intent: Intent,
     scratch: &mut Scratch,
 ) -> Result<Decision, Refusal> {
+    if request.create.is_requested() {
+        return decide_create(policy, request, client, intent, scratch);
+    }
     let path = request.path.path.as_path();
-    let mode = request.mode;
     let located = match safe_open::locate(path) {
         Ok(located) => located,
         Err(OpenError::Dangling) => {
-            return Err(refuse_missing(policy, path, client, mode, scratch));
+            return Err(refuse_missing(policy, request, client, scratch));
         }
         Err(e) => return Err(e.into()),
     };
-    let symlinked = located.real_path != path;
+    decide_existing(policy, request, client, intent, scratch, located)
+}
+
+/// The decision on a file that exists, located (SPEC §5).
+fn decide_existing(
+    policy: &Policy,
+    request: &FileRequest,
+    client: &PeerIdentity,
+    intent: Intent,
+    scratch: &mut Scratch,
+    located: Located,
+) -> Result<Decision, Refusal> {
+    let wants = Wants::of(request);
+    let symlinked = located.real_path != request.path.path;
     if symlinked {
         policy
-            .candidates(&located.real_path, client, mode, &mut scratch.real)
+            .candidates(&located.real_path, client, wants, &mut scratch.real)
             .map_err(leads_elsewhere)?;
     }
     if located.facts.kind != FileKind::Regular {
@@ -354,6 +433,14 @@ pub fn decide_on_filesystem(
         ));
     }
     let facts = located.facts;
+    // A link in a writable directory can point anywhere: only read is
+    // granted on a file with other names (SPEC §3.2).
+    if (request.mode != Mode::Read || request.truncate) && facts.links > 1 {
+        return Err(Refusal::new(
+            ErrorCode::Denied,
+            "the file has other hard links; only read is granted on such a file",
+        ));
+    }
     let now = SystemTime::now();
     let requested_rule = policy.judge(&scratch.requested, &facts, now)?;
     // The rule reported is the one that granted the file actually sent.
@@ -363,22 +450,161 @@ pub fn decide_on_filesystem(
         requested_rule
     };
     let file = match intent {
-        Intent::Open => Some(located.reopen(mode)?),
+        Intent::Open => Some(located.reopen(request.mode)?),
         Intent::Check => None,
     };
-    let (text, b64) = json_path(&located.real_path);
-    let grant = Grant {
+    Ok(Decision {
+        file,
+        grant: grant_of(&located.real_path, &facts, rule, false),
+        real_path: symlinked.then_some(located.real_path),
+        truncate: request.truncate && intent == Intent::Open,
+        created: None,
+    })
+}
+
+/// A request that may create the file (SPEC §3.2): the parent directory is
+/// resolved as safely as any path, the full real path is judged, and the
+/// file is made with `O_CREAT|O_EXCL|O_NOFOLLOW`; a name that is taken is
+/// opened as an existing file, but never through a final symlink.
+fn decide_create(
+    policy: &Policy,
+    request: &FileRequest,
+    client: &PeerIdentity,
+    intent: Intent,
+    scratch: &mut Scratch,
+) -> Result<Decision, Refusal> {
+    let path = request.path.path.as_path();
+    let (Some(parent_path), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Refusal::new(
+            ErrorCode::NotRegular,
+            "a directory cannot be created",
+        ));
+    };
+    if request.path.directory {
+        return Err(Refusal::new(
+            ErrorCode::NotRegular,
+            "the path ends in /: a directory cannot be created",
+        ));
+    }
+    let parent = match safe_open::locate(parent_path) {
+        Ok(parent) => parent,
+        Err(OpenError::Dangling) => {
+            return Err(refuse_missing(policy, request, client, scratch));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let real_path = parent.real_path.join(name);
+    let symlinked = real_path != path;
+    if symlinked {
+        policy
+            .candidates(&real_path, client, Wants::of(request), &mut scratch.real)
+            .map_err(leads_elsewhere)?;
+    }
+    if parent.facts.kind != FileKind::Directory {
+        return Err(OpenError::NotFound.into());
+    }
+    let rules = if symlinked {
+        &scratch.real
+    } else {
+        &scratch.requested
+    };
+    let rule = &policy.rules[*rules.allow.first().expect("candidates hold an allow rule")];
+    let existing = match intent {
+        Intent::Check => match parent.entry(name) {
+            // Nothing is created by a check: it says what open would do.
+            Err(OpenError::NotFound) => {
+                let facts = FileFacts::new_empty(SystemTime::now());
+                return Ok(Decision {
+                    file: None,
+                    grant: grant_of(&real_path, &facts, rule, true),
+                    real_path: symlinked.then_some(real_path),
+                    truncate: false,
+                    created: None,
+                });
+            }
+            other => other?,
+        },
+        Intent::Open => match parent.create(name, request.mode)? {
+            Some((file, created)) => {
+                let facts = match finish_created(&parent, &file, rule, request, client) {
+                    Ok(facts) => facts,
+                    Err(refusal) => {
+                        created.remove();
+                        return Err(refusal);
+                    }
+                };
+                return Ok(Decision {
+                    file: Some(file),
+                    grant: grant_of(&real_path, &facts, rule, true),
+                    real_path: symlinked.then_some(real_path),
+                    truncate: false,
+                    created: Some(created),
+                });
+            }
+            None => parent.entry(name)?,
+        },
+    };
+    if existing.facts.kind == FileKind::Symlink {
+        return Err(Refusal::new(
+            ErrorCode::NotRegular,
+            "the name is a symbolic link, which a creating request never follows",
+        ));
+    }
+    if request.create == Create::Exclusive {
+        return Err(Refusal::new(ErrorCode::Exists, "the file already exists"));
+    }
+    decide_existing(policy, request, client, intent, scratch, existing)
+}
+
+/// Owner and mode of a file just created: `fchown` to the client (unless
+/// the rule says the server owns it), then `fchmod` to the requested bits
+/// masked by the rule's, whatever the umask.
+fn finish_created(
+    parent: &Located,
+    file: &File,
+    rule: &Rule,
+    request: &FileRequest,
+    client: &PeerIdentity,
+) -> Result<FileFacts, Refusal> {
+    let failed = |what: &str, e: nix::errno::Errno| {
+        Refusal::new(
+            ErrorCode::IoError,
+            format!(
+                "{what} of the new file failed ({}); it was removed",
+                e.desc()
+            ),
+        )
+    };
+    if rule.owner == Owner::Client {
+        let (_, dir_gid, dir_mode) = parent.owner_and_mode()?;
+        let gid = if dir_mode & libc::S_ISGID != 0 {
+            dir_gid
+        } else {
+            client.gid
+        };
+        nix::unistd::fchown(
+            file,
+            Some(nix::unistd::Uid::from_raw(client.uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .map_err(|e| failed("fchown", e))?;
+    }
+    let bits = request.perm & rule.create_perm;
+    nix::sys::stat::fchmod(file, nix::sys::stat::Mode::from_bits_truncate(bits))
+        .map_err(|e| failed("fchmod", e))?;
+    Ok(FileFacts::of(file)?)
+}
+
+fn grant_of(real_path: &Path, facts: &FileFacts, rule: &Rule, created: bool) -> Grant {
+    let (text, b64) = json_path(real_path);
+    Grant {
         path: text.into_owned(),
         path_b64: b64,
         size: facts.size,
         mtime: facts.mtime_secs(),
         rule: rule.name.clone(),
-    };
-    Ok(Decision {
-        file,
-        grant,
-        real_path: symlinked.then_some(located.real_path),
-    })
+        created,
+    }
 }
 
 /// A symlink led to a real path the policy does not grant this client.
@@ -395,16 +621,20 @@ fn leads_elsewhere(refusal: Refusal) -> Refusal {
 /// never tells anyone whether a forbidden file exists (SPEC §4).
 fn refuse_missing(
     policy: &Policy,
-    path: &Path,
+    request: &FileRequest,
     client: &PeerIdentity,
-    mode: Mode,
     scratch: &mut Scratch,
 ) -> Refusal {
-    let where_missing = match safe_open::missing_real_path(path) {
+    let where_missing = match safe_open::missing_real_path(&request.path.path) {
         Ok(real) => real,
         Err(_) => return leads_elsewhere(Refusal::new(ErrorCode::Denied, "")),
     };
-    match policy.candidates(&where_missing, client, mode, &mut scratch.real) {
+    match policy.candidates(
+        &where_missing,
+        client,
+        Wants::of(request),
+        &mut scratch.real,
+    ) {
         Ok(()) => OpenError::NotFound.into(),
         Err(refusal) => leads_elsewhere(refusal),
     }
@@ -437,10 +667,7 @@ pub fn explain<'a>(
     client: &PeerIdentity,
     mode: Mode,
 ) -> Explanation<'a> {
-    let request = FileRequest {
-        path: path.clone(),
-        mode,
-    };
+    let request = FileRequest::plain(path.clone(), mode);
     let path = path.path.as_path();
     let located = safe_open::locate(path).ok();
     let real = located
@@ -455,7 +682,7 @@ pub fn explain<'a>(
         .map(|rule| {
             let mismatch = if !rule.matches_path(path) {
                 Some(Mismatch::Path)
-            } else if let Err(m) = rule.check_request(client, mode) {
+            } else if let Err(m) = rule.check_request(client, &Wants::of(&request)) {
                 Some(m)
             } else if real.as_deref().is_some_and(|r| !rule.matches_path(r)) {
                 Some(Mismatch::RealPath)

@@ -32,5 +32,5 @@ pub mod server;
 pub mod socket_path;
 pub mod systemd;
 
-pub use client::{Client, Error};
-pub use protocol::{ErrorCode, Grant, Mode, ServerError, ServerInfo};
+pub use client::{Client, Error, OpenOptions};
+pub use protocol::{Create, ErrorCode, Grant, Mode, ServerError, ServerInfo};

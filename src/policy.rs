@@ -84,6 +84,8 @@ pub enum PolicyErrorKind {
     UnknownUser(String),
     #[error("unknown group {0:?}")]
     UnknownGroup(String),
+    #[error("{0}")]
+    BadPermission(String),
     #[error("insecure permissions: {0}")]
     Exposed(crate::hygiene::Exposure),
 }
@@ -256,6 +258,11 @@ struct RuleSpec {
     /// Absent: `["read"]` for an allow rule, every mode for a deny rule
     /// (deny rules fail closed, SPEC §5).
     modes: Option<Vec<Mode>>,
+    /// May the request create the file / truncate it (SPEC §3.2).
+    create: Option<bool>,
+    truncate: Option<bool>,
+    create_perm: Option<String>,
+    owner: Option<Owner>,
     users: Option<Vec<IdSpec>>,
     groups: Option<Vec<IdSpec>>,
     min_size: Option<ByteSize>,
@@ -270,6 +277,18 @@ struct RuleSpec {
 struct PolicyFile<'a> {
     #[serde(borrow)]
     rules: Vec<&'a RawValue>,
+}
+
+/// Who owns a file the server creates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Owner {
+    /// The client: its uid, and its primary gid (or a set-group-ID
+    /// directory's group).
+    #[default]
+    Client,
+    /// The server, as the kernel makes it.
+    Server,
 }
 
 /// Lower and upper bounds, both optional and inclusive.
@@ -295,6 +314,14 @@ pub struct Rule {
     pub(crate) matcher: GlobSet,
     /// One bit per [`Mode`].
     pub(crate) modes: u8,
+    /// Whether the rule covers requests that may create / truncate. An
+    /// allow rule leaves them out unless it says so; a deny rule that says
+    /// nothing covers both kinds of request (it fails closed).
+    pub create: Option<bool>,
+    pub truncate: Option<bool>,
+    /// The most permission bits a file created under this rule gets.
+    pub create_perm: u32,
+    pub owner: Owner,
     pub users: Option<Vec<u32>>,
     pub groups: Option<Vec<u32>>,
     pub size: Bounds<ByteSize>,
@@ -550,6 +577,16 @@ fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<P
             }),
         }
     }
+    let create_perm = match spec.create_perm.as_deref().map(crate::protocol::parse_perm) {
+        None => crate::protocol::DEFAULT_PERM,
+        Some(Ok(bits)) => bits,
+        Some(Err(why)) => {
+            problems.push(PolicyErrorKind::BadPermission(format!(
+                "\"create_perm\": {why}"
+            )));
+            0
+        }
+    };
     let users = spec.users.map(|ids| {
         resolve_ids(
             ids,
@@ -579,6 +616,16 @@ fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<P
             (None, Effect::Allow) => Mode::Read.bit(),
             (None, Effect::Deny) => Mode::ALL.iter().fold(0, |bits, m| bits | m.bit()),
         },
+        create: match spec.effect {
+            Effect::Allow => Some(spec.create.unwrap_or(false)),
+            Effect::Deny => spec.create,
+        },
+        truncate: match spec.effect {
+            Effect::Allow => Some(spec.truncate.unwrap_or(false)),
+            Effect::Deny => spec.truncate,
+        },
+        create_perm,
+        owner: spec.owner.unwrap_or_default(),
         users,
         groups,
         size: Bounds {

@@ -96,6 +96,7 @@ pub enum ErrorCode {
     TooSmall,
     TooOld,
     TooNew,
+    Exists,
     IoError,
     Busy,
     /// A code this version does not know (a newer server); clients keep going.
@@ -114,6 +115,7 @@ impl ErrorCode {
             ErrorCode::TooSmall => "too_small",
             ErrorCode::TooOld => "too_old",
             ErrorCode::TooNew => "too_new",
+            ErrorCode::Exists => "exists",
             ErrorCode::IoError => "io_error",
             ErrorCode::Busy => "busy",
             ErrorCode::Unknown => "unknown",
@@ -173,6 +175,24 @@ pub struct WireRequest<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub mode: Option<Mode>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub create: Option<Create>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub perm: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub truncate: Option<bool>,
     /// Kept as raw JSON so it is echoed byte for byte, `null` included.
     #[serde(
         default,
@@ -225,6 +245,91 @@ impl RequestPath {
 pub struct FileRequest {
     pub path: RequestPath,
     pub mode: Mode,
+    pub create: Create,
+    /// Permission bits for a created file, before the rule's mask.
+    pub perm: u32,
+    /// Truncate the file (after its grant is recorded).
+    pub truncate: bool,
+}
+
+impl FileRequest {
+    /// A plain open or check: no create, no truncate.
+    pub fn plain(path: RequestPath, mode: Mode) -> FileRequest {
+        FileRequest {
+            path,
+            mode,
+            create: Create::No,
+            perm: DEFAULT_PERM,
+            truncate: false,
+        }
+    }
+}
+
+/// Permission bits of a created file when the request names none.
+pub const DEFAULT_PERM: u32 = 0o600;
+
+/// Whether an open may create the file (SPEC §3.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Create {
+    #[default]
+    No,
+    /// Open it if it exists, create it if not (`O_CREAT`).
+    Yes,
+    /// Create it; `exists` if the name is taken (`O_CREAT|O_EXCL`).
+    Exclusive,
+}
+
+impl Create {
+    pub fn is_requested(self) -> bool {
+        self != Create::No
+    }
+}
+
+impl Serialize for Create {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Create::No => s.serialize_bool(false),
+            Create::Yes => s.serialize_bool(true),
+            Create::Exclusive => s.serialize_str("exclusive"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Create {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct CreateVisitor;
+        impl serde::de::Visitor<'_> for CreateVisitor {
+            type Value = Create;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false or \"exclusive\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Create, E> {
+                Ok(if v { Create::Yes } else { Create::No })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Create, E> {
+                match v {
+                    "exclusive" => Ok(Create::Exclusive),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        d.deserialize_any(CreateVisitor)
+    }
+}
+
+/// Parses `"0640"`: octal permission bits, at most `0777` (no set-user-ID,
+/// set-group-ID or sticky bit).
+pub fn parse_perm(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(bits) if !digits.is_empty() && bits <= 0o777 => Ok(bits),
+        Ok(_) => Err(format!(
+            "permission {text:?} has bits beyond 0777 (set-user-ID, set-group-ID and sticky are not allowed)"
+        )),
+        Err(_) => Err(format!(
+            "permission {text:?} is not an octal number such as \"0640\""
+        )),
+    }
 }
 
 /// A request the server can act on.
@@ -258,8 +363,10 @@ pub enum RequestError {
     TwoPaths,
     #[error("\"path_b64\" is not valid base64")]
     BadBase64,
-    #[error("hello takes no \"path\" or \"mode\"")]
+    #[error("hello takes no other fields")]
     HelloWithArguments,
+    #[error("{0}")]
+    BadOption(String),
     #[error("bad path: {0}")]
     BadPath(#[from] PathError),
 }
@@ -322,7 +429,14 @@ fn salvage_id(text: &str) -> Option<&RawValue> {
 fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
     let op = wire.op;
     match op {
-        Op::Hello if wire.path.is_some() || wire.path_b64.is_some() || wire.mode.is_some() => {
+        Op::Hello
+            if wire.path.is_some()
+                || wire.path_b64.is_some()
+                || wire.mode.is_some()
+                || wire.create.is_some()
+                || wire.perm.is_some()
+                || wire.truncate.is_some() =>
+        {
             Err(RequestError::HelloWithArguments)
         }
         Op::Hello => Ok(Request::Hello),
@@ -335,9 +449,30 @@ fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
                 (Some(_), Some(_)) => return Err(RequestError::TwoPaths),
                 (None, None) => return Err(RequestError::MissingPath(op.as_str())),
             };
+            let mode = wire.mode.unwrap_or_default();
+            let create = wire.create.unwrap_or_default();
+            let truncate = wire.truncate.unwrap_or(false);
+            let bad = |why: &str| Err(RequestError::BadOption(why.to_owned()));
+            if create.is_requested() && mode == Mode::Read {
+                return bad("\"create\" needs mode write, readwrite or append");
+            }
+            if truncate && !matches!(mode, Mode::Write | Mode::ReadWrite) {
+                return bad("\"truncate\" needs mode write or readwrite");
+            }
+            if wire.perm.is_some() && !create.is_requested() {
+                return bad("\"perm\" only applies to a file the request may create");
+            }
+            let perm = match wire.perm.as_deref().map(parse_perm) {
+                None => DEFAULT_PERM,
+                Some(Ok(perm)) => perm,
+                Some(Err(why)) => return bad(&why),
+            };
             let file = FileRequest {
                 path: normalize_owned(raw)?,
-                mode: wire.mode.unwrap_or_default(),
+                mode,
+                create,
+                perm,
+                truncate,
             };
             Ok(if op == Op::Open {
                 Request::Open(file)
@@ -429,6 +564,9 @@ pub struct Grant {
     pub mtime: i64,
     /// The allow rule that granted it.
     pub rule: String,
+    /// This request created the file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub created: bool,
 }
 
 /// A refusal: a code of SPEC §4 and a message for humans.
@@ -472,6 +610,8 @@ pub mod encode {
         size: u64,
         mtime: i64,
         rule: &'a str,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        created: bool,
     }
 
     #[derive(Serialize)]
@@ -514,6 +654,7 @@ pub mod encode {
             size: grant.size,
             mtime: grant.mtime,
             rule: &grant.rule,
+            created: grant.created,
         };
         finish(out, &line);
     }
@@ -558,6 +699,8 @@ pub struct ResponseLine {
     pub mtime: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub created: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -639,9 +782,38 @@ mod tests {
     }
 
     fn file(path: &str, mode: Mode) -> FileRequest {
-        FileRequest {
-            path: RequestPath::plain(path),
-            mode,
+        FileRequest::plain(RequestPath::plain(path), mode)
+    }
+
+    #[test]
+    fn create_perm_and_truncate_are_checked_against_the_mode() {
+        let (_, req) = parse(
+            r#"{"op":"open","path":"/x","mode":"write","create":"exclusive","perm":"0640","truncate":true}"#,
+        );
+        let Ok(Request::Open(f)) = req else {
+            panic!("{req:?}")
+        };
+        assert_eq!(
+            (f.create, f.perm, f.truncate),
+            (Create::Exclusive, 0o640, true)
+        );
+        let (_, req) = parse(r#"{"op":"check","path":"/x","mode":"append","create":true}"#);
+        let Ok(Request::Check(f)) = req else {
+            panic!("{req:?}")
+        };
+        assert_eq!((f.create, f.perm), (Create::Yes, 0o600));
+        for line in [
+            r#"{"op":"open","path":"/x","create":true}"#,
+            r#"{"op":"open","path":"/x","mode":"append","truncate":true}"#,
+            r#"{"op":"open","path":"/x","mode":"write","perm":"0600"}"#,
+            r#"{"op":"open","path":"/x","mode":"write","create":true,"perm":"4755"}"#,
+            r#"{"op":"open","path":"/x","mode":"write","create":true,"perm":"rw"}"#,
+            r#"{"op":"open","path":"/x","mode":"write","create":"yes"}"#,
+            r#"{"op":"open","path":"/x","mode":"write","create":null}"#,
+            r#"{"op":"open","path":"/x","mode":"write","truncate":null}"#,
+            r#"{"op":"hello","create":false}"#,
+        ] {
+            assert!(parse(line).1.is_err(), "{line}");
         }
     }
 
@@ -777,6 +949,7 @@ mod tests {
             size: 3,
             mtime: 9,
             rule: "r".into(),
+            created: false,
         };
         encode::grant(&mut out, Some(&id), &grant, true);
         assert_eq!(

@@ -8,7 +8,7 @@
 //! or swapped for a symlink in between, the file sent is the file checked.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -90,6 +90,18 @@ impl FileFacts {
             ino: stat.st_ino,
             links: stat.st_nlink,
         })
+    }
+
+    /// What a file about to be created would show: empty, new.
+    pub fn new_empty(now: SystemTime) -> FileFacts {
+        FileFacts {
+            kind: FileKind::Regular,
+            size: 0,
+            mtime: now,
+            dev: 0,
+            ino: 0,
+            links: 1,
+        }
     }
 
     /// Unix seconds of the mtime, as responses report it.
@@ -239,6 +251,94 @@ impl Located {
         }
         .map_err(|e| OpenError::from_errno(e, "cannot open"))?;
         Ok(File::from(fd))
+    }
+}
+
+/// A file this request created: its directory and name, so that it can be
+/// removed again if the grant cannot go out (SPEC §3.2).
+#[derive(Debug)]
+pub struct CreatedFile {
+    dir: OwnedFd,
+    name: OsString,
+    dev: u64,
+    ino: u64,
+}
+
+impl CreatedFile {
+    /// Removes the file, if the name still leads to the inode created.
+    pub fn remove(&self) {
+        let still_ours = nix::sys::stat::fstatat(
+            &self.dir,
+            self.name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| (st.st_dev, st.st_ino) == (self.dev, self.ino));
+        if still_ours {
+            let _ = nix::unistd::unlinkat(
+                &self.dir,
+                self.name.as_os_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
+}
+
+impl Located {
+    /// The entry `name` of this directory, not following it if it is a
+    /// symlink (the symlink itself is returned, of kind `Symlink`).
+    pub fn entry(&self, name: &OsStr) -> Result<Located, OpenError> {
+        let handle = nix::fcntl::openat(
+            &self.handle,
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Perm::empty(),
+        )
+        .map_err(|e| OpenError::from_errno(e, "cannot resolve path"))?;
+        let facts = FileFacts::of(&handle)?;
+        Ok(Located {
+            handle,
+            real_path: self.real_path.join(name),
+            facts,
+        })
+    }
+
+    /// Creates `name` in this directory, for I/O in `mode`: `O_CREAT |
+    /// O_EXCL | O_NOFOLLOW`, mode 0600 whatever the umask says later.
+    /// `Ok(None)` when the name is taken (by anything, a symlink too).
+    pub fn create(
+        &self,
+        name: &OsStr,
+        mode: Mode,
+    ) -> Result<Option<(File, CreatedFile)>, OpenError> {
+        let flags = mode.open_flags()
+            | OFlag::O_CREAT
+            | OFlag::O_EXCL
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NOCTTY;
+        let fd =
+            match nix::fcntl::openat(&self.handle, name, flags, Perm::from_bits_truncate(0o600)) {
+                Ok(fd) => fd,
+                Err(Errno::EEXIST) => return Ok(None),
+                Err(e) => return Err(OpenError::from_errno(e, "cannot create")),
+            };
+        let facts = FileFacts::of(&fd)?;
+        let dir = nix::unistd::dup(&self.handle).map_err(|e| OpenError::from_errno(e, "dup"))?;
+        let created = CreatedFile {
+            dir,
+            name: name.to_owned(),
+            dev: facts.dev,
+            ino: facts.ino,
+        };
+        Ok(Some((File::from(fd), created)))
+    }
+
+    /// Owner and mode of this directory, for the group of what is created
+    /// in it.
+    pub fn owner_and_mode(&self) -> Result<(u32, u32, u32), OpenError> {
+        let st =
+            nix::sys::stat::fstat(&self.handle).map_err(|e| OpenError::from_errno(e, "fstat"))?;
+        Ok((st.st_uid, st.st_gid, st.st_mode))
     }
 }
 

@@ -12,8 +12,9 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use super::{exit, mode_parser};
+use crate::client::OpenOptions;
 use crate::client::{Client, Error};
-use crate::protocol::Mode;
+use crate::protocol::{Create, Mode, parse_perm};
 use crate::socket_path;
 
 /// Ask an fdopen server to open files on your behalf.
@@ -46,6 +47,8 @@ pub enum ClientCommand {
         path: PathBuf,
         #[arg(long, default_value = "read", value_parser = mode_parser())]
         mode: Mode,
+        #[command(flatten)]
+        creating: CreateArgs,
         /// Command to run with the file, after `--`.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -55,6 +58,8 @@ pub enum ClientCommand {
         path: PathBuf,
         #[arg(long, default_value = "read", value_parser = mode_parser())]
         mode: Mode,
+        #[command(flatten)]
+        creating: CreateArgs,
         /// Print the server's answer as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -101,13 +106,19 @@ fn run(client: &mut Client, command: ClientCommand) -> Result<i32, Error> {
             );
             Ok(exit::OK)
         }
-        ClientCommand::Check { path, mode, json } => check(client, &absolute(path), mode, json),
+        ClientCommand::Check {
+            path,
+            mode,
+            creating,
+            json,
+        } => check(client, &absolute(path), &creating.options(mode), json),
         ClientCommand::Open {
             path,
             mode,
+            creating,
             command,
         } => {
-            let file = client.open(absolute(path), mode)?;
+            let (file, _) = client.open_with(absolute(path), &creating.options(mode))?;
             if command.is_empty() {
                 copy(file, mode)
             } else {
@@ -123,10 +134,10 @@ fn run(client: &mut Client, command: ClientCommand) -> Result<i32, Error> {
 fn check(
     client: &mut Client,
     path: &std::path::Path,
-    mode: Mode,
+    options: &OpenOptions,
     json: bool,
 ) -> Result<i32, Error> {
-    let result = client.check(path, mode);
+    let result = client.check_with(path, options);
     if json {
         let value = match &result {
             Ok(grant) => {
@@ -201,4 +212,43 @@ fn error_exit_code(e: &Error) -> i32 {
 fn fail(code: i32, e: &dyn std::fmt::Display) -> i32 {
     eprintln!("fdopen-client: {e}");
     code
+}
+
+/// `--create[=exclusive] [--perm 0640] [--truncate]` (SPEC §3.2, §7).
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Let the server create the file if it does not exist; with
+    /// `=exclusive`, only create it (the answer is `exists` if it does).
+    #[arg(
+        long,
+        value_name = "exclusive",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = ["true", "exclusive"]
+    )]
+    create: Option<String>,
+    /// Permission bits for a created file, in octal (the rule's
+    /// `create_perm` masks them).
+    #[arg(long, value_name = "MODE", value_parser = parse_perm, requires = "create")]
+    perm: Option<u32>,
+    /// Truncate the file (write or readwrite).
+    #[arg(long)]
+    truncate: bool,
+}
+
+impl CreateArgs {
+    fn options(&self, mode: Mode) -> OpenOptions {
+        let create = match self.create.as_deref() {
+            Some("exclusive") => Create::Exclusive,
+            Some(_) => Create::Yes,
+            None => Create::No,
+        };
+        OpenOptions {
+            mode,
+            create,
+            perm: self.perm,
+            truncate: self.truncate,
+        }
+    }
 }

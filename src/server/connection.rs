@@ -16,6 +16,7 @@ use super::watchdog::Delivery;
 use crate::fdpass;
 use crate::peer::PeerIdentity;
 use crate::protocol::{ErrorCode, encode};
+use crate::safe_open::CreatedFile;
 
 /// Responses queued for one client before it stops being read: bounds
 /// memory and the descriptors held on its behalf.
@@ -33,6 +34,8 @@ pub(super) struct Outgoing {
     /// It grants something (an `open`, or a `check` that says yes): if its
     /// record does not make it into the log, it must become `io_error`.
     pub grants: bool,
+    /// What happens to the file once the record is (or is not) written.
+    pub after_record: AfterRecord,
     /// Still being decided by a thread stuck on the filesystem: the line is
     /// written when the answer comes or `--fs-timeout` passes.
     pub waiting: Option<(Arc<Delivery>, Box<FilesystemJob>)>,
@@ -46,6 +49,7 @@ impl Outgoing {
             fd,
             audit_end,
             grants: false,
+            after_record: AfterRecord::default(),
             waiting: None,
         }
     }
@@ -68,6 +72,15 @@ impl Outgoing {
     fn ready(&self) -> bool {
         self.audit_end.is_none() && self.waiting.is_none()
     }
+}
+
+/// Effects on a granted file that wait for its audit record (SPEC §3.2).
+#[derive(Debug, Default)]
+pub(super) struct AfterRecord {
+    /// Truncate it once the record is written.
+    pub truncate: bool,
+    /// Remove it if the record could not be written.
+    pub created: Option<CreatedFile>,
 }
 
 /// One client.

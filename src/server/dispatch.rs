@@ -9,9 +9,9 @@
 
 use serde_json::value::RawValue;
 
-use super::connection::Outgoing;
+use super::connection::{AfterRecord, Outgoing};
 use crate::audit::Record;
-use crate::decision::{self, Decision, Intent, Refusal, Scratch};
+use crate::decision::{self, Decision, Intent, Refusal, Scratch, Wants};
 use crate::peer::PeerIdentity;
 use crate::policy::Policy;
 use crate::protocol::{ErrorCode, FileRequest, Op, Request, RequestError, encode, parse_request};
@@ -86,7 +86,7 @@ pub(super) fn begin(
     match policy.candidates(
         &job.file.path.path,
         peer,
-        job.file.mode,
+        Wants::of(&job.file),
         scratch.requested(),
     ) {
         Ok(()) => Begun::NeedsFilesystem(job),
@@ -129,6 +129,7 @@ pub(super) fn finish(
             encode::grant(&mut bytes, id, &granted.grant, job.op == Op::Open);
             record.ok = true;
             record.rule = Some(&granted.grant.rule);
+            record.created = granted.grant.created;
             if let Some(real) = &granted.real_path {
                 record.set_real_path(real);
             }
@@ -141,12 +142,17 @@ pub(super) fn finish(
     }
     record.append_to(audit);
     let end = audit.len();
-    let grants = outcome.is_ok();
+    let Ok(granted) = outcome else {
+        return Outgoing::new(bytes, None, Some(end));
+    };
     // `check` decides the same but opens nothing.
-    let fd = outcome.ok().and_then(|granted| granted.file);
     Outgoing {
-        grants,
-        ..Outgoing::new(bytes, fd, Some(end))
+        grants: true,
+        after_record: AfterRecord {
+            truncate: granted.truncate,
+            created: granted.created,
+        },
+        ..Outgoing::new(bytes, granted.file, Some(end))
     }
 }
 

@@ -104,14 +104,14 @@ enum DeliveryState {
 }
 
 impl Delivery {
-    /// Hands over the outcome; false when it came too late and was dropped.
-    pub fn deliver(&self, outcome: Result<Decision, Refusal>) -> bool {
+    /// Hands over the outcome; gives it back when it came too late.
+    pub fn deliver(&self, outcome: Result<Decision, Refusal>) -> Option<Result<Decision, Refusal>> {
         let mut state = lock(&self.outcome);
         if matches!(*state, DeliveryState::Waiting) {
             *state = DeliveryState::Arrived(outcome);
-            true
+            None
         } else {
-            false
+            Some(outcome)
         }
     }
 

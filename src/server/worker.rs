@@ -184,8 +184,13 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
                     core.finish(key, &job, outcome);
                 }
                 Watched::Abandoned(outcome, delivery) => {
-                    // Too late to deliver: dropping it closes its file here.
-                    let _ = delivery.deliver(outcome);
+                    // Too late: the client was told io_error, so nothing
+                    // it created stays; dropping the file closes it here.
+                    if let Some(Ok(late)) = delivery.deliver(outcome)
+                        && let Some(created) = &late.created
+                    {
+                        created.remove();
+                    }
                     lane.wake();
                     shared.watchdog.stuck.remove(delivery.uid);
                     return;
@@ -398,13 +403,27 @@ impl Core {
                 let Some(end) = out.audit_end.take() else {
                     continue;
                 };
+                let after = std::mem::take(&mut out.after_record);
                 if end > kept && out.grants {
-                    // No grant leaves without its record in the log.
+                    // No grant leaves without its record in the log, and
+                    // what it created goes with it.
+                    if let Some(created) = &after.created {
+                        created.remove();
+                    }
                     let refused = Outgoing::error(
                         ErrorCode::IoError,
                         "the audit log cannot be written; nothing is granted until it can",
                         None,
                     );
+                    let granted = std::mem::replace(out, refused);
+                    self.closing.extend(granted.fd.map(OwnedFd::from));
+                } else if after.truncate
+                    && let Some(file) = &out.fd
+                    && let Err(e) = file.set_len(0)
+                {
+                    logging::error(format_args!("truncating a granted file failed: {e}"));
+                    let refused =
+                        Outgoing::error(ErrorCode::IoError, &format!("cannot truncate: {e}"), None);
                     let granted = std::mem::replace(out, refused);
                     self.closing.extend(granted.fd.map(OwnedFd::from));
                 }

@@ -14,7 +14,7 @@ build:
 
 # Serve the demo policy (files shipped in demo/) on ./fdopen.sock; no root needed.
 run: build
-	mkdir -p demo/scratch && touch demo/scratch/notes.log
+	mkdir -p demo/scratch demo/uploads && touch demo/scratch/notes.log
 	./target/release/fdopen-server serve --socket $(SOCKET) --policy $(POLICY)
 
 # Every test: unit tests of the policy engine, integration tests that start

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use crate::peer::PeerIdentity;
 use crate::policy::{Age, ByteSize, Effect, Owner, Policy, Rule};
-use crate::protocol::{Create, ErrorCode, FileRequest, Grant, Mode, RequestPath, json_path};
+use crate::protocol::{Create, ErrorCode, FileRequest, Grant, Mode, json_path};
 use crate::safe_open::{self, CreatedFile, FileFacts, FileKind, Located, OpenError};
 
 /// Why a rule does not apply to a request.
@@ -663,12 +663,10 @@ pub struct Explanation<'a> {
 /// [`decide`] itself; the per-rule verdicts use the same predicates.
 pub fn explain<'a>(
     policy: &'a Policy,
-    path: &RequestPath,
+    request: &FileRequest,
     client: &PeerIdentity,
-    mode: Mode,
 ) -> Explanation<'a> {
-    let request = FileRequest::plain(path.clone(), mode);
-    let path = path.path.as_path();
+    let path = request.path.path.as_path();
     let located = safe_open::locate(path).ok();
     let real = located
         .as_ref()
@@ -682,7 +680,7 @@ pub fn explain<'a>(
         .map(|rule| {
             let mismatch = if !rule.matches_path(path) {
                 Some(Mismatch::Path)
-            } else if let Err(m) = rule.check_request(client, &Wants::of(&request)) {
+            } else if let Err(m) = rule.check_request(client, &Wants::of(request)) {
                 Some(m)
             } else if real.as_deref().is_some_and(|r| !rule.matches_path(r)) {
                 Some(Mismatch::RealPath)
@@ -696,7 +694,7 @@ pub fn explain<'a>(
         .collect();
     let outcome = decide(
         policy,
-        &request,
+        request,
         client,
         Intent::Check,
         &mut Scratch::default(),

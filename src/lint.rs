@@ -53,6 +53,29 @@ pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {
                 "min_age {min} is longer than max_age {max}: it can never match"
             ));
         }
+        if rule.effect == Effect::Allow
+            && rule.create == Some(true)
+            && rule.modes().all(|m| m == Mode::Read)
+        {
+            warn(
+                "\"create\" can never be used: a creating request needs mode write, readwrite or append"
+                    .into(),
+            );
+        }
+        if rule.effect == Effect::Allow
+            && rule.truncate == Some(true)
+            && !rule
+                .modes()
+                .any(|m| matches!(m, Mode::Write | Mode::ReadWrite))
+        {
+            warn("\"truncate\" can never be used: truncating needs mode write or readwrite".into());
+        }
+        if rule.create_perm & !0o666 != 0 {
+            warn(format!(
+                "\"create_perm\" {:04o} lets clients create executable files; 0666 is the widest most policies need",
+                rule.create_perm
+            ));
+        }
         if rule.users.as_ref().is_some_and(Vec::is_empty) {
             warn("\"users\" is empty: it can never match".into());
         }
@@ -246,6 +269,21 @@ mod tests {
         let flagged: Vec<&String> = w.iter().filter(|m| m.contains("leave out")).collect();
         assert_eq!(flagged.len(), 1, "{w:?}");
         assert!(flagged[0].contains("append which rule \"logs\""), "{w:?}");
+    }
+
+    #[test]
+    fn create_that_cannot_be_used_and_wide_create_perm_are_flagged() {
+        let w = warnings(
+            r#"{"rules":[
+                {"name":"ro","paths":["/etc/*"],"create":true},
+                {"name":"wide","paths":["/etc/*"],"modes":["write"],"create":true,"create_perm":"0755"},
+                {"name":"fine","paths":["/etc/*"],"modes":["write"],"create":true,"create_perm":"0640"},
+                {"name":"trunc","paths":["/etc/*"],"modes":["append"],"truncate":true}]}"#,
+        );
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].contains("\"create\" can never be used"), "{w:?}");
+        assert!(w[1].contains("0755"), "{w:?}");
+        assert!(w[2].contains("\"truncate\" can never be used"), "{w:?}");
     }
 
     #[test]

@@ -302,3 +302,265 @@ fn created_files_belong_to_the_client_or_to_the_server_as_the_rule_says() {
     );
     assert_eq!(fs::metadata(&theirs).unwrap().uid(), 0);
 }
+
+#[test]
+fn the_client_copies_stdin_into_a_file_it_may_create() {
+    let s = upload_server();
+    let path = s.path("uploads/from-stdin.txt");
+    let p = path.to_str().unwrap();
+    let out = run_client(
+        &s.socket,
+        &[
+            "open",
+            p,
+            "--mode",
+            "write",
+            "--create=exclusive",
+            "--perm",
+            "0640",
+        ],
+        b"piped in\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read_to_string(&path).unwrap(), "piped in\n");
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    // Again, exclusively: refused, exit 1, the file untouched.
+    let out = run_client(
+        &s.socket,
+        &["open", p, "--mode", "write", "--create=exclusive"],
+        b"no",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+    assert_eq!(fs::read_to_string(&path).unwrap(), "piped in\n");
+    // --truncate on a log the policy lets us truncate.
+    let log = s.path("logs/a.log");
+    let out = run_client(
+        &s.socket,
+        &[
+            "open",
+            log.to_str().unwrap(),
+            "--mode",
+            "write",
+            "--truncate",
+        ],
+        b"fresh\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read_to_string(&log).unwrap(), "fresh\n");
+    // check --json says created, and creates nothing.
+    let new = s.path("uploads/not-yet");
+    let out = run_client(
+        &s.socket,
+        &[
+            "check",
+            new.to_str().unwrap(),
+            "--mode",
+            "write",
+            "--create",
+            "--json",
+        ],
+        b"",
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["created"], true, "{v}");
+    assert!(!new.exists());
+}
+
+#[test]
+fn explain_shows_create_and_truncate_in_its_reasons() {
+    let s = upload_server();
+    let explain = |path: &Path, extra: &[&str]| {
+        let out = std::process::Command::new(SERVER)
+            .args(["explain", "--policy"])
+            .arg(&s.policy)
+            .arg("--path")
+            .arg(path)
+            .args(["--mode", "write"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = explain(&s.path("uploads/new"), &["--create"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("(create)") && text.contains("would be created"),
+        "{text}"
+    );
+    let (code, text) = explain(&s.path("logs/new"), &["--create=exclusive"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("does not let the request create"), "{text}");
+    let (code, text) = explain(&s.path("uploads/existing.txt"), &["--truncate"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("does not let the request truncate"), "{text}");
+}
+
+/// A flat FUSE filesystem whose files can be created and removed but never
+/// chowned: `setattr` answers EPERM, as some network and FAT mounts do.
+mod no_chown {
+    use std::collections::HashMap;
+    use std::ffi::{OsStr, OsString};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use fuser::{
+        Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+        ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, Request,
+    };
+
+    /// Names of the files that exist, by inode.
+    #[derive(Default)]
+    pub struct Files {
+        pub names: Mutex<HashMap<OsString, u64>>,
+        next: Mutex<u64>,
+    }
+
+    pub struct NoChownFs(pub Arc<Files>);
+
+    fn attr(ino: u64) -> FileAttr {
+        let dir = ino == 1;
+        FileAttr {
+            ino: INodeNo(ino),
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: if dir {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            },
+            perm: if dir { 0o755 } else { 0o600 },
+            nlink: if dir { 2 } else { 1 },
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 512,
+            flags: 0,
+        }
+    }
+
+    impl Filesystem for NoChownFs {
+        fn lookup(&self, _req: &Request, _parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+            match self.0.names.lock().unwrap().get(name) {
+                Some(&ino) => reply.entry(&Duration::ZERO, &attr(ino), Generation(0)),
+                None => reply.error(Errno::ENOENT),
+            }
+        }
+
+        fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+            reply.attr(&Duration::ZERO, &attr(ino.into()));
+        }
+
+        fn create(
+            &self,
+            _req: &Request,
+            _parent: INodeNo,
+            name: &OsStr,
+            _mode: u32,
+            _umask: u32,
+            _flags: i32,
+            reply: ReplyCreate,
+        ) {
+            let mut next = self.0.next.lock().unwrap();
+            *next = (*next).max(1) + 1;
+            self.0.names.lock().unwrap().insert(name.to_owned(), *next);
+            reply.created(
+                &Duration::ZERO,
+                &attr(*next),
+                Generation(0),
+                FileHandle(0),
+                FopenFlags::empty(),
+            );
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        fn setattr(
+            &self,
+            _req: &Request,
+            _ino: INodeNo,
+            _mode: Option<u32>,
+            _uid: Option<u32>,
+            _gid: Option<u32>,
+            _size: Option<u64>,
+            _atime: Option<fuser::TimeOrNow>,
+            _mtime: Option<fuser::TimeOrNow>,
+            _ctime: Option<std::time::SystemTime>,
+            _fh: Option<FileHandle>,
+            _crtime: Option<std::time::SystemTime>,
+            _chgtime: Option<std::time::SystemTime>,
+            _bkuptime: Option<std::time::SystemTime>,
+            _flags: Option<fuser::BsdFileFlags>,
+            reply: ReplyAttr,
+        ) {
+            reply.error(Errno::EPERM);
+        }
+
+        fn unlink(&self, _req: &Request, _parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+            match self.0.names.lock().unwrap().remove(name) {
+                Some(_) => reply.ok(),
+                None => reply.error(Errno::ENOENT),
+            }
+        }
+    }
+}
+
+#[test]
+fn when_fchown_fails_the_new_file_is_removed_and_the_answer_is_io_error() {
+    if !is_root() {
+        eprintln!("skipped: mounting a FUSE filesystem needs root");
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: no /dev/fuse on this machine");
+        return;
+    }
+    let dir = scratch();
+    let files = Arc::new(no_chown::Files::default());
+    let mounted = match common::fuse::Mounted::new(
+        &dir.path().join("nochown"),
+        no_chown::NoChownFs(files.clone()),
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("skipped: cannot mount a FUSE filesystem here: {e}");
+            return;
+        }
+    };
+    let d = glob(dir.path());
+    let policy = json!({"rules": [{"name": "up", "paths": [format!("{d}/nochown/*")],
+        "modes": ["write"], "create": true}]})
+    .to_string();
+    let s = TestServer::start_in(dir, &policy, &[]);
+    let path = mounted.point.join("new.txt");
+    let (v, fd) = s.ask(&open_req(&path, json!({"create": true})));
+    assert_eq!(code(&v), "io_error", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("removed"),
+        "{v}"
+    );
+    assert!(fd.is_none());
+    assert!(
+        files.names.lock().unwrap().is_empty(),
+        "the new file was left behind: {:?}",
+        files.names.lock().unwrap()
+    );
+    drop(s);
+}

@@ -9,12 +9,12 @@ mod common;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use common::fuse::Mounted;
 use common::*;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, ReplyAttr, ReplyEntry,
@@ -45,6 +45,17 @@ impl Gate {
         while *hung {
             hung = self.released.wait(hung).unwrap();
         }
+    }
+}
+
+/// Lets every lookup go when dropped: declared after the mount, it is
+/// dropped before it, so a failing test never leaves the filesystem's
+/// thread waiting.
+struct ReleaseOnDrop(Arc<Gate>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.set_hung(false);
     }
 }
 
@@ -101,72 +112,6 @@ impl Filesystem for HangingFs {
     }
 }
 
-/// The mounted filesystem; aborted through its FUSE connection and
-/// unmounted when dropped, so a failing test never leaves a hung mount.
-struct Mounted {
-    point: PathBuf,
-    gate: Arc<Gate>,
-    session: Option<fuser::BackgroundSession>,
-}
-
-impl Mounted {
-    fn new(point: &Path) -> Result<Mounted, String> {
-        ensure_fusectl()?;
-        fs::create_dir_all(point).map_err(|e| e.to_string())?;
-        let gate = Arc::new(Gate::default());
-        let fs = HangingFs { gate: gate.clone() };
-        let mut config = fuser::Config::default();
-        config.mount_options = vec![fuser::MountOption::FSName("fdopen-hang-test".into())];
-        let session = fuser::spawn_mount(fs, point, &config).map_err(|e| e.to_string())?;
-        Ok(Mounted {
-            point: point.to_owned(),
-            gate,
-            session: Some(session),
-        })
-    }
-
-    /// `/sys/fs/fuse/connections/N/abort`: fails every request, pending
-    /// or future, so nothing stays stuck on this filesystem.
-    fn abort(&self) {
-        if let Ok(meta) = fs::metadata(&self.point) {
-            let minor = nix::sys::stat::minor(meta.dev());
-            let _ = fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
-        }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        self.gate.set_hung(false);
-        self.abort();
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.point)
-            .status();
-        if let Some(session) = self.session.take() {
-            drop(session);
-        }
-    }
-}
-
-/// The FUSE control filesystem, whose `abort` files are the cleanup of
-/// last resort; mounted here if the machine has not.
-fn ensure_fusectl() -> Result<(), String> {
-    let mounts = fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-    if mounts.lines().any(|l| l.contains(" - fusectl ")) {
-        return Ok(());
-    }
-    let status = std::process::Command::new("mount")
-        .args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"])
-        .status()
-        .map_err(|e| e.to_string())?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err("cannot mount fusectl, so a hung mount could not be cleaned up".into())
-    }
-}
-
 fn threads(pid: u32) -> usize {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -190,13 +135,17 @@ fn a_hung_filesystem_times_out_one_request_and_stalls_nobody() {
     }
     let dir = scratch();
     fs::write(dir.path().join("local.txt"), "local").unwrap();
-    let mounted = match Mounted::new(&dir.path().join("fuse")) {
+    let gate = Arc::new(Gate::default());
+    let fs = HangingFs { gate: gate.clone() };
+    let mounted = match Mounted::new(&dir.path().join("fuse"), fs) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("skipped: cannot mount a FUSE filesystem here: {e}");
             return;
         }
     };
+    let _release = ReleaseOnDrop(gate.clone());
+
     let d = glob(dir.path());
     let policy = json!({"rules": [{"name": "all", "paths": [format!("{d}/**")]}]}).to_string();
     // One worker: the hung request and everyone else share its thread.
@@ -222,7 +171,7 @@ fn a_hung_filesystem_times_out_one_request_and_stalls_nobody() {
     let threads_at_rest = threads(pid);
     let fds_at_rest = fd_count(pid);
 
-    mounted.gate.set_hung(true);
+    gate.set_hung(true);
     let mut victim = s.client();
     victim
         .send_raw(format!("{}\n", open_line(&hung_file, None)).as_bytes())
@@ -258,7 +207,7 @@ fn a_hung_filesystem_times_out_one_request_and_stalls_nobody() {
     );
     assert!(fd.is_none());
     assert!(
-        mounted.gate.blocked.load(Ordering::SeqCst) >= 1,
+        gate.blocked.load(Ordering::SeqCst) >= 1,
         "the lookup really hung"
     );
     // Three seconds of a debug build serve thousands; a worker stuck in
@@ -315,7 +264,7 @@ fn a_hung_filesystem_times_out_one_request_and_stalls_nobody() {
     );
 
     // The filesystem comes back: the stuck calls return, and it is served.
-    mounted.gate.set_hung(false);
+    gate.set_hung(false);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (v, fd) = s.ask(&open_line(&hung_file, None));

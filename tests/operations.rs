@@ -336,3 +336,45 @@ fn python_standard_library_client_opens_a_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("denied"));
 }
+
+#[test]
+fn python_client_creates_a_file_with_a_mode() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch();
+    let d = glob(dir.path());
+    let policy = serde_json::json!({"rules": [{"name": "up", "paths": [format!("{d}/*.txt")],
+        "modes": ["write"], "create": true, "create_perm": "0640"}]})
+    .to_string();
+    let s = TestServer::start_in(dir, &policy, &[]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/python/fdopen_client.py"
+    );
+    let new = s.path("new.txt");
+    let mut child = Command::new("python3")
+        .args([script, "--socket", s.socket.to_str().unwrap(), "open"])
+        .arg(&new)
+        .args(["--mode", "write", "--create", "exclusive", "--perm", "0664"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from python\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read_to_string(&new).unwrap(), "from python\n");
+    assert_eq!(
+        fs::metadata(&new).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+}

@@ -2,6 +2,7 @@
 """A complete fdopen client on Python's standard library alone.
 
     python3 fdopen_client.py --socket ./fdopen.sock open /abs/path [--mode read]
+    echo hi | python3 fdopen_client.py --socket ./fdopen.sock open /abs/new --mode write --create [--perm 0640]
     python3 fdopen_client.py --socket ./fdopen.sock check /abs/path
 
 As a library:
@@ -14,6 +15,7 @@ Responses can arrive several to one recvmsg, so received descriptors wait in
 a FIFO and each response with "fd": true takes the oldest (SPEC section 2).
 """
 import argparse
+import base64
 import collections
 import json
 import os
@@ -48,13 +50,29 @@ class FdopenClient:
             os.close(self.fds.popleft())
         self.sock.close()
 
-    def request(self, op, path=None, mode=None):
-        """Sends one request and returns (response, fd or None)."""
+    def request(self, op, path=None, mode=None, create=False, perm=None, truncate=False):
+        """Sends one request and returns (response, fd or None).
+
+        create: False, True or "exclusive"; perm: octal string such as
+        "0640" for a created file; truncate: bool. A path given as bytes
+        that is not UTF-8 travels as path_b64."""
         req = {"op": op}
+        if isinstance(path, bytes):
+            try:
+                path = path.decode()
+            except UnicodeDecodeError:
+                req["path_b64"] = base64.b64encode(path).decode()
+                path = None
         if path is not None:
             req["path"] = path
         if mode is not None:
             req["mode"] = mode
+        if create:
+            req["create"] = create
+        if perm is not None:
+            req["perm"] = perm
+        if truncate:
+            req["truncate"] = True
         self.sock.sendall(json.dumps(req).encode() + b"\n")
         return self.receive()
 
@@ -72,16 +90,16 @@ class FdopenClient:
         fd = self.fds.popleft() if response.get("fd") else None
         return response, fd
 
-    def open(self, path, mode="read"):
+    def open(self, path, mode="read", create=False, perm=None, truncate=False):
         """Returns a Python file object for the granted descriptor."""
-        response, fd = self.request("open", path, mode)
+        response, fd = self.request("open", path, mode, create, perm, truncate)
         if not response["ok"]:
             raise FdopenError(response["error"]["code"], response["error"]["message"])
         py_mode = {"read": "rb", "write": "wb", "readwrite": "r+b", "append": "ab"}[mode]
         return os.fdopen(fd, py_mode)
 
-    def check(self, path, mode="read"):
-        response, _ = self.request("check", path, mode)
+    def check(self, path, mode="read", create=False, perm=None, truncate=False):
+        response, _ = self.request("check", path, mode, create, perm, truncate)
         if not response["ok"]:
             raise FdopenError(response["error"]["code"], response["error"]["message"])
         return response
@@ -93,7 +111,12 @@ def main():
     parser.add_argument("command", choices=["open", "check", "hello"])
     parser.add_argument("path", nargs="?")
     parser.add_argument("--mode", default="read", choices=["read", "write", "readwrite", "append"])
+    parser.add_argument("--create", nargs="?", const=True, default=False, choices=[True, "exclusive"],
+                        help="let the server create the file (=exclusive: only create it)")
+    parser.add_argument("--perm", help="octal permission bits for a created file, e.g. 0640")
+    parser.add_argument("--truncate", action="store_true")
     args = parser.parse_args()
+    options = dict(create=args.create, perm=args.perm, truncate=args.truncate)
     try:
         client = FdopenClient(args.socket)
     except OSError as e:
@@ -104,10 +127,13 @@ def main():
             if args.command == "hello":
                 print(json.dumps(client.request("hello")[0]))
             elif args.command == "check":
-                print(json.dumps(client.check(args.path, args.mode)))
-            else:
-                with client.open(args.path, args.mode) as f:
+                print(json.dumps(client.check(args.path, args.mode, **options)))
+            elif args.mode == "read":
+                with client.open(args.path, args.mode, **options) as f:
                     sys.stdout.buffer.write(f.read())
+            else:
+                with client.open(args.path, args.mode, **options) as f:
+                    f.write(sys.stdin.buffer.read())
         except FdopenError as e:
             print(f"fdopen_client: {e}", file=sys.stderr)
             return 1

@@ -15,7 +15,7 @@ use crate::decision::{Explanation, explain};
 use crate::logging::{self, Level};
 use crate::peer::PeerIdentity;
 use crate::policy::{Policy, PolicyErrors};
-use crate::protocol::{Mode, json_path, normalize_path};
+use crate::protocol::{Create, FileRequest, Mode, json_path, normalize_path};
 use crate::server::{Server, ServerConfig};
 use crate::{lint, socket_path, systemd};
 
@@ -128,6 +128,19 @@ pub struct ExplainArgs {
     pub path: PathBuf,
     #[arg(long, default_value = "read", value_parser = mode_parser())]
     pub mode: Mode,
+    /// The request may create the file (`--create=exclusive`: only create).
+    #[arg(
+        long,
+        value_name = "exclusive",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = ["true", "exclusive"]
+    )]
+    pub create: Option<String>,
+    /// The request truncates the file.
+    #[arg(long)]
+    pub truncate: bool,
     /// Client uid [default: yours].
     #[arg(long, value_name = "N")]
     pub uid: Option<u32>,
@@ -428,11 +441,18 @@ fn explain_command(args: ExplainArgs) -> i32 {
             args.gid[1..].to_vec()
         },
     };
-    let explanation = explain(&policy, &path, &client, args.mode);
+    let mut request = FileRequest::plain(path, args.mode);
+    request.create = match args.create.as_deref() {
+        Some("exclusive") => Create::Exclusive,
+        Some(_) => Create::Yes,
+        None => Create::No,
+    };
+    request.truncate = args.truncate;
+    let explanation = explain(&policy, &request, &client);
     if args.json {
-        println!("{}", explanation_json(&explanation, &client, args.mode));
+        println!("{}", explanation_json(&explanation, &client, &request));
     } else {
-        print!("{}", explanation_text(&explanation, &client, args.mode));
+        print!("{}", explanation_text(&explanation, &client, &request));
     }
     if explanation.outcome.is_ok() {
         exit::OK
@@ -441,12 +461,28 @@ fn explain_command(args: ExplainArgs) -> i32 {
     }
 }
 
-fn explanation_text(e: &Explanation<'_>, client: &PeerIdentity, mode: Mode) -> String {
+fn explanation_text(e: &Explanation<'_>, client: &PeerIdentity, request: &FileRequest) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    let mode = request.mode;
+    let extras = match (request.create, request.truncate) {
+        (Create::No, false) => String::new(),
+        (create, truncate) => {
+            let mut parts = Vec::new();
+            match create {
+                Create::Yes => parts.push("create"),
+                Create::Exclusive => parts.push("create exclusive"),
+                Create::No => {}
+            }
+            if truncate {
+                parts.push("truncate");
+            }
+            format!(" ({})", parts.join(", "))
+        }
+    };
     let _ = writeln!(
         out,
-        "request: {mode} {} as uid {} gid {}",
+        "request: {mode}{extras} {} as uid {} gid {}",
         e.path.display(),
         client.uid,
         client.gid
@@ -468,6 +504,13 @@ fn explanation_text(e: &Explanation<'_>, client: &PeerIdentity, mode: Mode) -> S
         );
     }
     match &e.outcome {
+        Ok(grant) if grant.created => {
+            let _ = writeln!(
+                out,
+                "decision: granted by rule {}; the file would be created",
+                grant.rule
+            );
+        }
         Ok(grant) => {
             let _ = writeln!(
                 out,
@@ -482,7 +525,12 @@ fn explanation_text(e: &Explanation<'_>, client: &PeerIdentity, mode: Mode) -> S
     out
 }
 
-fn explanation_json(e: &Explanation<'_>, client: &PeerIdentity, mode: Mode) -> serde_json::Value {
+fn explanation_json(
+    e: &Explanation<'_>,
+    client: &PeerIdentity,
+    request: &FileRequest,
+) -> serde_json::Value {
+    let mode = request.mode;
     let rules: Vec<_> = e
         .rules
         .iter()
@@ -497,7 +545,7 @@ fn explanation_json(e: &Explanation<'_>, client: &PeerIdentity, mode: Mode) -> s
         .collect();
     let decision = match &e.outcome {
         Ok(g) => {
-            json!({"ok": true, "rule": g.rule, "path": g.path, "size": g.size, "mtime": g.mtime})
+            json!({"ok": true, "rule": g.rule, "path": g.path, "size": g.size, "mtime": g.mtime, "created": g.created})
         }
         Err(r) => json!({"ok": false, "code": r.code, "message": r.message, "rule": r.rule}),
     };
@@ -505,6 +553,8 @@ fn explanation_json(e: &Explanation<'_>, client: &PeerIdentity, mode: Mode) -> s
         "path": json_path(&e.path).0,
         "real_path": e.real_path.as_deref().map(|p| json_path(p).0),
         "mode": mode,
+        "create": request.create,
+        "truncate": request.truncate,
         "uid": client.uid,
         "gid": client.gid,
         "groups": client.groups,

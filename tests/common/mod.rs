@@ -2,6 +2,8 @@
 //! wait for its readiness notification (never a sleep), and talk to it.
 #![allow(dead_code)]
 
+pub mod fuse;
+
 use std::fs;
 use std::io::Write;
 use std::os::fd::OwnedFd;

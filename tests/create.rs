@@ -155,24 +155,77 @@ fn a_final_symlink_is_never_followed_by_a_creating_request() {
 
 #[test]
 fn a_symlinked_parent_is_followed_only_as_far_as_its_real_path_is_granted() {
-    let s = upload_server();
-    symlink(s.path("outside"), s.path("uploads/out-dir")).unwrap();
-    // uploads/sub-link -> uploads: the real parent is granted.
-    fs::create_dir(s.path("uploads/real-sub")).unwrap();
-    symlink(s.path("uploads"), s.path("uploads/self")).unwrap();
-    let (v, _) = s.ask(&open_req(
-        &s.path("uploads/out-dir/x"),
-        json!({"create": true}),
-    ));
+    let dir = scratch();
+    for sub in ["links", "uploads", "outside"] {
+        fs::create_dir(dir.path().join(sub)).unwrap();
+    }
+    symlink(dir.path().join("uploads"), dir.path().join("links/in")).unwrap();
+    symlink(dir.path().join("outside"), dir.path().join("links/out")).unwrap();
+    let d = glob(dir.path());
+    // Anything may be asked for under links/; only uploads/ really may be
+    // created in.
+    let policy = json!({"rules": [
+        {"name": "links", "paths": [format!("{d}/links/**")], "modes": ["write"], "create": true},
+        {"name": "uploads", "paths": [format!("{d}/uploads/*")], "modes": ["write"], "create": true}
+    ]})
+    .to_string();
+    let s = TestServer::start_in(dir, &policy, &[]);
+    let (v, fd) = s.ask(&open_req(&s.path("links/in/x"), json!({"create": true})));
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(fd.is_some());
+    assert_eq!(v["path"], s.path("uploads/x").to_str().unwrap());
+    assert_eq!(v["rule"], "uploads", "the rule of the real path");
+    assert!(s.path("uploads/x").exists());
+    let (v, fd) = s.ask(&open_req(&s.path("links/out/x"), json!({"create": true})));
     assert_eq!(code(&v), "denied", "{v}");
-    assert!(!s.path("outside/x").exists());
-    // The glob uploads/* does not cover uploads/self/x as requested, so a
-    // policy with uploads/** is needed to ask; here it is simply denied.
-    let (v, _) = s.ask(&open_req(
-        &s.path("uploads/self/x"),
-        json!({"create": true}),
-    ));
-    assert_eq!(code(&v), "denied", "{v}");
+    assert!(fd.is_none());
+    assert!(!s.path("outside/x").exists(), "created through the link");
+}
+
+#[test]
+fn the_servers_umask_plays_no_part() {
+    let dir = scratch();
+    fs::create_dir(dir.path().join("uploads")).unwrap();
+    let d = glob(dir.path());
+    let policy_path = dir.path().join("policy.json");
+    fs::write(
+        &policy_path,
+        json!({"rules": [{"name": "u", "paths": [format!("{d}/uploads/*")], "modes": ["write"],
+            "create": true, "create_perm": "0664"}]})
+        .to_string(),
+    )
+    .unwrap();
+    let socket = dir.path().join("s.sock");
+    // The server runs under umask 077, which would strip 0664 to 0600.
+    let args: Vec<String> = [
+        "-c",
+        r#"umask 077 && exec "$0" "$@""#,
+        SERVER,
+        "serve",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--policy",
+        policy_path.to_str().unwrap(),
+        "--socket-mode",
+        "0666",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (mut child, _notify) =
+        spawn_notifying(dir.path(), "sh", &args, &dir.path().join("stderr"), None);
+    let mut c = fdopen::Client::connect(&socket).unwrap();
+    let path = dir.path().join("uploads/wide");
+    let options = fdopen::OpenOptions::new(fdopen::Mode::Write)
+        .create(fdopen::Create::Exclusive)
+        .perm(0o664);
+    let (_, grant) = c.open_with(&path, &options).unwrap();
+    assert!(grant.created);
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o664
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[test]

@@ -168,8 +168,9 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
     }
     loop {
         // Answer, running each filesystem call with the core unlocked.
+        // The round's requests are decided under the policy it began with.
+        let policy = shared.policy.load_full();
         loop {
-            let policy = shared.policy.load_full();
             let Some((key, job, peer)) =
                 core.answer_until_filesystem(shared, &policy, &mut scratch)
             else {

@@ -170,12 +170,9 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
         // Answer, running each filesystem call with the core unlocked.
         // The round's requests are decided under the policy it began with.
         let policy = shared.policy.load_full();
-        loop {
-            let Some((key, job, peer)) =
-                core.answer_until_filesystem(shared, &policy, &mut scratch)
-            else {
-                break;
-            };
+        while let Some((key, job, peer)) =
+            core.answer_until_filesystem(shared, &policy, &mut scratch)
+        {
             drop(core);
             let run = || job.run(&policy, &peer, &mut scratch);
             match lane.call.run(&shared.watchdog, peer.uid, run) {

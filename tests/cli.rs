@@ -417,13 +417,17 @@ fn next_notification(notify: &std::os::unix::net::UnixDatagram) -> (i32, String)
     let mut buf = [0u8; 256];
     let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(
-        notify.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::empty(),
-    )
-    .expect("a notification within the read timeout");
+    let msg = loop {
+        match recvmsg::<()>(
+            notify.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other.expect("a notification within the read timeout"),
+        }
+    };
     let pid = msg
         .cmsgs()
         .unwrap()

@@ -146,7 +146,7 @@ impl TestServer {
     pub fn wait_notify(&self, prefix: &str) -> String {
         let mut buf = [0u8; 256];
         loop {
-            let n = self.notify.recv(&mut buf).expect("server notification");
+            let n = recv_retrying(&self.notify, &mut buf).expect("server notification");
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
             if text.starts_with(prefix) {
                 return text;
@@ -231,7 +231,7 @@ pub fn spawn_notifying(
     }
     let mut child = cmd.spawn().unwrap();
     let mut buf = [0u8; 64];
-    match notify.recv(&mut buf) {
+    match recv_retrying(&notify, &mut buf) {
         Ok(n) if &buf[..n] == b"READY=1" => {}
         other => {
             let _ = child.kill();
@@ -334,4 +334,15 @@ pub fn check_as(
         });
     }
     cmd.output().unwrap()
+}
+
+/// `recv` that goes on through `EINTR`: a signal meant for nobody in
+/// particular must not read as "the server never said READY".
+pub fn recv_retrying(socket: &UnixDatagram, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match socket.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
 }

@@ -243,6 +243,9 @@ pub struct Record<'a> {
     pub rule: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<&'a str>,
+    /// The address a `bind` asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<&'a str>,
     /// The request created the file.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub created: bool,
@@ -265,6 +268,7 @@ impl<'a> Record<'a> {
             ok: false,
             rule: None,
             code: None,
+            address: None,
             created: false,
         }
     }

@@ -164,16 +164,39 @@ impl Client {
     pub fn send_file(&mut self, op: Op, path: &Path, options: &OpenOptions) -> Result<(), Error> {
         let (path, path_b64) = wire_path(path);
         let request = WireRequest {
-            op,
             path,
             path_b64,
             mode: Some(options.mode),
             create: options.create.is_requested().then_some(options.create),
             perm: options.perm.map(|p| format!("{p:04o}")),
             truncate: options.truncate.then_some(true),
-            id: None,
+            ..WireRequest::new(op)
         };
         self.send_request(&request)
+    }
+
+    /// Asks for a socket bound to `address` (`tcp:HOST:PORT`, SPEC §3.3);
+    /// returns it with its bound address as the server reports it.
+    pub fn bind(&mut self, address: &str, reuseport: bool) -> Result<(OwnedFd, String), Error> {
+        let request = WireRequest {
+            address: Some(address.to_owned()),
+            reuseport: reuseport.then_some(true),
+            ..WireRequest::new(Op::Bind)
+        };
+        self.send_request(&request)?;
+        let response = self.receive()?;
+        let line = response.line;
+        if !line.ok {
+            return Err(Error::Refused(line.error.ok_or_else(|| {
+                Error::Protocol("refusal without an error".into())
+            })?));
+        }
+        match (response.fd, line.address) {
+            (Some(fd), Some(bound)) => Ok((fd, bound)),
+            _ => Err(Error::Protocol(
+                "bind granted without a socket or address".into(),
+            )),
+        }
     }
 
     /// Sends one request without waiting for its response (pipelining).
@@ -181,14 +204,10 @@ impl Client {
     pub fn send(&mut self, op: Op, path: Option<&Path>, mode: Option<Mode>) -> Result<(), Error> {
         let (path, path_b64) = path.map_or((None, None), wire_path);
         let request = WireRequest {
-            op,
             path,
             path_b64,
             mode,
-            create: None,
-            perm: None,
-            truncate: None,
-            id: None,
+            ..WireRequest::new(op)
         };
         self.send_request(&request)
     }

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::address::BindAddress;
 use crate::peer::PeerIdentity;
 use crate::policy::{Age, ByteSize, Effect, Owner, Policy, Rule};
 use crate::protocol::{Create, ErrorCode, FileRequest, Grant, Mode, json_path};
@@ -114,6 +115,11 @@ impl Rule {
         if !covers(self.truncate, request.truncate) {
             return Err(Mismatch::Truncate);
         }
+        self.check_client(client)
+    }
+
+    /// Users and groups: who the client is.
+    pub fn check_client(&self, client: &PeerIdentity) -> Result<(), Mismatch> {
         if self
             .users
             .as_ref()
@@ -320,6 +326,44 @@ impl Policy {
             why.code(),
             format!("rule {} {}", rule.name, why.describe()),
         ))
+    }
+}
+
+impl Policy {
+    /// Decides a bind (SPEC §3.3, §5): granted when an allow rule covers
+    /// the address, the client and `reuseport`, and no deny rule does.
+    pub fn decide_bind(
+        &self,
+        address: &BindAddress,
+        reuseport: bool,
+        client: &PeerIdentity,
+    ) -> Result<&Rule, Refusal> {
+        let applies = |rule: &Rule| {
+            let reuse = match (rule.effect, rule.reuseport) {
+                (Effect::Allow, Some(permitted)) => permitted || !reuseport,
+                (Effect::Deny, Some(kind)) => kind == reuseport,
+                (_, None) => true,
+            };
+            reuse
+                && rule.binds.iter().any(|b| b.matches(address))
+                && rule.check_client(client).is_ok()
+        };
+        if let Some(deny) = self
+            .rules
+            .iter()
+            .find(|r| r.effect == Effect::Deny && applies(r))
+        {
+            return Err(Refusal::denied_by(deny));
+        }
+        self.rules
+            .iter()
+            .find(|r| r.effect == Effect::Allow && applies(r))
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::Denied,
+                    format!("no rule allows binding {address} for uid {}", client.uid),
+                )
+            })
     }
 }
 

@@ -14,6 +14,7 @@
 //! ```
 #![cfg(target_os = "linux")]
 
+pub mod address;
 pub mod audit;
 pub mod cli;
 pub mod client;
@@ -30,6 +31,7 @@ pub mod protocol;
 pub mod safe_open;
 pub mod server;
 pub mod socket_path;
+pub mod sockets;
 pub mod systemd;
 
 pub use client::{Client, Error, OpenOptions};

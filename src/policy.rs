@@ -76,8 +76,12 @@ pub enum PolicyErrorKind {
     RelativeGlob(String),
     #[error("bad path glob {glob:?}: {reason}")]
     BadGlob { glob: String, reason: String },
-    #[error("a rule needs at least one path")]
+    #[error("a rule needs at least one path or bind (\"paths\", \"binds\")")]
     NoPaths,
+    #[error("{0:?} applies to {1} only, and the rule has none")]
+    DoesNotApply(&'static str, &'static str),
+    #[error("{0}")]
+    BadAddress(String),
     #[error("\"modes\" must not be empty")]
     NoModes,
     #[error("unknown user {0:?}")]
@@ -254,7 +258,12 @@ struct RuleSpec {
     name: String,
     #[serde(default)]
     effect: Effect,
+    #[serde(default)]
     paths: Vec<String>,
+    #[serde(default)]
+    binds: Vec<String>,
+    /// May a bind set `SO_REUSEPORT` (SPEC §3.3).
+    reuseport: Option<bool>,
     /// Absent: `["read"]` for an allow rule, every mode for a deny rule
     /// (deny rules fail closed, SPEC §5).
     modes: Option<Vec<Mode>>,
@@ -310,6 +319,11 @@ pub struct Rule {
     pub name: String,
     pub effect: Effect,
     pub paths: Vec<String>,
+    /// Sockets the rule lets clients bind (SPEC §3.3).
+    pub binds: Vec<crate::address::BindPattern>,
+    /// An allow rule's permission to set `SO_REUSEPORT`; on a deny rule,
+    /// which binds it covers (`None`: all).
+    pub reuseport: Option<bool>,
     /// The rule's own globs, for `explain`; the server uses the policy-wide set.
     pub(crate) matcher: GlobSet,
     /// One bit per [`Mode`].
@@ -555,8 +569,34 @@ fn strip_position(e: &serde_json::Error) -> String {
 
 fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<PolicyErrorKind>)> {
     let mut problems = Vec::new();
-    if spec.paths.is_empty() {
+    if spec.paths.is_empty() && spec.binds.is_empty() {
         problems.push(PolicyErrorKind::NoPaths);
+    }
+    if spec.paths.is_empty() && !spec.binds.is_empty() {
+        let path_fields = [
+            ("modes", spec.modes.is_some()),
+            ("create", spec.create.is_some()),
+            ("truncate", spec.truncate.is_some()),
+            ("create_perm", spec.create_perm.is_some()),
+            ("owner", spec.owner.is_some()),
+            ("min_size", spec.min_size.is_some()),
+            ("max_size", spec.max_size.is_some()),
+            ("min_age", spec.min_age.is_some()),
+            ("max_age", spec.max_age.is_some()),
+        ];
+        for (field, _) in path_fields.into_iter().filter(|(_, set)| *set) {
+            problems.push(PolicyErrorKind::DoesNotApply(field, "paths"));
+        }
+    }
+    if spec.binds.is_empty() && spec.reuseport.is_some() {
+        problems.push(PolicyErrorKind::DoesNotApply("reuseport", "binds"));
+    }
+    let mut binds = Vec::new();
+    for text in &spec.binds {
+        match crate::address::BindPattern::parse(text) {
+            Ok(pattern) => binds.push(pattern),
+            Err(e) => problems.push(PolicyErrorKind::BadAddress(e.to_string())),
+        }
     }
     if spec.modes.as_ref().is_some_and(Vec::is_empty) {
         problems.push(PolicyErrorKind::NoModes);
@@ -610,6 +650,11 @@ fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<P
         name: spec.name,
         effect: spec.effect,
         paths: spec.paths,
+        binds,
+        reuseport: match spec.effect {
+            Effect::Allow => Some(spec.reuseport.unwrap_or(false)),
+            Effect::Deny => spec.reuseport,
+        },
         matcher: matcher.build().expect("each glob compiled"),
         modes: match (&spec.modes, spec.effect) {
             (Some(modes), _) => modes.iter().fold(0, |bits, m| bits | m.bit()),

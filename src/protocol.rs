@@ -97,6 +97,7 @@ pub enum ErrorCode {
     TooOld,
     TooNew,
     Exists,
+    InUse,
     IoError,
     Busy,
     /// A code this version does not know (a newer server); clients keep going.
@@ -116,6 +117,7 @@ impl ErrorCode {
             ErrorCode::TooOld => "too_old",
             ErrorCode::TooNew => "too_new",
             ErrorCode::Exists => "exists",
+            ErrorCode::InUse => "in_use",
             ErrorCode::IoError => "io_error",
             ErrorCode::Busy => "busy",
             ErrorCode::Unknown => "unknown",
@@ -136,6 +138,7 @@ pub enum Op {
     Open,
     Check,
     Hello,
+    Bind,
 }
 
 impl Op {
@@ -144,6 +147,7 @@ impl Op {
             Op::Open => "open",
             Op::Check => "check",
             Op::Hello => "hello",
+            Op::Bind => "bind",
         }
     }
 }
@@ -193,6 +197,37 @@ pub struct WireRequest<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub truncate: Option<bool>,
+    /// `bind` (SPEC §3.3).
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub address: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backlog: Option<u16>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reuseport: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub v6only: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub listen: Option<bool>,
     /// Kept as raw JSON so it is echoed byte for byte, `null` included.
     #[serde(
         default,
@@ -201,6 +236,27 @@ pub struct WireRequest<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub id: Option<&'a RawValue>,
+}
+
+impl WireRequest<'_> {
+    /// A request for `op` with no other field.
+    pub fn new(op: Op) -> Self {
+        WireRequest {
+            op,
+            path: None,
+            path_b64: None,
+            mode: None,
+            create: None,
+            perm: None,
+            truncate: None,
+            address: None,
+            backlog: None,
+            reuseport: None,
+            v6only: None,
+            listen: None,
+            id: None,
+        }
+    }
 }
 
 /// A field that, when present, must hold a `T`: `null` is refused.
@@ -338,6 +394,7 @@ pub enum Request {
     Hello,
     Open(FileRequest),
     Check(FileRequest),
+    Bind(crate::sockets::BindRequest),
 }
 
 impl Request {
@@ -346,6 +403,7 @@ impl Request {
             Request::Hello => Op::Hello,
             Request::Open(_) => Op::Open,
             Request::Check(_) => Op::Check,
+            Request::Bind(_) => Op::Bind,
         }
     }
 }
@@ -428,6 +486,41 @@ fn salvage_id(text: &str) -> Option<&RawValue> {
 
 fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
     let op = wire.op;
+    let bind_fields = wire.address.is_some()
+        || wire.backlog.is_some()
+        || wire.reuseport.is_some()
+        || wire.v6only.is_some()
+        || wire.listen.is_some();
+    let file_fields = wire.path.is_some()
+        || wire.path_b64.is_some()
+        || wire.mode.is_some()
+        || wire.create.is_some()
+        || wire.perm.is_some()
+        || wire.truncate.is_some();
+    if op == Op::Bind {
+        if file_fields {
+            return Err(RequestError::BadOption(
+                "bind takes address, backlog, reuseport, v6only and listen only".into(),
+            ));
+        }
+        let text = wire
+            .address
+            .ok_or_else(|| RequestError::BadOption("bind needs an \"address\"".into()))?;
+        let address = crate::address::BindAddress::parse(&text)
+            .map_err(|e| RequestError::BadOption(e.to_string()))?;
+        let mut request = crate::sockets::BindRequest::new(address);
+        request.backlog = wire.backlog.map_or(request.backlog, i32::from);
+        request.reuseport = wire.reuseport.unwrap_or(false);
+        request.v6only = wire.v6only.unwrap_or(true);
+        request.listen = wire.listen.unwrap_or(true);
+        return Ok(Request::Bind(request));
+    }
+    if bind_fields {
+        return Err(RequestError::BadOption(format!(
+            "{} takes no address, backlog, reuseport, v6only or listen",
+            op.as_str()
+        )));
+    }
     match op {
         Op::Hello
             if wire.path.is_some()
@@ -439,7 +532,9 @@ fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
         {
             Err(RequestError::HelloWithArguments)
         }
+        Op::Hello if bind_fields => Err(RequestError::HelloWithArguments),
         Op::Hello => Ok(Request::Hello),
+        Op::Bind => unreachable!("handled above"),
         Op::Open | Op::Check => {
             let raw = match (wire.path, wire.path_b64) {
                 (Some(text), None) => text.into_bytes(),
@@ -659,6 +754,28 @@ pub mod encode {
         finish(out, &line);
     }
 
+    #[derive(Serialize)]
+    struct BoundLine<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        ok: bool,
+        fd: bool,
+        address: &'a str,
+        rule: &'a str,
+    }
+
+    /// A granted bind: the socket goes with it.
+    pub fn bound(out: &mut Vec<u8>, id: Option<&RawValue>, address: &str, rule: &str) {
+        let line = BoundLine {
+            id,
+            ok: true,
+            fd: true,
+            address,
+            rule,
+        };
+        finish(out, &line);
+    }
+
     pub fn error(out: &mut Vec<u8>, id: Option<&RawValue>, code: ErrorCode, message: &str) {
         let line = ErrorLine {
             id,
@@ -701,6 +818,9 @@ pub struct ResponseLine {
     pub rule: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub created: bool,
+    /// The bound address of a `bind`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

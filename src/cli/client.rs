@@ -64,6 +64,21 @@ pub enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Get sockets on privileged ports and run CMD with them as fds 3..,
+    /// with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES set (systemd socket
+    /// activation), so a server that supports it needs no change.
+    Bind {
+        /// `tcp:HOST:PORT` or `udp:HOST:PORT`, optionally named `NAME=ADDR`
+        /// (the default name is ADDR with every ':' made '_').
+        #[arg(required = true, value_name = "[NAME=]ADDR")]
+        addresses: Vec<String>,
+        /// Set SO_REUSEPORT (the rule must allow it).
+        #[arg(long)]
+        reuseport: bool,
+        /// Command to run with the sockets, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
     /// Line-echo demo: pass stdin to the echo server, which prints each line.
     Echo,
     /// Print a shell completion script for fdopen-client.
@@ -124,6 +139,22 @@ fn run(client: &mut Client, command: ClientCommand) -> Result<i32, Error> {
             } else {
                 run_with(file, mode, &command)
             }
+        }
+        ClientCommand::Bind {
+            addresses,
+            reuseport,
+            command,
+        } => {
+            let mut sockets = Vec::new();
+            for spec in &addresses {
+                let (name, address) = match spec.split_once('=') {
+                    Some((name, address)) => (name.to_owned(), address),
+                    None => (spec.replace(':', "_"), spec.as_str()),
+                };
+                let (fd, _) = client.bind(address, reuseport)?;
+                sockets.push((name, fd));
+            }
+            Ok(exec_with_sockets(sockets, &command))
         }
         ClientCommand::Echo | ClientCommand::Completions { .. } => {
             unreachable!("handled without a Client")
@@ -196,6 +227,45 @@ fn run_with(file: File, mode: Mode, command: &[OsString]) -> Result<i32, Error> 
         command[0].to_string_lossy()
     );
     Ok(exit::USAGE)
+}
+
+/// Replaces this process with `command`, the sockets at fds 3.. and the
+/// socket-activation variables naming them; returns only on failure.
+fn exec_with_sockets(sockets: Vec<(String, std::os::fd::OwnedFd)>, command: &[OsString]) -> i32 {
+    // First out of the way of 3.., then into place (dup2 clears CLOEXEC).
+    let count_for_move = sockets.len() as i32;
+    let mut high = Vec::new();
+    for (_, fd) in &sockets {
+        match nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3 + count_for_move),
+        ) {
+            Ok(raw) => high.push(raw),
+            Err(e) => return fail(exit::USAGE, &format!("cannot move a socket: {e}")),
+        }
+    }
+    let names: Vec<&str> = sockets.iter().map(|(name, _)| name.as_str()).collect();
+    let names = names.join(":");
+    let count = sockets.len();
+    drop(sockets);
+    for (i, raw) in high.into_iter().enumerate() {
+        // SAFETY: plain descriptor syscalls on descriptors this process owns.
+        let placed = unsafe { libc::dup2(raw, 3 + i as i32) };
+        if placed < 0 {
+            return fail(exit::USAGE, &std::io::Error::last_os_error());
+        }
+        unsafe { libc::close(raw) };
+    }
+    let e = Command::new(&command[0])
+        .args(&command[1..])
+        .env("LISTEN_FDS", count.to_string())
+        .env("LISTEN_PID", std::process::id().to_string())
+        .env("LISTEN_FDNAMES", names)
+        .exec();
+    fail(
+        exit::USAGE,
+        &format!("cannot run {}: {e}", command[0].to_string_lossy()),
+    )
 }
 
 fn absolute(path: PathBuf) -> PathBuf {

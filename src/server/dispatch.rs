@@ -15,6 +15,7 @@ use crate::decision::{self, Decision, Intent, Refusal, Scratch, Wants};
 use crate::peer::PeerIdentity;
 use crate::policy::Policy;
 use crate::protocol::{ErrorCode, FileRequest, Op, Request, RequestError, encode, parse_request};
+use crate::sockets::{self, BindError, BindRequest};
 
 /// A request whose answer needs the filesystem.
 #[derive(Debug)]
@@ -73,6 +74,9 @@ pub(super) fn begin(
             let end = record_bad_request(peer, ts, audit);
             return Begun::Answered(Outgoing::new(bytes, None, Some(end)));
         }
+        Ok(Request::Bind(bind)) => {
+            return Begun::Answered(answer_bind(policy, peer, &bind, parsed.id, ts, audit));
+        }
         Ok(Request::Open(file)) => (Op::Open, file, Intent::Open),
         Ok(Request::Check(file)) => (Op::Check, file, Intent::Check),
     };
@@ -100,7 +104,7 @@ pub(super) fn rebuild_job(request: Request, id: Option<&RawValue>) -> Option<Fil
     let (op, intent, file) = match request {
         Request::Open(file) => (Op::Open, Intent::Open, file),
         Request::Check(file) => (Op::Check, Intent::Check, file),
-        Request::Hello => return None,
+        Request::Hello | Request::Bind(_) => return None,
     };
     Some(FilesystemJob {
         op,
@@ -153,6 +157,51 @@ pub(super) fn finish(
             created: granted.created,
         },
         ..Outgoing::new(bytes, granted.file, Some(end))
+    }
+}
+
+/// Decides and makes a bind (SPEC §3.3), with its audit record.
+fn answer_bind(
+    policy: &Policy,
+    peer: &PeerIdentity,
+    request: &BindRequest,
+    id: Option<&RawValue>,
+    ts: &str,
+    audit: &mut Vec<u8>,
+) -> Outgoing {
+    let mut bytes = Vec::with_capacity(128);
+    let asked = request.address.to_string();
+    let mut record = Record::new(peer, ts);
+    record.op = Some(Op::Bind.as_str());
+    record.address = Some(&asked);
+    let outcome = policy
+        .decide_bind(&request.address, request.reuseport, peer)
+        .and_then(|rule| {
+            sockets::bind(request, peer)
+                .map(|(fd, bound)| (fd, bound, rule))
+                .map_err(|e| match e {
+                    BindError::InUse => Refusal::new(ErrorCode::InUse, e.to_string()),
+                    BindError::Io { .. } => Refusal::new(ErrorCode::IoError, e.to_string()),
+                })
+        });
+    match outcome {
+        Ok((fd, bound, rule)) => {
+            encode::bound(&mut bytes, id, &bound, &rule.name);
+            record.ok = true;
+            record.rule = Some(&rule.name);
+            record.append_to(audit);
+            Outgoing {
+                grants: true,
+                ..Outgoing::new(bytes, Some(std::fs::File::from(fd)), Some(audit.len()))
+            }
+        }
+        Err(refusal) => {
+            encode::error(&mut bytes, id, refusal.code, &refusal.message);
+            record.code = Some(refusal.code.as_str());
+            record.rule = refusal.rule.as_deref();
+            record.append_to(audit);
+            Outgoing::new(bytes, None, Some(audit.len()))
+        }
     }
 }
 

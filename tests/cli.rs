@@ -531,3 +531,59 @@ fn socket_group_is_applied() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!(fs::metadata(&s.socket).unwrap().gid(), 4321);
 }
+
+#[test]
+fn exec_places_files_and_sockets_at_the_numbers_asked() {
+    let dir = scratch();
+    fs::write(dir.path().join("a.txt"), "from a\n").unwrap();
+    fs::write(dir.path().join("b.log"), "").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = glob(dir.path());
+    let policy = json!({"rules": [
+        {"name": "read", "paths": [format!("{d}/*.txt")]},
+        {"name": "log", "paths": [format!("{d}/*.log")], "modes": ["append"]},
+        {"name": "sock", "binds": [format!("tcp:127.0.0.1:{port}")]}
+    ]})
+    .to_string();
+    let s = TestServer::start_in(dir, &policy, &[]);
+    let a = format!("5={}", s.path("a.txt").display());
+    let b = format!("7={}:append", s.path("b.log").display());
+    let sock = format!("6=tcp:127.0.0.1:{port}");
+    let script = r#"cat "$1" && echo appended >&7 && readlink /proc/self/fd/6"#;
+    let out = run_client(
+        &s.socket,
+        &[
+            "exec", "--fd", &a, "--fd", &b, "--bind", &sock, "--", "sh", "-c", script, "sh", "{5}",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("from a\nsocket:["), "{stdout}");
+    assert_eq!(fs::read_to_string(s.path("b.log")).unwrap(), "appended\n");
+    // The same number twice is a usage error; a refused file exits 1.
+    let out = run_client(
+        &s.socket,
+        &[
+            "exec",
+            "--fd",
+            &a,
+            "--bind",
+            "5=tcp:127.0.0.1:1",
+            "--",
+            "true",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = run_client(
+        &s.socket,
+        &["exec", "--fd", "3=/etc/shadow", "--", "true"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}

@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -76,6 +76,19 @@ pub enum ClientCommand {
         #[arg(long)]
         reuseport: bool,
         /// Command to run with the sockets, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Run CMD with granted files and sockets at chosen descriptor
+    /// numbers; "{N}" in its arguments becomes /dev/fd/N.
+    Exec {
+        /// A file at descriptor N: `N=PATH[:MODE]` (mode defaults to read).
+        #[arg(long = "fd", value_name = "N=PATH[:MODE]", value_parser = parse_fd_spec)]
+        files: Vec<(i32, PathBuf, Mode)>,
+        /// A socket at descriptor N: `N=tcp:HOST:PORT`.
+        #[arg(long = "bind", value_name = "N=ADDR", value_parser = parse_bind_spec)]
+        binds: Vec<(i32, String)>,
+        /// Command to run, after `--`.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
@@ -156,6 +169,11 @@ fn run(client: &mut Client, command: ClientCommand) -> Result<i32, Error> {
             }
             Ok(exec_with_sockets(sockets, &command))
         }
+        ClientCommand::Exec {
+            files,
+            binds,
+            command,
+        } => exec_with_fds(client, &files, &binds, &command),
         ClientCommand::Echo | ClientCommand::Completions { .. } => {
             unreachable!("handled without a Client")
         }
@@ -231,41 +249,136 @@ fn run_with(file: File, mode: Mode, command: &[OsString]) -> Result<i32, Error> 
 
 /// Replaces this process with `command`, the sockets at fds 3.. and the
 /// socket-activation variables naming them; returns only on failure.
-fn exec_with_sockets(sockets: Vec<(String, std::os::fd::OwnedFd)>, command: &[OsString]) -> i32 {
-    // First out of the way of 3.., then into place (dup2 clears CLOEXEC).
-    let count_for_move = sockets.len() as i32;
-    let mut high = Vec::new();
-    for (_, fd) in &sockets {
-        match nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3 + count_for_move),
-        ) {
-            Ok(raw) => high.push(raw),
-            Err(e) => return fail(exit::USAGE, &format!("cannot move a socket: {e}")),
-        }
-    }
+fn exec_with_sockets(sockets: Vec<(String, OwnedFd)>, command: &[OsString]) -> i32 {
     let names: Vec<&str> = sockets.iter().map(|(name, _)| name.as_str()).collect();
     let names = names.join(":");
     let count = sockets.len();
-    drop(sockets);
-    for (i, raw) in high.into_iter().enumerate() {
-        // SAFETY: plain descriptor syscalls on descriptors this process owns.
-        let placed = unsafe { libc::dup2(raw, 3 + i as i32) };
-        if placed < 0 {
-            return fail(exit::USAGE, &std::io::Error::last_os_error());
-        }
-        unsafe { libc::close(raw) };
+    let placed: Vec<(i32, OwnedFd)> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, fd))| (3 + i as i32, fd))
+        .collect();
+    if let Err(e) = place_fds(placed) {
+        return fail(exit::USAGE, &format!("cannot place the sockets: {e}"));
     }
-    let e = Command::new(&command[0])
-        .args(&command[1..])
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..])
         .env("LISTEN_FDS", count.to_string())
         .env("LISTEN_PID", std::process::id().to_string())
-        .env("LISTEN_FDNAMES", names)
-        .exec();
+        .env("LISTEN_FDNAMES", names);
+    exec_failed(cmd.exec(), &command[0])
+}
+
+/// Puts each descriptor at its number, inheritable: first out of the way
+/// of every target number, then into place (dup2 clears `FD_CLOEXEC`).
+fn place_fds(fds: Vec<(i32, OwnedFd)>) -> nix::Result<()> {
+    let above = fds.iter().map(|(n, _)| *n).max().unwrap_or(2) + 1;
+    let mut moved = Vec::new();
+    for (number, fd) in &fds {
+        let high = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(above))?;
+        moved.push((*number, high));
+    }
+    drop(fds);
+    for (number, high) in moved {
+        // SAFETY: plain descriptor syscalls on descriptors this process
+        // owns; what sat at `number` before is replaced on purpose.
+        if unsafe { libc::dup2(high, number) } < 0 {
+            return Err(nix::errno::Errno::last());
+        }
+        // SAFETY: as above; `high` is ours and no longer needed.
+        unsafe { libc::close(high) };
+    }
+    Ok(())
+}
+
+fn exec_failed(e: std::io::Error, program: &OsString) -> i32 {
     fail(
         exit::USAGE,
-        &format!("cannot run {}: {e}", command[0].to_string_lossy()),
+        &format!("cannot run {}: {e}", program.to_string_lossy()),
     )
+}
+
+/// `exec --fd N=PATH[:MODE]... --bind N=ADDR... -- CMD ARGS` (SPEC §7):
+/// every granted descriptor at its number, `{N}` in ARGS made `/dev/fd/N`.
+fn exec_with_fds(
+    client: &mut Client,
+    files: &[(i32, PathBuf, Mode)],
+    binds: &[(i32, String)],
+    command: &[OsString],
+) -> Result<i32, Error> {
+    let mut numbers: Vec<i32> = files
+        .iter()
+        .map(|f| f.0)
+        .chain(binds.iter().map(|b| b.0))
+        .collect();
+    numbers.sort_unstable();
+    if numbers.windows(2).any(|w| w[0] == w[1]) {
+        return Ok(fail(
+            exit::USAGE,
+            &"each N must be a different descriptor number",
+        ));
+    }
+    let mut placed: Vec<(i32, OwnedFd)> = Vec::new();
+    for (n, path, mode) in files {
+        let file = client.open(absolute(path.clone()), *mode)?;
+        placed.push((*n, OwnedFd::from(file)));
+    }
+    for (n, address) in binds {
+        let (fd, _) = client.bind(address, false)?;
+        placed.push((*n, fd));
+    }
+    let args: Vec<OsString> = command[1..]
+        .iter()
+        .map(|arg| {
+            let mut text = arg.to_string_lossy().into_owned();
+            if text.contains('{') {
+                for n in &numbers {
+                    text = text.replace(&format!("{{{n}}}"), &format!("/dev/fd/{n}"));
+                }
+                OsString::from(text)
+            } else {
+                arg.clone()
+            }
+        })
+        .collect();
+    if let Err(e) = place_fds(placed) {
+        return Ok(fail(
+            exit::USAGE,
+            &format!("cannot place the descriptors: {e}"),
+        ));
+    }
+    Ok(exec_failed(
+        Command::new(&command[0]).args(args).exec(),
+        &command[0],
+    ))
+}
+
+/// `N=PATH[:MODE]`.
+fn parse_fd_spec(spec: &str) -> Result<(i32, PathBuf, Mode), String> {
+    let (n, rest) = split_number(spec)?;
+    Ok(match rest.rsplit_once(':') {
+        Some((path, mode)) if mode.parse::<Mode>().is_ok() => {
+            (n, PathBuf::from(path), mode.parse::<Mode>()?)
+        }
+        _ => (n, PathBuf::from(rest), Mode::Read),
+    })
+}
+
+/// `N=ADDR`.
+fn parse_bind_spec(spec: &str) -> Result<(i32, String), String> {
+    split_number(spec).map(|(n, rest)| (n, rest.to_owned()))
+}
+
+fn split_number(spec: &str) -> Result<(i32, &str), String> {
+    let (n, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("{spec:?}: expected N=..."))?;
+    let n = n
+        .parse::<i32>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| format!("{spec:?}: N must be a descriptor number"))?;
+    Ok((n, rest))
 }
 
 fn absolute(path: PathBuf) -> PathBuf {

@@ -76,6 +76,22 @@ pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {
                 rule.create_perm
             ));
         }
+        for other in policy
+            .rules
+            .iter()
+            .filter(|o| o.name != rule.name && o.effect == Effect::Allow)
+        {
+            if rule.effect != Effect::Allow || other.origin_order() <= rule.origin_order() {
+                continue;
+            }
+            for mine in &rule.binds {
+                for theirs in &other.binds {
+                    if let Some(message) = bind_overlap(mine, theirs, &other.name) {
+                        warn(message);
+                    }
+                }
+            }
+        }
         if rule.users.as_ref().is_some_and(Vec::is_empty) {
             warn("\"users\" is empty: it can never match".into());
         }
@@ -130,6 +146,44 @@ pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {
         }
     }
     warnings
+}
+
+/// Two allow rules' binds that meet: port ranges that overlap on the same
+/// host, or the wildcard next to one host on a shared port (a socket on
+/// `*` takes the port on every address, so the other rule's bind would be
+/// `in_use` while it is held, and the other way round).
+fn bind_overlap(
+    mine: &crate::address::BindPattern,
+    theirs: &crate::address::BindPattern,
+    other: &str,
+) -> Option<String> {
+    use crate::address::HostPattern;
+    if mine.transport != theirs.transport {
+        return None;
+    }
+    let (low, high) = (
+        mine.ports.0.max(theirs.ports.0),
+        mine.ports.1.min(theirs.ports.1),
+    );
+    if low > high {
+        return None;
+    }
+    let ports = if low == high {
+        low.to_string()
+    } else {
+        format!("{low}-{high}")
+    };
+    let t = mine.transport.as_str();
+    match (mine.host, theirs.host) {
+        (HostPattern::Wildcard, HostPattern::Ip(_))
+        | (HostPattern::Ip(_), HostPattern::Wildcard) => Some(format!(
+            "binds {t} port(s) {ports} that rule {other:?} binds too, one on the wildcard address and the other on one host: while one holds the port, the other's bind is in_use"
+        )),
+        (a, b) if a == b || a == HostPattern::Any || b == HostPattern::Any => Some(format!(
+            "its {t} port range overlaps rule {other:?} on ports {ports}: the same bind is granted twice, by whichever rule matches"
+        )),
+        _ => None,
+    }
 }
 
 /// True unless the two rules' globs are clearly disjoint. Errs towards
@@ -284,6 +338,27 @@ mod tests {
         assert!(w[0].contains("\"create\" can never be used"), "{w:?}");
         assert!(w[1].contains("0755"), "{w:?}");
         assert!(w[2].contains("\"truncate\" can never be used"), "{w:?}");
+    }
+
+    #[test]
+    fn overlapping_binds_and_wildcard_next_to_one_host_are_flagged() {
+        let w = warnings(
+            r#"{"rules":[
+                {"name":"web","binds":["tcp:*:8000-8099"]},
+                {"name":"api","binds":["tcp:*:8050-8150"]},
+                {"name":"local","binds":["tcp:127.0.0.1:80"]},
+                {"name":"all","binds":["tcp:*:80", "udp:*:53"]},
+                {"name":"dns","binds":["udp:127.0.0.1:5353"]}]}"#,
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("8050-8099") && w[0].contains("\"api\""),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains("wildcard") && w[1].contains("\"all\""),
+            "{w:?}"
+        );
     }
 
     #[test]

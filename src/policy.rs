@@ -348,6 +348,11 @@ impl Rule {
         Mode::ALL.into_iter().filter(|m| self.modes & m.bit() != 0)
     }
 
+    /// Where the rule stands in its file, to report a pair of rules once.
+    pub fn origin_order(&self) -> (&Path, Option<usize>, Option<usize>) {
+        (&self.origin.file, self.origin.line, self.origin.column)
+    }
+
     /// True when the rule has size or age conditions, which need the file.
     pub fn has_file_conditions(&self) -> bool {
         !self.size.is_unbounded() || !self.age.is_unbounded()

@@ -218,3 +218,40 @@ fn ports_outside_the_rule_are_denied_and_taken_ports_are_in_use() {
     );
     assert_eq!(code(&v), "denied", "{v}");
 }
+
+#[test]
+fn explain_covers_bind_rules() {
+    let dir = scratch();
+    let policy = dir.path().join("p.json");
+    std::fs::write(
+        &policy,
+        json!({"rules": [
+            {"name": "web", "binds": ["tcp:*:443", "tcp:*:80"], "users": [0]},
+            {"name": "dev", "binds": ["tcp:127.0.0.1:8000-8099"], "reuseport": true},
+            {"name": "no-dev-81", "effect": "deny", "binds": ["tcp:any:8081"]}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let explain = |args: &[&str]| {
+        let out = Command::new(SERVER)
+            .args(["explain", "--policy"])
+            .arg(&policy)
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stdout))
+    };
+    let (code, out) = explain(&["--bind", "tcp:*:443", "--uid", "0"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("granted by rule web"), "{out}");
+    let (code, out) = explain(&["--bind", "tcp:*:443", "--uid", "1000"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("uid 1000 is not among its users"), "{out}");
+    let (code, out) = explain(&["--bind", "tcp:127.0.0.1:8081", "--reuseport"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("denied by rule no-dev-81"), "{out}");
+    let (code, out) = explain(&["--bind", "tcp:127.0.0.1:8050", "--reuseport"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("none of its binds covers"), "{out}");
+}

@@ -124,8 +124,19 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "PATH")]
     pub policy: PathBuf,
     /// Absolute path the client would ask for.
-    #[arg(long, value_name = "P")]
-    pub path: PathBuf,
+    #[arg(
+        long,
+        value_name = "P",
+        required_unless_present = "bind",
+        conflicts_with = "bind"
+    )]
+    pub path: Option<PathBuf>,
+    /// A bind the client would ask for, e.g. tcp:*:443.
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<String>,
+    /// With --bind: the request sets SO_REUSEPORT.
+    #[arg(long, requires = "bind")]
+    pub reuseport: bool,
     #[arg(long, default_value = "read", value_parser = mode_parser())]
     pub mode: Mode,
     /// The request may create the file (`--create=exclusive`: only create).
@@ -423,13 +434,6 @@ fn explain_command(args: ExplainArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    let path = match normalize_path(args.path.as_os_str().as_bytes()) {
-        Ok(p) => p,
-        Err(e) => {
-            logging::error(format_args!("bad path: {e}"));
-            return exit::USAGE;
-        }
-    };
     let me = PeerIdentity::current();
     let client = PeerIdentity {
         pid: 0,
@@ -440,6 +444,17 @@ fn explain_command(args: ExplainArgs) -> i32 {
         } else {
             args.gid[1..].to_vec()
         },
+    };
+    if let Some(address) = &args.bind {
+        return explain_bind(&policy, address, args.reuseport, &client);
+    }
+    let raw = args.path.as_deref().unwrap_or(Path::new(""));
+    let path = match normalize_path(raw.as_os_str().as_bytes()) {
+        Ok(p) => p,
+        Err(e) => {
+            logging::error(format_args!("bad path: {e}"));
+            return exit::USAGE;
+        }
     };
     let mut request = FileRequest::plain(path, args.mode);
     request.create = match args.create.as_deref() {
@@ -458,6 +473,52 @@ fn explain_command(args: ExplainArgs) -> i32 {
         exit::OK
     } else {
         exit::REFUSED
+    }
+}
+
+/// `explain --bind`: each rule's verdict on the address, then the decision.
+fn explain_bind(policy: &Policy, address: &str, reuseport: bool, client: &PeerIdentity) -> i32 {
+    let address = match crate::address::BindAddress::parse(address) {
+        Ok(a) => a,
+        Err(e) => {
+            logging::error(format_args!("{e}"));
+            return exit::USAGE;
+        }
+    };
+    let reuse = if reuseport { " with SO_REUSEPORT" } else { "" };
+    println!(
+        "request: bind {address}{reuse} as uid {} gid {}",
+        client.uid, client.gid
+    );
+    let width = policy.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    for rule in &policy.rules {
+        let verdict = if !rule.binds.iter().any(|b| b.matches(&address)) {
+            "no: none of its binds covers the address".to_owned()
+        } else if let Err(m) = rule.check_client(client) {
+            format!("no: {m}")
+        } else if reuseport
+            && rule.effect == crate::policy::Effect::Allow
+            && rule.reuseport != Some(true)
+        {
+            "no: does not allow SO_REUSEPORT (reuseport)".to_owned()
+        } else {
+            "matches".to_owned()
+        };
+        println!(
+            "  {:<5} {:<width$}  {verdict}",
+            rule.effect.as_str(),
+            rule.name
+        );
+    }
+    match policy.decide_bind(&address, reuseport, client) {
+        Ok(rule) => {
+            println!("decision: granted by rule {}", rule.name);
+            exit::OK
+        }
+        Err(r) => {
+            println!("decision: {}: {}", r.code, r.message);
+            exit::REFUSED
+        }
     }
 }
 

@@ -378,3 +378,37 @@ fn python_client_creates_a_file_with_a_mode() {
         0o640
     );
 }
+
+#[test]
+fn python_client_binds_and_serves_a_socket() {
+    use std::io::{BufRead, Read};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let policy = serde_json::json!({"rules": [{"name": "sock", "binds": [format!("tcp:127.0.0.1:{port}")]}]})
+        .to_string();
+    let s = TestServer::start(&policy, &[]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/python/fdopen_client.py"
+    );
+    let mut child = Command::new("python3")
+        .args([script, "--socket", s.socket.to_str().unwrap(), "bind"])
+        .arg(format!("tcp:127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first line comes once it holds the socket.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut bound = String::new();
+    stdout.read_line(&mut bound).unwrap();
+    assert_eq!(bound.trim(), format!("tcp:127.0.0.1:{port}"));
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "hello from python\n");
+    assert!(child.wait().unwrap().success());
+}

@@ -4,6 +4,7 @@
     python3 fdopen_client.py --socket ./fdopen.sock open /abs/path [--mode read]
     echo hi | python3 fdopen_client.py --socket ./fdopen.sock open /abs/new --mode write --create [--perm 0640]
     python3 fdopen_client.py --socket ./fdopen.sock check /abs/path
+    python3 fdopen_client.py --socket ./fdopen.sock bind tcp:127.0.0.1:80   # serves one hello
 
 As a library:
 
@@ -98,6 +99,18 @@ class FdopenClient:
         py_mode = {"read": "rb", "write": "wb", "readwrite": "r+b", "append": "ab"}[mode]
         return os.fdopen(fd, py_mode)
 
+    def bind(self, address, reuseport=False):
+        """A socket bound (and, for TCP, listening) on address, such as
+        "tcp:*:443"; returns (socket.socket, bound address)."""
+        req = {"op": "bind", "address": address}
+        if reuseport:
+            req["reuseport"] = True
+        self.sock.sendall(json.dumps(req).encode() + b"\n")
+        response, fd = self.receive()
+        if not response["ok"]:
+            raise FdopenError(response["error"]["code"], response["error"]["message"])
+        return socket.socket(fileno=fd), response["address"]
+
     def check(self, path, mode="read", create=False, perm=None, truncate=False):
         response, _ = self.request("check", path, mode, create, perm, truncate)
         if not response["ok"]:
@@ -108,7 +121,7 @@ class FdopenClient:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", default=os.environ.get("FDOPEN_SOCKET"), required="FDOPEN_SOCKET" not in os.environ)
-    parser.add_argument("command", choices=["open", "check", "hello"])
+    parser.add_argument("command", choices=["open", "check", "hello", "bind"])
     parser.add_argument("path", nargs="?")
     parser.add_argument("--mode", default="read", choices=["read", "write", "readwrite", "append"])
     parser.add_argument("--create", nargs="?", const=True, default=False, choices=[True, "exclusive"],
@@ -126,6 +139,13 @@ def main():
         try:
             if args.command == "hello":
                 print(json.dumps(client.request("hello")[0]))
+            elif args.command == "bind":
+                # Serve one connection on the socket: say hello, close.
+                listener, bound = client.bind(args.path)
+                print(bound, flush=True)
+                conn, _ = listener.accept()
+                conn.sendall(b"hello from python\n")
+                conn.close()
             elif args.command == "check":
                 print(json.dumps(client.check(args.path, args.mode, **options)))
             elif args.mode == "read":

@@ -255,3 +255,65 @@ fn explain_covers_bind_rules() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("none of its binds covers"), "{out}");
 }
+
+#[test]
+fn the_wildcard_binds_every_family_and_ipv6_hosts_are_bracketed() {
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (any_port, v6_port) = (free(), free());
+    let has_ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let policy = json!({"rules": [{"name": "socks", "binds": [
+        format!("tcp:*:{any_port}"), format!("tcp:[::1]:{v6_port}"), format!("udp:any:{v6_port}")
+    ]}]})
+    .to_string();
+    let s = TestServer::start(&policy, &[]);
+    let mut c = s.client();
+    let (fd, bound) = c.bind(&format!("tcp:*:{any_port}"), false).unwrap();
+    let listener = TcpListener::from(fd);
+    if has_ipv6 {
+        assert_eq!(bound, format!("tcp:[::]:{any_port}"));
+        // IPV6_V6ONLY is off for `*`: IPv4 clients reach it too.
+        TcpStream::connect(("::1", any_port)).unwrap();
+    } else {
+        assert_eq!(bound, format!("tcp:0.0.0.0:{any_port}"));
+    }
+    TcpStream::connect(("127.0.0.1", any_port)).unwrap();
+    assert!(listener.accept().is_ok());
+    if has_ipv6 {
+        let (_, bound) = c.bind(&format!("tcp:[::1]:{v6_port}"), false).unwrap();
+        assert_eq!(bound, format!("tcp:[::1]:{v6_port}"));
+        // An IPv4-mapped address is IPv4, and says so.
+        let (v, _) = ask(
+            &mut c,
+            &json!({"op": "bind", "address": format!("udp:[::ffff:127.0.0.1]:{v6_port}")})
+                .to_string(),
+        );
+        assert_eq!(v["address"], format!("udp:127.0.0.1:{v6_port}"), "{v}");
+    } else {
+        eprintln!("skipped the [::1] half: no IPv6 on this machine");
+    }
+    // A bound but unlistened TCP socket, and a backlog.
+    let (v, fd) = ask(
+        &mut c,
+        &json!({"op": "bind", "address": format!("tcp:*:{any_port}"), "listen": false}).to_string(),
+    );
+    // The first socket still holds the port.
+    assert_eq!(code(&v), "in_use", "{v}");
+    assert!(fd.is_none());
+    drop(listener);
+    let (v, fd) = ask(
+        &mut c,
+        &json!({"op": "bind", "address": format!("tcp:*:{any_port}"), "listen": false, "backlog": 5}).to_string(),
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", any_port)).is_err(),
+        "not listening"
+    );
+    drop(fd);
+}

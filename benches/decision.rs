@@ -48,6 +48,7 @@ fn main() {
         uid: 1000,
         gid: 1000,
         groups: vec![],
+        cgroup: Some("/system.slice/app.service".into()),
     };
     let now = SystemTime::now();
     let facts = FileFacts {

@@ -202,6 +202,22 @@ impl BindPattern {
     }
 }
 
+impl fmt::Display for BindPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.transport.as_str())?;
+        match self.host {
+            HostPattern::Any => f.write_str("any")?,
+            HostPattern::Wildcard => f.write_str("*")?,
+            HostPattern::Ip(IpAddr::V4(ip)) => write!(f, "{ip}")?,
+            HostPattern::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]")?,
+        }
+        match self.ports {
+            (low, high) if low == high => write!(f, ":{low}"),
+            (low, high) => write!(f, ":{low}-{high}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -224,6 +224,11 @@ pub struct Record<'a> {
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
+    /// The client's systemd unit and cgroup, when known (SPEC §6).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub op: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -253,12 +258,14 @@ pub struct Record<'a> {
 
 impl<'a> Record<'a> {
     /// A record for `client` stamped `ts`; the caller fills in the rest.
-    pub fn new(client: &PeerIdentity, ts: &'a str) -> Record<'a> {
+    pub fn new(client: &'a PeerIdentity, ts: &'a str) -> Record<'a> {
         Record {
             ts,
             pid: client.pid,
             uid: client.uid,
             gid: client.gid,
+            unit: client.unit(),
+            cgroup: client.cgroup.as_deref(),
             op: None,
             path: None,
             path_b64: None,

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::fdpass;
 use crate::protocol::{
-    Create, Grant, Mode, Op, ResponseLine, ServerError, ServerInfo, WireRequest, json_path,
+    Create, Grant, Mode, Op, ResponseLine, Scope, ServerError, ServerInfo, WireRequest, json_path,
 };
 
 /// Everything that can go wrong for a client.
@@ -173,6 +173,22 @@ impl Client {
             ..WireRequest::new(op)
         };
         self.send_request(&request)
+    }
+
+    /// What the server's allow rules could grant this client (SPEC §3.5).
+    pub fn scope(&mut self) -> Result<Scope, Error> {
+        self.send_request(&WireRequest::new(Op::Scope))?;
+        let line = self.receive()?.line;
+        if !line.ok {
+            return Err(Error::Refused(line.error.ok_or_else(|| {
+                Error::Protocol("refusal without an error".into())
+            })?));
+        }
+        Ok(Scope {
+            paths: line.paths.unwrap_or_default(),
+            binds: line.binds.unwrap_or_default(),
+            names: line.names.unwrap_or_default(),
+        })
     }
 
     /// Asks for a socket bound to `address` (`tcp:HOST:PORT`, SPEC §3.3);

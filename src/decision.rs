@@ -27,6 +27,10 @@ pub enum Mismatch {
     Truncate,
     User(u32),
     Group,
+    Cgroup,
+    Unit,
+    /// The rule names cgroups or units and the client's are unknown.
+    IdentityUnknown,
     /// The path matches, but the file it leads to (through symlinks) does not.
     RealPath,
     File(FileMismatch),
@@ -43,6 +47,11 @@ impl fmt::Display for Mismatch {
             }
             Mismatch::User(uid) => write!(f, "uid {uid} is not among its users"),
             Mismatch::Group => f.write_str("none of the client's groups is among its groups"),
+            Mismatch::Cgroup => f.write_str("the client's cgroup matches none of its cgroups"),
+            Mismatch::Unit => f.write_str("the client's unit matches none of its units"),
+            Mismatch::IdentityUnknown => {
+                f.write_str("it names cgroups or units and the client's are unknown")
+            }
             Mismatch::RealPath => {
                 f.write_str("the real path (after symlinks) matches none of its globs")
             }
@@ -133,6 +142,26 @@ impl Rule {
             .is_some_and(|groups| !groups.iter().any(|&g| client.in_group(g)))
         {
             return Err(Mismatch::Group);
+        }
+        // Allow rules need a known identity; deny rules fail closed and
+        // cover a client whose cgroup is unknown (SPEC §5).
+        let unknown = |mismatch| match self.effect {
+            Effect::Allow => Err(mismatch),
+            Effect::Deny => Ok(()),
+        };
+        if let Some(cgroups) = &self.cgroups {
+            match client.cgroup.as_deref() {
+                Some(cgroup) if cgroups.is_match(cgroup) => {}
+                Some(_) => return Err(Mismatch::Cgroup),
+                None => unknown(Mismatch::IdentityUnknown)?,
+            }
+        }
+        if let Some(units) = &self.units {
+            match (client.cgroup.as_deref(), client.unit()) {
+                (_, Some(unit)) if units.is_match(unit) => {}
+                (Some(_), _) => return Err(Mismatch::Unit),
+                (None, _) => unknown(Mismatch::IdentityUnknown)?,
+            }
         }
         Ok(())
     }
@@ -364,6 +393,28 @@ impl Policy {
                     format!("no rule allows binding {address} for uid {}", client.uid),
                 )
             })
+    }
+}
+
+impl Policy {
+    /// What the allow rules that apply to `client` could grant (SPEC §3.5).
+    pub fn scope(&self, client: &PeerIdentity) -> crate::protocol::Scope {
+        let mut scope = crate::protocol::Scope::default();
+        let applying = self
+            .rules
+            .iter()
+            .filter(|r| r.effect == Effect::Allow && r.check_client(client).is_ok());
+        for rule in applying {
+            for glob in &rule.paths {
+                scope.paths.push(crate::protocol::ScopePath {
+                    glob: glob.clone(),
+                    modes: rule.modes().collect(),
+                    create: rule.create == Some(true),
+                });
+            }
+            scope.binds.extend(rule.binds.iter().map(|b| b.to_string()));
+        }
+        scope
     }
 }
 
@@ -768,6 +819,7 @@ mod tests {
             uid,
             gid,
             groups: groups.to_vec(),
+            cgroup: None,
         }
     }
 

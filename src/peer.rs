@@ -1,6 +1,7 @@
 //! Who is on the other end of a Unix socket, as the kernel says
-//! (`SO_PEERCRED`, `SO_PEERGROUPS`). Read once at accept: nothing the client
-//! writes afterwards can change it.
+//! (`SO_PEERCRED`, `SO_PEERGROUPS`, and the cgroup of the process
+//! `SO_PEERPIDFD` pins). Read once at accept: nothing the client writes or
+//! does afterwards (not even moving to another cgroup) changes it.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
@@ -15,6 +16,11 @@ pub struct PeerIdentity {
     pub gid: u32,
     /// Supplementary groups.
     pub groups: Vec<u32>,
+    /// The cgroup v2 path of the connecting process, when the kernel could
+    /// pin it (`SO_PEERPIDFD`, Linux 6.5+) and it was still alive after the
+    /// read; `None` otherwise, and then `cgroups`/`units` allow rules never
+    /// match (SPEC §1).
+    pub cgroup: Option<String>,
 }
 
 impl PeerIdentity {
@@ -26,7 +32,13 @@ impl PeerIdentity {
             uid: creds.uid(),
             gid: creds.gid(),
             groups: peer_groups(socket.as_fd().as_raw_fd())?,
+            cgroup: pinned_cgroup(socket.as_fd().as_raw_fd(), creds.pid()),
         })
+    }
+
+    /// The client's systemd unit, computed from its cgroup as systemd does.
+    pub fn unit(&self) -> Option<&str> {
+        self.cgroup.as_deref().and_then(unit_of)
     }
 
     /// The identity of this very process, for `explain` and tests.
@@ -38,6 +50,7 @@ impl PeerIdentity {
             groups: nix::unistd::getgroups()
                 .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
                 .unwrap_or_default(),
+            cgroup: None,
         }
     }
 
@@ -73,5 +86,96 @@ fn peer_groups(fd: i32) -> io::Result<Vec<u32>> {
             continue;
         }
         return Err(err);
+    }
+}
+
+/// `SO_PEERPIDFD` (Linux 6.5+; asm-generic value).
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// Whether this kernel pins peers by pidfd: without it, the cgroup of a
+/// client is never known (the server warns once at start).
+pub fn pidfd_supported() -> bool {
+    let Ok((a, _b)) = std::os::unix::net::UnixStream::pair() else {
+        return false;
+    };
+    peer_pidfd(a.as_raw_fd()).is_some()
+}
+
+fn peer_pidfd(fd: i32) -> Option<std::os::fd::OwnedFd> {
+    let mut pidfd: libc::c_int = -1;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the buffer is one c_int and len says so.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut pidfd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: on success the kernel gave us a new descriptor to own.
+    (rc == 0 && pidfd >= 0).then(|| unsafe { std::os::fd::FromRawFd::from_raw_fd(pidfd) })
+}
+
+/// The cgroup v2 path of the process connected to `fd`: the process is
+/// pinned by a pidfd first, its `/proc/PID/cgroup` read, and the pidfd then
+/// asked whether that very process still lives. If it does, the pid read
+/// was its own (a live process's pid is not reused); if not, the pid may
+/// name a newcomer already, and the cgroup stays unknown.
+fn pinned_cgroup(fd: i32, pid: i32) -> Option<String> {
+    let pidfd = peer_pidfd(fd)?;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    // SAFETY: pidfd_send_signal with signal 0 only checks for the process.
+    let alive = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    } == 0;
+    if !alive {
+        return None;
+    }
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
+/// The unit of a cgroup, as systemd computes it: the first component after
+/// the leading `*.slice` ones, if it is a `.service` or `.scope`; never a
+/// deeper one, which a unit with delegation names as it likes (SPEC §1).
+pub fn unit_of(cgroup: &str) -> Option<&str> {
+    let first = cgroup
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .find(|c| !c.ends_with(".slice"))?;
+    (first.ends_with(".service") || first.ends_with(".scope")).then_some(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_are_the_first_component_below_the_slices() {
+        assert_eq!(
+            unit_of("/system.slice/nginx.service"),
+            Some("nginx.service")
+        );
+        assert_eq!(
+            unit_of("/user.slice/user-1000.slice/user@1000.service/app.slice/x.service"),
+            Some("user@1000.service")
+        );
+        assert_eq!(
+            unit_of("/system.slice/docker-1.scope/inner.service"),
+            Some("docker-1.scope")
+        );
+        assert_eq!(unit_of("/system.slice"), None);
+        assert_eq!(unit_of("/init.scope"), Some("init.scope"));
+        assert_eq!(unit_of("/machine/qemu"), None);
+        assert_eq!(unit_of("/"), None);
     }
 }

@@ -274,6 +274,9 @@ struct RuleSpec {
     owner: Option<Owner>,
     users: Option<Vec<IdSpec>>,
     groups: Option<Vec<IdSpec>>,
+    /// Globs over the client's cgroup v2 path, and over its systemd unit.
+    cgroups: Option<Vec<String>>,
+    units: Option<Vec<String>>,
     min_size: Option<ByteSize>,
     max_size: Option<ByteSize>,
     min_age: Option<Age>,
@@ -298,6 +301,34 @@ pub enum Owner {
     Client,
     /// The server, as the kernel makes it.
     Server,
+}
+
+/// Globs over a part of the client's identity, as written and compiled.
+#[derive(Debug, Clone)]
+pub struct IdentityGlobs {
+    pub globs: Vec<String>,
+    set: GlobSet,
+}
+
+impl IdentityGlobs {
+    /// `separator`: `*` stops at `/` (cgroup paths) or not (unit names).
+    fn compile(globs: Vec<String>, separator: bool) -> Result<IdentityGlobs, String> {
+        let mut builder = GlobSetBuilder::new();
+        for glob in &globs {
+            let compiled = GlobBuilder::new(glob)
+                .literal_separator(separator)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| format!("bad glob {glob:?}: {}", e.kind()))?;
+            builder.add(compiled);
+        }
+        let set = builder.build().map_err(|e| e.to_string())?;
+        Ok(IdentityGlobs { globs, set })
+    }
+
+    pub fn is_match(&self, text: &str) -> bool {
+        self.set.is_match(text)
+    }
 }
 
 /// Lower and upper bounds, both optional and inclusive.
@@ -338,6 +369,9 @@ pub struct Rule {
     pub owner: Owner,
     pub users: Option<Vec<u32>>,
     pub groups: Option<Vec<u32>>,
+    /// The client's cgroup and unit, as globs (SPEC §1, §5).
+    pub cgroups: Option<IdentityGlobs>,
+    pub units: Option<IdentityGlobs>,
     pub size: Bounds<ByteSize>,
     pub age: Bounds<Age>,
     pub origin: Location,
@@ -632,6 +666,17 @@ fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<P
             0
         }
     };
+    let mut identity_globs = |globs: Option<Vec<String>>, separator: bool| {
+        globs.and_then(|g| match IdentityGlobs::compile(g, separator) {
+            Ok(compiled) => Some(compiled),
+            Err(why) => {
+                problems.push(PolicyErrorKind::BadAddress(why));
+                None
+            }
+        })
+    };
+    let cgroups = identity_globs(spec.cgroups, true);
+    let units = identity_globs(spec.units, false);
     let users = spec.users.map(|ids| {
         resolve_ids(
             ids,
@@ -678,6 +723,8 @@ fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<P
         owner: spec.owner.unwrap_or_default(),
         users,
         groups,
+        cgroups,
+        units,
         size: Bounds {
             min: spec.min_size,
             max: spec.max_size,

@@ -139,6 +139,7 @@ pub enum Op {
     Check,
     Hello,
     Bind,
+    Scope,
 }
 
 impl Op {
@@ -148,6 +149,7 @@ impl Op {
             Op::Check => "check",
             Op::Hello => "hello",
             Op::Bind => "bind",
+            Op::Scope => "scope",
         }
     }
 }
@@ -395,6 +397,7 @@ pub enum Request {
     Open(FileRequest),
     Check(FileRequest),
     Bind(crate::sockets::BindRequest),
+    Scope,
 }
 
 impl Request {
@@ -404,6 +407,7 @@ impl Request {
             Request::Open(_) => Op::Open,
             Request::Check(_) => Op::Check,
             Request::Bind(_) => Op::Bind,
+            Request::Scope => Op::Scope,
         }
     }
 }
@@ -534,6 +538,10 @@ fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
         }
         Op::Hello if bind_fields => Err(RequestError::HelloWithArguments),
         Op::Hello => Ok(Request::Hello),
+        Op::Scope if file_fields || bind_fields => Err(RequestError::BadOption(
+            "scope takes no fields but id".into(),
+        )),
+        Op::Scope => Ok(Request::Scope),
         Op::Bind => unreachable!("handled above"),
         Op::Open | Op::Check => {
             let raw = match (wire.path, wire.path_b64) {
@@ -764,6 +772,26 @@ pub mod encode {
         rule: &'a str,
     }
 
+    #[derive(Serialize)]
+    struct ScopeLine<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        ok: bool,
+        #[serde(flatten)]
+        scope: &'a Scope,
+    }
+
+    pub fn scope(out: &mut Vec<u8>, id: Option<&RawValue>, scope: &Scope) {
+        finish(
+            out,
+            &ScopeLine {
+                id,
+                ok: true,
+                scope,
+            },
+        );
+    }
+
     /// A granted bind: the socket goes with it.
     pub fn bound(out: &mut Vec<u8>, id: Option<&RawValue>, address: &str, rule: &str) {
         let line = BoundLine {
@@ -797,6 +825,24 @@ pub mod encode {
     }
 }
 
+/// One path entry of a `scope` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopePath {
+    pub glob: String,
+    pub modes: Vec<Mode>,
+    pub create: bool,
+}
+
+/// What `scope` answers (SPEC §3.5): what the allow rules that apply to
+/// this client could grant; no rule names, conditions or deny rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scope {
+    pub paths: Vec<ScopePath>,
+    pub binds: Vec<String>,
+    /// Held-descriptor names: none until that op exists.
+    pub names: Vec<serde_json::Value>,
+}
+
 /// A response line as a client reads it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResponseLine {
@@ -821,6 +867,13 @@ pub struct ResponseLine {
     /// The bound address of a `bind`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// A `scope` answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<ScopePath>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binds: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

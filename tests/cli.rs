@@ -159,6 +159,9 @@ fn explain_shows_each_rule_and_the_decision() {
             target.to_str().unwrap(),
             "--uid",
             "4242",
+            // An unknown uid's groups are not guessed (nor taken from root).
+            "--gid",
+            "4242",
             "--json",
         ],
     );

@@ -22,7 +22,7 @@ static POLICY: LazyLock<Policy> = LazyLock::new(|| {
 });
 
 fn main() {
-    let client = PeerIdentity { pid: 1, uid: 1000, gid: 100, groups: vec![4, 27] };
+    let client = PeerIdentity { pid: 1, uid: 1000, gid: 100, groups: vec![4, 27], cgroup: None };
     let mut candidates = Candidates::default();
     afl::fuzz!(|data: &[u8]| {
         // The server splits its input at newlines: a line never holds one.

@@ -92,6 +92,12 @@ pub enum ClientCommand {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
+    /// What the policy could grant you: paths with modes, binds.
+    Scope {
+        /// Print the server's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Line-echo demo: pass stdin to the echo server, which prints each line.
     Echo,
     /// Print a shell completion script for fdopen-client.
@@ -174,6 +180,28 @@ fn run(client: &mut Client, command: ClientCommand) -> Result<i32, Error> {
             binds,
             command,
         } => exec_with_fds(client, &files, &binds, &command),
+        ClientCommand::Scope { json } => {
+            let scope = client.scope()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&scope).expect("a scope serialises")
+                );
+            } else {
+                for p in &scope.paths {
+                    let modes: Vec<&str> = p.modes.iter().map(|m| m.as_str()).collect();
+                    let create = if p.create { ", may create" } else { "" };
+                    println!("path {}  ({}{create})", p.glob, modes.join(", "));
+                }
+                for b in &scope.binds {
+                    println!("bind {b}");
+                }
+                if scope.paths.is_empty() && scope.binds.is_empty() {
+                    println!("nothing: no allow rule applies to you");
+                }
+            }
+            Ok(exit::OK)
+        }
         ClientCommand::Echo | ClientCommand::Completions { .. } => {
             unreachable!("handled without a Client")
         }

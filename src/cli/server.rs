@@ -152,13 +152,24 @@ pub struct ExplainArgs {
     /// The request truncates the file.
     #[arg(long)]
     pub truncate: bool,
-    /// Client uid [default: yours].
+    /// Client user by name: its uid, primary gid and supplementary groups
+    /// as the system has them.
+    #[arg(long, value_name = "NAME", conflicts_with = "uid")]
+    pub user: Option<String>,
+    /// Client uid; its gid and groups come from the system unless --gid
+    /// gives them [default: yours].
     #[arg(long, value_name = "N")]
     pub uid: Option<u32>,
-    /// Client gid; the first is the primary group, more are supplementary
-    /// [default: yours].
+    /// Client gid; the first is the primary group, more are supplementary.
     #[arg(long, value_name = "N")]
     pub gid: Vec<u32>,
+    /// Client cgroup v2 path, e.g. /system.slice/nginx.service [default:
+    /// unknown, as for a kernel without SO_PEERPIDFD].
+    #[arg(long, value_name = "PATH", conflicts_with = "unit")]
+    pub cgroup: Option<String>,
+    /// Client systemd unit: the cgroup /system.slice/UNIT.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Option<String>,
     /// Print the explanation as JSON.
     #[arg(long)]
     pub json: bool,
@@ -341,6 +352,11 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
     log(format_args!(
         "listening on {place} ({rules} rules, {workers} workers)"
     ));
+    if !crate::peer::pidfd_supported() {
+        logging::warn(format_args!(
+            "this kernel has no SO_PEERPIDFD (Linux 6.5+): clients' cgroups are unknown, so rules with cgroups or units never grant"
+        ));
+    }
     let _ = systemd::notify("READY=1");
     loop {
         match signals.wait() {
@@ -434,16 +450,12 @@ fn explain_command(args: ExplainArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    let me = PeerIdentity::current();
-    let client = PeerIdentity {
-        pid: 0,
-        uid: args.uid.unwrap_or(me.uid),
-        gid: args.gid.first().copied().unwrap_or(me.gid),
-        groups: if args.gid.is_empty() {
-            me.groups
-        } else {
-            args.gid[1..].to_vec()
-        },
+    let client = match explained_client(&args) {
+        Ok(client) => client,
+        Err(message) => {
+            logging::error(format_args!("{message}"));
+            return exit::USAGE;
+        }
     };
     if let Some(address) = &args.bind {
         return explain_bind(&policy, address, args.reuseport, &client);
@@ -474,6 +486,58 @@ fn explain_command(args: ExplainArgs) -> i32 {
     } else {
         exit::REFUSED
     }
+}
+
+/// The client `explain` speaks for: yourself by default; a user by name or
+/// uid with the gid and groups the system gives it (so root's own groups
+/// never lend a grant to another uid), or the groups given with --gid.
+fn explained_client(args: &ExplainArgs) -> Result<PeerIdentity, String> {
+    use nix::unistd::{Uid, User};
+    let user = match (&args.user, args.uid) {
+        (Some(name), _) => Some(
+            User::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| format!("unknown user {name:?}"))?,
+        ),
+        (None, Some(uid)) => User::from_uid(Uid::from_raw(uid)).ok().flatten(),
+        (None, None) => None,
+    };
+    let mut client = match (&user, args.uid) {
+        (Some(user), _) => {
+            let name = std::ffi::CString::new(user.name.clone()).map_err(|e| e.to_string())?;
+            let groups = nix::unistd::getgrouplist(&name, user.gid)
+                .map_err(|e| format!("cannot list the groups of {}: {e}", user.name))?;
+            PeerIdentity {
+                pid: 0,
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+                groups: groups.into_iter().map(|g| g.as_raw()).collect(),
+                cgroup: None,
+            }
+        }
+        (None, Some(uid)) if args.gid.is_empty() => {
+            return Err(format!(
+                "uid {uid} has no user entry: give its groups with --gid"
+            ));
+        }
+        (None, Some(uid)) => PeerIdentity {
+            uid,
+            ..PeerIdentity::current()
+        },
+        (None, None) => PeerIdentity::current(),
+    };
+    if let Some((primary, more)) = args.gid.split_first() {
+        client.gid = *primary;
+        client.groups = more.to_vec();
+    }
+    client.pid = 0;
+    client.cgroup = match (&args.cgroup, &args.unit) {
+        (Some(cgroup), _) => Some(cgroup.clone()),
+        (None, Some(unit)) => Some(format!("/system.slice/{unit}")),
+        (None, None) => None,
+    };
+    Ok(client)
 }
 
 /// `explain --bind`: each rule's verdict on the address, then the decision.

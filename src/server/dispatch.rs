@@ -74,6 +74,10 @@ pub(super) fn begin(
             let end = record_bad_request(peer, ts, audit);
             return Begun::Answered(Outgoing::new(bytes, None, Some(end)));
         }
+        Ok(Request::Scope) => {
+            encode::scope(&mut bytes, parsed.id, &policy.scope(peer));
+            return Begun::Answered(Outgoing::new(bytes, None, None));
+        }
         Ok(Request::Bind(bind)) => {
             return Begun::Answered(answer_bind(policy, peer, &bind, parsed.id, ts, audit));
         }
@@ -104,7 +108,7 @@ pub(super) fn rebuild_job(request: Request, id: Option<&RawValue>) -> Option<Fil
     let (op, intent, file) = match request {
         Request::Open(file) => (Op::Open, Intent::Open, file),
         Request::Check(file) => (Op::Check, Intent::Check, file),
-        Request::Hello | Request::Bind(_) => return None,
+        Request::Hello | Request::Bind(_) | Request::Scope => return None,
     };
     Some(FilesystemJob {
         op,

@@ -92,6 +92,13 @@ pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {
                 }
             }
         }
+        for glob in rule.cgroups.iter().flat_map(|c| c.globs.iter()) {
+            if reaches_below_a_unit(glob) {
+                warn(format!(
+                    "cgroups glob {glob:?} reaches below a unit: with delegation (user@*.service, containers) the unit's own processes create and name those cgroups"
+                ));
+            }
+        }
         if rule.users.as_ref().is_some_and(Vec::is_empty) {
             warn("\"users\" is empty: it can never match".into());
         }
@@ -146,6 +153,22 @@ pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {
         }
     }
     warnings
+}
+
+/// True when a cgroups glob can match below the first unit component:
+/// past the leading `*.slice` ones, a `.service`/`.scope` component (or a
+/// wildcard that may stand for one) followed by anything more.
+fn reaches_below_a_unit(glob: &str) -> bool {
+    let mut components = glob.split('/').filter(|c| !c.is_empty());
+    for component in components.by_ref() {
+        if component == "**" {
+            return true;
+        }
+        if !component.ends_with(".slice") {
+            return components.next().is_some();
+        }
+    }
+    false
 }
 
 /// Two allow rules' binds that meet: port ranges that overlap on the same
@@ -357,6 +380,24 @@ mod tests {
         );
         assert!(
             w[1].contains("wildcard") && w[1].contains("\"all\""),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn cgroups_globs_below_a_unit_are_flagged() {
+        assert!(reaches_below_a_unit(
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/*"
+        ));
+        assert!(reaches_below_a_unit("/system.slice/**"));
+        assert!(reaches_below_a_unit("/**/x.service"));
+        assert!(!reaches_below_a_unit("/system.slice/nginx.service"));
+        assert!(!reaches_below_a_unit("/system.slice/web@*.service"));
+        let w = warnings(
+            r#"{"rules":[{"name":"a","paths":["/etc/*"],"cgroups":["/user.slice/user-1000.slice/user@1000.service/**"]}]}"#,
+        );
+        assert!(
+            w.iter().any(|m| m.contains("reaches below a unit")),
             "{w:?}"
         );
     }

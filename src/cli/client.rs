@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use super::{exit, mode_parser};
+use super::{create_parser, exit, mode_parser};
 use crate::client::OpenOptions;
 use crate::client::{Client, Error};
 use crate::protocol::{Create, Mode, parse_perm};
@@ -436,9 +436,9 @@ pub struct CreateArgs {
         num_args = 0..=1,
         require_equals = true,
         default_missing_value = "true",
-        value_parser = ["true", "exclusive"]
+        value_parser = create_parser()
     )]
-    create: Option<String>,
+    create: Option<Create>,
     /// Permission bits for a created file, in octal (the rule's
     /// `create_perm` masks them).
     #[arg(long, value_name = "MODE", value_parser = parse_perm, requires = "create")]
@@ -450,11 +450,7 @@ pub struct CreateArgs {
 
 impl CreateArgs {
     fn options(&self, mode: Mode) -> OpenOptions {
-        let create = match self.create.as_deref() {
-            Some("exclusive") => Create::Exclusive,
-            Some(_) => Create::Yes,
-            None => Create::No,
-        };
+        let create = self.create.unwrap_or_default();
         OpenOptions {
             mode,
             create,

@@ -7,12 +7,20 @@ pub mod server;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 
-use crate::protocol::Mode;
+use crate::protocol::{Create, Mode};
 
 /// `--mode` with its possible values listed in `--help`.
 fn mode_parser() -> impl TypedValueParser<Value = Mode> {
     PossibleValuesParser::new(Mode::ALL.map(Mode::as_str))
         .map(|s| s.parse::<Mode>().expect("listed value"))
+}
+
+/// `--create[=exclusive]`, typed, for both command lines.
+fn create_parser() -> impl TypedValueParser<Value = Create> {
+    PossibleValuesParser::new(["true", "exclusive"]).map(|s| match s.as_str() {
+        "exclusive" => Create::Exclusive,
+        _ => Create::Yes,
+    })
 }
 
 /// Writes a completion script for `C` to stdout.

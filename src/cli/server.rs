@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::json;
 
-use super::{exit, mode_parser};
+use super::{create_parser, exit, mode_parser};
 use crate::audit::AuditLog;
 use crate::decision::{Explanation, explain};
 use crate::logging::{self, Level};
@@ -146,9 +146,9 @@ pub struct ExplainArgs {
         num_args = 0..=1,
         require_equals = true,
         default_missing_value = "true",
-        value_parser = ["true", "exclusive"]
+        value_parser = create_parser()
     )]
-    pub create: Option<String>,
+    pub create: Option<Create>,
     /// The request truncates the file.
     #[arg(long)]
     pub truncate: bool,
@@ -469,11 +469,7 @@ fn explain_command(args: ExplainArgs) -> i32 {
         }
     };
     let mut request = FileRequest::plain(path, args.mode);
-    request.create = match args.create.as_deref() {
-        Some("exclusive") => Create::Exclusive,
-        Some(_) => Create::Yes,
-        None => Create::No,
-    };
+    request.create = args.create.unwrap_or_default();
     request.truncate = args.truncate;
     let explanation = explain(&policy, &request, &client);
     if args.json {

@@ -577,12 +577,8 @@ mod no_chown {
 
 #[test]
 fn when_fchown_fails_the_new_file_is_removed_and_the_answer_is_io_error() {
-    if !is_root() {
-        eprintln!("skipped: mounting a FUSE filesystem needs root");
-        return;
-    }
-    if !Path::new("/dev/fuse").exists() {
-        eprintln!("skipped: no /dev/fuse on this machine");
+    if let Err(why) = common::fuse::available() {
+        eprintln!("skipped: {why}");
         return;
     }
     let dir = scratch();

@@ -9,7 +9,6 @@ mod common;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -125,12 +124,8 @@ fn threads(pid: u32) -> usize {
 
 #[test]
 fn a_hung_filesystem_times_out_one_request_and_stalls_nobody() {
-    if !is_root() {
-        eprintln!("skipped: mounting a FUSE filesystem needs root");
-        return;
-    }
-    if !Path::new("/dev/fuse").exists() {
-        eprintln!("skipped: no /dev/fuse on this machine");
+    if let Err(why) = common::fuse::available() {
+        eprintln!("skipped: {why}");
         return;
     }
     let dir = scratch();

@@ -5,6 +5,17 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+/// Whether a test can mount a FUSE filesystem here, or why not.
+pub fn available() -> Result<(), &'static str> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("mounting a FUSE filesystem needs root");
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("no /dev/fuse on this machine");
+    }
+    Ok(())
+}
+
 /// A mounted filesystem; aborted through its FUSE connection and unmounted
 /// when dropped, so a failing test never leaves a hung mount behind.
 pub struct Mounted {

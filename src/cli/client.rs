@@ -11,10 +11,10 @@ use std::process::{Command, Stdio};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use super::{create_parser, exit, mode_parser};
+use super::{CreateFlags, exit, mode_parser};
 use crate::client::OpenOptions;
 use crate::client::{Client, Error};
-use crate::protocol::{Create, Mode, parse_perm};
+use crate::protocol::{Mode, parse_perm};
 use crate::socket_path;
 
 /// Ask an fdopen server to open files on your behalf.
@@ -428,34 +428,21 @@ fn fail(code: i32, e: &dyn std::fmt::Display) -> i32 {
 /// `--create[=exclusive] [--perm 0640] [--truncate]` (SPEC §3.2, §7).
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
-    /// Let the server create the file if it does not exist; with
-    /// `=exclusive`, only create it (the answer is `exists` if it does).
-    #[arg(
-        long,
-        value_name = "exclusive",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = create_parser()
-    )]
-    create: Option<Create>,
+    #[command(flatten)]
+    flags: CreateFlags,
     /// Permission bits for a created file, in octal (the rule's
     /// `create_perm` masks them).
     #[arg(long, value_name = "MODE", value_parser = parse_perm, requires = "create")]
     perm: Option<u32>,
-    /// Truncate the file (write or readwrite).
-    #[arg(long)]
-    truncate: bool,
 }
 
 impl CreateArgs {
     fn options(&self, mode: Mode) -> OpenOptions {
-        let create = self.create.unwrap_or_default();
         OpenOptions {
             mode,
-            create,
+            create: self.flags.create.unwrap_or_default(),
             perm: self.perm,
-            truncate: self.truncate,
+            truncate: self.flags.truncate,
         }
     }
 }

@@ -15,7 +15,27 @@ fn mode_parser() -> impl TypedValueParser<Value = Mode> {
         .map(|s| s.parse::<Mode>().expect("listed value"))
 }
 
-/// `--create[=exclusive]`, typed, for both command lines.
+/// `--create[=exclusive]` and `--truncate`: what a file request may do
+/// besides opening (SPEC §3.2), for `open`, `check` and `explain` alike.
+#[derive(Debug, clap::Args)]
+pub struct CreateFlags {
+    /// Let the server create the file if it does not exist; with
+    /// `=exclusive`, only create it (the answer is `exists` if it does).
+    #[arg(
+        long,
+        value_name = "exclusive",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = create_parser()
+    )]
+    pub create: Option<Create>,
+    /// Truncate the file (write or readwrite).
+    #[arg(long)]
+    pub truncate: bool,
+}
+
+/// `--create[=exclusive]`, typed.
 fn create_parser() -> impl TypedValueParser<Value = Create> {
     PossibleValuesParser::new(["true", "exclusive"]).map(|s| match s.as_str() {
         "exclusive" => Create::Exclusive,

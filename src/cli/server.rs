@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::json;
 
-use super::{create_parser, exit, mode_parser};
+use super::{CreateFlags, exit, mode_parser};
 use crate::audit::AuditLog;
 use crate::decision::{Explanation, explain};
 use crate::logging::{self, Level};
@@ -139,19 +139,8 @@ pub struct ExplainArgs {
     pub reuseport: bool,
     #[arg(long, default_value = "read", value_parser = mode_parser())]
     pub mode: Mode,
-    /// The request may create the file (`--create=exclusive`: only create).
-    #[arg(
-        long,
-        value_name = "exclusive",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = create_parser()
-    )]
-    pub create: Option<Create>,
-    /// The request truncates the file.
-    #[arg(long)]
-    pub truncate: bool,
+    #[command(flatten)]
+    pub creating: CreateFlags,
     /// Client user by name: its uid, primary gid and supplementary groups
     /// as the system has them.
     #[arg(long, value_name = "NAME", conflicts_with = "uid")]
@@ -469,8 +458,8 @@ fn explain_command(args: ExplainArgs) -> i32 {
         }
     };
     let mut request = FileRequest::plain(path, args.mode);
-    request.create = args.create.unwrap_or_default();
-    request.truncate = args.truncate;
+    request.create = args.creating.create.unwrap_or_default();
+    request.truncate = args.creating.truncate;
     let explanation = explain(&policy, &request, &client);
     if args.json {
         println!("{}", explanation_json(&explanation, &client, &request));

@@ -24,6 +24,8 @@ use crate::protocol::json_path;
 #[derive(Debug)]
 pub struct AuditLog {
     path: Option<PathBuf>,
+    /// The group a new log file gets (`--socket-group`).
+    group: Option<u32>,
     sink: Mutex<Sink>,
     /// Batches that could not be written whole, since start.
     failures: AtomicU64,
@@ -51,18 +53,25 @@ pub struct AuditWriteError {
 impl AuditLog {
     /// Records go to the server's standard error.
     pub fn stderr() -> AuditLog {
-        AuditLog::with_file(None, None)
+        AuditLog::with_file(None, None, None)
     }
 
-    /// Records are appended to `path`, created `0640` if missing.
-    pub fn open(path: &Path) -> io::Result<AuditLog> {
-        let file = open_append(path)?;
-        Ok(AuditLog::with_file(Some(path.to_owned()), Some(file)))
+    /// Records are appended to `path`; a new file is made `0640` whatever
+    /// the umask, in `group` when given (SPEC §6). An existing file keeps
+    /// the owner and mode the admin gave it.
+    pub fn open(path: &Path, group: Option<u32>) -> io::Result<AuditLog> {
+        let file = open_append(path, group)?;
+        Ok(AuditLog::with_file(
+            Some(path.to_owned()),
+            group,
+            Some(file),
+        ))
     }
 
-    fn with_file(path: Option<PathBuf>, file: Option<File>) -> AuditLog {
+    fn with_file(path: Option<PathBuf>, group: Option<u32>, file: Option<File>) -> AuditLog {
         AuditLog {
             path,
+            group,
             sink: Mutex::new(Sink {
                 file,
                 torn_at: None,
@@ -74,7 +83,7 @@ impl AuditLog {
     /// Reopens the file (after logrotate moved it); a no-op for stderr.
     pub fn reopen(&self) -> io::Result<()> {
         if let Some(path) = &self.path {
-            let file = open_append(path)?;
+            let file = open_append(path, self.group)?;
             let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
             sink.file = Some(file);
             sink.torn_at = None;
@@ -186,13 +195,28 @@ fn cut_back(
     AuditWriteError { kept, source }
 }
 
-fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
+fn open_append(path: &Path, group: Option<u32>) -> io::Result<File> {
+    let options = |create_new: bool| {
+        let mut o = OpenOptions::new();
+        o.append(true)
+            .create_new(create_new)
+            .mode(0o640)
+            .custom_flags(libc::O_CLOEXEC);
+        o
+    };
+    match options(true).open(path) {
+        Ok(file) => {
+            // Made by us just now: the umask may have narrowed 0640, and
+            // the group is the one the admin named.
+            if let Some(gid) = group {
+                nix::unistd::fchown(&file, None, Some(nix::unistd::Gid::from_raw(gid)))?;
+            }
+            nix::sys::stat::fchmod(&file, nix::sys::stat::Mode::from_bits_truncate(0o640))?;
+            Ok(file)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => options(false).open(path),
+        Err(e) => Err(e),
+    }
 }
 
 /// RFC 3339 timestamps with milliseconds, formatted once per millisecond

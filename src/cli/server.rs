@@ -292,16 +292,16 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
             "{exposure} (allowed by --insecure-policy-permissions)"
         ));
     }
-    let audit = match &args.audit_log {
-        Some(path) => AuditLog::open(path)
-            .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?,
-        None => AuditLog::stderr(),
-    };
     let group = args
         .socket_group
         .as_deref()
         .map(resolve_group)
         .transpose()?;
+    let audit = match &args.audit_log {
+        Some(path) => AuditLog::open(path, group.map(|g| g.as_raw()))
+            .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?,
+        None => AuditLog::stderr(),
+    };
     raise_fd_limit();
     let (listener, owned_path) = match activated {
         Some(listener) => (listener, None),

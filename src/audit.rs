@@ -198,7 +198,10 @@ fn cut_back(
 fn open_append(path: &Path, group: Option<u32>) -> io::Result<File> {
     let options = |create_new: bool| {
         let mut o = OpenOptions::new();
+        // The fallback still creates: a name that is a symlink makes
+        // O_EXCL fail even when its target does not exist yet.
         o.append(true)
+            .create(true)
             .create_new(create_new)
             .mode(0o640)
             .custom_flags(libc::O_CLOEXEC);

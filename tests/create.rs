@@ -187,34 +187,13 @@ fn the_servers_umask_plays_no_part() {
     let dir = scratch();
     fs::create_dir(dir.path().join("uploads")).unwrap();
     let d = glob(dir.path());
-    let policy_path = dir.path().join("policy.json");
-    fs::write(
-        &policy_path,
-        json!({"rules": [{"name": "u", "paths": [format!("{d}/uploads/*")], "modes": ["write"],
-            "create": true, "create_perm": "0664"}]})
-        .to_string(),
-    )
-    .unwrap();
-    let socket = dir.path().join("s.sock");
+    let policy = json!({"rules": [{"name": "u", "paths": [format!("{d}/uploads/*")],
+        "modes": ["write"], "create": true, "create_perm": "0664"}]})
+    .to_string();
     // The server runs under umask 077, which would strip 0664 to 0600.
-    let args: Vec<String> = [
-        "-c",
-        r#"umask 077 && exec "$0" "$@""#,
-        SERVER,
-        "serve",
-        "--socket",
-        socket.to_str().unwrap(),
-        "--policy",
-        policy_path.to_str().unwrap(),
-        "--socket-mode",
-        "0666",
-    ]
-    .map(String::from)
-    .to_vec();
-    let (mut child, _notify) =
-        spawn_notifying(dir.path(), "sh", &args, &dir.path().join("stderr"), None);
-    let mut c = fdopen::Client::connect(&socket).unwrap();
-    let path = dir.path().join("uploads/wide");
+    let s = TestServer::start_with_umask(dir, &policy, &[], 0o077);
+    let mut c = s.client();
+    let path = s.path("uploads/wide");
     let options = fdopen::OpenOptions::new(fdopen::Mode::Write)
         .create(fdopen::Create::Exclusive)
         .perm(0o664);
@@ -224,8 +203,6 @@ fn the_servers_umask_plays_no_part() {
         fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o664
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[test]

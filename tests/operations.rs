@@ -416,31 +416,14 @@ fn python_client_binds_and_serves_a_socket() {
 #[test]
 fn a_new_audit_log_is_0640_in_the_socket_group_whatever_the_umask() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let dir = scratch();
-    let policy = dir.path().join("policy.json");
-    fs::write(&policy, r#"{"rules":[]}"#).unwrap();
-    let audit = dir.path().join("new-audit.log");
-    let socket = dir.path().join("s.sock");
-    let mut args: Vec<String> = [
-        "-c",
-        r#"umask 077 && exec "$0" "$@""#,
-        SERVER,
-        "serve",
-        "--socket",
-        socket.to_str().unwrap(),
-        "--policy",
-        policy.to_str().unwrap(),
-        "--audit-log",
-        audit.to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec();
-    if is_root() {
-        args.extend(["--socket-group".into(), "4321".into()]);
-    }
-    let (mut child, _notify) =
-        spawn_notifying(dir.path(), "sh", &args, &dir.path().join("stderr"), None);
-    let meta = fs::metadata(&audit).unwrap();
+    let extra: &[&str] = if is_root() {
+        &["--socket-group", "4321"]
+    } else {
+        &[]
+    };
+    // The server creates its audit log under umask 077.
+    let s = TestServer::start_with_umask(scratch(), r#"{"rules":[]}"#, extra, 0o077);
+    let meta = fs::metadata(&s.audit).unwrap();
     assert_eq!(
         meta.permissions().mode() & 0o777,
         0o640,
@@ -451,6 +434,4 @@ fn a_new_audit_log_is_0640_in_the_socket_group_whatever_the_umask() {
     } else {
         eprintln!("skipped the group half: giving a file to another group needs root");
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }

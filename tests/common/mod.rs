@@ -68,6 +68,23 @@ impl TestServer {
         extra: &[&str],
         limit: Option<(u64, u64)>,
     ) -> TestServer {
+        let launch = Launch {
+            fd_limit: limit,
+            ..Launch::default()
+        };
+        Self::launch(dir, policy, extra, launch)
+    }
+
+    /// Like [`start_in`], with the server's umask set to `mask`.
+    pub fn start_with_umask(dir: TempDir, policy: &str, extra: &[&str], mask: u32) -> TestServer {
+        let launch = Launch {
+            umask: Some(mask),
+            ..Launch::default()
+        };
+        Self::launch(dir, policy, extra, launch)
+    }
+
+    fn launch(dir: TempDir, policy: &str, extra: &[&str], launch: Launch) -> TestServer {
         let policy_path = dir.path().join("policy.json");
         fs::write(&policy_path, policy).unwrap();
         let socket = dir.path().join("fdopen.sock");
@@ -83,7 +100,7 @@ impl TestServer {
             audit.to_str().unwrap().into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let (child, notify) = spawn_notifying(dir.path(), SERVER, &args, &stderr, limit);
+        let (child, notify) = spawn_notifying(dir.path(), SERVER, &args, &stderr, launch);
         TestServer {
             dir,
             socket,
@@ -187,7 +204,19 @@ pub fn spawn_ready_limited(
     stderr: &Path,
     fd_limit: Option<(u64, u64)>,
 ) -> Child {
-    spawn_notifying(dir, program, args, stderr, fd_limit).0
+    let launch = Launch {
+        fd_limit,
+        ..Launch::default()
+    };
+    spawn_notifying(dir, program, args, stderr, launch).0
+}
+
+/// What a server process starts with besides its arguments.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Launch {
+    /// `RLIMIT_NOFILE` as `(soft, hard)`.
+    pub fd_limit: Option<(u64, u64)>,
+    pub umask: Option<u32>,
 }
 
 /// Spawns and waits for `READY=1`; returns the notify socket too, for the
@@ -197,7 +226,7 @@ pub fn spawn_notifying(
     program: &str,
     args: &[String],
     stderr: &Path,
-    fd_limit: Option<(u64, u64)>,
+    launch: Launch,
 ) -> (Child, UnixDatagram) {
     let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
     let _ = fs::remove_file(&notify_path);
@@ -215,16 +244,21 @@ pub fn spawn_notifying(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(stderr).unwrap());
-    if let Some((soft, hard)) = fd_limit {
+    if launch.fd_limit.is_some() || launch.umask.is_some() {
         use std::os::unix::process::CommandExt;
-        // SAFETY: setrlimit is async-signal-safe.
+        // SAFETY: setrlimit and umask are async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
-                nix::sys::resource::setrlimit(
-                    nix::sys::resource::Resource::RLIMIT_NOFILE,
-                    soft,
-                    hard,
-                )?;
+                if let Some((soft, hard)) = launch.fd_limit {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        soft,
+                        hard,
+                    )?;
+                }
+                if let Some(mask) = launch.umask {
+                    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+                }
                 Ok(())
             });
         }

@@ -233,15 +233,7 @@ fn explain_covers_bind_rules() {
         .to_string(),
     )
     .unwrap();
-    let explain = |args: &[&str]| {
-        let out = Command::new(SERVER)
-            .args(["explain", "--policy"])
-            .arg(&policy)
-            .args(args)
-            .output()
-            .unwrap();
-        (out.status.code(), text(&out.stdout))
-    };
+    let explain = |args: &[&str]| explain(&policy, args);
     let (code, out) = explain(&["--bind", "tcp:*:443", "--uid", "0"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("granted by rule web"), "{out}");

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -412,18 +413,15 @@ fn the_client_copies_stdin_into_a_file_it_may_create() {
 fn explain_shows_create_and_truncate_in_its_reasons() {
     let s = upload_server();
     let explain = |path: &Path, extra: &[&str]| {
-        let out = std::process::Command::new(SERVER)
-            .args(["explain", "--policy"])
-            .arg(&s.policy)
-            .arg("--path")
-            .arg(path)
-            .args(["--mode", "write"])
-            .args(extra)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
+        let request = [
+            OsStr::new("--path"),
+            path.as_os_str(),
+            OsStr::new("--mode"),
+            OsStr::new("write"),
+        ];
+        explain(
+            &s.policy,
+            request.into_iter().chain(extra.iter().map(OsStr::new)),
         )
     };
     let (code, text) = explain(&s.path("uploads/new"), &["--create"]);

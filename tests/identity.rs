@@ -4,6 +4,7 @@
 mod common;
 
 use std::ffi::CString;
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -203,19 +204,10 @@ fn explain_speaks_for_another_user_with_that_users_own_groups() {
         .to_string(),
     )
     .unwrap();
+    let file = dir.path().join("f");
     let explain = |args: &[&str]| {
-        let out = Command::new(SERVER)
-            .args(["explain", "--policy"])
-            .arg(&policy)
-            .arg("--path")
-            .arg(dir.path().join("f"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let path = [OsStr::new("--path"), file.as_os_str()];
+        explain(&policy, path.into_iter().chain(args.iter().map(OsStr::new)))
     };
     if is_root() {
         assert_eq!(explain(&[]).0, Some(0));

@@ -380,3 +380,21 @@ pub fn recv_retrying(socket: &UnixDatagram, buf: &mut [u8]) -> std::io::Result<u
         }
     }
 }
+
+/// Runs `fdopen-server explain --policy POLICY ARGS...`; returns its exit
+/// code and standard output.
+pub fn explain<S: AsRef<std::ffi::OsStr>>(
+    policy: &Path,
+    args: impl IntoIterator<Item = S>,
+) -> (Option<i32>, String) {
+    let out = Command::new(SERVER)
+        .args(["explain", "--policy"])
+        .arg(policy)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

@@ -208,8 +208,7 @@ impl Server {
 /// during shutdown is still taken over and can finish.
 fn run_watchdog(shared: &Arc<Shared>) {
     let calls: Vec<_> = shared.lanes.iter().map(|lane| &lane.call).collect();
-    let never = AtomicBool::new(false);
-    shared.watchdog.run(&calls, &never, |lane, delivery| {
+    shared.watchdog.run(&calls, |lane, delivery| {
         logging::warn(format_args!(
             "a filesystem call of uid {} is stuck; worker {lane} goes on in a new thread ({} calls stuck)",
             delivery.uid,

@@ -115,22 +115,29 @@ impl Delivery {
         }
     }
 
-    /// The outcome if it arrived, or `Err(())` if the deadline has passed
-    /// (and from now on any outcome is dropped); `None` to keep waiting.
-    pub fn poll(&self, now: Instant) -> Option<Result<Result<Decision, Refusal>, ()>> {
+    /// Where the outcome stands at `now`. Past the deadline it is
+    /// `TimedOut` once, and any outcome that comes later is dropped.
+    pub fn poll(&self, now: Instant) -> Polled {
         let mut state = lock(&self.outcome);
         match std::mem::replace(&mut *state, DeliveryState::Taken) {
-            DeliveryState::Arrived(outcome) => Some(Ok(outcome)),
+            DeliveryState::Arrived(outcome) => Polled::Arrived(outcome),
             DeliveryState::Waiting if now >= self.deadline => {
                 *state = DeliveryState::Expired;
-                Some(Err(()))
+                Polled::TimedOut
             }
             other => {
                 *state = other;
-                None
+                Polled::Waiting
             }
         }
     }
+}
+
+/// What [`Delivery::poll`] found.
+pub(super) enum Polled {
+    Arrived(Result<Decision, Refusal>),
+    TimedOut,
+    Waiting,
 }
 
 /// Abandoned calls still stuck, per uid and in all.
@@ -210,17 +217,12 @@ impl Watchdog {
         }
     }
 
-    /// Watches `calls` until `stopping`; `take_over(lane, delivery)` is
-    /// called for each call abandoned on lane `lane`.
-    pub fn run(
-        &self,
-        calls: &[&CallWatch],
-        stopping: &AtomicBool,
-        mut take_over: impl FnMut(usize, Arc<Delivery>),
-    ) {
+    /// Watches `calls` for the life of the process; `take_over(lane,
+    /// delivery)` is called for each call abandoned on lane `lane`.
+    pub fn run(&self, calls: &[&CallWatch], mut take_over: impl FnMut(usize, Arc<Delivery>)) {
         let _ = self.thread.set(std::thread::current());
         let period = (self.stall / 2).max(Duration::from_millis(1));
-        while !stopping.load(Ordering::SeqCst) {
+        loop {
             let mut busy = false;
             for (lane, call) in calls.iter().enumerate() {
                 let state = call.state.load(Ordering::SeqCst);

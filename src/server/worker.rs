@@ -24,7 +24,7 @@ use slab::Slab;
 
 use super::connection::{Connection, MAX_QUEUED_RESPONSES, Outgoing, say_busy};
 use super::dispatch::{self, Begun, FilesystemJob};
-use super::watchdog::{CallWatch, Delivery, Watched};
+use super::watchdog::{CallWatch, Delivery, Polled, Watched};
 use super::{Shared, lock};
 use crate::audit::Clock;
 use crate::decision::{Refusal, Scratch};
@@ -358,12 +358,12 @@ impl Core {
                     continue;
                 };
                 let outcome = match delivery.poll(now) {
-                    None => {
+                    Polled::Waiting => {
                         still_waiting = true;
                         continue;
                     }
-                    Some(Ok(outcome)) => outcome,
-                    Some(Err(())) => Err(Refusal::new(
+                    Polled::Arrived(outcome) => outcome,
+                    Polled::TimedOut => Err(Refusal::new(
                         ErrorCode::IoError,
                         "the filesystem did not answer within --fs-timeout",
                     )),

@@ -258,8 +258,9 @@ impl From<OpenError> for Refusal {
         let code = match e {
             OpenError::NotFound => ErrorCode::NotFound,
             // Callers resolve a dangling path first; should one slip by,
-            // refusing says the least.
-            OpenError::Dangling => ErrorCode::Denied,
+            // it is refused as a link out of the grant, in the same words,
+            // so not even the message tells that something is missing.
+            OpenError::Dangling => return leads_elsewhere(Refusal::new(ErrorCode::Denied, "")),
             OpenError::OutOfFds => ErrorCode::Busy,
             OpenError::Io { .. } => ErrorCode::IoError,
         };
@@ -919,6 +920,17 @@ mod tests {
                 Ok("a".into())
             );
         }
+    }
+
+    #[test]
+    fn a_dangling_path_that_slips_through_says_nothing_of_what_is_missing() {
+        let r = Refusal::from(OpenError::Dangling);
+        assert_eq!(r.code, ErrorCode::Denied);
+        assert!(!r.message.contains("no such"), "{}", r.message);
+        assert_eq!(
+            r.message,
+            leads_elsewhere(Refusal::new(ErrorCode::Denied, "")).message
+        );
     }
 
     #[test]

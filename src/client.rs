@@ -194,9 +194,24 @@ impl Client {
     /// Asks for a socket bound to `address` (`tcp:HOST:PORT`, SPEC §3.3);
     /// returns it with its bound address as the server reports it.
     pub fn bind(&mut self, address: &str, reuseport: bool) -> Result<(OwnedFd, String), Error> {
+        let options = BindOptions {
+            reuseport,
+            ..BindOptions::default()
+        };
+        self.bind_with(address, &options)
+    }
+
+    /// [`Client::bind`] with every field of SPEC §3.3.
+    pub fn bind_with(
+        &mut self,
+        address: &str,
+        options: &BindOptions,
+    ) -> Result<(OwnedFd, String), Error> {
         let request = WireRequest {
             address: Some(address.to_owned()),
-            reuseport: reuseport.then_some(true),
+            reuseport: options.reuseport.then_some(true),
+            v6only: options.v6only,
+            listen: (!options.listen).then_some(false),
             ..WireRequest::new(Op::Bind)
         };
         self.send_request(&request)?;
@@ -326,5 +341,26 @@ impl OpenOptions {
     pub fn truncate(mut self, truncate: bool) -> OpenOptions {
         self.truncate = truncate;
         self
+    }
+}
+
+/// How to bind a socket (SPEC §3.3); the default is the server's: listen,
+/// no `SO_REUSEPORT`, `IPV6_V6ONLY` on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindOptions {
+    pub reuseport: bool,
+    /// For an IPv6 host; `None` leaves the server's default (on).
+    pub v6only: Option<bool>,
+    /// TCP: call `listen`; false hands back a bound, unlistened socket.
+    pub listen: bool,
+}
+
+impl Default for BindOptions {
+    fn default() -> BindOptions {
+        BindOptions {
+            reuseport: false,
+            v6only: None,
+            listen: true,
+        }
     }
 }

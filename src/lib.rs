@@ -28,6 +28,7 @@ pub mod path_index;
 pub mod peer;
 pub mod policy;
 pub mod protocol;
+pub mod run;
 pub mod safe_open;
 pub mod server;
 pub mod socket_path;

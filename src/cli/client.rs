@@ -15,6 +15,7 @@ use super::{CreateFlags, exit, mode_parser};
 use crate::client::OpenOptions;
 use crate::client::{Client, Error};
 use crate::protocol::{Mode, parse_perm};
+use crate::run::{RunError, RunOptions};
 use crate::socket_path;
 
 /// Ask an fdopen server to open files on your behalf.
@@ -92,6 +93,23 @@ pub enum ClientCommand {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
+    /// Run CMD so that its opens and privileged binds go through the
+    /// server, unchanged (seccomp user notification; SPEC §8).
+    ///
+    /// Whatever the server does not grant, CMD does with its own rights,
+    /// exactly as without `run`. This is a convenience, not a sandbox.
+    Run {
+        /// Broker only paths matching GLOB (repeatable); the default is
+        /// everything `scope` lists.
+        #[arg(long = "broker", value_name = "GLOB")]
+        brokers: Vec<String>,
+        /// Leave every `bind` to CMD itself.
+        #[arg(long)]
+        no_bind: bool,
+        /// Command to run, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
     /// What the policy could grant you: paths with modes, binds.
     Scope {
         /// Print the server's answer as JSON.
@@ -121,6 +139,22 @@ pub fn main() -> i32 {
     let outcome = match cli.command {
         ClientCommand::Echo => {
             crate::echo::send_input(&socket, io::stdin().as_fd()).map(|_| exit::OK)
+        }
+        ClientCommand::Run {
+            brokers,
+            no_bind,
+            command,
+        } => {
+            let options = RunOptions {
+                brokers,
+                no_bind,
+                command,
+            };
+            return match crate::run::run(&socket, &options) {
+                Ok(code) => code,
+                Err(RunError::Client(e)) => fail(error_exit_code(&e), &e),
+                Err(e) => fail(exit::USAGE, &e),
+            };
         }
         command => Client::connect(&socket).and_then(|mut client| run(&mut client, command)),
     };
@@ -202,7 +236,7 @@ fn run(client: &mut Client, command: ClientCommand) -> Result<i32, Error> {
             }
             Ok(exit::OK)
         }
-        ClientCommand::Echo | ClientCommand::Completions { .. } => {
+        ClientCommand::Echo | ClientCommand::Run { .. } | ClientCommand::Completions { .. } => {
             unreachable!("handled without a Client")
         }
     }

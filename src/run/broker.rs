@@ -1,0 +1,179 @@
+//! One trapped syscall, from notification to answer. Every path ends in
+//! exactly one answer: the server's grant installed in the task, or the
+//! syscall continued with the task's own rights (SPEC §8: `run` only adds).
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::bind_call::{BindArgs, ProgramSocket, copy_options};
+use super::listener::{Install, Listener, Notification, target_gone};
+use super::open_call::{Brokerable, OpenArgs, absolute_path};
+use super::scope::BrokerScope;
+use super::target::{Identity, Target};
+use crate::address::BindAddress;
+use crate::client::{BindOptions, Client};
+
+/// How long a supervisor thread waits for one answer before it gives the
+/// connection up; the server's own `--fs-timeout` answers far sooner.
+const SERVER_PATIENCE: Duration = Duration::from_secs(60);
+
+/// What every supervisor thread shares.
+pub struct Broker {
+    pub listener: Listener,
+    pub scope: BrokerScope,
+    pub own: Identity,
+    pub socket: PathBuf,
+    /// `net.ipv4.ip_unprivileged_port_start`; `None` with `--no-bind`.
+    pub privileged_below: Option<u16>,
+}
+
+/// Something that stops a call from being brokered; it then continues.
+struct Untouched;
+
+impl Broker {
+    /// Answers trapped syscalls until the listener fails (it never does
+    /// while the supervisor lives). Each thread keeps its own connection
+    /// to the server, made on its first brokered call.
+    pub fn serve(&self) {
+        let mut client = None;
+        while let Ok(call) = self.listener.receive() {
+            if self.handle(&call, &mut client).is_err() {
+                self.listener.proceed(call.id);
+            }
+        }
+    }
+
+    fn handle(&self, call: &Notification, client: &mut Option<Client>) -> Result<(), Untouched> {
+        let target = Target { tid: call.tid };
+        if call.nr == libc::SYS_bind {
+            let unprivileged_start = self.privileged_below.ok_or(Untouched)?;
+            let args = BindArgs::decode(call, &target, unprivileged_start).ok_or(Untouched)?;
+            return self.bind(call, &target, args, client);
+        }
+        let args = OpenArgs::decode(call, &target).ok_or(Untouched)?;
+        self.open(call, &target, args, client)
+    }
+
+    fn open(
+        &self,
+        call: &Notification,
+        target: &Target,
+        args: OpenArgs,
+        client: &mut Option<Client>,
+    ) -> Result<(), Untouched> {
+        let wanted = Brokerable::from_flags(args.flags, args.mode).ok_or(Untouched)?;
+        let raw_path = target.read_c_string(args.path_addr).ok_or(Untouched)?;
+        let base = (raw_path.first() != Some(&b'/'))
+            .then(|| target.base_directory(args.dirfd))
+            .flatten();
+        let path = absolute_path(&raw_path, base.as_deref()).ok_or(Untouched)?;
+        if !self
+            .scope
+            .covers_path(&path, wanted.mode, wanted.create.is_requested())
+        {
+            return Err(Untouched);
+        }
+        let status = target.status_if_same_identity(&self.own).ok_or(Untouched)?;
+        // Everything above was read from the task that trapped, not from
+        // a recycled tid, only if its notification is still pending.
+        if !self.listener.still_valid(call.id) {
+            return Err(Untouched);
+        }
+        let options = wanted.options(status.umask);
+        let (file, _) = ask(client, &self.socket, |c| c.open_with(&path, &options))?;
+        if wanted.status_flags != 0 {
+            set_status_flags(&file, wanted.status_flags)?;
+        }
+        let how = Install::AsResult {
+            cloexec: wanted.cloexec,
+        };
+        match self.listener.install(call.id, file.as_raw_fd(), how) {
+            Ok(_) => Ok(()),
+            Err(e) if target_gone(&e) => Ok(()),
+            Err(_) => Err(Untouched),
+        }
+    }
+
+    fn bind(
+        &self,
+        call: &Notification,
+        target: &Target,
+        args: BindArgs,
+        client: &mut Option<Client>,
+    ) -> Result<(), Untouched> {
+        let status = target.status_if_same_identity(&self.own).ok_or(Untouched)?;
+        let theirs = target
+            .duplicate_fd(status.tgid, args.sockfd)
+            .map_err(|_| Untouched)?;
+        let socket = ProgramSocket::inspect(theirs.as_fd(), &args.address).ok_or(Untouched)?;
+        let address = socket.address(&args.address);
+        let parsed = BindAddress::parse(&address).map_err(|_| Untouched)?;
+        if !self.scope.covers_bind(&parsed) {
+            return Err(Untouched);
+        }
+        let cloexec =
+            target.fd_flags(status.tgid, args.sockfd).ok_or(Untouched)? & libc::O_CLOEXEC != 0;
+        if !self.listener.still_valid(call.id) {
+            return Err(Untouched);
+        }
+        let options = BindOptions {
+            reuseport: socket.reuseport,
+            v6only: args.address.is_ipv6().then_some(socket.v6only),
+            listen: false,
+        };
+        let (granted, _) = ask(client, &self.socket, |c| c.bind_with(&address, &options))?;
+        copy_options(theirs.as_fd(), granted.as_fd(), socket.transport).map_err(|_| Untouched)?;
+        let how = Install::At {
+            fd: args.sockfd,
+            cloexec,
+        };
+        match self.listener.install(call.id, granted.as_raw_fd(), how) {
+            Ok(_) => {
+                self.listener.answer(call.id, 0);
+                Ok(())
+            }
+            Err(e) if target_gone(&e) => Ok(()),
+            Err(_) => Err(Untouched),
+        }
+    }
+}
+
+/// One request on this thread's connection, made if needed. A refusal is
+/// `Untouched`; so is a broken connection, which is dropped so that the
+/// next call starts afresh.
+fn ask<T>(
+    client: &mut Option<Client>,
+    socket: &PathBuf,
+    request: impl FnOnce(&mut Client) -> Result<T, crate::client::Error>,
+) -> Result<T, Untouched> {
+    if client.is_none() {
+        let fresh = Client::connect(socket).map_err(|_| Untouched)?;
+        fresh
+            .stream()
+            .set_read_timeout(Some(SERVER_PATIENCE))
+            .map_err(|_| Untouched)?;
+        *client = Some(fresh);
+    }
+    let connection = client.as_mut().expect("connected above");
+    match request(connection) {
+        Ok(value) => Ok(value),
+        Err(crate::client::Error::Refused(_)) => Err(Untouched),
+        Err(_) => {
+            *client = None;
+            Err(Untouched)
+        }
+    }
+}
+
+/// Sets what the call asked with `O_NONBLOCK`, `O_DIRECT`, `O_NOATIME`.
+/// A flag the file refuses (`O_DIRECT` on tmpfs) leaves the call to the
+/// program, whose own open then fails or succeeds as it would anyway.
+fn set_status_flags(file: &impl AsRawFd, flags: i32) -> Result<(), Untouched> {
+    // SAFETY: fcntl on a descriptor we hold.
+    let ok = unsafe {
+        let current = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        current >= 0 && libc::fcntl(file.as_raw_fd(), libc::F_SETFL, current | flags) == 0
+    };
+    if ok { Ok(()) } else { Err(Untouched) }
+}

@@ -1,0 +1,225 @@
+//! The seccomp filter `run` installs in the child before `exec` (SPEC §8):
+//! native `open`, `openat`, `openat2`, `creat` and `bind` go to the
+//! supervisor as user notifications; everything else, and every syscall of
+//! a foreign architecture (x32, i386 on x86_64), runs untouched.
+//!
+//! Everything here that runs in the child after `fork` is a raw syscall on
+//! memory prepared before the fork: no allocation, no locks.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// `AUDIT_ARCH_*` of the architectures `run` knows the syscall numbers of.
+#[cfg(target_arch = "x86_64")]
+const NATIVE_ARCH: u32 = 0xC000_003E;
+#[cfg(target_arch = "aarch64")]
+const NATIVE_ARCH: u32 = 0xC000_00B7;
+
+/// Syscall numbers at and above this are x32's, on an x86_64 kernel.
+#[cfg(target_arch = "x86_64")]
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// The syscalls the supervisor brokers.
+pub fn trapped_syscalls() -> Vec<u32> {
+    let mut nrs = vec![
+        libc::SYS_openat as u32,
+        libc::SYS_openat2 as u32,
+        libc::SYS_bind as u32,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    nrs.extend([libc::SYS_open as u32, libc::SYS_creat as u32]);
+    nrs
+}
+
+/// Offsets into `struct seccomp_data`.
+const NR_OFFSET: u32 = 0;
+const ARCH_OFFSET: u32 = 4;
+
+fn stmt(code: u32, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// The classic-BPF program: check the architecture, then the number.
+pub fn program() -> Vec<libc::sock_filter> {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    let trapped = trapped_syscalls();
+    let mut prog = vec![stmt(BPF_LD | BPF_W | BPF_ABS, ARCH_OFFSET)];
+    // Layout after the arch load: [arch check] [nr load] [x32 check]
+    // [one jeq per trapped nr] [ALLOW] [USER_NOTIF].
+    let checks = trapped.len() as u8;
+    #[cfg(target_arch = "x86_64")]
+    let x32_checks = 1u8;
+    #[cfg(not(target_arch = "x86_64"))]
+    let x32_checks = 0u8;
+    // From the arch check, ALLOW is 1 (nr load) + x32 + checks ahead.
+    prog.push(jump(
+        BPF_JMP | BPF_JEQ | BPF_K,
+        NATIVE_ARCH,
+        0,
+        1 + x32_checks + checks,
+    ));
+    prog.push(stmt(BPF_LD | BPF_W | BPF_ABS, NR_OFFSET));
+    #[cfg(target_arch = "x86_64")]
+    prog.push(jump(
+        BPF_JMP | libc::BPF_JGE | BPF_K,
+        X32_SYSCALL_BIT,
+        checks,
+        0,
+    ));
+    for (i, nr) in trapped.iter().enumerate() {
+        // To USER_NOTIF: past the remaining checks and the ALLOW.
+        let to_notify = (checks - i as u8 - 1) + 1;
+        prog.push(jump(BPF_JMP | BPF_JEQ | BPF_K, *nr, to_notify, 0));
+    }
+    prog.push(stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW));
+    prog.push(stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_USER_NOTIF));
+    prog
+}
+
+/// Sets `PR_SET_NO_NEW_PRIVS` and installs `prog` with a new listener,
+/// which it returns. Async-signal-safe: meant for `pre_exec`.
+///
+/// `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` keeps a signal (Go's `SIGURG`)
+/// from restarting a trapped syscall once the supervisor has received it,
+/// so no request is sent twice; kernels before 5.19 lack it and get the
+/// filter without it.
+pub fn install(prog: &[libc::sock_filter]) -> io::Result<RawFd> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    let mut flags =
+        libc::SECCOMP_FILTER_FLAG_NEW_LISTENER | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+    loop {
+        // SAFETY: `fprog` points at `prog`, which outlives the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                flags,
+                &fprog as *const libc::sock_fprog,
+            )
+        };
+        if fd >= 0 {
+            return Ok(fd as RawFd);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EINVAL)
+            && flags & libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV != 0
+        {
+            flags &= !libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+            continue;
+        }
+        return Err(err);
+    }
+}
+
+/// Sends `fd` over `socket` with `SCM_RIGHTS`, from a stack buffer.
+/// Async-signal-safe: meant for `pre_exec`.
+pub fn send_fd(socket: RawFd, fd: RawFd) -> io::Result<()> {
+    // Room for one cmsghdr carrying one int, aligned as cmsghdr wants.
+    #[repr(C)]
+    struct Control {
+        header: libc::cmsghdr,
+        fd: RawFd,
+        _pad: [u8; 4],
+    }
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: plain-old-data structs, zeroed then filled in.
+    let mut control: Control = unsafe { std::mem::zeroed() };
+    // SAFETY: CMSG_LEN is a pure computation.
+    control.header.cmsg_len = unsafe { libc::CMSG_LEN(size_of::<RawFd>() as u32) } as _;
+    control.header.cmsg_level = libc::SOL_SOCKET;
+    control.header.cmsg_type = libc::SCM_RIGHTS;
+    control.fd = fd;
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = (&mut control as *mut Control).cast();
+    // SAFETY: CMSG_SPACE is a pure computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as _;
+    // SAFETY: every pointer in `msg` is to live stack memory.
+    if unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) } != 1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the program on a `seccomp_data` by hand: a tiny cBPF
+    /// interpreter for the few instructions it uses.
+    fn verdict(prog: &[libc::sock_filter], arch: u32, nr: u32) -> u32 {
+        let mut pc = 0;
+        let mut acc = 0u32;
+        loop {
+            let ins = prog[pc];
+            let code = u32::from(ins.code);
+            if code == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS {
+                acc = if ins.k == ARCH_OFFSET { arch } else { nr };
+                pc += 1;
+            } else if code == libc::BPF_RET | libc::BPF_K {
+                return ins.k;
+            } else {
+                let taken = if code & 0xf0 == libc::BPF_JEQ {
+                    acc == ins.k
+                } else {
+                    acc >= ins.k
+                };
+                pc += 1 + usize::from(if taken { ins.jt } else { ins.jf });
+            }
+        }
+    }
+
+    #[test]
+    fn traps_exactly_the_native_brokered_syscalls() {
+        let prog = program();
+        for nr in trapped_syscalls() {
+            assert_eq!(
+                verdict(&prog, NATIVE_ARCH, nr),
+                libc::SECCOMP_RET_USER_NOTIF
+            );
+        }
+        for nr in [libc::SYS_read, libc::SYS_close, libc::SYS_connect] {
+            assert_eq!(
+                verdict(&prog, NATIVE_ARCH, nr as u32),
+                libc::SECCOMP_RET_ALLOW
+            );
+        }
+        let foreign = 0x4000_0003; // AUDIT_ARCH_I386
+        assert_eq!(
+            verdict(&prog, foreign, libc::SYS_openat as u32),
+            libc::SECCOMP_RET_ALLOW
+        );
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            verdict(&prog, NATIVE_ARCH, 0x4000_0000 | libc::SYS_openat as u32),
+            libc::SECCOMP_RET_ALLOW
+        );
+    }
+}

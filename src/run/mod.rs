@@ -1,0 +1,263 @@
+//! `fdopen-client run` (SPEC §8): start a program that never heard of
+//! fdopen so that its opens and privileged binds go through the server.
+//!
+//! The child installs a seccomp filter that turns `open`, `openat`,
+//! `openat2`, `creat` and `bind` into user notifications, hands the
+//! listener to us, and execs the program. We answer each trapped call:
+//! calls the server grants get the server's descriptor, everything else
+//! continues with the program's own rights. seccomp is a convenience here,
+//! not a sandbox: the server's policy is the only boundary, and a program
+//! that sidesteps the filter (io_uring, say) only loses the brokering.
+//!
+//! Layout: [`filter`] builds and installs the filter, [`listener`] speaks
+//! the notification ioctls, [`target`] reads the trapped task,
+//! [`open_call`] and [`bind_call`] decode the two kinds of call,
+//! [`scope`] decides which are worth asking, [`broker`] answers one.
+
+mod bind_call;
+mod broker;
+mod filter;
+mod listener;
+mod open_call;
+mod scope;
+mod target;
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::client::Client;
+use broker::Broker;
+use listener::Listener;
+use scope::BrokerScope;
+use target::Identity;
+
+/// Threads answering trapped calls: enough that one slow file does not
+/// hold up a multi-threaded program's other opens.
+const BROKER_THREADS: usize = 4;
+
+/// Signals passed on to the program when someone sends them to `run`.
+const FORWARDED: [Signal; 9] = [
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGWINCH,
+    Signal::SIGCONT,
+];
+
+/// `si_code` of a signal the kernel sent, as the terminal does to the whole
+/// foreground process group: the program got its own copy.
+const SI_KERNEL: i32 = 0x80;
+
+/// What `run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// `--broker` globs narrowing the scope.
+    pub brokers: Vec<String>,
+    /// `--no-bind`: leave every `bind` alone.
+    pub no_bind: bool,
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Client(#[from] crate::client::Error),
+    #[error("bad --broker glob: {0}")]
+    BrokerGlob(#[from] globset::Error),
+    #[error("cannot set up the supervisor: {what}: {source}")]
+    Setup {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("cannot run {program}: {source}")]
+    Spawn { program: String, source: io::Error },
+}
+
+fn setup(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
+    move |source| RunError::Setup { what, source }
+}
+
+/// Runs the command under supervision; returns its exit code. A program
+/// killed by a signal makes `run` die of the same signal.
+pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
+    let scope = Client::connect(socket)?.scope()?;
+    let scope = BrokerScope::new(&scope, &options.brokers)?;
+    let own = Identity::own().map_err(setup("reading our identity"))?;
+    let privileged_below = (!options.no_bind).then(unprivileged_port_start);
+
+    // Blocked before any thread exists, so every thread inherits the mask
+    // and the signals wait in the signalfd (the child's mask is reset by
+    // `Command`).
+    let mut watched = SigSet::empty();
+    for signal in FORWARDED {
+        watched.add(signal);
+    }
+    watched.add(Signal::SIGCHLD);
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&watched), None)
+        .map_err(|e| setup("blocking signals")(e.into()))?;
+    let signals = SignalFd::with_flags(&watched, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| setup("creating a signalfd")(e.into()))?;
+    // Orphaned descendants come to us, so they keep being served and we
+    // can reap them (a zombie still holds the filter).
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(setup("becoming a subreaper")(io::Error::last_os_error()));
+    }
+
+    let (child, listener) = spawn_trapped(&options.command)?;
+    let broker = Arc::new(Broker {
+        listener: Listener::new(listener),
+        scope,
+        own,
+        socket: socket.to_owned(),
+        privileged_below,
+    });
+    for _ in 0..BROKER_THREADS {
+        let broker = Arc::clone(&broker);
+        std::thread::Builder::new()
+            .name("fdopen-run".into())
+            .spawn(move || broker.serve())
+            .map_err(setup("starting a broker thread"))?;
+    }
+    let status = supervise(child, &broker.listener, &signals)?;
+    Ok(exit_code(status))
+}
+
+fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
+/// Forks, installs the filter in the child and execs the command there;
+/// returns the child's pid and the listener the child sent back.
+fn spawn_trapped(command: &[OsString]) -> Result<(Pid, OwnedFd), RunError> {
+    let (ours, theirs) = UnixDatagram::pair().map_err(setup("creating a socketpair"))?;
+    let program = filter::program();
+    let theirs_raw = theirs.as_raw_fd();
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    // SAFETY: the closure makes raw syscalls on memory prepared before the
+    // fork (the filter program, one socket): async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let listener = filter::install(&program)?;
+            let sent = filter::send_fd(theirs_raw, listener);
+            libc::close(listener);
+            sent
+        });
+    }
+    let child = cmd.spawn().map_err(|source| RunError::Spawn {
+        program: command[0].to_string_lossy().into_owned(),
+        source,
+    })?;
+    drop(theirs);
+    let mut byte = [0u8; 1];
+    let received = crate::fdpass::recv(ours.as_fd(), &mut byte)
+        .map_err(setup("receiving the seccomp listener"))?;
+    let listener = received.fds.into_iter().next().ok_or_else(|| {
+        setup("receiving the seccomp listener")(io::Error::other("no descriptor came"))
+    })?;
+    Ok((Pid::from_raw(child.id() as i32), listener))
+}
+
+/// Passes signals on and reaps children until no task that could trap is
+/// left; returns how the command itself ended.
+fn supervise(child: Pid, listener: &Listener, signals: &SignalFd) -> Result<WaitStatus, RunError> {
+    let mut status = None;
+    loop {
+        // Events 0 on the listener: only POLLHUP (no task left that holds
+        // the filter) concerns us; the broker threads take POLLIN.
+        let listener_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(listener.as_raw_fd()) };
+        let mut fds = [
+            PollFd::new(listener_fd, PollFlags::empty()),
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(setup("polling")(e.into())),
+        }
+        let hung_up = fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
+        if fds[1]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
+            while let Ok(Some(info)) = signals.read_signal() {
+                let signal = info.ssi_signo as i32;
+                if signal == libc::SIGCHLD {
+                    reap(child, &mut status);
+                } else if info.ssi_code != SI_KERNEL {
+                    // SAFETY: kill with integer arguments.
+                    unsafe { libc::kill(child.as_raw(), signal) };
+                }
+            }
+        }
+        if hung_up {
+            break;
+        }
+    }
+    reap(child, &mut status);
+    match status {
+        Some(status) => Ok(status),
+        None => waitpid(child, None).map_err(|e| setup("waiting for the command")(e.into())),
+    }
+}
+
+/// Reaps every child that has ended, noting the command's status.
+fn reap(child: Pid, status: &mut Option<WaitStatus>) {
+    while let Ok(ended) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+        match ended {
+            WaitStatus::StillAlive => break,
+            WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) if pid == child => {
+                *status = Some(ended);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The command's exit code; for a command killed by a signal, `run` dies
+/// of the same signal (without a core file of its own), or returns
+/// 128 + the signal's number if it cannot.
+fn exit_code(status: WaitStatus) -> i32 {
+    match status {
+        WaitStatus::Exited(_, code) => code,
+        WaitStatus::Signaled(_, signal, _) => {
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: plain syscalls; the default action of `signal` is what
+            // we want to happen to this process.
+            unsafe {
+                libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+                libc::signal(signal as i32, libc::SIG_DFL);
+                let mut set = SigSet::empty();
+                set.add(signal);
+                let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+                libc::raise(signal as i32);
+            }
+            128 + signal as i32
+        }
+        _ => 1,
+    }
+}

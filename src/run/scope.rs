@@ -1,0 +1,117 @@
+//! Which trapped calls are worth asking the server about: the client's
+//! `scope` answer (SPEC §3.5), narrowed by `--broker` globs. Anything
+//! outside it continues untouched without a round trip.
+
+use std::path::Path;
+
+use globset::{GlobMatcher, GlobSet, GlobSetBuilder};
+
+use crate::address::{BindAddress, BindPattern};
+use crate::policy::compile_glob;
+use crate::protocol::{Mode, Scope};
+
+struct PathGrant {
+    glob: GlobMatcher,
+    modes: Vec<Mode>,
+    create: bool,
+}
+
+pub struct BrokerScope {
+    paths: Vec<PathGrant>,
+    /// `--broker` globs; `None` when none were given.
+    narrowed_to: Option<GlobSet>,
+    binds: Vec<BindPattern>,
+}
+
+impl BrokerScope {
+    /// Globs or bind patterns the server sent that do not compile are
+    /// skipped: they can only make `run` broker less.
+    pub fn new(scope: &Scope, brokers: &[String]) -> Result<BrokerScope, globset::Error> {
+        let narrowed_to = if brokers.is_empty() {
+            None
+        } else {
+            let mut set = GlobSetBuilder::new();
+            for glob in brokers {
+                set.add(compile_glob(glob)?);
+            }
+            Some(set.build()?)
+        };
+        let paths = scope
+            .paths
+            .iter()
+            .filter_map(|p| {
+                Some(PathGrant {
+                    glob: compile_glob(&p.glob).ok()?.compile_matcher(),
+                    modes: p.modes.clone(),
+                    create: p.create,
+                })
+            })
+            .collect();
+        let binds = scope
+            .binds
+            .iter()
+            .filter_map(|b| BindPattern::parse(b).ok())
+            .collect();
+        Ok(BrokerScope {
+            paths,
+            narrowed_to,
+            binds,
+        })
+    }
+
+    pub fn covers_path(&self, path: &Path, mode: Mode, create: bool) -> bool {
+        if let Some(set) = &self.narrowed_to
+            && !set.is_match(path)
+        {
+            return false;
+        }
+        self.paths
+            .iter()
+            .any(|p| p.modes.contains(&mode) && (p.create || !create) && p.glob.is_match(path))
+    }
+
+    pub fn covers_bind(&self, address: &BindAddress) -> bool {
+        self.binds.iter().any(|b| b.matches(address))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ScopePath;
+
+    fn scope() -> Scope {
+        Scope {
+            paths: vec![ScopePath {
+                glob: "/srv/**".into(),
+                modes: vec![Mode::Read, Mode::Append],
+                create: false,
+            }],
+            binds: vec!["tcp:*:80".into()],
+            names: vec![],
+        }
+    }
+
+    #[test]
+    fn a_path_needs_a_glob_its_mode_and_create() {
+        let s = BrokerScope::new(&scope(), &[]).unwrap();
+        assert!(s.covers_path(Path::new("/srv/a/b"), Mode::Read, false));
+        assert!(!s.covers_path(Path::new("/srv/a/b"), Mode::Write, false));
+        assert!(!s.covers_path(Path::new("/srv/a/b"), Mode::Append, true));
+        assert!(!s.covers_path(Path::new("/etc/passwd"), Mode::Read, false));
+    }
+
+    #[test]
+    fn broker_globs_narrow_the_scope() {
+        let s = BrokerScope::new(&scope(), &["/srv/logs/*".into()]).unwrap();
+        assert!(s.covers_path(Path::new("/srv/logs/a"), Mode::Read, false));
+        assert!(!s.covers_path(Path::new("/srv/data/a"), Mode::Read, false));
+    }
+
+    #[test]
+    fn binds_follow_the_scope_patterns() {
+        let s = BrokerScope::new(&scope(), &[]).unwrap();
+        assert!(s.covers_bind(&BindAddress::parse("tcp:[::]:80").unwrap()));
+        assert!(!s.covers_bind(&BindAddress::parse("tcp:0.0.0.0:81").unwrap()));
+    }
+}

@@ -1,0 +1,253 @@
+//! What the supervisor learns about a trapped task: bytes from its memory,
+//! its cwd and descriptors from /proc, and whether it still runs with the
+//! supervisor's identity (SPEC §8). Every read here can race with the task;
+//! callers confirm with `SECCOMP_IOCTL_NOTIF_ID_VALID` before acting.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+/// `PATH_MAX`, terminating NUL included.
+pub const PATH_MAX: usize = 4096;
+const PAGE: usize = 4096;
+
+/// A trapped thread.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub tid: i32,
+}
+
+/// What a task must share with the supervisor to be brokered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Real, effective and filesystem uid; the same for gids.
+    uids: [u32; 3],
+    gids: [u32; 3],
+    mount_ns: OsString,
+    user_ns: OsString,
+    root: (u64, u64),
+}
+
+/// From `/proc/TID/status`: the task's identity-relevant fields.
+#[derive(Debug)]
+pub struct Status {
+    pub tgid: i32,
+    pub umask: u32,
+    uids: [u32; 3],
+    gids: [u32; 3],
+}
+
+impl Status {
+    fn parse(text: &str) -> Option<Status> {
+        let mut tgid = None;
+        let mut umask = None;
+        let mut uids = None;
+        let mut gids = None;
+        // Uid:/Gid: lines are "real effective saved filesystem".
+        let ids = |rest: &str| -> Option<[u32; 3]> {
+            let v: Vec<u32> = rest
+                .split_whitespace()
+                .map(|s| s.parse().ok())
+                .collect::<Option<_>>()?;
+            (v.len() == 4).then(|| [v[0], v[1], v[3]])
+        };
+        for line in text.lines() {
+            let Some((key, rest)) = line.split_once(':') else {
+                continue;
+            };
+            match key {
+                "Tgid" => tgid = rest.trim().parse().ok(),
+                "Umask" => umask = u32::from_str_radix(rest.trim(), 8).ok(),
+                "Uid" => uids = ids(rest),
+                "Gid" => gids = ids(rest),
+                _ => {}
+            }
+        }
+        Some(Status {
+            tgid: tgid?,
+            umask: umask?,
+            uids: uids?,
+            gids: gids?,
+        })
+    }
+}
+
+fn root_id(path: &str) -> io::Result<(u64, u64)> {
+    let meta = fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+impl Identity {
+    /// The supervisor's own.
+    pub fn own() -> io::Result<Identity> {
+        let status = fs::read_to_string("/proc/thread-self/status")?;
+        let status = Status::parse(&status)
+            .ok_or_else(|| io::Error::other("unreadable /proc/thread-self/status"))?;
+        Ok(Identity {
+            uids: status.uids,
+            gids: status.gids,
+            mount_ns: fs::read_link("/proc/self/ns/mnt")?.into_os_string(),
+            user_ns: fs::read_link("/proc/self/ns/user")?.into_os_string(),
+            root: root_id("/proc/self/root")?,
+        })
+    }
+}
+
+impl Target {
+    fn proc(&self, what: &str) -> String {
+        format!("/proc/{}/{what}", self.tid)
+    }
+
+    /// The task's status if it runs with `own` identity and is dumpable;
+    /// `None` if not (or if it is gone).
+    pub fn status_if_same_identity(&self, own: &Identity) -> Option<Status> {
+        // A task that is not dumpable has its /proc directory owned by
+        // root; one that is belongs to its euid, which must be ours.
+        let dir = fs::metadata(format!("/proc/{}", self.tid)).ok()?;
+        if dir.uid() != own.uids[1] {
+            return None;
+        }
+        let status = Status::parse(&fs::read_to_string(self.proc("status")).ok()?)?;
+        let same = status.uids == own.uids
+            && status.gids == own.gids
+            && fs::read_link(self.proc("ns/mnt")).ok()?.as_os_str() == own.mount_ns
+            && fs::read_link(self.proc("ns/user")).ok()?.as_os_str() == own.user_ns
+            && root_id(&self.proc("root")).ok()? == own.root;
+        same.then_some(status)
+    }
+
+    /// Reads up to `buf.len()` bytes at `addr`; returns how many were
+    /// readable. Reads go page by page, since `process_vm_readv` does not
+    /// split one iovec at an unmapped page.
+    pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = addr as usize + done;
+            let chunk = (PAGE - at % PAGE).min(buf.len() - done);
+            let local = libc::iovec {
+                iov_base: buf[done..].as_mut_ptr().cast(),
+                iov_len: chunk,
+            };
+            let remote = libc::iovec {
+                iov_base: at as *mut libc::c_void,
+                iov_len: chunk,
+            };
+            // SAFETY: `local` is within `buf`; the remote side is checked
+            // by the kernel.
+            let n = unsafe { libc::process_vm_readv(self.tid, &local, 1, &remote, 1, 0) };
+            if n <= 0 {
+                break;
+            }
+            done += n as usize;
+            if (n as usize) < chunk {
+                break;
+            }
+        }
+        done
+    }
+
+    /// A NUL-terminated string at `addr`, at most `PATH_MAX` bytes with the
+    /// NUL; `None` if it is longer, unterminated or unreadable.
+    pub fn read_c_string(&self, addr: u64) -> Option<Vec<u8>> {
+        let mut buf = Vec::with_capacity(256);
+        let mut at = addr;
+        while buf.len() < PATH_MAX {
+            let chunk = (PAGE - at as usize % PAGE).min(PATH_MAX - buf.len());
+            let mut piece = [0u8; PAGE];
+            let n = self.read_memory(at, &mut piece[..chunk]);
+            if let Some(nul) = piece[..n].iter().position(|&b| b == 0) {
+                buf.extend_from_slice(&piece[..nul]);
+                return Some(buf);
+            }
+            if n < chunk {
+                return None;
+            }
+            buf.extend_from_slice(&piece[..n]);
+            at += n as u64;
+        }
+        None
+    }
+
+    /// The directory a relative path starts from: the cwd for `AT_FDCWD`,
+    /// else what `dirfd` refers to. `None` for anything that is not a
+    /// plain absolute path (a deleted directory, a socket, a pipe).
+    pub fn base_directory(&self, dirfd: i32) -> Option<PathBuf> {
+        let link = if dirfd == libc::AT_FDCWD {
+            self.proc("cwd")
+        } else if dirfd >= 0 {
+            self.proc(&format!("fd/{dirfd}"))
+        } else {
+            return None;
+        };
+        let path = fs::read_link(link).ok()?.into_os_string().into_vec();
+        if path.first() != Some(&b'/') || path.ends_with(b" (deleted)") {
+            return None;
+        }
+        Some(PathBuf::from(OsString::from_vec(path)))
+    }
+
+    /// The `fdinfo` flags of descriptor `fd` (they carry `O_CLOEXEC` for a
+    /// close-on-exec descriptor, which `pidfd_getfd` cannot tell).
+    pub fn fd_flags(&self, tgid: i32, fd: RawFd) -> Option<i32> {
+        let info = fs::read_to_string(format!("/proc/{tgid}/fdinfo/{fd}")).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|v| i32::from_str_radix(v.trim(), 8).ok())
+    }
+
+    /// A duplicate of the target's descriptor `fd` (`pidfd_getfd`).
+    pub fn duplicate_fd(&self, tgid: i32, fd: RawFd) -> io::Result<OwnedFd> {
+        // SAFETY: raw syscalls with integer arguments; the results are
+        // fresh descriptors we own.
+        unsafe {
+            let pidfd = libc::syscall(libc::SYS_pidfd_open, tgid, 0);
+            if pidfd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let pidfd = OwnedFd::from_raw_fd(pidfd as RawFd);
+            use std::os::fd::AsRawFd;
+            let dup = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
+            if dup < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(OwnedFd::from_raw_fd(dup as RawFd))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_takes_real_effective_and_filesystem_ids() {
+        let text = "Name:\tx\nUmask:\t0027\nTgid:\t41\nUid:\t1\t2\t3\t4\nGid:\t5\t6\t7\t8\n";
+        let s = Status::parse(text).unwrap();
+        assert_eq!(
+            (s.tgid, s.umask, s.uids, s.gids),
+            (41, 0o027, [1, 2, 4], [5, 6, 8])
+        );
+        assert!(Status::parse("Tgid:\t1\n").is_none());
+    }
+
+    #[test]
+    fn reads_own_memory_up_to_the_nul() {
+        let me = Target {
+            tid: std::process::id() as i32,
+        };
+        let text = b"/srv/data\0tail";
+        assert_eq!(
+            me.read_c_string(text.as_ptr() as u64).unwrap(),
+            b"/srv/data"
+        );
+        assert!(me.read_c_string(0).is_none());
+        assert!(
+            me.status_if_same_identity(&Identity::own().unwrap())
+                .is_some()
+        );
+    }
+}

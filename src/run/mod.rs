@@ -102,8 +102,7 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
     let privileged_below = (!options.no_bind).then(unprivileged_port_start);
 
     // Blocked before any thread exists, so every thread inherits the mask
-    // and the signals wait in the signalfd (the child's mask is reset by
-    // `Command`).
+    // and the signals wait in the signalfd (the child unblocks them).
     let mut watched = SigSet::empty();
     for signal in FORWARDED {
         watched.add(signal);
@@ -152,12 +151,26 @@ fn spawn_trapped(command: &[OsString]) -> Result<(Pid, OwnedFd), RunError> {
     let (ours, theirs) = UnixDatagram::pair().map_err(setup("creating a socketpair"))?;
     let program = filter::program();
     let theirs_raw = theirs.as_raw_fd();
+    let supervisor = std::process::id() as libc::pid_t;
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]);
     // SAFETY: the closure makes raw syscalls on memory prepared before the
     // fork (the filter program, one socket): async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
+            // The program starts with no signal blocked: ours are blocked
+            // for the signalfd, and `Command` keeps the mask.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            // Without its supervisor the program's trapped calls would
+            // fail with ENOSYS: it goes when the supervisor goes.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != supervisor {
+                return Err(io::Error::other("the supervisor is gone"));
+            }
             let listener = filter::install(&program)?;
             let sent = filter::send_fd(theirs_raw, listener);
             libc::close(listener);

@@ -5,7 +5,7 @@ CARGO  ?= cargo
 SOCKET ?= ./fdopen.sock
 POLICY ?= policies/demo.json
 
-.PHONY: all build run test lint fmt clean fuzz fuzz-build man bench
+.PHONY: all build run test test-tools lint fmt clean fuzz fuzz-build man bench
 
 all: build
 
@@ -19,15 +19,28 @@ run: build
 
 # Every test: unit tests of the policy engine, integration tests that start
 # the real binaries on temporary sockets, and the doc tests.
-test:
+test: test-tools
 	$(CARGO) test --locked
+
+# What the `run` tests drive besides our binaries: a C compiler with a
+# static libc (tests/programs/*.c) and /usr/bin/python3. Installed from
+# Debian's packages when missing and we are root; otherwise those tests
+# skip with a printed reason.
+test-tools:
+	@if ! { command -v cc && test -e /usr/lib/$$(cc -print-multiarch 2>/dev/null)/libc.a && test -x /usr/bin/python3; } >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev python3 >/dev/null; \
+	  else echo "note: no cc/static libc/python3; the run tests that need them will skip"; fi; \
+	fi
 
 # fdopen-server against the C floor (../shared/bench/refserver.c), with
 # ../shared/bench/loadgen.c, interleaved in one run; then the decision
-# micro-benchmark. BENCH_ARGS=--record appends the table to BENCHMARKS.md.
+# micro-benchmark; then what `fdopen-client run` costs (bench/run_bench.py).
+# BENCH_ARGS=--record appends the tables to BENCHMARKS.md.
 BENCH_ARGS ?=
 bench:
 	python3 bench/bench.py $(BENCH_ARGS)
+	python3 bench/run_bench.py $(BENCH_ARGS)
 	$(CARGO) bench --locked --bench decision
 
 # Man pages for both binaries (and each subcommand), generated from the

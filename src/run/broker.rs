@@ -74,13 +74,18 @@ impl Broker {
         {
             return Err(Untouched);
         }
-        let status = target.status_if_same_identity(&self.own).ok_or(Untouched)?;
+        target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
+        let umask = if wanted.create.is_requested() {
+            target.umask().ok_or(Untouched)?
+        } else {
+            0
+        };
         // Everything above was read from the task that trapped, not from
         // a recycled tid, only if its notification is still pending.
         if !self.listener.still_valid(call.id) {
             return Err(Untouched);
         }
-        let options = wanted.options(status.umask);
+        let options = wanted.options(umask);
         let (file, _) = ask(client, &self.socket, |c| c.open_with(&path, &options))?;
         if wanted.status_flags != 0 {
             set_status_flags(&file, wanted.status_flags)?;
@@ -102,9 +107,9 @@ impl Broker {
         args: BindArgs,
         client: &mut Option<Client>,
     ) -> Result<(), Untouched> {
-        let status = target.status_if_same_identity(&self.own).ok_or(Untouched)?;
+        let tgid = target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
         let theirs = target
-            .duplicate_fd(status.tgid, args.sockfd)
+            .duplicate_fd(tgid, args.sockfd)
             .map_err(|_| Untouched)?;
         let socket = ProgramSocket::inspect(theirs.as_fd(), &args.address).ok_or(Untouched)?;
         let address = socket.address(&args.address);
@@ -112,8 +117,7 @@ impl Broker {
         if !self.scope.covers_bind(&parsed) {
             return Err(Untouched);
         }
-        let cloexec =
-            target.fd_flags(status.tgid, args.sockfd).ok_or(Untouched)? & libc::O_CLOEXEC != 0;
+        let cloexec = target.fd_flags(tgid, args.sockfd).ok_or(Untouched)? & libc::O_CLOEXEC != 0;
         if !self.listener.still_valid(call.id) {
             return Err(Untouched);
         }

@@ -37,7 +37,21 @@ pub fn target_gone(err: &io::Error) -> bool {
 }
 
 impl Listener {
+    /// Wraps the listener, asking for synchronous wake-ups where the
+    /// kernel has them (6.6+): the trapping task and the thread that takes
+    /// its notification hand the CPU to each other directly, instead of
+    /// each waiting to be scheduled, which roughly halves the cost of a
+    /// trapped call. Without it everything works, only slower.
     pub fn new(fd: OwnedFd) -> Listener {
+        const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
+        // SAFETY: this ioctl takes its flags as the argument itself.
+        unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+                SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+            )
+        };
         Listener { fd }
     }
 

@@ -45,7 +45,7 @@ use target::Identity;
 
 /// Threads answering trapped calls: enough that one slow file does not
 /// hold up a multi-threaded program's other opens.
-const BROKER_THREADS: usize = 4;
+const BROKER_THREADS: usize = 2;
 
 /// Signals passed on to the program when someone sends them to `run`.
 const FORWARDED: [Signal; 9] = [

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""What `fdopen-client run` costs (SPEC §8), measured in one run:
+
+- an open `run` leaves alone (outside the scope): median open+close under
+  `run` minus the same bare (target <= 25 µs);
+- a brokered open under `run` against a direct `Client::open` of the same
+  file (target <= 2x);
+- `python3 -c pass` under `run` against bare (target <= 1.5x).
+
+    python3 bench/run_bench.py [--count 20000] [--starts 30] [--record]
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def json_out(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def wait_socket(path, proc, timeout=30):
+    import socket
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server exited early with {proc.returncode}")
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            s.close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{path}: server not ready")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=20000)
+    ap.add_argument("--starts", type=int, default=30)
+    ap.add_argument("--record", action="store_true")
+    # `make bench` passes BENCH_ARGS to bench.py too: take what is ours.
+    args, _ = ap.parse_known_args()
+    work = tempfile.mkdtemp(prefix="fdopen-run-bench-")
+    os.chmod(work, 0o755)
+    try:
+        openloop = os.path.join(work, "openloop")
+        sh("cc", "-O2", "-o", openloop, os.path.join(ROOT, "bench", "openloop.c"))
+        sh("cargo", "build", "--release", "--locked", "-q", "--bins", "--examples", cwd=ROOT)
+        brokered = os.path.join(work, "brokered.txt")
+        untouched = os.path.join(work, "untouched.txt")
+        for p in (brokered, untouched):
+            with open(p, "w") as f:
+                f.write("data\n")
+        policy = os.path.join(work, "policy.json")
+        with open(policy, "w") as f:
+            json.dump({"rules": [{"name": "bench", "paths": [brokered]}]}, f)
+        sock = os.path.join(work, "fdopen.sock")
+        server = subprocess.Popen(
+            [os.path.join(RELEASE, "fdopen-server"), "--log-level", "warn", "serve", "--socket", sock,
+             "--policy", policy, "--audit-log", os.path.join(work, "audit.log")])
+        wait_socket(sock, server)
+        run = [os.path.join(RELEASE, "fdopen-client"), "--socket", sock, "run", "--"]
+        count = str(args.count)
+        bare = json_out([openloop, untouched, count])
+        under_run = json_out(run + [openloop, untouched, count])
+        via_run = json_out(run + [openloop, brokered, count])
+        direct = json_out([os.path.join(RELEASE, "examples", "open_latency"), sock, brokered, count])
+        starts = {"bare": [], "run": []}
+        python = shutil.which("python3") or "/usr/bin/python3"
+        for _ in range(args.starts):
+            for name, prefix in (("bare", []), ("run", run)):
+                t = time.perf_counter()
+                sh(*prefix, python, "-c", "pass")
+                starts[name].append(time.perf_counter() - t)
+        server.terminate()
+        server.wait()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    overhead_us = (under_run["median_ns"] - bare["median_ns"]) / 1000
+    brokered_ratio = via_run["median_ns"] / direct["median_ns"]
+    py_bare, py_run = statistics.median(starts["bare"]), statistics.median(starts["run"])
+    lines = [
+        "| fdopen-client run | median | p99 | against | target |",
+        "| --- | ---: | ---: | --- | --- |",
+        f"| open left alone, bare | {bare['median_ns'] / 1000:.1f} µs | {bare['p99_ns'] / 1000:.1f} µs | | |",
+        f"| open left alone, under run | {under_run['median_ns'] / 1000:.1f} µs | {under_run['p99_ns'] / 1000:.1f} µs | "
+        f"+{overhead_us:.1f} µs | <= +25 µs |",
+        f"| direct Client::open | {direct['median_ns'] / 1000:.1f} µs | {direct['p99_ns'] / 1000:.1f} µs | | |",
+        f"| brokered open under run | {via_run['median_ns'] / 1000:.1f} µs | {via_run['p99_ns'] / 1000:.1f} µs | "
+        f"{brokered_ratio:.2f}x | <= 2x |",
+        f"| python3 -c pass, bare / under run | {py_bare * 1000:.1f} ms / {py_run * 1000:.1f} ms | | "
+        f"{py_run / py_bare:.2f}x | <= 1.5x |",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if args.record:
+        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
+            f.write(f"\n### fdopen-client run ({args.count} opens, {args.starts} starts)\n\n{table}\n")
+    missed = [name for name, ok in (("open left alone", overhead_us <= 25),
+                                    ("brokered open", brokered_ratio <= 2),
+                                    ("python start", py_run / py_bare <= 1.5)) if not ok]
+    print("run targets: " + ("all met" if not missed else "MISSED: " + ", ".join(missed)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

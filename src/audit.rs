@@ -281,6 +281,14 @@ pub struct Record<'a> {
     /// The request created the file.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub created: bool,
+    /// Held descriptors (SPEC §3.4): the name, whose it is, and for
+    /// wake-ups, hang-ups and expiries what happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storer: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'a str>,
 }
 
 impl<'a> Record<'a> {
@@ -304,6 +312,9 @@ impl<'a> Record<'a> {
             code: None,
             address: None,
             created: false,
+            name: None,
+            storer: None,
+            event: None,
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use crate::address::BindAddress;
 use crate::peer::PeerIdentity;
 use crate::policy::{Age, ByteSize, Effect, Owner, Policy, Rule};
-use crate::protocol::{Create, ErrorCode, FileRequest, Grant, Mode, json_path};
+use crate::protocol::{Create, ErrorCode, FileRequest, Grant, HeldOp, Mode, json_path};
 use crate::safe_open::{self, CreatedFile, FileFacts, FileKind, Located, OpenError};
 
 /// Why a rule does not apply to a request.
@@ -398,6 +398,55 @@ impl Policy {
 }
 
 impl Policy {
+    /// Decides a held-fd op on `name`, stored by `storer` (SPEC §3.4, §5):
+    /// the allow rule that grants it, or why not.
+    pub fn decide_held(
+        &self,
+        op: HeldOp,
+        name: &str,
+        storer: u32,
+        client: &PeerIdentity,
+    ) -> Result<&Rule, Refusal> {
+        let applies = |rule: &Rule| {
+            rule.ops & op.bit() != 0
+                && rule.stored_by.covers(storer, client.uid)
+                && rule.matches_name(name)
+                && rule.check_client(client).is_ok()
+        };
+        if let Some(deny) = self
+            .rules
+            .iter()
+            .find(|r| r.effect == Effect::Deny && applies(r))
+        {
+            return Err(Refusal::denied_by(deny));
+        }
+        self.rules
+            .iter()
+            .find(|r| r.effect == Effect::Allow && applies(r))
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::Denied,
+                    format!(
+                        "no rule allows {} of {name:?} (stored by uid {storer}) for uid {}",
+                        op.as_str(),
+                        client.uid
+                    ),
+                )
+            })
+    }
+
+    /// Some allow rule gives `client` `op` on fds stored by `storer`, on
+    /// some name: what `wake` and `list` need before any name is known.
+    pub fn allows_held_op(&self, op: HeldOp, storer: u32, client: &PeerIdentity) -> bool {
+        self.rules.iter().any(|r| {
+            r.effect == Effect::Allow
+                && r.ops & op.bit() != 0
+                && !r.names.is_empty()
+                && r.stored_by.covers(storer, client.uid)
+                && r.check_client(client).is_ok()
+        })
+    }
+
     /// What the allow rules that apply to `client` could grant (SPEC §3.5).
     pub fn scope(&self, client: &PeerIdentity) -> crate::protocol::Scope {
         let mut scope = crate::protocol::Scope::default();
@@ -414,6 +463,12 @@ impl Policy {
                 });
             }
             scope.binds.extend(rule.binds.iter().map(|b| b.to_string()));
+            let ops: Vec<&str> = rule.ops().map(HeldOp::as_str).collect();
+            for glob in &rule.names {
+                scope
+                    .names
+                    .push(serde_json::json!({"glob": glob, "ops": ops}));
+            }
         }
         scope
     }

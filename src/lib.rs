@@ -35,5 +35,5 @@ pub mod socket_path;
 pub mod sockets;
 pub mod systemd;
 
-pub use client::{Client, Error, OpenOptions};
+pub use client::{BindOptions, Client, Error, OpenOptions, WakeEvent, Wakeups, Woken};
 pub use protocol::{Create, ErrorCode, Grant, Mode, ServerError, ServerInfo};

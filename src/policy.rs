@@ -76,7 +76,7 @@ pub enum PolicyErrorKind {
     RelativeGlob(String),
     #[error("bad path glob {glob:?}: {reason}")]
     BadGlob { glob: String, reason: String },
-    #[error("a rule needs at least one path or bind (\"paths\", \"binds\")")]
+    #[error("a rule needs at least one path, bind or name (\"paths\", \"binds\", \"names\")")]
     NoPaths,
     #[error("{0:?} applies to {1} only, and the rule has none")]
     DoesNotApply(&'static str, &'static str),
@@ -84,6 +84,10 @@ pub enum PolicyErrorKind {
     BadAddress(String),
     #[error("\"modes\" must not be empty")]
     NoModes,
+    #[error("\"ops\" must not be empty")]
+    NoOps,
+    #[error("bad name glob {glob:?}: {reason}")]
+    BadNameGlob { glob: String, reason: String },
     #[error("unknown user {0:?}")]
     UnknownUser(String),
     #[error("unknown group {0:?}")]
@@ -264,6 +268,12 @@ struct RuleSpec {
     binds: Vec<String>,
     /// May a bind set `SO_REUSEPORT` (SPEC §3.3).
     reuseport: Option<bool>,
+    /// Globs over held names, the ops they allow, and whose held fds
+    /// (SPEC §3.4, §5).
+    #[serde(default)]
+    names: Vec<String>,
+    ops: Option<Vec<crate::protocol::HeldOp>>,
+    stored_by: Option<Vec<IdSpec>>,
     /// Absent: `["read"]` for an allow rule, every mode for a deny rule
     /// (deny rules fail closed, SPEC §5).
     modes: Option<Vec<Mode>>,
@@ -344,6 +354,28 @@ impl<T> Bounds<T> {
     }
 }
 
+/// Whose held fds a `names` rule covers besides the client's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredBy {
+    /// An allow rule without `stored_by`: the client's own only.
+    Own,
+    /// `"*"`, or a deny rule without `stored_by` (it fails closed).
+    Anyone,
+    Users(Vec<u32>),
+}
+
+impl StoredBy {
+    /// Does the rule cover fds stored by `storer`, for `client_uid`?
+    pub fn covers(&self, storer: u32, client_uid: u32) -> bool {
+        storer == client_uid
+            || match self {
+                StoredBy::Own => false,
+                StoredBy::Anyone => true,
+                StoredBy::Users(uids) => uids.contains(&storer),
+            }
+    }
+}
+
 /// A compiled, validated rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -355,6 +387,12 @@ pub struct Rule {
     /// An allow rule's permission to set `SO_REUSEPORT`; on a deny rule,
     /// which binds it covers (`None`: all).
     pub reuseport: Option<bool>,
+    /// Held names (SPEC §3.4): the globs as written and compiled, the ops
+    /// (one bit per [`crate::protocol::HeldOp`]) and whose fds.
+    pub names: Vec<String>,
+    pub(crate) name_matcher: GlobSet,
+    pub(crate) ops: u8,
+    pub stored_by: StoredBy,
     /// The rule's own globs, for `explain`; the server uses the policy-wide set.
     pub(crate) matcher: GlobSet,
     /// One bit per [`Mode`].
@@ -380,6 +418,17 @@ pub struct Rule {
 impl Rule {
     pub fn modes(&self) -> impl Iterator<Item = Mode> + '_ {
         Mode::ALL.into_iter().filter(|m| self.modes & m.bit() != 0)
+    }
+
+    pub fn ops(&self) -> impl Iterator<Item = crate::protocol::HeldOp> + '_ {
+        crate::protocol::HeldOp::ALL
+            .into_iter()
+            .filter(|op| self.ops & op.bit() != 0)
+    }
+
+    /// The rule names `name` among its held-name globs.
+    pub fn matches_name(&self, name: &str) -> bool {
+        self.name_matcher.is_match(name)
     }
 
     /// Where the rule stands in its file, to report a pair of rules once.
@@ -608,10 +657,46 @@ fn strip_position(e: &serde_json::Error) -> String {
 
 fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<PolicyErrorKind>)> {
     let mut problems = Vec::new();
-    if spec.paths.is_empty() && spec.binds.is_empty() {
+    if spec.paths.is_empty() && spec.binds.is_empty() && spec.names.is_empty() {
         problems.push(PolicyErrorKind::NoPaths);
     }
-    if spec.paths.is_empty() && !spec.binds.is_empty() {
+    if spec.names.is_empty() {
+        for (field, set) in [
+            ("ops", spec.ops.is_some()),
+            ("stored_by", spec.stored_by.is_some()),
+        ] {
+            if set {
+                problems.push(PolicyErrorKind::DoesNotApply(field, "names"));
+            }
+        }
+    }
+    if spec.ops.as_ref().is_some_and(Vec::is_empty) {
+        problems.push(PolicyErrorKind::NoOps);
+    }
+    let mut name_matcher = GlobSetBuilder::new();
+    for glob in &spec.names {
+        match compile_glob(glob) {
+            Ok(g) => {
+                name_matcher.add(g);
+            }
+            Err(e) => problems.push(PolicyErrorKind::BadNameGlob {
+                glob: glob.clone(),
+                reason: e.kind().to_string(),
+            }),
+        }
+    }
+    let stored_by = match (spec.stored_by, spec.effect) {
+        (None, Effect::Allow) => StoredBy::Own,
+        (None, Effect::Deny) => StoredBy::Anyone,
+        (Some(ids), _) if ids.iter().any(|id| *id == IdSpec::Name("*".into())) => StoredBy::Anyone,
+        (Some(ids), _) => StoredBy::Users(resolve_ids(
+            ids,
+            lookup_user,
+            PolicyErrorKind::UnknownUser,
+            &mut problems,
+        )),
+    };
+    if spec.paths.is_empty() && (!spec.binds.is_empty() || !spec.names.is_empty()) {
         let path_fields = [
             ("modes", spec.modes.is_some()),
             ("create", spec.create.is_some()),
@@ -706,6 +791,18 @@ fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<P
             Effect::Deny => spec.reuseport,
         },
         matcher: matcher.build().expect("each glob compiled"),
+        names: spec.names,
+        name_matcher: name_matcher.build().expect("each glob compiled"),
+        ops: match (&spec.ops, spec.effect) {
+            (Some(ops), _) => ops.iter().fold(0, |bits, op| bits | op.bit()),
+            (None, Effect::Allow) => crate::protocol::HeldOp::DEFAULT_ALLOWED
+                .iter()
+                .fold(0, |bits, op| bits | op.bit()),
+            (None, Effect::Deny) => crate::protocol::HeldOp::ALL
+                .iter()
+                .fold(0, |bits, op| bits | op.bit()),
+        },
+        stored_by,
         modes: match (&spec.modes, spec.effect) {
             (Some(modes), _) => modes.iter().fold(0, |bits, m| bits | m.bit()),
             (None, Effect::Allow) => Mode::Read.bit(),

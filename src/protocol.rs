@@ -17,6 +17,9 @@ use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+pub mod held;
+pub use held::{HeldOp, HeldRequest, ListedName, Storer};
+
 /// The protocol version announced by `hello`.
 pub const PROTOCOL_VERSION: u32 = 2;
 
@@ -140,6 +143,12 @@ pub enum Op {
     Hello,
     Bind,
     Scope,
+    Store,
+    Retrieve,
+    List,
+    Drop,
+    Park,
+    Wake,
 }
 
 impl Op {
@@ -150,7 +159,26 @@ impl Op {
             Op::Hello => "hello",
             Op::Bind => "bind",
             Op::Scope => "scope",
+            Op::Store => "store",
+            Op::Retrieve => "retrieve",
+            Op::List => "list",
+            Op::Drop => "drop",
+            Op::Park => "park",
+            Op::Wake => "wake",
         }
+    }
+
+    /// The held-fd op this is, if it is one (SPEC §3.4).
+    pub fn held(self) -> Option<HeldOp> {
+        Some(match self {
+            Op::Store => HeldOp::Store,
+            Op::Retrieve => HeldOp::Retrieve,
+            Op::List => HeldOp::List,
+            Op::Drop => HeldOp::Drop,
+            Op::Park => HeldOp::Park,
+            Op::Wake => HeldOp::Wake,
+            _ => return None,
+        })
     }
 }
 
@@ -230,6 +258,37 @@ pub struct WireRequest<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub listen: Option<bool>,
+    /// Held descriptors (SPEC §3.4).
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub prefix: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub remove: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub storer: Option<Storer>,
     /// Kept as raw JSON so it is echoed byte for byte, `null` included.
     #[serde(
         default,
@@ -256,6 +315,11 @@ impl WireRequest<'_> {
             reuseport: None,
             v6only: None,
             listen: None,
+            name: None,
+            prefix: None,
+            expires: None,
+            remove: None,
+            storer: None,
             id: None,
         }
     }
@@ -398,6 +462,7 @@ pub enum Request {
     Check(FileRequest),
     Bind(crate::sockets::BindRequest),
     Scope,
+    Held(HeldRequest),
 }
 
 impl Request {
@@ -408,6 +473,14 @@ impl Request {
             Request::Check(_) => Op::Check,
             Request::Bind(_) => Op::Bind,
             Request::Scope => Op::Scope,
+            Request::Held(held) => match held.op {
+                HeldOp::Store => Op::Store,
+                HeldOp::Retrieve => Op::Retrieve,
+                HeldOp::List => Op::List,
+                HeldOp::Drop => Op::Drop,
+                HeldOp::Park => Op::Park,
+                HeldOp::Wake => Op::Wake,
+            },
         }
     }
 }
@@ -488,8 +561,41 @@ fn salvage_id(text: &str) -> Option<&RawValue> {
     serde_json::from_str::<OnlyId<'_>>(text).ok()?.id
 }
 
+impl WireRequest<'_> {
+    fn has_file_or_bind_fields(&self) -> bool {
+        self.path.is_some()
+            || self.path_b64.is_some()
+            || self.mode.is_some()
+            || self.create.is_some()
+            || self.perm.is_some()
+            || self.truncate.is_some()
+            || self.address.is_some()
+            || self.backlog.is_some()
+            || self.reuseport.is_some()
+            || self.v6only.is_some()
+            || self.listen.is_some()
+    }
+
+    fn has_held_fields(&self) -> bool {
+        self.name.is_some()
+            || self.prefix.is_some()
+            || self.expires.is_some()
+            || self.remove.is_some()
+            || self.storer.is_some()
+    }
+}
+
 fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
     let op = wire.op;
+    if let Some(held) = op.held() {
+        return held::validate(wire, held).map(Request::Held);
+    }
+    if wire.has_held_fields() {
+        return Err(RequestError::BadOption(format!(
+            "{} takes no name, prefix, expires, remove or storer",
+            op.as_str()
+        )));
+    }
     let bind_fields = wire.address.is_some()
         || wire.backlog.is_some()
         || wire.reuseport.is_some()
@@ -542,7 +648,9 @@ fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
             "scope takes no fields but id".into(),
         )),
         Op::Scope => Ok(Request::Scope),
-        Op::Bind => unreachable!("handled above"),
+        Op::Bind | Op::Store | Op::Retrieve | Op::List | Op::Drop | Op::Park | Op::Wake => {
+            unreachable!("handled above")
+        }
         Op::Open | Op::Check => {
             let raw = match (wire.path, wire.path_b64) {
                 (Some(text), None) => text.into_bytes(),
@@ -880,6 +988,17 @@ pub struct ResponseLine {
     pub version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<u32>,
+    /// Held descriptors (SPEC §3.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storer: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribed: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ServerError>,
 }

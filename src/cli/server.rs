@@ -113,6 +113,12 @@ pub struct ServeArgs {
     /// development only.
     #[arg(long)]
     pub insecure_policy_permissions: bool,
+    /// Most descriptors held or parked at once, in all; more are busy.
+    #[arg(long, default_value_t = 65536, value_name = "N")]
+    pub max_held: usize,
+    /// Most descriptors one uid may hold or park at once.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_held_per_uid: usize,
     /// Worker threads [default: number of CPUs].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256), value_name = "N")]
     pub workers: Option<u64>,
@@ -324,6 +330,10 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
         busy_poll: args.busy_poll,
         fs_timeout: args.fs_timeout,
         insecure_policy_permissions: args.insecure_policy_permissions,
+        held: crate::server::HeldLimits {
+            total: args.max_held,
+            per_uid: args.max_held_per_uid,
+        },
         ..ServerConfig::default()
     };
     if let Some(workers) = args.workers {

@@ -74,6 +74,33 @@ impl Outgoing {
     }
 }
 
+/// Descriptors that came with one `recvmsg`, and which bytes of `inbuf`.
+pub(super) struct Received {
+    pub from: usize,
+    pub to: usize,
+    pub fds: Vec<OwnedFd>,
+    /// The kernel dropped some (`MSG_CTRUNC`).
+    pub truncated: bool,
+    /// A line took them, or was refused for them.
+    pub claimed: bool,
+}
+
+/// What came attached to one request line.
+pub(super) enum Attachment {
+    None,
+    /// The descriptors of a `store` or `park` (any number: it checks).
+    Fds(Vec<OwnedFd>),
+    /// Descriptors came where none belong: the request is refused.
+    Tainted,
+}
+
+/// A `wake` accepted on a lane, waiting for the responses before it.
+pub(super) struct Subscribing {
+    pub prefix: String,
+    pub storer: u32,
+    pub id: Option<Box<serde_json::value::RawValue>>,
+}
+
 /// Effects on a granted file that wait for its audit record (SPEC §3.2).
 #[derive(Debug, Default)]
 pub(super) struct AfterRecord {
@@ -90,9 +117,11 @@ pub(super) struct Connection {
     /// Bytes received; lines before `answered` have been taken care of.
     pub inbuf: Vec<u8>,
     pub answered: usize,
-    /// Byte range of `inbuf` that arrived with descriptors attached: the
-    /// requests it touches are refused.
-    pub tainted: Option<(usize, usize)>,
+    /// Descriptors received, with the bytes of `inbuf` they came with.
+    pub attachments: VecDeque<Received>,
+    /// A `wake` was accepted: once the responses before it are sent, the
+    /// connection goes to the holder (SPEC §3.4).
+    pub subscription: Option<Subscribing>,
     pub outq: VecDeque<Outgoing>,
     /// Last time the client completed a request or took a response.
     pub last_active: Instant,
@@ -109,7 +138,8 @@ impl Connection {
             peer,
             inbuf: Vec::new(),
             answered: 0,
-            tainted: None,
+            attachments: VecDeque::new(),
+            subscription: None,
             outq: VecDeque::new(),
             last_active: Instant::now(),
             read_done: false,
@@ -118,7 +148,7 @@ impl Connection {
     }
 
     pub fn wants_input(&self) -> bool {
-        !self.read_done && self.outq.len() < MAX_QUEUED_RESPONSES
+        !self.read_done && self.subscription.is_none() && self.outq.len() < MAX_QUEUED_RESPONSES
     }
 
     pub fn has_complete_line(&self) -> bool {
@@ -127,30 +157,75 @@ impl Connection {
 
     /// Lines are waiting and there is room to queue their answers.
     pub fn can_answer(&self) -> bool {
-        self.outq.len() < MAX_QUEUED_RESPONSES && self.has_complete_line()
+        self.subscription.is_none()
+            && self.outq.len() < MAX_QUEUED_RESPONSES
+            && self.has_complete_line()
     }
 
     /// The next complete line not yet answered, as `(start, end)` offsets
-    /// of `inbuf` (the newline at `end` excluded), and whether it came
-    /// with descriptors attached.
-    pub fn next_line(&self) -> Option<(usize, usize, bool)> {
+    /// of `inbuf` (the newline at `end` excluded).
+    pub fn next_line(&self) -> Option<(usize, usize)> {
         let start = self.answered;
         let end = start + memchr(b'\n', &self.inbuf[start..])?;
-        let tainted = self
-            .tainted
-            .is_some_and(|(from, to)| from <= end && to > start);
-        Some((start, end, tainted))
+        Some((start, end))
+    }
+
+    /// The descriptors that belong to the line starting at `start` (SPEC
+    /// §2): a `store` or `park` line takes those of the `recvmsg` its
+    /// first byte came in; any other line that begins where descriptors
+    /// came is refused, and they are closed.
+    pub fn attachment_for(
+        &mut self,
+        start: usize,
+        takes_fd: bool,
+        closing: &mut Vec<OwnedFd>,
+    ) -> Attachment {
+        let Some(received) = self
+            .attachments
+            .iter_mut()
+            .find(|a| a.from <= start && start < a.to)
+        else {
+            return Attachment::None;
+        };
+        if received.claimed {
+            return if takes_fd {
+                Attachment::Fds(Vec::new())
+            } else {
+                Attachment::None
+            };
+        }
+        if takes_fd {
+            received.claimed = true;
+            if received.truncated {
+                closing.append(&mut received.fds);
+                return Attachment::Tainted;
+            }
+            return Attachment::Fds(std::mem::take(&mut received.fds));
+        }
+        if start == received.from {
+            received.claimed = true;
+            closing.append(&mut received.fds);
+            return Attachment::Tainted;
+        }
+        Attachment::None
     }
 
     /// Forgets the lines answered so far.
-    pub fn drop_answered_lines(&mut self) {
+    pub fn drop_answered_lines(&mut self, closing: &mut Vec<OwnedFd>) {
         let done = std::mem::take(&mut self.answered);
         if done > 0 {
             self.last_active = Instant::now();
             self.inbuf.drain(..done);
-            self.tainted = self
-                .tainted
-                .and_then(|(from, to)| (to > done).then(|| (from.saturating_sub(done), to - done)));
+            // Descriptors whose bytes are all answered and that no line
+            // took are closed.
+            while self.attachments.front().is_some_and(|a| a.to <= done) {
+                let received = self.attachments.pop_front().expect("checked");
+                closing.extend(received.fds);
+            }
+            for received in &mut self.attachments {
+                received.from = received.from.saturating_sub(done);
+                received.to -= done;
+            }
         }
         if self.read_done && !self.has_complete_line() {
             // A partial line at the end of the stream is no request.
@@ -174,7 +249,7 @@ impl Connection {
         self.read_done = true;
         self.inbuf.clear();
         self.answered = 0;
-        self.tainted = None;
+        self.attachments.clear();
     }
 
     pub fn desired_interest(&self) -> EpollFlags {
@@ -199,12 +274,12 @@ impl Connection {
         self.outq.retain(|o| o.waiting.is_some());
         self.inbuf.clear();
         self.answered = 0;
+        self.attachments.clear();
     }
 
-    /// One `recvmsg`; descriptors the client sent are handed to `closing`
-    /// (closing one can block, on a filesystem the client chose) and the
-    /// bytes they came with are marked so their request is refused.
-    pub fn read(&mut self, buf: &mut [u8], closing: &mut Vec<OwnedFd>) {
+    /// One `recvmsg`; descriptors the client sent are kept with the bytes
+    /// they came with, for the line they belong to ([`Self::attachment_for`]).
+    pub fn read(&mut self, buf: &mut [u8]) {
         match fdpass::recv(self.stream.as_fd(), buf) {
             Ok(received) if received.bytes == 0 => {
                 self.read_done = true;
@@ -213,10 +288,14 @@ impl Connection {
                 let from = self.inbuf.len();
                 self.inbuf.extend_from_slice(&buf[..received.bytes]);
                 if !received.fds.is_empty() || received.truncated {
-                    let to = self.inbuf.len();
-                    self.tainted = Some(self.tainted.map_or((from, to), |(f, _)| (f, to)));
+                    self.attachments.push_back(Received {
+                        from,
+                        to: self.inbuf.len(),
+                        fds: received.fds,
+                        truncated: received.truncated,
+                        claimed: false,
+                    });
                 }
-                closing.extend(received.fds);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => self.abandon_output(),

@@ -7,9 +7,14 @@
 //! filesystem can be abandoned, and [`finish`] turns its outcome into the
 //! response and the audit record.
 
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
 use serde_json::value::RawValue;
 
-use super::connection::{AfterRecord, Outgoing};
+use super::connection::{AfterRecord, Attachment, Outgoing, Subscribing};
+use super::held_ops::{self, HeldAnswer};
+use super::holder::Holder;
 use crate::audit::Record;
 use crate::decision::{self, Decision, Intent, Refusal, Scratch, Wants};
 use crate::peer::PeerIdentity;
@@ -43,25 +48,39 @@ impl FilesystemJob {
 pub(super) enum Begun {
     Answered(Outgoing),
     NeedsFilesystem(FilesystemJob),
+    /// An accepted `wake`: the connection turns into a subscription.
+    Subscribe(Subscribing),
 }
 
 /// Answers `line` as far as memory allows, appending any audit record.
+/// Descriptors that came with it and are not kept go to `closing`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn begin(
     policy: &Policy,
-    peer: &PeerIdentity,
+    holder: &Holder,
+    peer: &Arc<PeerIdentity>,
     line: &[u8],
-    carried_fds: bool,
+    attachment: Attachment,
     scratch: &mut Scratch,
     ts: &str,
     audit: &mut Vec<u8>,
+    closing: &mut Vec<OwnedFd>,
 ) -> Begun {
     let parsed = parse_request(line);
     let mut bytes = Vec::with_capacity(192);
-    let request = match parsed.request {
-        Ok(_) if carried_fds => Err(RequestError::Malformed(
-            "file descriptors are not accepted".into(),
-        )),
-        other => other,
+    let (request, fds) = match (parsed.request, attachment) {
+        (Ok(Request::Held(held)), Attachment::Fds(fds)) => (Ok(Request::Held(held)), fds),
+        (Ok(Request::Held(held)), Attachment::None) => (Ok(Request::Held(held)), Vec::new()),
+        (Ok(_), Attachment::Fds(fds)) => {
+            closing.extend(fds);
+            (Err(not_accepted()), Vec::new())
+        }
+        (Ok(_), Attachment::Tainted) => (Err(not_accepted()), Vec::new()),
+        (other, Attachment::Fds(fds)) => {
+            closing.extend(fds);
+            (other, Vec::new())
+        }
+        (other, _) => (other, Vec::new()),
     };
     let (op, file, intent) = match request {
         // Not a decision: nothing to audit.
@@ -80,6 +99,15 @@ pub(super) fn begin(
         }
         Ok(Request::Bind(bind)) => {
             return Begun::Answered(answer_bind(policy, peer, &bind, parsed.id, ts, audit));
+        }
+        Ok(Request::Held(held)) => {
+            let answer = held_ops::answer(
+                policy, holder, peer, held, fds, parsed.id, ts, audit, closing,
+            );
+            return match answer {
+                HeldAnswer::Answered(out) => Begun::Answered(out),
+                HeldAnswer::Subscribe(sub) => Begun::Subscribe(sub),
+            };
         }
         Ok(Request::Open(file)) => (Op::Open, file, Intent::Open),
         Ok(Request::Check(file)) => (Op::Check, file, Intent::Check),
@@ -108,7 +136,7 @@ pub(super) fn rebuild_job(request: Request, id: Option<&RawValue>) -> Option<Fil
     let (op, intent, file) = match request {
         Request::Open(file) => (Op::Open, Intent::Open, file),
         Request::Check(file) => (Op::Check, Intent::Check, file),
-        Request::Hello | Request::Bind(_) | Request::Scope => return None,
+        Request::Hello | Request::Bind(_) | Request::Scope | Request::Held(_) => return None,
     };
     Some(FilesystemJob {
         op,
@@ -207,6 +235,23 @@ fn answer_bind(
             Outgoing::new(bytes, None, Some(audit.len()))
         }
     }
+}
+
+/// Whether `line` is a `store` or `park` (which take a descriptor): a
+/// look at its `op` alone, for lines that came with descriptors.
+pub(super) fn takes_fd(line: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct OpOnly {
+        op: Op,
+    }
+    serde_json::from_slice::<OpOnly>(line)
+        .ok()
+        .and_then(|l| l.op.held())
+        .is_some_and(crate::protocol::HeldOp::takes_fd)
+}
+
+fn not_accepted() -> RequestError {
+    RequestError::Malformed("file descriptors are accepted only with store and park".into())
 }
 
 /// Records a malformed request; returns where its record ends.

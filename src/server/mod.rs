@@ -11,6 +11,9 @@
 
 mod connection;
 mod dispatch;
+mod held;
+mod held_ops;
+mod holder;
 mod watchdog;
 mod worker;
 
@@ -27,6 +30,8 @@ use arc_swap::ArcSwap;
 use crate::audit::AuditLog;
 use crate::logging::{self, RateLimited};
 use crate::policy::{Policy, PolicyErrors};
+pub use held::HeldLimits;
+use holder::Holder;
 use watchdog::Watchdog;
 use worker::{Lane, SHUTDOWN_GRACE, spawn_lane};
 
@@ -48,6 +53,8 @@ pub struct ServerConfig {
     /// Load a policy that others could have written, with a warning
     /// (tests and development only).
     pub insecure_policy_permissions: bool,
+    /// `--max-held`, `--max-held-per-uid` (SPEC §3.4).
+    pub held: HeldLimits,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +69,7 @@ impl Default for ServerConfig {
                 .clamp(1, 16),
             fs_timeout: Duration::from_secs(10),
             insecure_policy_permissions: false,
+            held: HeldLimits::default(),
         }
     }
 }
@@ -85,9 +93,16 @@ struct Shared {
     lane_done: Condvar,
     audit_failures_log: RateLimited,
     fd_exhaustion_log: RateLimited,
+    /// Held and parked descriptors, and `wake` subscribers (SPEC §3.4).
+    holder: Holder,
 }
 
 impl Shared {
+    /// A `wake` subscriber, counted in when it connected, is gone.
+    fn subscriber_left(&self) {
+        self.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// A client counted in by a lane's `admit` is gone.
     fn forget_client(&self, lane: usize) {
         self.clients.fetch_sub(1, Ordering::Relaxed);
@@ -117,6 +132,7 @@ impl Server {
     ) -> io::Result<Server> {
         listener.set_nonblocking(true)?;
         crate::safe_open::prepare();
+        let config_limits = config.held;
         let lanes = (0..config.workers.max(1))
             .map(|index| Lane::new(index, &listener))
             .collect::<io::Result<Vec<_>>>()?;
@@ -135,7 +151,13 @@ impl Server {
             lane_done: Condvar::new(),
             audit_failures_log: RateLimited::default(),
             fd_exhaustion_log: RateLimited::default(),
+            holder: Holder::new(config_limits)?,
         });
+        let holding = shared.clone();
+        std::thread::Builder::new()
+            .name("fdopen-holder".into())
+            .stack_size(256 * 1024)
+            .spawn(move || holder::run(&holding))?;
         for index in 0..shared.lanes.len() {
             spawn_lane(shared.clone(), index, None)?;
         }

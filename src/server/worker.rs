@@ -24,6 +24,7 @@ use slab::Slab;
 
 use super::connection::{Connection, MAX_QUEUED_RESPONSES, Outgoing, say_busy};
 use super::dispatch::{self, Begun, FilesystemJob};
+use super::holder::Subscription;
 use super::watchdog::{CallWatch, Delivery, Polled, Watched};
 use super::{Shared, lock};
 use crate::audit::Clock;
@@ -263,7 +264,10 @@ impl Core {
         while let Some(&key) = self.active.get(self.cursor) {
             if let Some(conn) = self.conns.get_mut(key) {
                 while conn.outq.len() < MAX_QUEUED_RESPONSES {
-                    let Some((start, end, tainted)) = conn.next_line() else {
+                    if conn.subscription.is_some() {
+                        break;
+                    }
+                    let Some((start, end)) = conn.next_line() else {
                         break;
                     };
                     if end + 1 - start > max_request {
@@ -277,18 +281,30 @@ impl Core {
                     }
                     conn.answered = end + 1;
                     let ts = self.clock.now();
+                    let takes_fd = conn
+                        .attachments
+                        .iter()
+                        .any(|a| a.from <= start && start < a.to)
+                        && dispatch::takes_fd(&conn.inbuf[start..end]);
+                    let attachment = conn.attachment_for(start, takes_fd, &mut self.closing);
                     let line = &conn.inbuf[start..end];
                     let begun = dispatch::begin(
                         policy,
+                        &shared.holder,
                         &conn.peer,
                         line,
-                        tainted,
+                        attachment,
                         scratch,
                         ts,
                         &mut self.audit_buf,
+                        &mut self.closing,
                     );
                     match begun {
                         Begun::Answered(out) => conn.outq.push_back(out),
+                        Begun::Subscribe(sub) => {
+                            conn.subscription = Some(sub);
+                            break;
+                        }
                         Begun::NeedsFilesystem(job)
                             if !shared.watchdog.stuck.admits(conn.peer.uid) =>
                         {
@@ -427,7 +443,12 @@ impl Core {
                 }
             }
             conn.flush(&mut self.closing);
-            conn.drop_answered_lines();
+            let trailing = conn.answered < conn.inbuf.len();
+            conn.drop_answered_lines(&mut self.closing);
+            if conn.subscription.is_some() && conn.outq.is_empty() {
+                self.hand_to_holder(shared, key, trailing);
+                continue;
+            }
             if conn.finished() {
                 self.close(shared, key);
                 continue;
@@ -703,13 +724,32 @@ impl Core {
         ) && conn.wants_input()
             && !conn.has_complete_line()
         {
-            conn.read(&mut self.read_buf, &mut self.closing);
+            conn.read(&mut self.read_buf);
         }
         if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
             // Nobody is left to read the answers.
             conn.abandon_output();
         }
         self.active.push(key);
+    }
+
+    /// A connection whose `wake` was accepted, with every earlier response
+    /// sent, leaves the lane for the holder; it stays counted as a client.
+    fn hand_to_holder(&mut self, shared: &Shared, key: usize, trailing: bool) {
+        let conn = self.conns.remove(key);
+        let _ = self.epoll.delete(conn.stream.as_fd());
+        shared.lanes[self.index]
+            .load
+            .fetch_sub(1, Ordering::Relaxed);
+        let sub = conn.subscription.expect("checked by the caller");
+        shared.holder.subscribe(Subscription {
+            stream: conn.stream,
+            peer: conn.peer,
+            prefix: sub.prefix,
+            storer: sub.storer,
+            id: sub.id,
+            trailing: trailing || !conn.inbuf.is_empty(),
+        });
     }
 
     fn close(&mut self, shared: &Shared, key: usize) {

@@ -12,6 +12,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+mod held;
+pub use held::{WakeEvent, Wakeups, Woken};
+
 use crate::fdpass;
 use crate::protocol::{
     Create, Grant, Mode, Op, ResponseLine, Scope, ServerError, ServerInfo, WireRequest, json_path,
@@ -287,6 +290,11 @@ impl Client {
             self.inbuf.extend_from_slice(&buf[..received.bytes]);
             self.fds.extend(received.fds);
         }
+    }
+
+    /// A whole response line is already buffered.
+    pub fn has_buffered_line(&self) -> bool {
+        self.inbuf.contains(&b'\n')
     }
 
     /// Descriptors received and not yet claimed by a response.

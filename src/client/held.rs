@@ -1,0 +1,209 @@
+//! The client side of held descriptors and parked connections (SPEC §3.4).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use super::{Client, Error, Response};
+use crate::fdpass;
+use crate::protocol::{ListedName, Op, ResponseLine, Storer, WireRequest};
+
+/// What woke a parked connection.
+#[derive(Debug)]
+pub enum WakeEvent {
+    /// Input arrived: here is the connection, its data unread.
+    Readable(OwnedFd),
+    /// The peer hung up; the server closed the connection.
+    Hangup,
+}
+
+/// One wake-up from a [`Wakeups`] subscription.
+#[derive(Debug)]
+pub struct Woken {
+    pub name: String,
+    pub storer: u32,
+    pub event: WakeEvent,
+}
+
+/// A `wake` subscription: each item is a parked name that woke, in the
+/// order they became readable; `None` once the server closes it.
+pub struct Wakeups {
+    client: Client,
+}
+
+impl Iterator for Wakeups {
+    type Item = Result<Woken, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let response = match self.client.receive() {
+            Ok(r) => r,
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        let line = response.line;
+        if !line.ok {
+            return Some(Err(refused(line)));
+        }
+        let (Some(name), Some(storer), Some(event)) = (line.name, line.storer, line.event) else {
+            return Some(Err(Error::Protocol(
+                "wake-up without name, storer or event".into(),
+            )));
+        };
+        let event = match (event.as_str(), response.fd) {
+            ("readable", Some(fd)) => WakeEvent::Readable(fd),
+            ("hangup", None) => WakeEvent::Hangup,
+            (other, _) => {
+                return Some(Err(Error::Protocol(format!(
+                    "unexpected wake-up {other:?}"
+                ))));
+            }
+        };
+        Some(Ok(Woken {
+            name,
+            storer,
+            event,
+        }))
+    }
+}
+
+impl Wakeups {
+    /// The connection, to poll it for readiness alongside other work.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.client.stream().as_fd()
+    }
+
+    /// Wake-ups already received and not yet taken: poll the fd only when
+    /// this is false.
+    pub fn has_buffered(&self) -> bool {
+        self.client.has_buffered_line()
+    }
+}
+
+fn refused(line: ResponseLine) -> Error {
+    match line.error {
+        Some(e) => Error::Refused(e),
+        None => Error::Protocol("refusal without an error".into()),
+    }
+}
+
+fn expiry(expires: Option<Duration>) -> Option<String> {
+    expires.map(|d| humantime::format_duration(d).to_string())
+}
+
+impl Client {
+    fn ask_held(
+        &mut self,
+        request: &WireRequest<'_>,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Response, Error> {
+        let mut line = serde_json::to_vec(request).map_err(|e| Error::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        match fd {
+            // The descriptor rides on the first byte of its line (SPEC §2).
+            Some(fd) => {
+                let sent = fdpass::send(self.stream.as_fd(), &line, Some(fd))?;
+                self.send_raw(&line[sent..])?;
+            }
+            None => self.send_raw(&line)?,
+        }
+        let response = self.receive()?;
+        if !response.line.ok {
+            return Err(refused(response.line));
+        }
+        Ok(response)
+    }
+
+    /// Holds `fd` under `name` until it is retrieved with `remove`,
+    /// dropped, or `expires` passes.
+    pub fn store(
+        &mut self,
+        name: &str,
+        fd: BorrowedFd<'_>,
+        expires: Option<Duration>,
+    ) -> Result<(), Error> {
+        let request = WireRequest {
+            name: Some(name.to_owned()),
+            expires: expiry(expires),
+            ..WireRequest::new(Op::Store)
+        };
+        self.ask_held(&request, Some(fd)).map(drop)
+    }
+
+    /// Parks a connected socket under `name`: the server watches it and
+    /// hands it to a [`Client::wake`] subscriber when input arrives.
+    pub fn park(
+        &mut self,
+        name: &str,
+        socket: BorrowedFd<'_>,
+        expires: Option<Duration>,
+    ) -> Result<(), Error> {
+        let request = WireRequest {
+            name: Some(name.to_owned()),
+            expires: expiry(expires),
+            ..WireRequest::new(Op::Park)
+        };
+        self.ask_held(&request, Some(socket)).map(drop)
+    }
+
+    /// A duplicate of the fd held under `name` (by `storer`, default us);
+    /// with `remove`, the server stops holding it.
+    pub fn retrieve(
+        &mut self,
+        name: &str,
+        remove: bool,
+        storer: Option<Storer>,
+    ) -> Result<OwnedFd, Error> {
+        let request = WireRequest {
+            name: Some(name.to_owned()),
+            remove: remove.then_some(true),
+            storer,
+            ..WireRequest::new(Op::Retrieve)
+        };
+        self.ask_held(&request, None)?
+            .fd
+            .ok_or_else(|| Error::Protocol("retrieve granted without a descriptor".into()))
+    }
+
+    /// The held names under `prefix` that the policy lets us see.
+    pub fn list(
+        &mut self,
+        prefix: Option<&str>,
+        storer: Option<Storer>,
+    ) -> Result<Vec<ListedName>, Error> {
+        let request = WireRequest {
+            prefix: prefix.map(str::to_owned),
+            storer,
+            ..WireRequest::new(Op::List)
+        };
+        let names = self
+            .ask_held(&request, None)?
+            .line
+            .names
+            .unwrap_or_default();
+        names
+            .into_iter()
+            .map(|v| serde_json::from_value(v).map_err(|e| Error::Protocol(e.to_string())))
+            .collect()
+    }
+
+    /// Stops holding `name` (the server closes its copy).
+    pub fn drop_name(&mut self, name: &str, storer: Option<Storer>) -> Result<(), Error> {
+        let request = WireRequest {
+            name: Some(name.to_owned()),
+            storer,
+            ..WireRequest::new(Op::Drop)
+        };
+        self.ask_held(&request, None).map(drop)
+    }
+
+    /// Subscribes to parked names under `prefix`: the connection carries
+    /// nothing else from now on, so it is consumed.
+    pub fn wake(mut self, prefix: &str, storer: Option<Storer>) -> Result<Wakeups, Error> {
+        let request = WireRequest {
+            prefix: Some(prefix.to_owned()),
+            storer,
+            ..WireRequest::new(Op::Wake)
+        };
+        self.ask_held(&request, None)?;
+        Ok(Wakeups { client: self })
+    }
+}

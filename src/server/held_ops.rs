@@ -1,0 +1,203 @@
+//! `store`, `retrieve`, `list`, `drop`, `park` and `wake` (SPEC §3.4):
+//! decide against the policy, act on the holder, audit, answer.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use super::connection::{Outgoing, Subscribing};
+use super::held::Kind;
+use super::holder::Holder;
+use crate::audit::Record;
+use crate::decision::Refusal;
+use crate::peer::PeerIdentity;
+use crate::policy::Policy;
+use crate::protocol::held::HeldLine;
+use crate::protocol::{ErrorCode, HeldOp, HeldRequest, Storer, encode};
+
+/// What a held-fd request came to.
+pub(super) enum HeldAnswer {
+    Answered(Outgoing),
+    /// A `wake` the policy accepts: the connection becomes a subscription.
+    Subscribe(Subscribing),
+}
+
+/// The uid a request's `storer` names (the client itself by default).
+fn storer_uid(storer: Option<&Storer>, client: &PeerIdentity) -> Result<u32, Refusal> {
+    match storer {
+        None => Ok(client.uid),
+        Some(Storer::Uid(uid)) => Ok(*uid),
+        Some(Storer::Name(name)) => nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+            .ok_or_else(|| Refusal::new(ErrorCode::BadRequest, format!("unknown user {name:?}"))),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn answer(
+    policy: &Policy,
+    holder: &Holder,
+    peer: &Arc<PeerIdentity>,
+    request: HeldRequest,
+    mut fds: Vec<OwnedFd>,
+    id: Option<&RawValue>,
+    ts: &str,
+    audit: &mut Vec<u8>,
+    closing: &mut Vec<OwnedFd>,
+) -> HeldAnswer {
+    let op = request.op;
+    let mut record = Record::new(peer, ts);
+    record.op = Some(op.as_str());
+    record.name = request.name.as_deref().or(request.prefix.as_deref());
+    let outcome = storer_uid(request.storer.as_ref(), peer).and_then(|storer| {
+        record.storer = Some(storer);
+        act(policy, holder, peer, &request, storer, &mut fds, id)
+    });
+    closing.append(&mut fds);
+    let mut bytes = Vec::with_capacity(128);
+    let (out_fd, rule) = match outcome {
+        Ok(Acted::Subscribe(sub)) => {
+            record.ok = true;
+            record.append_to(audit);
+            return HeldAnswer::Subscribe(sub);
+        }
+        Ok(Acted::Line(line, fd, rule)) => {
+            bytes = line;
+            (fd, rule)
+        }
+        Err(refusal) => {
+            encode::error(&mut bytes, id, refusal.code, &refusal.message);
+            record.code = Some(refusal.code.as_str());
+            record.rule = refusal.rule.as_deref();
+            record.append_to(audit);
+            return HeldAnswer::Answered(Outgoing::new(bytes, None, Some(audit.len())));
+        }
+    };
+    record.ok = true;
+    record.rule = rule.as_deref();
+    record.append_to(audit);
+    HeldAnswer::Answered(Outgoing {
+        grants: out_fd.is_some(),
+        ..Outgoing::new(bytes, out_fd.map(std::fs::File::from), Some(audit.len()))
+    })
+}
+
+enum Acted {
+    /// The response line, the fd it carries, the rule that allowed it.
+    Line(Vec<u8>, Option<OwnedFd>, Option<String>),
+    Subscribe(Subscribing),
+}
+
+fn act(
+    policy: &Policy,
+    holder: &Holder,
+    peer: &Arc<PeerIdentity>,
+    request: &HeldRequest,
+    storer: u32,
+    fds: &mut Vec<OwnedFd>,
+    id: Option<&RawValue>,
+) -> Result<Acted, Refusal> {
+    let op = request.op;
+    if op.takes_fd() && fds.len() != 1 {
+        let why = format!(
+            "{} takes exactly one descriptor, attached to its line",
+            op.as_str()
+        );
+        return Err(Refusal::new(ErrorCode::BadRequest, why));
+    }
+    let line = |name: Option<&str>, fd: bool, kind: Option<&str>| {
+        let mut bytes = Vec::new();
+        HeldLine {
+            id,
+            ok: true,
+            fd,
+            name,
+            kind,
+            storer: Some(storer),
+            ..HeldLine::default()
+        }
+        .write(&mut bytes);
+        bytes
+    };
+    match op {
+        HeldOp::Store | HeldOp::Park => {
+            let name = request.name.as_deref().expect("validated");
+            let rule = policy.decide_held(op, name, storer, peer)?.name.clone();
+            let kind = if op == HeldOp::Park {
+                Kind::Parked
+            } else {
+                Kind::Held
+            };
+            let fd = fds.pop().expect("checked above");
+            holder
+                .hold(peer.clone(), name, fd, kind, request.expires)
+                .map_err(|(refusal, fd)| {
+                    fds.extend(fd);
+                    refusal
+                })?;
+            Ok(Acted::Line(
+                line(Some(name), false, Some(kind.as_str())),
+                None,
+                Some(rule),
+            ))
+        }
+        HeldOp::Retrieve => {
+            let name = request.name.as_deref().expect("validated");
+            let rule = policy.decide_held(op, name, storer, peer)?.name.clone();
+            let (fd, was) = holder.retrieve(storer, name, request.remove)?;
+            Ok(Acted::Line(
+                line(Some(name), true, Some(was.as_str())),
+                Some(fd),
+                Some(rule),
+            ))
+        }
+        HeldOp::Drop => {
+            let name = request.name.as_deref().expect("validated");
+            let rule = policy.decide_held(op, name, storer, peer)?.name.clone();
+            fds.push(holder.drop_name(storer, name)?);
+            Ok(Acted::Line(line(Some(name), false, None), None, Some(rule)))
+        }
+        HeldOp::List => {
+            if !policy.allows_held_op(op, storer, peer) {
+                let why = format!(
+                    "no rule lets uid {} list fds stored by uid {storer}",
+                    peer.uid
+                );
+                return Err(Refusal::new(ErrorCode::Denied, why));
+            }
+            let prefix = request.prefix.as_deref().unwrap_or("");
+            let names = holder.list(storer, prefix, |name| {
+                policy.decide_held(op, name, storer, peer).is_ok()
+            });
+            let mut bytes = Vec::new();
+            HeldLine {
+                id,
+                ok: true,
+                storer: Some(storer),
+                names: Some(&names),
+                ..HeldLine::default()
+            }
+            .write(&mut bytes);
+            Ok(Acted::Line(bytes, None, None))
+        }
+        HeldOp::Wake => {
+            if !policy.allows_held_op(op, storer, peer) {
+                let why = format!(
+                    "no rule lets uid {} wake on fds stored by uid {storer}",
+                    peer.uid
+                );
+                return Err(Refusal::new(ErrorCode::Denied, why));
+            }
+            let prefix = request.prefix.clone().expect("validated");
+            let sub = Subscribing {
+                prefix,
+                storer,
+                id: id.map(ToOwned::to_owned),
+            };
+            Ok(Acted::Subscribe(sub))
+        }
+    }
+}

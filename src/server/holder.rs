@@ -1,0 +1,663 @@
+//! The holder (SPEC §3.4): keeps held and parked descriptors, watches the
+//! parked ones in an epoll of its own thread, and hands each one back to
+//! the oldest subscriber the policy lets have it, the moment it becomes
+//! readable. Lanes call in to store, retrieve, list, drop and park; a
+//! `wake` connection is handed over whole and lives here from then on.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use serde_json::value::RawValue;
+use slab::Slab;
+
+use super::held::{Entry, HeldLimits, Key, Kind, Registry, listed_name};
+use super::{Shared, lock};
+use crate::audit::{Clock, Record};
+use crate::decision::Refusal;
+use crate::fdpass;
+use crate::logging;
+use crate::peer::PeerIdentity;
+use crate::protocol::held::HeldLine;
+use crate::protocol::{ErrorCode, HeldOp, ListedName, encode};
+
+const WAKER: u64 = u64::MAX;
+/// Epoll keys at and above this are subscribers (slab key + base).
+const SUBSCRIBER_BASE: u64 = 1 << 62;
+/// Wake-ups queued for one subscriber that is not reading: beyond this it
+/// is passed over until it catches up.
+const MAX_QUEUED_WAKEUPS: usize = 256;
+/// After the audit log refused a batch, how soon delivery is tried again.
+const AUDIT_RETRY: Duration = Duration::from_secs(1);
+
+/// A `wake` connection.
+struct Subscriber {
+    stream: UnixStream,
+    peer: Arc<PeerIdentity>,
+    prefix: String,
+    storer: u32,
+    id: Option<Box<RawValue>>,
+    /// Order of arrival: the oldest eligible subscriber gets each fd.
+    seq: u64,
+    outq: VecDeque<Queued>,
+    /// Sent something it must not: answered, closed once flushed.
+    closing: bool,
+    /// Hung up: removed at the next flush, its wake-ups put back.
+    gone: bool,
+}
+
+/// A line waiting to go to a subscriber.
+struct Queued {
+    bytes: Vec<u8>,
+    sent: usize,
+    fd: Option<OwnedFd>,
+    /// For a woken fd: where it was parked, to park it again if the
+    /// subscriber leaves before it is sent.
+    parked: Option<(Key, Arc<PeerIdentity>, Option<Duration>)>,
+}
+
+impl Queued {
+    fn line(bytes: Vec<u8>) -> Queued {
+        Queued {
+            bytes,
+            sent: 0,
+            fd: None,
+            parked: None,
+        }
+    }
+}
+
+struct State {
+    registry: Registry,
+    subscribers: Slab<Subscriber>,
+    next_seq: u64,
+    /// Parked fds that fired with nobody to take them: re-armed when a
+    /// subscriber comes.
+    unclaimed: Vec<u64>,
+    retry_at: Option<Instant>,
+}
+
+pub(super) struct Holder {
+    state: Mutex<State>,
+    epoll: Epoll,
+    waker: EventFd,
+    limits: HeldLimits,
+}
+
+/// A subscription on its way from a lane to the holder.
+pub(super) struct Subscription {
+    pub stream: UnixStream,
+    pub peer: Arc<PeerIdentity>,
+    pub prefix: String,
+    pub storer: u32,
+    pub id: Option<Box<RawValue>>,
+    /// Bytes the client sent after its `wake`: a protocol error.
+    pub trailing: bool,
+}
+
+fn parked_interest(token: u64) -> EpollEvent {
+    EpollEvent::new(
+        EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT,
+        token,
+    )
+}
+
+impl Holder {
+    pub fn new(limits: HeldLimits) -> io::Result<Holder> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let waker =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        epoll.add(waker.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKER))?;
+        Ok(Holder {
+            state: Mutex::new(State {
+                registry: Registry::default(),
+                subscribers: Slab::new(),
+                next_seq: 0,
+                unclaimed: Vec::new(),
+                retry_at: None,
+            }),
+            epoll,
+            waker,
+            limits,
+        })
+    }
+
+    fn wake(&self) {
+        let _ = self.waker.write(1);
+    }
+
+    /// `store` or `park`: holds `fd` under `name` for `storer`. A parked
+    /// fd must be a socket, and is watched from now on.
+    pub fn hold(
+        &self,
+        storer: Arc<PeerIdentity>,
+        name: &str,
+        fd: OwnedFd,
+        kind: Kind,
+        expires: Option<Duration>,
+    ) -> Result<(), (Refusal, Option<OwnedFd>)> {
+        if kind == Kind::Parked && !is_socket(&fd) {
+            let refusal = Refusal::new(ErrorCode::NotRegular, "only a socket can be parked");
+            return Err((refusal, Some(fd)));
+        }
+        let mut state = lock(&self.state);
+        self.insert(&mut state, storer, name, fd, kind, expires)?;
+        drop(state);
+        if expires.is_some() {
+            // The holder thread may sleep past this expiry otherwise.
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Enters an fd in the registry and, if parked, in the epoll.
+    fn insert(
+        &self,
+        state: &mut State,
+        storer: Arc<PeerIdentity>,
+        name: &str,
+        fd: OwnedFd,
+        kind: Kind,
+        expires: Option<Duration>,
+    ) -> Result<(), (Refusal, Option<OwnedFd>)> {
+        let uid = storer.uid;
+        let token = state
+            .registry
+            .insert(self.limits, storer, name, fd, kind, expires)
+            .map_err(|(refusal, fd)| (refusal, Some(fd)))?;
+        if kind == Kind::Parked {
+            let entry = state.registry.get(uid, name).expect("inserted");
+            if let Err(e) = self.epoll.add(entry.fd.as_fd(), parked_interest(token)) {
+                let entry = state.registry.remove(uid, name).expect("inserted");
+                let refusal = Refusal::new(ErrorCode::IoError, format!("cannot watch it: {e}"));
+                return Err((refusal, Some(entry.fd)));
+            }
+        }
+        Ok(())
+    }
+
+    /// `retrieve`: a duplicate of the held fd (or, with `remove`, the fd
+    /// itself, no longer held), and whether it was parked. A parked fd is
+    /// unparked: it stays held, but no longer watched.
+    pub fn retrieve(
+        &self,
+        storer: u32,
+        name: &str,
+        remove: bool,
+    ) -> Result<(OwnedFd, Kind), Refusal> {
+        let mut state = lock(&self.state);
+        let not_found = || Refusal::new(ErrorCode::NotFound, format!("{name:?} is not held"));
+        if remove {
+            let entry = state.registry.remove(storer, name).ok_or_else(not_found)?;
+            if entry.kind == Kind::Parked {
+                let _ = self.epoll.delete(entry.fd.as_fd());
+            }
+            return Ok((entry.fd, entry.kind));
+        }
+        let entry = state.registry.get_mut(storer, name).ok_or_else(not_found)?;
+        let was = entry.kind;
+        if was == Kind::Parked {
+            let _ = self.epoll.delete(entry.fd.as_fd());
+            entry.kind = Kind::Held;
+        }
+        let copy = entry
+            .fd
+            .try_clone()
+            .map_err(|e| Refusal::new(ErrorCode::Busy, format!("cannot duplicate it: {e}")))?;
+        Ok((copy, was))
+    }
+
+    /// `drop`: the fd, no longer held, for the caller to close.
+    pub fn drop_name(&self, storer: u32, name: &str) -> Result<OwnedFd, Refusal> {
+        let mut state = lock(&self.state);
+        let entry = state
+            .registry
+            .remove(storer, name)
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("{name:?} is not held")))?;
+        if entry.kind == Kind::Parked {
+            let _ = self.epoll.delete(entry.fd.as_fd());
+        }
+        Ok(entry.fd)
+    }
+
+    /// `list`: `storer`'s names under `prefix` that `visible` lets through.
+    pub fn list(
+        &self,
+        storer: u32,
+        prefix: &str,
+        visible: impl Fn(&str) -> bool,
+    ) -> Vec<ListedName> {
+        let state = lock(&self.state);
+        state
+            .registry
+            .listed(storer, prefix)
+            .filter(|(name, _)| visible(name))
+            .map(|(name, entry)| listed_name(name, entry))
+            .collect()
+    }
+
+    /// Takes a `wake` connection over: answers it, then sends it every
+    /// woken name it may have.
+    pub fn subscribe(&self, sub: Subscription) {
+        let mut state = lock(&self.state);
+        state.next_seq += 1;
+        let seq = state.next_seq;
+        let mut ack = Vec::new();
+        HeldLine {
+            id: sub.id.as_deref(),
+            ok: true,
+            subscribed: Some(&sub.prefix),
+            storer: Some(sub.storer),
+            ..HeldLine::default()
+        }
+        .write(&mut ack);
+        let mut subscriber = Subscriber {
+            stream: sub.stream,
+            peer: sub.peer,
+            prefix: sub.prefix,
+            storer: sub.storer,
+            id: sub.id,
+            seq,
+            outq: VecDeque::from([Queued::line(ack)]),
+            closing: false,
+            gone: false,
+        };
+        if sub.trailing {
+            refuse_more(&mut subscriber);
+        }
+        let entry = state.subscribers.vacant_entry();
+        let key = entry.key() as u64 + SUBSCRIBER_BASE;
+        // Edge-triggered: EPOLLOUT would otherwise fire for as long as the
+        // socket has room.
+        let interest = EpollFlags::EPOLLIN
+            | EpollFlags::EPOLLRDHUP
+            | EpollFlags::EPOLLOUT
+            | EpollFlags::EPOLLET;
+        if self
+            .epoll
+            .add(subscriber.stream.as_fd(), EpollEvent::new(interest, key))
+            .is_ok()
+        {
+            entry.insert(subscriber);
+        }
+        // Fds that fired while nobody could take them get another look.
+        let unclaimed = std::mem::take(&mut state.unclaimed);
+        for token in unclaimed {
+            self.rearm(&state, token);
+        }
+        drop(state);
+        self.wake();
+    }
+
+    fn rearm(&self, state: &State, token: u64) {
+        if let Some(Key { storer, name }) = state.registry.key_of(token)
+            && let Some(entry) = state.registry.get(*storer, name)
+            && entry.kind == Kind::Parked
+        {
+            let mut event = parked_interest(token);
+            let _ = self.epoll.modify(entry.fd.as_fd(), &mut event);
+        }
+    }
+}
+
+fn is_socket(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+}
+
+/// Bytes waiting to be read on `fd`.
+fn unread_bytes(fd: &OwnedFd) -> i32 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } != 0 {
+        return 0;
+    }
+    n
+}
+
+/// A subscriber sent a request: SPEC §3.4 answers `bad_request` and closes.
+fn refuse_more(sub: &mut Subscriber) {
+    if sub.closing {
+        return;
+    }
+    let mut line = Vec::new();
+    encode::error(
+        &mut line,
+        None,
+        ErrorCode::BadRequest,
+        "a wake connection carries nothing else",
+    );
+    sub.outq.push_back(Queued::line(line));
+    sub.closing = true;
+}
+
+/// What happened to a parked fd.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Readable,
+    Hangup,
+}
+
+impl Event {
+    fn as_str(self) -> &'static str {
+        match self {
+            Event::Readable => "readable",
+            Event::Hangup => "hangup",
+        }
+    }
+}
+
+/// A wake-up whose record is in the batch: sent once the batch is written.
+struct Pending {
+    token: u64,
+    subscriber: usize,
+    event: Event,
+}
+
+/// The holder thread, for the life of the server.
+pub(super) fn run(shared: &Arc<Shared>) {
+    let holder = &shared.holder;
+    let mut events = vec![EpollEvent::empty(); 1024];
+    let mut clock = Clock::default();
+    let mut audit = Vec::new();
+    loop {
+        let timeout = {
+            let state = lock(&holder.state);
+            let now = Instant::now();
+            let mut timeout = state.registry.next_expiry(now);
+            if let Some(at) = state.retry_at {
+                let retry = at.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(retry, |t| t.min(retry)));
+            }
+            timeout
+        };
+        let timeout = timeout.map_or(EpollTimeout::NONE, |t| {
+            // Round up, so an expiry is never a busy loop of zero waits.
+            EpollTimeout::try_from(t + Duration::from_millis(1)).unwrap_or(EpollTimeout::NONE)
+        });
+        let ready = match holder.epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => {
+                logging::error(format_args!("holder: epoll_wait failed: {e}"));
+                std::thread::sleep(Duration::from_millis(10));
+                0
+            }
+        };
+        let policy = shared.policy.load_full();
+        let mut state = lock(&holder.state);
+        let state = &mut *state;
+        let mut pending = Vec::new();
+        let mut closing: Vec<OwnedFd> = Vec::new();
+        for event in &events[..ready] {
+            match event.data() {
+                WAKER => {
+                    let _ = holder.waker.read();
+                }
+                key if key >= SUBSCRIBER_BASE => {
+                    let key = (key - SUBSCRIBER_BASE) as usize;
+                    subscriber_ready(state, key, event.events(), &mut closing);
+                }
+                token => {
+                    let Some(key) = state.registry.key_of(token).cloned() else {
+                        continue;
+                    };
+                    let Some(entry) = state.registry.get(key.storer, &key.name) else {
+                        continue;
+                    };
+                    let hung_up = event.events().intersects(
+                        EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR,
+                    ) && unread_bytes(&entry.fd) == 0;
+                    let kind = if hung_up {
+                        Event::Hangup
+                    } else {
+                        Event::Readable
+                    };
+                    claim(
+                        state,
+                        &policy,
+                        token,
+                        &key,
+                        kind,
+                        &mut pending,
+                        &mut clock,
+                        &mut audit,
+                    );
+                }
+            }
+        }
+        if state.retry_at.is_some_and(|at| Instant::now() >= at) {
+            state.retry_at = None;
+            for token in std::mem::take(&mut state.unclaimed) {
+                holder.rearm(state, token);
+            }
+        }
+        for (key, entry) in state.registry.expire(Instant::now()) {
+            let ts = clock.now().to_owned();
+            let mut record = Record::new(&entry.storer, &ts);
+            record.op = Some(if entry.kind == Kind::Parked {
+                "park"
+            } else {
+                "store"
+            });
+            record.name = Some(&key.name);
+            record.storer = Some(key.storer);
+            record.event = Some("expired");
+            record.ok = true;
+            record.append_to(&mut audit);
+            closing.push(entry.fd);
+        }
+        // Records first: a wake-up whose record is not in the log is not
+        // sent, and waits for the next try.
+        let written = match shared.audit.write(&audit) {
+            Ok(()) => true,
+            Err(e) => {
+                shared.audit_failures_log.log(format_args!(
+                    "audit log write failed; parked fds wait until it can be written: {}",
+                    e.source
+                ));
+                false
+            }
+        };
+        audit.clear();
+        for p in pending {
+            if written {
+                deliver(holder, state, p, &mut closing);
+            } else {
+                state.unclaimed.push(p.token);
+                state.retry_at = Some(Instant::now() + AUDIT_RETRY);
+            }
+        }
+        flush_all(holder, state, shared, &mut closing);
+        drop(closing);
+    }
+}
+
+/// Chooses who gets a fired parked fd and writes the record of it; a
+/// hang-up nobody can be told of is closed here.
+#[allow(clippy::too_many_arguments)]
+fn claim(
+    state: &mut State,
+    policy: &crate::policy::Policy,
+    token: u64,
+    key: &Key,
+    event: Event,
+    pending: &mut Vec<Pending>,
+    clock: &mut Clock,
+    audit: &mut Vec<u8>,
+) {
+    let taken: Vec<usize> = pending.iter().map(|p| p.subscriber).collect();
+    let chosen = state
+        .subscribers
+        .iter()
+        .filter(|(k, s)| {
+            !s.closing
+                && s.storer == key.storer
+                && key.name.starts_with(&s.prefix)
+                && s.outq.len() + taken.iter().filter(|t| *t == k).count() < MAX_QUEUED_WAKEUPS
+        })
+        .filter_map(|(k, s)| {
+            policy
+                .decide_held(HeldOp::Wake, &key.name, key.storer, &s.peer)
+                .ok()
+                .map(|rule| (k, s.seq, rule.name.clone()))
+        })
+        .min_by_key(|(_, seq, _)| *seq);
+    let ts = clock.now().to_owned();
+    match chosen {
+        Some((subscriber, _, rule)) => {
+            let sub = &state.subscribers[subscriber];
+            let mut record = Record::new(&sub.peer, &ts);
+            record.op = Some("wake");
+            record.name = Some(&key.name);
+            record.storer = Some(key.storer);
+            record.event = Some(event.as_str());
+            record.ok = true;
+            record.rule = Some(&rule);
+            record.append_to(audit);
+            pending.push(Pending {
+                token,
+                subscriber,
+                event,
+            });
+        }
+        None if event == Event::Hangup => {
+            if let Some(entry) = state.registry.remove(key.storer, &key.name) {
+                let mut record = Record::new(&entry.storer, &ts);
+                record.op = Some("park");
+                record.name = Some(&key.name);
+                record.storer = Some(key.storer);
+                record.event = Some("hangup");
+                record.ok = true;
+                record.append_to(audit);
+                drop(entry); // closing a socket does not block
+            }
+        }
+        None => state.unclaimed.push(token),
+    }
+}
+
+/// Sends a claimed wake-up: the fd leaves the registry for the
+/// subscriber's queue. A subscriber gone meanwhile puts it back to wait.
+fn deliver(holder: &Holder, state: &mut State, p: Pending, closing: &mut Vec<OwnedFd>) {
+    let Some(key) = state.registry.key_of(p.token).cloned() else {
+        return;
+    };
+    if !state.subscribers.contains(p.subscriber) || state.subscribers[p.subscriber].closing {
+        state.unclaimed.push(p.token);
+        holder.rearm(state, p.token);
+        return;
+    }
+    let Some(entry) = state.registry.remove(key.storer, &key.name) else {
+        return;
+    };
+    let Entry {
+        fd,
+        expires,
+        storer,
+        ..
+    } = entry;
+    let _ = holder.epoll.delete(fd.as_fd());
+    let left = expires.map(|(at, _)| at.saturating_duration_since(Instant::now()));
+    let sub = &mut state.subscribers[p.subscriber];
+    let mut line = Vec::new();
+    HeldLine {
+        id: sub.id.as_deref(),
+        ok: true,
+        fd: p.event == Event::Readable,
+        name: Some(&key.name),
+        event: Some(p.event.as_str()),
+        storer: Some(key.storer),
+        ..HeldLine::default()
+    }
+    .write(&mut line);
+    match p.event {
+        Event::Readable => sub.outq.push_back(Queued {
+            bytes: line,
+            sent: 0,
+            fd: Some(fd),
+            parked: Some((key, storer, left)),
+        }),
+        Event::Hangup => {
+            sub.outq.push_back(Queued::line(line));
+            closing.push(fd);
+        }
+    }
+}
+
+fn subscriber_ready(state: &mut State, key: usize, events: EpollFlags, closing: &mut Vec<OwnedFd>) {
+    let Some(sub) = state.subscribers.get_mut(key) else {
+        return;
+    };
+    if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR | EpollFlags::EPOLLRDHUP) {
+        sub.gone = true;
+        return;
+    }
+    if events.contains(EpollFlags::EPOLLIN) {
+        let mut buf = [0u8; 512];
+        match fdpass::recv(sub.stream.as_fd(), &mut buf) {
+            Ok(r) if r.bytes == 0 => sub.gone = true,
+            Ok(r) => {
+                closing.extend(r.fds);
+                refuse_more(sub);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Removes a subscriber. What it had queued and not yet received is
+/// parked again, to wait for the next subscriber (SPEC §3.4).
+fn drop_subscriber(holder: &Holder, state: &mut State, key: usize, closing: &mut Vec<OwnedFd>) {
+    let sub = state.subscribers.remove(key);
+    let _ = holder.epoll.delete(sub.stream.as_fd());
+    for queued in sub.outq {
+        match (queued.fd, queued.parked) {
+            (Some(fd), Some((key, storer, left))) if queued.sent == 0 => {
+                if let Err((_, fd)) =
+                    holder.insert(state, storer, &key.name, fd, Kind::Parked, left)
+                {
+                    closing.extend(fd);
+                }
+            }
+            (fd, _) => closing.extend(fd),
+        }
+    }
+    closing.push(sub.stream.into());
+}
+
+/// Writes what each subscriber has queued, as far as its socket takes it,
+/// and removes the subscribers that are done or gone.
+fn flush_all(holder: &Holder, state: &mut State, shared: &Shared, closing: &mut Vec<OwnedFd>) {
+    let mut done = Vec::new();
+    for (key, sub) in state.subscribers.iter_mut() {
+        while !sub.gone
+            && let Some(queued) = sub.outq.front_mut()
+        {
+            let fd = queued.fd.as_ref().map(|f| f.as_fd());
+            match fdpass::send(sub.stream.as_fd(), &queued.bytes[queued.sent..], fd) {
+                Ok(n) => {
+                    queued.sent += n;
+                    closing.extend(queued.fd.take());
+                    if queued.sent == queued.bytes.len() {
+                        sub.outq.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => sub.gone = true,
+            }
+        }
+        if sub.gone || (sub.closing && sub.outq.is_empty()) {
+            done.push(key);
+        }
+    }
+    for key in done {
+        drop_subscriber(holder, state, key, closing);
+        shared.subscriber_left();
+    }
+}

@@ -911,6 +911,52 @@ mod tests {
     const ROOT: fn() -> PeerIdentity = || client(0, 0, &[]);
 
     #[test]
+    fn held_ops_follow_names_ops_and_stored_by() {
+        let p = policy(
+            r#"{"rules":[
+              {"name":"own","names":["jobs/*"]},
+              {"name":"park","names":["web/**"],"ops":["park","wake"]},
+              {"name":"ops-team","names":["web/**"],"ops":["retrieve","list"],"stored_by":[1000]},
+              {"name":"anyone","names":["pub/*"],"ops":["retrieve"],"stored_by":["*"]},
+              {"name":"no","effect":"deny","names":["web/secret"]}]}"#,
+        );
+        let me = client(1000, 1000, &[]);
+        let ops = client(2000, 2000, &[]);
+        let ok = |op, name, storer, c: &PeerIdentity| {
+            p.decide_held(op, name, storer, c).map(|r| r.name.clone())
+        };
+        // Default ops: store, retrieve, list, drop, on the client's own.
+        assert_eq!(ok(HeldOp::Store, "jobs/a", 1000, &me).unwrap(), "own");
+        assert!(ok(HeldOp::Park, "jobs/a", 1000, &me).is_err());
+        assert!(
+            ok(HeldOp::Retrieve, "jobs/a", 2000, &me).is_err(),
+            "not another's"
+        );
+        assert!(
+            ok(HeldOp::Store, "jobs/a/b", 1000, &me).is_err(),
+            "* stays in a component"
+        );
+        // stored_by lets one uid reach another's.
+        assert_eq!(
+            ok(HeldOp::Retrieve, "web/c1", 1000, &ops).unwrap(),
+            "ops-team"
+        );
+        assert!(ok(HeldOp::Retrieve, "web/c1", 3000, &ops).is_err());
+        assert_eq!(ok(HeldOp::Retrieve, "pub/x", 4242, &ops).unwrap(), "anyone");
+        // A deny rule without ops or stored_by covers every op, everyone's.
+        let denied = p
+            .decide_held(HeldOp::Wake, "web/secret", 1000, &me)
+            .unwrap_err();
+        assert_eq!(denied.rule.as_deref(), Some("no"));
+        assert!(ok(HeldOp::Retrieve, "web/secret", 1000, &ops).is_err());
+        // wake and list need some rule before any name is known.
+        assert!(p.allows_held_op(HeldOp::Wake, 1000, &me));
+        assert!(!p.allows_held_op(HeldOp::Wake, 1000, &ops));
+        assert!(p.allows_held_op(HeldOp::List, 1000, &ops));
+        assert!(!p.allows_held_op(HeldOp::List, 3000, &ops));
+    }
+
+    #[test]
     fn empty_policy_grants_nothing() {
         let p = policy(r#"{"rules":[]}"#);
         assert_eq!(

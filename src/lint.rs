@@ -253,7 +253,12 @@ fn literal_suffix(glob: &str) -> Option<&str> {
 /// paths and modes, covers all the allow rule's modes, and each allow glob
 /// is equal to a deny glob, lies under a deny glob of the form `DIR/**`,
 /// or is a literal path a deny glob matches.
+/// True when `deny` denies everything the path rule `allow` grants (a
+/// rule with binds or names is not judged here).
 fn shadows(deny: &Rule, allow: &Rule) -> bool {
+    if allow.paths.is_empty() || !allow.binds.is_empty() || !allow.names.is_empty() {
+        return false;
+    }
     if deny.effect != Effect::Deny
         || deny.has_file_conditions()
         || deny.users.is_some()
@@ -281,6 +286,16 @@ fn shadows(deny: &Rule, allow: &Rule) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rules_without_paths_are_never_called_shadowed() {
+        let w = warnings(
+            r#"{"rules":[{"name":"parking","names":["web/**"],"ops":["park","wake"]},
+                {"name":"web","binds":["tcp:*:80"]},
+                {"name":"no","effect":"deny","paths":["/x"]}]}"#,
+        );
+        assert!(w.iter().all(|w| !w.contains("denied by rule")), "{w:?}");
+    }
 
     fn warnings(text: &str) -> Vec<String> {
         let p = Policy::from_str(Path::new("t.json"), text).unwrap();

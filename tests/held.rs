@@ -347,3 +347,82 @@ fn retrieving_a_parked_fd_unparks_it() {
     let foreign = c.retrieve("web/r", false, Some(Storer::Uid(12345)));
     assert_eq!(refused(foreign), ErrorCode::Denied);
 }
+
+#[test]
+fn the_command_line_stores_lists_retrieves_and_drops() {
+    let s = TestServer::start(POLICY, &[]);
+    let run = |args: &[&str], stdin: &[u8]| common::run_client(&s.socket, args, stdin);
+    let stored = run(
+        &["store", "notes/today", "--expires", "1h"],
+        b"kept by the server\n",
+    );
+    assert!(stored.status.success(), "{stored:?}");
+    let listed = run(&["list", "notes/"], b"");
+    let text = String::from_utf8(listed.stdout).unwrap();
+    assert!(text.starts_with("notes/today\theld\t20"), "{text}");
+    let got = run(&["retrieve", "notes/today", "--remove"], b"");
+    assert_eq!(got.stdout, b"kept by the server\n");
+    let again = run(&["retrieve", "notes/today"], b"");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not held"));
+    assert_eq!(run(&["drop", "notes/today"], b"").status.code(), Some(1));
+}
+
+#[test]
+fn another_users_fds_need_a_stored_by_rule() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root to act as two users");
+        return;
+    }
+    let policy = r#"{"rules":[
+      {"name":"own","names":["**"]},
+      {"name":"ops","names":["jobs/**"],"ops":["retrieve","list"],"stored_by":["nobody"],"users":[0]}]}"#;
+    let s = TestServer::start(policy, &["--socket-mode", "0666"]);
+    // nobody stores; the name is nobody's alone.
+    let mut store = std::process::Command::new(common::CLIENT);
+    store
+        .arg("--socket")
+        .arg(&s.socket)
+        .args(["store", "jobs/one"])
+        .stdin(std::process::Stdio::piped());
+    use std::os::unix::process::CommandExt;
+    // SAFETY: async-signal-safe calls only.
+    unsafe {
+        store.pre_exec(|| {
+            nix::unistd::setgroups(&[])?;
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(65534))?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(65534))?;
+            Ok(())
+        });
+    }
+    let mut child = store.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"nobody's").unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let mut root = s.client();
+    assert_eq!(
+        refused(root.retrieve("jobs/one", false, None)),
+        ErrorCode::NotFound,
+        "not root's"
+    );
+    let fd = root
+        .retrieve("jobs/one", false, Some(Storer::Name("nobody".into())))
+        .unwrap();
+    let mut text = String::new();
+    std::fs::File::from(fd).read_to_string(&mut text).unwrap();
+    assert_eq!(text, "nobody's");
+    let listed = root.list(None, Some(Storer::Uid(65534))).unwrap();
+    assert_eq!(listed.len(), 1);
+    // stored_by allows retrieve and list only: no drop.
+    let dropped = root.drop_name("jobs/one", Some(Storer::Uid(65534)));
+    assert_eq!(refused(dropped), ErrorCode::Denied);
+    let records = s.audit_lines();
+    let retrieved = records
+        .iter()
+        .find(|r| r["op"] == "retrieve" && r["ok"] == true)
+        .unwrap();
+    assert_eq!(
+        (retrieved["uid"].as_u64(), retrieved["storer"].as_u64()),
+        (Some(0), Some(65534))
+    );
+}

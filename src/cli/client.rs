@@ -116,7 +116,10 @@ pub enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Line-echo demo: pass stdin to the echo server, which prints each line.
+    #[command(flatten)]
+    Held(super::held::HeldCommand),
+    /// Line-echo demo: the server passes you its standard output; each
+    /// line of your standard input is written to it (SPEC §9).
     Echo,
     /// Print a shell completion script for fdopen-client.
     Completions {
@@ -236,6 +239,7 @@ fn run(client: &mut Client, command: ClientCommand) -> Result<i32, Error> {
             }
             Ok(exit::OK)
         }
+        ClientCommand::Held(held) => super::held::run(client, held),
         ClientCommand::Echo | ClientCommand::Run { .. } | ClientCommand::Completions { .. } => {
             unreachable!("handled without a Client")
         }

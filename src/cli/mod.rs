@@ -3,6 +3,7 @@
 //! and completions.
 
 pub mod client;
+pub mod held;
 pub mod server;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};

@@ -133,13 +133,22 @@ pub struct ExplainArgs {
     #[arg(
         long,
         value_name = "P",
-        required_unless_present = "bind",
-        conflicts_with = "bind"
+        required_unless_present_any = ["bind", "name"],
+        conflicts_with_all = ["bind", "name"]
     )]
     pub path: Option<PathBuf>,
     /// A bind the client would ask for, e.g. tcp:*:443.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "name")]
     pub bind: Option<String>,
+    /// A held name the client would act on (with --op), e.g. web/c17.
+    #[arg(long, value_name = "N", requires = "op")]
+    pub name: Option<String>,
+    /// With --name: store, retrieve, list, drop, park or wake.
+    #[arg(long, value_name = "OP", value_parser = held_op_parser, requires = "name")]
+    pub op: Option<crate::protocol::HeldOp>,
+    /// With --name: whose held fd (a uid) [default: the client's own].
+    #[arg(long, value_name = "UID", requires = "name")]
+    pub storer: Option<u32>,
     /// With --bind: the request sets SO_REUSEPORT.
     #[arg(long, requires = "bind")]
     pub reuseport: bool,
@@ -459,6 +468,10 @@ fn explain_command(args: ExplainArgs) -> i32 {
     if let Some(address) = &args.bind {
         return explain_bind(&policy, address, args.reuseport, &client);
     }
+    if let (Some(name), Some(op)) = (&args.name, args.op) {
+        let storer = args.storer.unwrap_or(client.uid);
+        return explain_held(&policy, name, op, storer, &client);
+    }
     let raw = args.path.as_deref().unwrap_or(Path::new(""));
     let path = match normalize_path(raw.as_os_str().as_bytes()) {
         Ok(p) => p,
@@ -570,6 +583,60 @@ fn explain_bind(policy: &Policy, address: &str, reuseport: bool, client: &PeerId
         );
     }
     match policy.decide_bind(&address, reuseport, client) {
+        Ok(rule) => {
+            println!("decision: granted by rule {}", rule.name);
+            exit::OK
+        }
+        Err(r) => {
+            println!("decision: {}: {}", r.code, r.message);
+            exit::REFUSED
+        }
+    }
+}
+
+fn held_op_parser(text: &str) -> Result<crate::protocol::HeldOp, String> {
+    crate::protocol::HeldOp::parse(text)
+        .ok_or_else(|| "one of store, retrieve, list, drop, park, wake".to_owned())
+}
+
+/// `explain --name N --op OP`: each rule's verdict, then the decision.
+fn explain_held(
+    policy: &Policy,
+    name: &str,
+    op: crate::protocol::HeldOp,
+    storer: u32,
+    client: &PeerIdentity,
+) -> i32 {
+    if let Err(why) = crate::protocol::held::check_name(name, false) {
+        logging::error(format_args!("bad name: {why}"));
+        return exit::USAGE;
+    }
+    println!(
+        "request: {} {name:?} stored by uid {storer}, as uid {} gid {}",
+        op.as_str(),
+        client.uid,
+        client.gid
+    );
+    let width = policy.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    for rule in &policy.rules {
+        let verdict = if !rule.matches_name(name) {
+            "no: none of its names covers it".to_owned()
+        } else if !rule.ops().any(|o| o == op) {
+            format!("no: its ops leave out {}", op.as_str())
+        } else if !rule.stored_by.covers(storer, client.uid) {
+            format!("no: its stored_by leaves out uid {storer}")
+        } else if let Err(m) = rule.check_client(client) {
+            format!("no: {m}")
+        } else {
+            "matches".to_owned()
+        };
+        println!(
+            "  {:<5} {:<width$}  {verdict}",
+            rule.effect.as_str(),
+            rule.name
+        );
+    }
+    match policy.decide_held(op, name, storer, client) {
         Ok(rule) => {
             println!("decision: granted by rule {}", rule.name);
             exit::OK

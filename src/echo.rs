@@ -1,73 +1,51 @@
-//! The line-echo demo this project grew from: a client hands its standard
-//! input to the server as a descriptor, and the server prints every line
-//! it reads from it.
+//! The line-echo demo this project grew from (SPEC §9), the seed's way
+//! round: the server passes its standard output to each client as a
+//! descriptor, and the client writes every line of its standard input
+//! into it, so the lines show up wherever the server's output goes.
 //!
-//! Its wire protocol is its own and tiny: the client sends
-//! `{"op":"echo"}\n` with one descriptor attached; when that descriptor
-//! reaches end of file the server answers `{"ok":true,"lines":N}\n`, and
-//! the client, knowing its input has been consumed, exits.
+//! Wire format, all of it: on connect the server sends one line,
+//! `{"ok":true,"fd":true}\n`, with its standard output attached
+//! (`SCM_RIGHTS`), and closes the connection. The client sends nothing.
+//! Each line is written with a single `write`, so lines of clients writing
+//! at once never mix within a line (on a pipe, for lines up to `PIPE_BUF`,
+//! 4096 bytes; on a file or terminal, whatever their length).
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-
-use serde::Deserialize;
 
 use crate::client::Error;
 use crate::fdpass;
 
-const ECHO_REQUEST: &[u8] = b"{\"op\":\"echo\"}\n";
+const HANDOVER: &[u8] = b"{\"ok\":true,\"fd\":true}\n";
 
-#[derive(Deserialize)]
-struct EchoReply {
-    ok: bool,
-    #[serde(default)]
-    lines: u64,
-    #[serde(default)]
-    error: Option<String>,
-}
-
-/// Serves echo clients on `listener` forever, one thread per client,
-/// printing their lines to `out` whole (lines of different clients never
-/// mix within a line).
-pub fn serve<W: Write + Send + 'static>(listener: UnixListener, out: W) -> io::Result<()> {
-    let out = Arc::new(Mutex::new(out));
+/// Hands `output` to every client that connects to `listener`, forever.
+pub fn serve(listener: UnixListener, output: BorrowedFd<'_>) -> io::Result<()> {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        let out = out.clone();
-        std::thread::spawn(move || {
-            let _ = serve_one(stream, &out);
-        });
+        // A client that went away already only costs this send.
+        let _ = fdpass::send(stream.as_fd(), HANDOVER, Some(output));
     }
     Ok(())
 }
 
-fn serve_one<W: Write>(stream: UnixStream, out: &Mutex<W>) -> io::Result<()> {
-    let mut buf = [0u8; 256];
+/// Connects to the echo server at `socket` and writes each line of
+/// `input` to the output it hands over. Returns the number of lines.
+pub fn send_input(socket: &Path, input: impl io::Read) -> Result<u64, Error> {
+    let stream = UnixStream::connect(socket).map_err(|source| Error::Connect {
+        path: socket.to_owned(),
+        source,
+    })?;
+    let mut buf = [0u8; 64];
     let received = fdpass::recv(stream.as_fd(), &mut buf)?;
-    let reply = match (&buf[..received.bytes], received.fds.len()) {
-        (ECHO_REQUEST, 1) => {
-            let input = File::from(received.fds.into_iter().next().expect("one descriptor"));
-            match echo_lines(input, out) {
-                Ok(lines) => format!("{{\"ok\":true,\"lines\":{lines}}}\n"),
-                Err(e) => error_reply(&format!("reading the descriptor failed: {e}")),
-            }
-        }
-        _ => error_reply("expected {\"op\":\"echo\"} with exactly one descriptor"),
-    };
-    fdpass::send(stream.as_fd(), reply.as_bytes(), None).map(drop)
-}
-
-fn error_reply(message: &str) -> String {
-    let body = serde_json::json!({ "ok": false, "error": message });
-    format!("{body}\n")
-}
-
-/// Copies every line of `input` to `out`, each under the lock.
-fn echo_lines<W: Write>(input: impl Read, out: &Mutex<W>) -> io::Result<u64> {
+    if &buf[..received.bytes] != HANDOVER || received.fds.len() != 1 {
+        return Err(Error::Protocol(
+            "the echo server did not hand over its output".into(),
+        ));
+    }
+    let mut output = File::from(received.fds.into_iter().next().expect("one descriptor"));
     let mut reader = BufReader::new(input);
     let mut line = Vec::new();
     let mut count = 0;
@@ -79,30 +57,9 @@ fn echo_lines<W: Write>(input: impl Read, out: &Mutex<W>) -> io::Result<u64> {
         if !line.ends_with(b"\n") {
             line.push(b'\n');
         }
-        let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
-        out.write_all(&line)?;
-        out.flush()?;
+        // One write per line: `write_all` only loops on a short write,
+        // which a pipe makes only for lines longer than PIPE_BUF.
+        output.write_all(&line)?;
         count += 1;
-    }
-}
-
-/// Passes `input` to the echo server at `socket` and waits until the server
-/// has read all of it. Returns the number of lines it printed.
-pub fn send_input(socket: &Path, input: BorrowedFd<'_>) -> Result<u64, Error> {
-    let stream = UnixStream::connect(socket).map_err(|source| Error::Connect {
-        path: socket.to_owned(),
-        source,
-    })?;
-    fdpass::send(stream.as_fd(), ECHO_REQUEST, Some(input))?;
-    let mut reply = Vec::new();
-    (&stream).read_to_end(&mut reply)?;
-    let reply: EchoReply = serde_json::from_slice(&reply)
-        .map_err(|e| Error::Protocol(format!("bad echo reply: {e}")))?;
-    if reply.ok {
-        Ok(reply.lines)
-    } else {
-        Err(Error::Protocol(
-            reply.error.unwrap_or_else(|| "echo refused".into()),
-        ))
     }
 }

@@ -341,7 +341,8 @@ fn echo_demo_prints_every_line_of_several_clients() {
                 .unwrap();
             let mut stdin = child.stdin.take().unwrap();
             for n in 0..50 {
-                writeln!(stdin, "client {i} line {n}").unwrap();
+                // Long enough that a line split in two writes would show.
+                writeln!(stdin, "client {i} line {n} {}", "x".repeat(1000)).unwrap();
             }
             drop(stdin);
             child
@@ -350,14 +351,18 @@ fn echo_demo_prints_every_line_of_several_clients() {
     for mut c in clients {
         assert!(c.wait().unwrap().success());
     }
-    // Each client exits only after the server has printed all its lines.
+    // The clients wrote straight into the server's standard output (the
+    // seed's way round): each line whole, each client's in its order.
     let printed = fs::read_to_string(&out_path).unwrap();
+    assert_eq!(printed.lines().count(), 200, "{printed}");
     for i in 0..4 {
         let mine: Vec<&str> = printed
             .lines()
             .filter(|l| l.starts_with(&format!("client {i} ")))
             .collect();
-        let want: Vec<String> = (0..50).map(|n| format!("client {i} line {n}")).collect();
+        let want: Vec<String> = (0..50)
+            .map(|n| format!("client {i} line {n} {}", "x".repeat(1000)))
+            .collect();
         assert_eq!(mine, want);
     }
     server.kill().unwrap();

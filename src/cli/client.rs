@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -141,7 +141,7 @@ pub fn main() -> i32 {
     };
     let outcome = match cli.command {
         ClientCommand::Echo => {
-            crate::echo::send_input(&socket, io::stdin().as_fd()).map(|_| exit::OK)
+            crate::echo::send_input(&socket, io::stdin().lock()).map(|_| exit::OK)
         }
         ClientCommand::Run {
             brokers,

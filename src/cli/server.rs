@@ -435,7 +435,7 @@ fn echo(socket: Option<PathBuf>) -> i32 {
         Ok((listener, path)) => {
             log(format_args!("echo demo listening on {}", path.display()));
             let _ = systemd::notify("READY=1");
-            match crate::echo::serve(listener, std::io::stdout()) {
+            match crate::echo::serve(listener, std::os::fd::AsFd::as_fd(&std::io::stdout())) {
                 Ok(()) => exit::OK,
                 Err(e) => {
                     log(e);

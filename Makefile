@@ -35,12 +35,14 @@ test-tools:
 
 # fdopen-server against the C floor (../shared/bench/refserver.c), with
 # ../shared/bench/loadgen.c, interleaved in one run; then the decision
-# micro-benchmark; then what `fdopen-client run` costs (bench/run_bench.py).
+# micro-benchmark; then what `fdopen-client run` costs (bench/run_bench.py)
+# and what parked connections cost (bench/park_bench.py).
 # BENCH_ARGS=--record appends the tables to BENCHMARKS.md.
 BENCH_ARGS ?=
 bench:
 	python3 bench/bench.py $(BENCH_ARGS)
 	python3 bench/run_bench.py $(BENCH_ARGS)
+	python3 bench/park_bench.py $(BENCH_ARGS)
 	$(CARGO) bench --locked --bench decision
 
 # Man pages for both binaries (and each subcommand), generated from the

@@ -109,7 +109,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 PollFd::new(listener.as_fd(), PollFlags::POLLIN),
                 PollFd::new(wakeups.as_fd(), PollFlags::POLLIN),
             ];
-            fds.extend(ids.iter().map(|id| PollFd::new(sessions[id].stream.as_fd(), PollFlags::POLLIN)));
+            fds.extend(
+                ids.iter()
+                    .map(|id| PollFd::new(sessions[id].stream.as_fd(), PollFlags::POLLIN)),
+            );
             poll(&mut fds, timeout)?;
             let readable = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
             let ready: Vec<u64> = ids

@@ -17,7 +17,11 @@ const POLICY: &str = r#"{"rules":[
 /// The example, built by `cargo test` next to the binaries.
 fn example() -> PathBuf {
     let bin_dir = PathBuf::from(common::SERVER);
-    bin_dir.parent().unwrap().join("examples").join("heavy_server")
+    bin_dir
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("heavy_server")
 }
 
 struct Heavy {
@@ -43,7 +47,11 @@ impl Heavy {
             .expect("examples/heavy_server is built by cargo test");
         let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = out.next().unwrap().unwrap();
-        let port = first.strip_prefix("listening on ").unwrap().parse().unwrap();
+        let port = first
+            .strip_prefix("listening on ")
+            .unwrap()
+            .parse()
+            .unwrap();
         Heavy { child, out, port }
     }
 
@@ -52,7 +60,11 @@ impl Heavy {
     fn await_events(&mut self, prefix: &str, count: usize) {
         let mut seen = 0;
         while seen < count {
-            let line = self.out.next().expect("heavy server still running").unwrap();
+            let line = self
+                .out
+                .next()
+                .expect("heavy server still running")
+                .unwrap();
             if line.starts_with(prefix) {
                 seen += 1;
             }
@@ -61,7 +73,9 @@ impl Heavy {
 }
 
 fn ask(conn: &mut BufReader<TcpStream>, line: &str) -> String {
-    conn.get_mut().write_all(format!("{line}\n").as_bytes()).unwrap();
+    conn.get_mut()
+        .write_all(format!("{line}\n").as_bytes())
+        .unwrap();
     let mut answer = String::new();
     conn.read_line(&mut answer).unwrap();
     answer.trim_end().to_owned()
@@ -82,12 +96,20 @@ fn idle_clients_are_parked_and_every_client_is_answered() {
     // All of them fall idle and are parked.
     heavy.await_events("parked heavy/", 60);
     let mut stats = BufReader::new(TcpStream::connect(("127.0.0.1", heavy.port)).unwrap());
-    assert_eq!(ask(&mut stats, "stats"), "active=1", "only the stats connection");
+    assert_eq!(
+        ask(&mut stats, "stats"),
+        "active=1",
+        "only the stats connection"
+    );
 
     // A few speak again: each is woken, answered, and holds state again.
     for i in [7, 31, 59, 0, 44] {
         let answer = ask(&mut clients[i], &format!("again {i}"));
-        assert_eq!(answer, format!("1: again {i}"), "fresh state after the wake-up");
+        assert_eq!(
+            answer,
+            format!("1: again {i}"),
+            "fresh state after the wake-up"
+        );
     }
     assert_eq!(ask(&mut stats, "stats"), "active=6");
     let woken: Vec<String> = server

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use fdopen::{Client, WakeEvent, Wakeups};
@@ -171,7 +171,7 @@ fn adopt(
     match woken.event {
         WakeEvent::Readable(fd) => {
             writeln!(out, "woke {}", woken.name)?;
-            let mut session = Session::new(TcpStream::from(OwnedFd::from(fd)))?;
+            let mut session = Session::new(TcpStream::from(fd))?;
             let active = sessions.len() + 1;
             if session.serve(active) {
                 sessions.insert(id, session);

@@ -143,6 +143,23 @@ pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {
                 }
             }
         }
+        if rule.effect == Effect::Deny && !rule.names.is_empty() {
+            for allow in policy.rules.iter().filter(|a| a.effect == Effect::Allow) {
+                let uncovered: Vec<&str> = allow
+                    .ops()
+                    .filter(|op| !rule.ops().any(|d| d == *op))
+                    .map(crate::protocol::HeldOp::as_str)
+                    .collect();
+                if !uncovered.is_empty() && names_may_overlap(rule, allow) {
+                    warn(format!(
+                        "its \"ops\" leave out {} which rule {:?} allows on overlapping names; \
+                         drop \"ops\" to deny every op",
+                        uncovered.join(", "),
+                        allow.name
+                    ));
+                }
+            }
+        }
         if rule.effect == Effect::Allow
             && let Some(deny) = policy.rules.iter().find(|d| shadows(d, rule))
         {
@@ -217,6 +234,19 @@ fn paths_may_overlap(a: &Rule, b: &Rule) -> bool {
         .any(|x| b.paths.iter().any(|y| globs_may_overlap(x, y)))
 }
 
+/// Held-name globs: they may overlap unless their literal leading parts
+/// (`web/`, `db/`) diverge.
+fn names_may_overlap(a: &Rule, b: &Rule) -> bool {
+    let literal =
+        |glob: &str| glob[..glob.find(['*', '?', '[', '{']).unwrap_or(glob.len())].to_owned();
+    a.names.iter().any(|x| {
+        b.names.iter().any(|y| {
+            let (x, y) = (literal(x), literal(y));
+            x.starts_with(&y) || y.starts_with(&x)
+        })
+    })
+}
+
 fn globs_may_overlap(a: &str, b: &str) -> bool {
     let matches = |glob: &str, path: &str| {
         compile_glob(glob).is_ok_and(|g| g.compile_matcher().is_match(path))
@@ -253,9 +283,8 @@ fn literal_suffix(glob: &str) -> Option<&str> {
 /// paths and modes, covers all the allow rule's modes, and each allow glob
 /// is equal to a deny glob, lies under a deny glob of the form `DIR/**`,
 /// or is a literal path a deny glob matches.
-/// True when `deny` denies everything the path rule `allow` grants (a
-/// rule with binds or names is not judged here).
 fn shadows(deny: &Rule, allow: &Rule) -> bool {
+    // Only pure path rules are judged.
     if allow.paths.is_empty() || !allow.binds.is_empty() || !allow.names.is_empty() {
         return false;
     }
@@ -286,6 +315,30 @@ fn shadows(deny: &Rule, allow: &Rule) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deny_ops_that_leave_out_an_allowed_op_are_flagged() {
+        let w = warnings(
+            r#"{"rules":[{"name":"parking","names":["web/**"],"ops":["park","wake"]},
+                {"name":"db","names":["db/*"],"ops":["store"]},
+                {"name":"no","effect":"deny","names":["web/admin/*","db/x"],"ops":["park"]}]}"#,
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains("leave out wake") && w.contains("parking")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains("leave out store") && w.contains("\"db\"")),
+            "{w:?}"
+        );
+        let quiet = warnings(
+            r#"{"rules":[{"name":"parking","names":["web/**"],"ops":["park","wake"]},
+                {"name":"no","effect":"deny","names":["db/**"],"ops":["park"]}]}"#,
+        );
+        assert!(quiet.iter().all(|w| !w.contains("leave out")), "{quiet:?}");
+    }
 
     #[test]
     fn rules_without_paths_are_never_called_shadowed() {

@@ -109,6 +109,22 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code a server sends.
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Denied,
+        ErrorCode::NotFound,
+        ErrorCode::NotRegular,
+        ErrorCode::TooLarge,
+        ErrorCode::TooSmall,
+        ErrorCode::TooOld,
+        ErrorCode::TooNew,
+        ErrorCode::Exists,
+        ErrorCode::InUse,
+        ErrorCode::IoError,
+        ErrorCode::Busy,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
@@ -149,9 +165,25 @@ pub enum Op {
     Drop,
     Park,
     Wake,
+    Stats,
 }
 
 impl Op {
+    pub const ALL: [Op; 12] = [
+        Op::Open,
+        Op::Check,
+        Op::Hello,
+        Op::Bind,
+        Op::Scope,
+        Op::Store,
+        Op::Retrieve,
+        Op::List,
+        Op::Drop,
+        Op::Park,
+        Op::Wake,
+        Op::Stats,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Open => "open",
@@ -165,6 +197,7 @@ impl Op {
             Op::Drop => "drop",
             Op::Park => "park",
             Op::Wake => "wake",
+            Op::Stats => "stats",
         }
     }
 
@@ -463,6 +496,7 @@ pub enum Request {
     Bind(crate::sockets::BindRequest),
     Scope,
     Held(HeldRequest),
+    Stats,
 }
 
 impl Request {
@@ -473,6 +507,7 @@ impl Request {
             Request::Check(_) => Op::Check,
             Request::Bind(_) => Op::Bind,
             Request::Scope => Op::Scope,
+            Request::Stats => Op::Stats,
             Request::Held(held) => match held.op {
                 HeldOp::Store => Op::Store,
                 HeldOp::Retrieve => Op::Retrieve,
@@ -648,6 +683,10 @@ fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
             "scope takes no fields but id".into(),
         )),
         Op::Scope => Ok(Request::Scope),
+        Op::Stats if file_fields || bind_fields => Err(RequestError::BadOption(
+            "stats takes no fields but id".into(),
+        )),
+        Op::Stats => Ok(Request::Stats),
         Op::Bind | Op::Store | Op::Retrieve | Op::List | Op::Drop | Op::Park | Op::Wake => {
             unreachable!("handled above")
         }

@@ -110,6 +110,13 @@ pub enum ClientCommand {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
+    /// The server's counters since start (root, the server's user and
+    /// --stats-group only).
+    Stats {
+        /// Prometheus text format, for node_exporter's textfile collector.
+        #[arg(long)]
+        prometheus: bool,
+    },
     /// What the policy could grant you: paths with modes, binds.
     Scope {
         /// Print the server's answer as JSON.
@@ -240,6 +247,15 @@ fn run(client: &mut Client, command: ClientCommand) -> Result<i32, Error> {
             Ok(exit::OK)
         }
         ClientCommand::Held(held) => super::held::run(client, held),
+        ClientCommand::Stats { prometheus } => {
+            let stats = client.stats()?;
+            if prometheus {
+                print!("{}", super::prometheus::render(&stats));
+            } else {
+                println!("{stats}");
+            }
+            Ok(exit::OK)
+        }
         ClientCommand::Echo | ClientCommand::Run { .. } | ClientCommand::Completions { .. } => {
             unreachable!("handled without a Client")
         }

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod held;
+pub mod prometheus;
 pub mod server;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};

@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// development only.
     #[arg(long)]
     pub insecure_policy_permissions: bool,
+    /// Members of GROUP (name or gid) may ask for stats, besides root and
+    /// the server's own user.
+    #[arg(long, value_name = "GROUP")]
+    pub stats_group: Option<String>,
     /// Most descriptors held or parked at once, in all; more are busy.
     #[arg(long, default_value_t = 65536, value_name = "N")]
     pub max_held: usize,
@@ -312,6 +316,7 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
         .as_deref()
         .map(resolve_group)
         .transpose()?;
+    let stats_group = args.stats_group.as_deref().map(resolve_group).transpose()?;
     let audit = match &args.audit_log {
         Some(path) => AuditLog::open(path, group.map(|g| g.as_raw()))
             .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?,
@@ -339,6 +344,7 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
         busy_poll: args.busy_poll,
         fs_timeout: args.fs_timeout,
         insecure_policy_permissions: args.insecure_policy_permissions,
+        stats_group: stats_group.map(|g| g.as_raw()),
         held: crate::server::HeldLimits {
             total: args.max_held,
             per_uid: args.max_held_per_uid,

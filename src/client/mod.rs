@@ -260,19 +260,43 @@ impl Client {
 
     /// Receives the next response, in request order.
     pub fn receive(&mut self) -> Result<Response, Error> {
+        let line = self.receive_line()?;
+        let parsed: ResponseLine = serde_json::from_slice(&line)
+            .map_err(|e| Error::Protocol(format!("bad response line: {e}")))?;
+        let fd = if parsed.fd {
+            Some(
+                self.fds
+                    .pop_front()
+                    .ok_or_else(|| Error::Protocol("\"fd\":true but no descriptor came".into()))?,
+            )
+        } else {
+            None
+        };
+        Ok(Response { line: parsed, fd })
+    }
+
+    /// The server's counters (SPEC §3.5), as the JSON object it sent, so
+    /// counters a newer server adds are kept.
+    pub fn stats(&mut self) -> Result<serde_json::Value, Error> {
+        self.send_request(&WireRequest::new(Op::Stats))?;
+        let line = self.receive_line()?;
+        let value: serde_json::Value = serde_json::from_slice(&line)
+            .map_err(|e| Error::Protocol(format!("bad response line: {e}")))?;
+        if value["ok"] == true {
+            return Ok(value);
+        }
+        let error = serde_json::from_value(value["error"].clone())
+            .map_err(|e| Error::Protocol(format!("bad refusal: {e}")))?;
+        Err(Error::Refused(error))
+    }
+
+    /// The next response line, without its newline.
+    fn receive_line(&mut self) -> Result<Vec<u8>, Error> {
         loop {
             if let Some(newline) = self.inbuf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.inbuf.drain(..=newline).collect();
-                let parsed: ResponseLine = serde_json::from_slice(&line[..newline])
-                    .map_err(|e| Error::Protocol(format!("bad response line: {e}")))?;
-                let fd = if parsed.fd {
-                    Some(self.fds.pop_front().ok_or_else(|| {
-                        Error::Protocol("\"fd\":true but no descriptor came".into())
-                    })?)
-                } else {
-                    None
-                };
-                return Ok(Response { line: parsed, fd });
+                let mut line: Vec<u8> = self.inbuf.drain(..=newline).collect();
+                line.pop();
+                return Ok(line);
             }
             let mut buf = [0u8; 16 * 1024];
             let received = fdpass::recv(self.stream.as_fd(), &mut buf)?;

@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
+use super::Shared;
 use super::connection::{AfterRecord, Attachment, Outgoing, Subscribing};
 use super::held_ops::{self, HeldAnswer};
-use super::holder::Holder;
+use super::stats::Now;
+use super::stats::Recorder;
 use crate::audit::Record;
 use crate::decision::{self, Decision, Intent, Refusal, Scratch, Wants};
 use crate::peer::PeerIdentity;
@@ -57,16 +59,19 @@ pub(super) enum Begun {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn begin(
     policy: &Policy,
-    holder: &Holder,
+    shared: &Shared,
     peer: &Arc<PeerIdentity>,
     line: &[u8],
     attachment: Attachment,
     scratch: &mut Scratch,
     ts: &str,
-    audit: &mut Vec<u8>,
+    audit: &mut Recorder<'_>,
     closing: &mut Vec<OwnedFd>,
 ) -> Begun {
     let parsed = parse_request(line);
+    shared
+        .stats
+        .request(parsed.request.as_ref().ok().map(Request::op));
     let mut bytes = Vec::with_capacity(192);
     let (request, fds) = match (parsed.request, attachment) {
         (Ok(Request::Held(held)), Attachment::Fds(fds)) => (Ok(Request::Held(held)), fds),
@@ -100,7 +105,11 @@ pub(super) fn begin(
         Ok(Request::Bind(bind)) => {
             return Begun::Answered(answer_bind(policy, peer, &bind, parsed.id, ts, audit));
         }
+        Ok(Request::Stats) => {
+            return Begun::Answered(answer_stats(policy, shared, peer, parsed.id, ts, audit));
+        }
         Ok(Request::Held(held)) => {
+            let holder = &shared.holder;
             let answer = held_ops::answer(
                 policy, holder, peer, held, fds, parsed.id, ts, audit, closing,
             );
@@ -136,7 +145,9 @@ pub(super) fn rebuild_job(request: Request, id: Option<&RawValue>) -> Option<Fil
     let (op, intent, file) = match request {
         Request::Open(file) => (Op::Open, Intent::Open, file),
         Request::Check(file) => (Op::Check, Intent::Check, file),
-        Request::Hello | Request::Bind(_) | Request::Scope | Request::Held(_) => return None,
+        Request::Hello | Request::Bind(_) | Request::Scope | Request::Held(_) | Request::Stats => {
+            return None;
+        }
     };
     Some(FilesystemJob {
         op,
@@ -152,7 +163,7 @@ pub(super) fn finish(
     outcome: Result<Decision, Refusal>,
     peer: &PeerIdentity,
     ts: &str,
-    audit: &mut Vec<u8>,
+    audit: &mut Recorder<'_>,
 ) -> Outgoing {
     let mut bytes = Vec::with_capacity(192);
     let id = job.id.as_deref();
@@ -176,8 +187,7 @@ pub(super) fn finish(
             record.rule = refusal.rule.as_deref();
         }
     }
-    record.append_to(audit);
-    let end = audit.len();
+    let end = audit.append(&record);
     let Ok(granted) = outcome else {
         return Outgoing::new(bytes, None, Some(end));
     };
@@ -199,7 +209,7 @@ fn answer_bind(
     request: &BindRequest,
     id: Option<&RawValue>,
     ts: &str,
-    audit: &mut Vec<u8>,
+    audit: &mut Recorder<'_>,
 ) -> Outgoing {
     let mut bytes = Vec::with_capacity(128);
     let asked = request.address.to_string();
@@ -221,18 +231,18 @@ fn answer_bind(
             encode::bound(&mut bytes, id, &bound, &rule.name);
             record.ok = true;
             record.rule = Some(&rule.name);
-            record.append_to(audit);
+            audit.append(&record);
             Outgoing {
                 grants: true,
-                ..Outgoing::new(bytes, Some(std::fs::File::from(fd)), Some(audit.len()))
+                ..Outgoing::new(bytes, Some(std::fs::File::from(fd)), Some(audit.buf.len()))
             }
         }
         Err(refusal) => {
             encode::error(&mut bytes, id, refusal.code, &refusal.message);
             record.code = Some(refusal.code.as_str());
             record.rule = refusal.rule.as_deref();
-            record.append_to(audit);
-            Outgoing::new(bytes, None, Some(audit.len()))
+            audit.append(&record);
+            Outgoing::new(bytes, None, Some(audit.buf.len()))
         }
     }
 }
@@ -254,10 +264,54 @@ fn not_accepted() -> RequestError {
     RequestError::Malformed("file descriptors are accepted only with store and park".into())
 }
 
+/// `stats` (SPEC §3.5): for root, the server's own uid and members of
+/// `--stats-group`.
+fn answer_stats(
+    policy: &Policy,
+    shared: &Shared,
+    peer: &PeerIdentity,
+    id: Option<&RawValue>,
+    ts: &str,
+    audit: &mut Recorder<'_>,
+) -> Outgoing {
+    let mut bytes = Vec::with_capacity(512);
+    let mut record = Record::new(peer, ts);
+    record.op = Some(Op::Stats.as_str());
+    let allowed = peer.uid == 0
+        || peer.uid == nix::unistd::geteuid().as_raw()
+        || shared.config.stats_group.is_some_and(|g| peer.in_group(g));
+    if !allowed {
+        let message = "stats are for root, the server's user and --stats-group";
+        encode::error(&mut bytes, id, ErrorCode::Denied, message);
+        record.code = Some(ErrorCode::Denied.as_str());
+        let end = audit.append(&record);
+        return Outgoing::new(bytes, None, Some(end));
+    }
+    let (held, parked) = shared.holder.counts();
+    let snapshot = shared.stats.snapshot(Now {
+        clients: shared.clients.load(std::sync::atomic::Ordering::Relaxed),
+        held,
+        parked,
+        policy_rules: policy.rules.len(),
+        audit_write_errors: shared.audit.failures(),
+    });
+    #[derive(serde::Serialize)]
+    struct StatsLine<'a, T> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        #[serde(flatten)]
+        snapshot: T,
+    }
+    serde_json::to_writer(&mut bytes, &StatsLine { id, snapshot }).expect("stats serialise");
+    bytes.push(b'\n');
+    record.ok = true;
+    let end = audit.append(&record);
+    Outgoing::new(bytes, None, Some(end))
+}
+
 /// Records a malformed request; returns where its record ends.
-pub(super) fn record_bad_request(peer: &PeerIdentity, ts: &str, audit: &mut Vec<u8>) -> usize {
+pub(super) fn record_bad_request(peer: &PeerIdentity, ts: &str, audit: &mut Recorder<'_>) -> usize {
     let mut record = Record::new(peer, ts);
     record.code = Some(ErrorCode::BadRequest.as_str());
-    record.append_to(audit);
-    audit.len()
+    audit.append(&record)
 }

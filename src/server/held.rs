@@ -172,6 +172,17 @@ impl Registry {
         gone
     }
 
+    /// How many are held and how many parked.
+    pub fn counts(&self) -> (usize, usize) {
+        let parked = self
+            .by_storer
+            .values()
+            .flat_map(|mine| mine.values())
+            .filter(|e| e.kind == Kind::Parked)
+            .count();
+        (self.total - parked, parked)
+    }
+
     /// How long until the next expiry.
     pub fn next_expiry(&self, now: Instant) -> Option<Duration> {
         self.expiries

@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use super::connection::{Outgoing, Subscribing};
 use super::held::Kind;
 use super::holder::Holder;
+use super::stats::Recorder;
 use crate::audit::Record;
 use crate::decision::Refusal;
 use crate::peer::PeerIdentity;
@@ -45,7 +46,7 @@ pub(super) fn answer(
     mut fds: Vec<OwnedFd>,
     id: Option<&RawValue>,
     ts: &str,
-    audit: &mut Vec<u8>,
+    audit: &mut Recorder<'_>,
     closing: &mut Vec<OwnedFd>,
 ) -> HeldAnswer {
     let op = request.op;
@@ -61,7 +62,7 @@ pub(super) fn answer(
     let (out_fd, rule) = match outcome {
         Ok(Acted::Subscribe(sub)) => {
             record.ok = true;
-            record.append_to(audit);
+            audit.append(&record);
             return HeldAnswer::Subscribe(sub);
         }
         Ok(Acted::Line(line, fd, rule)) => {
@@ -72,16 +73,20 @@ pub(super) fn answer(
             encode::error(&mut bytes, id, refusal.code, &refusal.message);
             record.code = Some(refusal.code.as_str());
             record.rule = refusal.rule.as_deref();
-            record.append_to(audit);
-            return HeldAnswer::Answered(Outgoing::new(bytes, None, Some(audit.len())));
+            audit.append(&record);
+            return HeldAnswer::Answered(Outgoing::new(bytes, None, Some(audit.buf.len())));
         }
     };
     record.ok = true;
     record.rule = rule.as_deref();
-    record.append_to(audit);
+    audit.append(&record);
     HeldAnswer::Answered(Outgoing {
         grants: out_fd.is_some(),
-        ..Outgoing::new(bytes, out_fd.map(std::fs::File::from), Some(audit.len()))
+        ..Outgoing::new(
+            bytes,
+            out_fd.map(std::fs::File::from),
+            Some(audit.buf.len()),
+        )
     })
 }
 

@@ -242,6 +242,11 @@ impl Holder {
             .collect()
     }
 
+    /// Descriptors held and parked right now.
+    pub fn counts(&self) -> (usize, usize) {
+        lock(&self.state).registry.counts()
+    }
+
     /// Takes a `wake` connection over: answers it, then sends it every
     /// woken name it may have.
     pub fn subscribe(&self, sub: Subscription) {

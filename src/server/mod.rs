@@ -14,6 +14,7 @@ mod dispatch;
 mod held;
 mod held_ops;
 mod holder;
+mod stats;
 mod watchdog;
 mod worker;
 
@@ -55,6 +56,8 @@ pub struct ServerConfig {
     pub insecure_policy_permissions: bool,
     /// `--max-held`, `--max-held-per-uid` (SPEC §3.4).
     pub held: HeldLimits,
+    /// Members may ask for `stats` (SPEC §3.5), besides root and our uid.
+    pub stats_group: Option<u32>,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +73,7 @@ impl Default for ServerConfig {
             fs_timeout: Duration::from_secs(10),
             insecure_policy_permissions: false,
             held: HeldLimits::default(),
+            stats_group: None,
         }
     }
 }
@@ -95,6 +99,7 @@ struct Shared {
     fd_exhaustion_log: RateLimited,
     /// Held and parked descriptors, and `wake` subscribers (SPEC §3.4).
     holder: Holder,
+    stats: stats::Stats,
 }
 
 impl Shared {
@@ -152,6 +157,7 @@ impl Server {
             audit_failures_log: RateLimited::default(),
             fd_exhaustion_log: RateLimited::default(),
             holder: Holder::new(config_limits)?,
+            stats: stats::Stats::new(),
         });
         let holding = shared.clone();
         std::thread::Builder::new()
@@ -173,11 +179,17 @@ impl Server {
     /// flight finish under the one they started with. On failure the
     /// running policy stays.
     pub fn reload(&self) -> Result<usize, PolicyErrors> {
-        let (policy, exposures) = Policy::load_trusted(
+        let loaded = Policy::load_trusted(
             &self.shared.policy_path,
             nix::unistd::geteuid().as_raw(),
             self.shared.config.insecure_policy_permissions,
-        )?;
+        );
+        let counter = match &loaded {
+            Ok(_) => &self.shared.stats.reloads_ok,
+            Err(_) => &self.shared.stats.reloads_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let (policy, exposures) = loaded?;
         for exposure in exposures {
             logging::warn(format_args!("{exposure}"));
         }

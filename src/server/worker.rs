@@ -25,6 +25,7 @@ use slab::Slab;
 use super::connection::{Connection, MAX_QUEUED_RESPONSES, Outgoing, say_busy};
 use super::dispatch::{self, Begun, FilesystemJob};
 use super::holder::Subscription;
+use super::stats::Recorder;
 use super::watchdog::{CallWatch, Delivery, Polled, Watched};
 use super::{Shared, lock};
 use crate::audit::Clock;
@@ -180,7 +181,7 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
                 Watched::Finished(outcome) => {
                     core = lock(&lane.core);
                     core.in_flight = None;
-                    core.finish(key, &job, outcome);
+                    core.finish(shared, key, &job, outcome);
                 }
                 Watched::Abandoned(outcome, delivery) => {
                     // Too late: the client was told io_error, so nothing
@@ -275,7 +276,7 @@ impl Core {
                             conn,
                             max_request,
                             self.clock.now(),
-                            &mut self.audit_buf,
+                            &mut Recorder::new(&mut self.audit_buf, &shared.stats),
                         );
                         break;
                     }
@@ -290,13 +291,13 @@ impl Core {
                     let line = &conn.inbuf[start..end];
                     let begun = dispatch::begin(
                         policy,
-                        &shared.holder,
+                        shared,
                         &conn.peer,
                         line,
                         attachment,
                         scratch,
                         ts,
-                        &mut self.audit_buf,
+                        &mut Recorder::new(&mut self.audit_buf, &shared.stats),
                         &mut self.closing,
                     );
                     match begun {
@@ -315,7 +316,7 @@ impl Core {
                                 Err(busy),
                                 &conn.peer,
                                 ts,
-                                &mut self.audit_buf,
+                                &mut Recorder::new(&mut self.audit_buf, &shared.stats),
                             );
                             conn.outq.push_back(out);
                         }
@@ -326,7 +327,8 @@ impl Core {
                     }
                 }
                 if conn.overlong_partial_line(max_request) {
-                    refuse_oversized_line(conn, max_request, self.clock.now(), &mut self.audit_buf);
+                    let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
+                    refuse_oversized_line(conn, max_request, self.clock.now(), &mut audit);
                 }
             }
             self.cursor += 1;
@@ -337,6 +339,7 @@ impl Core {
     /// Queues the response of a job that ran on this thread.
     fn finish(
         &mut self,
+        shared: &Shared,
         key: usize,
         job: &FilesystemJob,
         outcome: Result<crate::decision::Decision, Refusal>,
@@ -344,7 +347,8 @@ impl Core {
         let ts = self.clock.now();
         match self.conns.get_mut(key) {
             Some(conn) => {
-                let out = dispatch::finish(job, outcome, &conn.peer, ts, &mut self.audit_buf);
+                let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
+                let out = dispatch::finish(job, outcome, &conn.peer, ts, &mut audit);
                 conn.outq.push_back(out);
             }
             None => {
@@ -358,7 +362,7 @@ impl Core {
     }
 
     /// Fills the slots whose abandoned call came back or timed out.
-    fn resolve_waiting(&mut self) {
+    fn resolve_waiting(&mut self, shared: &Shared) {
         if self.waiting.is_empty() {
             return;
         }
@@ -379,13 +383,17 @@ impl Core {
                         continue;
                     }
                     Polled::Arrived(outcome) => outcome,
-                    Polled::TimedOut => Err(Refusal::new(
-                        ErrorCode::IoError,
-                        "the filesystem did not answer within --fs-timeout",
-                    )),
+                    Polled::TimedOut => {
+                        shared.stats.fs_timeouts.fetch_add(1, Ordering::Relaxed);
+                        Err(Refusal::new(
+                            ErrorCode::IoError,
+                            "the filesystem did not answer within --fs-timeout",
+                        ))
+                    }
                 };
                 let ts = self.clock.now();
-                *out = dispatch::finish(job, outcome, &conn.peer, ts, &mut self.audit_buf);
+                let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
+                *out = dispatch::finish(job, outcome, &conn.peer, ts, &mut audit);
             }
             if still_waiting {
                 self.waiting.push(key);
@@ -488,7 +496,7 @@ impl Core {
                 key => self.on_ready(key as usize, event.events()),
             }
         }
-        self.resolve_waiting();
+        self.resolve_waiting(shared);
         if self
             .listener_rest_until
             .is_some_and(|until| Instant::now() >= until)
@@ -780,7 +788,12 @@ impl Core {
 
 /// A line longer than the limit: framing is lost, so the client gets a
 /// `bad_request` and nothing more is read from it.
-fn refuse_oversized_line(conn: &mut Connection, max_request: usize, ts: &str, audit: &mut Vec<u8>) {
+fn refuse_oversized_line(
+    conn: &mut Connection,
+    max_request: usize,
+    ts: &str,
+    audit: &mut Recorder<'_>,
+) {
     let message = format!("request line longer than {max_request} bytes; closing the connection");
     let end = dispatch::record_bad_request(&conn.peer, ts, audit);
     conn.outq

@@ -49,7 +49,8 @@ fn counters_follow_a_known_mix_of_requests() {
     let (a, _b) = UnixStream::pair().unwrap();
     c.store("one", a.as_fd(), None).unwrap();
     c.park("two", a.as_fd(), None).unwrap();
-    let (v, _) = s.ask("{\"op\":\"nonsense\"}");
+    // On the same connection: the only client the server has is `c`.
+    let (v, _) = common::ask(&mut c, "{\"op\":\"nonsense\"}");
     assert_eq!(v["error"]["code"], "bad_request");
     s.reload();
     fs::write(&s.policy, "{ not json").unwrap();

@@ -5,7 +5,7 @@ CARGO  ?= cargo
 SOCKET ?= ./fdopen.sock
 POLICY ?= policies/demo.json
 
-.PHONY: all build run test test-tools lint fmt clean fuzz fuzz-build man bench
+.PHONY: all build run test test-tools lint install install-files uninstall deb fmt clean fuzz fuzz-build man bench
 
 all: build
 
@@ -80,3 +80,64 @@ fmt:
 clean:
 	$(CARGO) clean
 	rm -f $(SOCKET)
+
+# Install like a daemon (README "Installing"): binaries, man pages,
+# completions, systemd units, sysusers.d/tmpfiles.d, logrotate, and an
+# example policy in /etc/fdopen/policy.d that never replaces one there.
+# `install-files` takes already built binaries from $(BUILD).
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+BUILD       ?= target/release
+SYSCONFDIR  ?= /etc
+BINDIR       = $(PREFIX)/bin
+MANDIR       = $(PREFIX)/share/man
+BASHCOMPDIR  = $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR   = $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR  = $(PREFIX)/share/fish/vendor_completions.d
+UNITDIR      = $(PREFIX)/lib/systemd/system
+SYSUSERSDIR  = $(PREFIX)/lib/sysusers.d
+TMPFILESDIR  = $(PREFIX)/lib/tmpfiles.d
+LOGROTATEDIR = $(SYSCONFDIR)/logrotate.d
+POLICYDIR    = $(SYSCONFDIR)/fdopen/policy.d
+UNITS        = fdopen.socket fdopen.service
+
+install: build install-files
+
+install-files:
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR) \
+	  $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) $(DESTDIR)$(UNITDIR) \
+	  $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(LOGROTATEDIR) \
+	  $(DESTDIR)$(POLICYDIR)
+	install -m 0755 $(BUILD)/fdopen-server $(BUILD)/fdopen-client $(DESTDIR)$(BINDIR)/
+	rm -rf $(BUILD)/man && $(BUILD)/fdopen-server man $(BUILD)/man
+	install -m 0644 $(BUILD)/man/*.1 $(DESTDIR)$(MANDIR)/man1/
+	for bin in fdopen-server fdopen-client; do \
+	  $(BUILD)/$$bin completions bash > $(DESTDIR)$(BASHCOMPDIR)/$$bin; \
+	  $(BUILD)/$$bin completions zsh > $(DESTDIR)$(ZSHCOMPDIR)/_$$bin; \
+	  $(BUILD)/$$bin completions fish > $(DESTDIR)$(FISHCOMPDIR)/$$bin.fish; \
+	done
+	for unit in $(UNITS); do \
+	  sed 's|/usr/local/bin/|$(BINDIR)/|g' examples/systemd/$$unit > $(DESTDIR)$(UNITDIR)/$$unit; \
+	  chmod 0644 $(DESTDIR)$(UNITDIR)/$$unit; \
+	done
+	install -m 0644 packaging/sysusers.d/fdopen.conf $(DESTDIR)$(SYSUSERSDIR)/fdopen.conf
+	install -m 0644 packaging/tmpfiles.d/fdopen.conf $(DESTDIR)$(TMPFILESDIR)/fdopen.conf
+	install -m 0644 packaging/logrotate/fdopen $(DESTDIR)$(LOGROTATEDIR)/fdopen
+	test -e $(DESTDIR)$(POLICYDIR)/00-example.json || \
+	  install -m 0644 packaging/policy.d/00-example.json $(DESTDIR)$(POLICYDIR)/00-example.json
+
+# Removes what install put there; the example policy only if unchanged
+# (an edited policy is the admin's).
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/fdopen-server $(DESTDIR)$(BINDIR)/fdopen-client
+	rm -f $(DESTDIR)$(MANDIR)/man1/fdopen-server*.1 $(DESTDIR)$(MANDIR)/man1/fdopen-client*.1
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/fdopen-server $(DESTDIR)$(BASHCOMPDIR)/fdopen-client
+	rm -f $(DESTDIR)$(ZSHCOMPDIR)/_fdopen-server $(DESTDIR)$(ZSHCOMPDIR)/_fdopen-client
+	rm -f $(DESTDIR)$(FISHCOMPDIR)/fdopen-server.fish $(DESTDIR)$(FISHCOMPDIR)/fdopen-client.fish
+	for unit in $(UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$$unit; done
+	rm -f $(DESTDIR)$(SYSUSERSDIR)/fdopen.conf $(DESTDIR)$(TMPFILESDIR)/fdopen.conf
+	rm -f $(DESTDIR)$(LOGROTATEDIR)/fdopen
+	if cmp -s packaging/policy.d/00-example.json $(DESTDIR)$(POLICYDIR)/00-example.json; then \
+	  rm -f $(DESTDIR)$(POLICYDIR)/00-example.json; \
+	  rmdir $(DESTDIR)$(POLICYDIR) $(DESTDIR)$(SYSCONFDIR)/fdopen 2>/dev/null || true; \
+	fi

@@ -49,7 +49,7 @@ pub enum ServerCommand {
     /// about rules that can never match or that a deny rule cancels.
     Check {
         /// Policy file, or directory of *.json files.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_POLICY)]
         policy: PathBuf,
         /// Treat warnings as errors (exit 1).
         #[arg(long)]
@@ -73,6 +73,9 @@ pub enum ServerCommand {
     Man { dir: PathBuf },
 }
 
+/// Where `make install` and the package put the policy.
+pub const DEFAULT_POLICY: &str = "/etc/fdopen/policy.d";
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Socket to listen on [default: /run/fdopen/fdopen.sock as root, else
@@ -80,7 +83,7 @@ pub struct ServeArgs {
     #[arg(long, env = "FDOPEN_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Policy file, or directory of *.json files.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_POLICY)]
     pub policy: PathBuf,
     /// Permissions of the socket file, in octal.
     #[arg(long, default_value = "0660", value_parser = parse_octal_mode, value_name = "MODE")]
@@ -131,7 +134,7 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
     /// Policy file, or directory of *.json files.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_POLICY)]
     pub policy: PathBuf,
     /// Absolute path the client would ask for.
     #[arg(

@@ -5,7 +5,7 @@ CARGO  ?= cargo
 SOCKET ?= ./fdopen.sock
 POLICY ?= policies/demo.json
 
-.PHONY: all build run test test-tools lint install install-files uninstall deb fmt clean fuzz fuzz-build man bench
+.PHONY: all build run test test-tools lint install install-files uninstall deb deb-files fmt clean fuzz fuzz-build man bench
 
 all: build
 
@@ -109,8 +109,8 @@ install-files:
 	  $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(LOGROTATEDIR) \
 	  $(DESTDIR)$(POLICYDIR)
 	install -m 0755 $(BUILD)/fdopen-server $(BUILD)/fdopen-client $(DESTDIR)$(BINDIR)/
-	rm -rf $(BUILD)/man && $(BUILD)/fdopen-server man $(BUILD)/man
-	install -m 0644 $(BUILD)/man/*.1 $(DESTDIR)$(MANDIR)/man1/
+	$(BUILD)/fdopen-server man $(DESTDIR)$(MANDIR)/man1 >/dev/null
+	chmod 0644 $(DESTDIR)$(MANDIR)/man1/fdopen-*.1
 	for bin in fdopen-server fdopen-client; do \
 	  $(BUILD)/$$bin completions bash > $(DESTDIR)$(BASHCOMPDIR)/$$bin; \
 	  $(BUILD)/$$bin completions zsh > $(DESTDIR)$(ZSHCOMPDIR)/_$$bin; \
@@ -141,3 +141,28 @@ uninstall:
 	  rm -f $(DESTDIR)$(POLICYDIR)/00-example.json; \
 	  rmdir $(DESTDIR)$(POLICYDIR) $(DESTDIR)$(SYSCONFDIR)/fdopen 2>/dev/null || true; \
 	fi
+
+# A Debian package from the same install recipe: `make install-files`
+# into a staging root with PREFIX=/usr, plus DEBIAN/ from packaging/debian
+# (maintainer scripts create the fdopen-clients group and directories).
+VERSION  = $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+HOMEPAGE = $(shell sed -n 's/^repository = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+DEB_ARCH = $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+DEBDIR  ?= $(BUILD)/deb
+DEB_FLAGS ?=
+DEBROOT  = $(DEBDIR)/root
+DEB      = $(DEBDIR)/fdopen_$(VERSION)_$(DEB_ARCH).deb
+
+deb: build deb-files
+
+deb-files:
+	@command -v dpkg-deb >/dev/null || { echo "make deb needs dpkg-deb (apt-get install dpkg)"; exit 1; }
+	rm -rf $(DEBROOT)
+	$(MAKE) -s install-files DESTDIR=$(abspath $(DEBROOT)) PREFIX=/usr SYSCONFDIR=/etc BUILD=$(BUILD)
+	install -d $(DEBROOT)/DEBIAN
+	sed -e 's|@VERSION@|$(VERSION)|' -e 's|@ARCH@|$(DEB_ARCH)|' -e 's|@HOMEPAGE@|$(HOMEPAGE)|' \
+	  packaging/debian/control > $(DEBROOT)/DEBIAN/control
+	install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm $(DEBROOT)/DEBIAN/
+	printf '%s\n' /etc/fdopen/policy.d/00-example.json /etc/logrotate.d/fdopen > $(DEBROOT)/DEBIAN/conffiles
+	dpkg-deb --root-owner-group $(DEB_FLAGS) --build $(DEBROOT) $(DEB) >/dev/null
+	@echo $(DEB)

@@ -139,3 +139,57 @@ fn verify_units(dest: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_debian_package_holds_the_install_tree_and_its_scripts() {
+    if Command::new("dpkg-deb").arg("--version").output().is_err() {
+        eprintln!("skipped: dpkg-deb is not installed");
+        return;
+    }
+    let dir = common::scratch();
+    let build = Path::new(common::SERVER).parent().unwrap();
+    let out = Command::new("make")
+        .current_dir(MANIFEST)
+        .args(["-s", "deb-files"])
+        .arg(format!("BUILD={}", build.display()))
+        .arg(format!("DEBDIR={}", dir.path().display()))
+        // Debug binaries are large; compressing them would only cost time.
+        .arg("DEB_FLAGS=-Znone")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let listing = Command::new("dpkg-deb")
+        .args(["-c", &deb])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    for expected in [
+        "./usr/bin/fdopen-server",
+        "./usr/bin/fdopen-client",
+        "./usr/share/man/man1/fdopen-client-run.1",
+        "./usr/share/bash-completion/completions/fdopen-server",
+        "./usr/lib/systemd/system/fdopen.socket",
+        "./usr/lib/sysusers.d/fdopen.conf",
+        "./etc/fdopen/policy.d/00-example.json",
+    ] {
+        assert!(listing.contains(expected), "{expected} missing:\n{listing}");
+    }
+    assert!(
+        listing.contains("root/root"),
+        "files belong to root:\n{listing}"
+    );
+    let info = Command::new("dpkg-deb")
+        .args(["-I", &deb])
+        .output()
+        .unwrap();
+    let info = String::from_utf8(info.stdout).unwrap();
+    let version = format!("Version: {}", env!("CARGO_PKG_VERSION"));
+    for expected in ["Package: fdopen", "postinst", "conffiles", &version] {
+        assert!(info.contains(expected), "{expected} missing:\n{info}");
+    }
+}

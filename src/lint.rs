@@ -27,6 +27,31 @@ impl fmt::Display for Warning {
     }
 }
 
+/// Warnings about the policy as a whole: a directory without any `*.json`
+/// file, or no rules at all (an empty policy grants nothing, which is
+/// rarely what was meant).
+pub fn policy_warnings(policy: &Policy) -> Vec<String> {
+    let source = policy.source.display();
+    if policy.source.is_dir() {
+        let has_json = std::fs::read_dir(&policy.source).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "json"))
+        });
+        if !has_json {
+            return vec![format!(
+                "{source}: no *.json file in this policy directory: nothing is granted"
+            )];
+        }
+    }
+    if policy.rules.is_empty() {
+        return vec![format!(
+            "{source}: the policy has no rules: nothing is granted"
+        )];
+    }
+    Vec::new()
+}
+
 /// Looks for rules that can never match and allows cancelled by denies.
 /// `fs_checks` also reports globs whose literal directory does not exist.
 pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {

@@ -4,6 +4,8 @@
 //! Under systemd (`JOURNAL_STREAM` set) each line starts with its syslog
 //! priority, `<3>` for errors and so on, which journald turns into the
 //! entry's priority; elsewhere it reads `fdopen-server: warning: ...`.
+//! Both binaries, and every subcommand, say errors this one way:
+//! `PROGRAM: error: what went wrong`.
 
 use std::fmt;
 use std::io::Write;
@@ -38,6 +40,12 @@ impl Level {
 }
 
 static MAX_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+static PROGRAM: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Names the program in every line (`fdopen-server`, `fdopen-client`).
+pub fn set_program(name: &'static str) {
+    let _ = PROGRAM.set(name);
+}
 
 /// Sets the most verbose level that is printed.
 pub fn set_level(level: Level) {
@@ -65,7 +73,8 @@ pub fn log(level: Level, message: fmt::Arguments<'_>) {
                 level.label()
             ));
         } else {
-            out.push_str(&format!("fdopen-server: {}{line}\n", level.label()));
+            let program = PROGRAM.get().copied().unwrap_or("fdopen");
+            out.push_str(&format!("{program}: {}{line}\n", level.label()));
         }
     }
     let _ = std::io::stderr().lock().write_all(out.as_bytes());

@@ -72,7 +72,7 @@ pub enum PolicyErrorKind {
     Syntax(String),
     #[error("duplicate rule name (first defined at {first})")]
     DuplicateName { first: Location },
-    #[error("path glob {0:?} is not absolute")]
+    #[error("path glob {0:?} is not absolute; to match it anywhere, write \"/**/{0}\"")]
     RelativeGlob(String),
     #[error("bad path glob {glob:?}: {reason}")]
     BadGlob { glob: String, reason: String },
@@ -128,6 +128,11 @@ impl ByteSize {
         let (digits, unit) = s.split_at(split);
         if digits.is_empty() {
             return Err(format!("size {s:?} does not start with a number"));
+        }
+        if unit.starts_with(['.', ',']) {
+            return Err(format!(
+                "size {s:?}: fractions are not allowed; use a smaller unit (\"1536KiB\" for 1.5 MiB)"
+            ));
         }
         let multiplier: u64 = match unit.trim_start() {
             "B" => 1,
@@ -217,10 +222,27 @@ impl fmt::Display for Age {
 
 impl<'de> Deserialize<'de> for Age {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map(Age)
-            .map_err(|e| de::Error::custom(format!("duration {text:?}: {e}")))
+        struct AgeVisitor;
+        impl Visitor<'_> for AgeVisitor {
+            type Value = Age;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string such as \"90s\" or \"7d\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Age, E> {
+                Err(E::custom(format!(
+                    "an age is a duration string with a unit: write \"{v}s\" for {v} seconds"
+                )))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Age, E> {
+                Err(E::custom(format!("age {v} is negative")))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Age, E> {
+                humantime::parse_duration(text)
+                    .map(Age)
+                    .map_err(|e| E::custom(format!("duration {text:?}: {e}")))
+            }
+        }
+        d.deserialize_any(AgeVisitor)
     }
 }
 
@@ -896,6 +918,24 @@ mod tests {
         ] {
             assert!(ByteSize::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn admin_errors_say_the_fix() {
+        let error = |text: &str| {
+            Policy::from_str(Path::new("p.json"), text)
+                .unwrap_err()
+                .0
+                .iter()
+                .map(|e| e.kind.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let rule = |extra: &str| format!(r#"{{"rules":[{{"name":"a","paths":["/x"]{extra}}}]}}"#);
+        assert!(error(&rule(r#","max_size":"1.5MiB""#)).contains("fractions are not allowed"));
+        assert!(error(&rule(r#","max_age":3600"#)).contains(r#"write "3600s""#));
+        let relative = error(r#"{"rules":[{"name":"a","paths":["*.log"]}]}"#);
+        assert!(relative.contains(r#""/**/*.log""#), "{relative}");
     }
 
     #[test]

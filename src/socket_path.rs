@@ -27,7 +27,14 @@ pub enum SocketError {
     Lock { path: PathBuf, source: io::Error },
     #[error("cannot set mode or group of {path}: {source}")]
     Permissions { path: PathBuf, source: io::Error },
+    #[error(
+        "the socket's directory {0} does not exist; create it first (only /run/fdopen is created for you)"
+    )]
+    NoDirectory(PathBuf),
 }
+
+/// The one socket directory the server creates itself: the default's.
+const DEFAULT_DIR: &str = "/run/fdopen";
 
 /// The default socket path: `/run/fdopen/fdopen.sock` for root, else
 /// `$XDG_RUNTIME_DIR/fdopen.sock`.
@@ -55,8 +62,17 @@ pub fn resolve(explicit: Option<PathBuf>) -> Result<PathBuf, SocketError> {
 /// the same stale file, and the second to unlink it would remove the
 /// first one's live socket.
 pub fn bind(path: &Path, mode: u32, group: Option<Gid>) -> Result<UnixListener, SocketError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = std::fs::create_dir_all(dir);
+    // A typo in --socket must not leave a new directory tree behind.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        if dir != Path::new(DEFAULT_DIR) {
+            return Err(SocketError::NoDirectory(dir.to_owned()));
+        }
+        std::fs::create_dir(dir).map_err(|source| SocketError::Bind {
+            path: path.to_owned(),
+            source,
+        })?;
     }
     let _lock = StartLock::acquire(path)?;
     match std::fs::symlink_metadata(path) {

@@ -365,8 +365,14 @@ fn echo_demo_prints_every_line_of_several_clients() {
             .collect();
         assert_eq!(mine, want);
     }
-    server.kill().unwrap();
-    server.wait().unwrap();
+    // SIGTERM stops it cleanly, and its socket goes with it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(server.wait().unwrap().code(), Some(0));
+    assert!(!sock.exists(), "the echo server removes its socket");
 }
 
 #[test]
@@ -594,4 +600,50 @@ fn exec_places_files_and_sockets_at_the_numbers_asked() {
         b"",
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_missing_socket_directory_is_named_not_created() {
+    let dir = scratch();
+    let policy = dir.path().join("p.json");
+    fs::write(&policy, r#"{"rules":[{"name":"a","paths":["/x"]}]}"#).unwrap();
+    let missing = dir.path().join("typo").join("fdopen.sock");
+    let out = Command::new(SERVER)
+        .args(["serve", "--socket"])
+        .arg(&missing)
+        .arg("--policy")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.starts_with("fdopen-server: error: "), "{stderr}");
+    assert!(
+        stderr.contains("typo") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("typo").exists(), "nothing created");
+}
+
+#[test]
+fn an_empty_policy_or_directory_is_a_warning() {
+    let dir = scratch();
+    let policies = dir.path().join("policy.d");
+    fs::create_dir(&policies).unwrap();
+    let check = |path: &std::path::Path| {
+        let out = Command::new(SERVER)
+            .args(["check", "--policy"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        text(&out.stderr)
+    };
+    assert!(check(&policies).contains("warning: ") && check(&policies).contains("no *.json"));
+    fs::write(policies.join("a.json"), r#"{"rules":[]}"#).unwrap();
+    let said = check(&policies);
+    assert!(
+        said.contains("fdopen-server: warning: ") && said.contains("no rules"),
+        "{said}"
+    );
 }

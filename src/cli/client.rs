@@ -137,6 +137,7 @@ pub enum ClientCommand {
 
 /// Runs the client; returns the exit code.
 pub fn main() -> i32 {
+    crate::logging::set_program("fdopen-client");
     let cli = Cli::parse();
     if let ClientCommand::Completions { shell } = cli.command {
         super::print_completions::<Cli>(shell, "fdopen-client");
@@ -321,12 +322,7 @@ fn run_with(file: File, mode: Mode, command: &[OsString]) -> Result<i32, Error> 
             .stdin(Stdio::from(file.try_clone()?))
             .stdout(Stdio::from(file)),
     };
-    let e = cmd.exec();
-    eprintln!(
-        "fdopen-client: cannot run {}: {e}",
-        command[0].to_string_lossy()
-    );
-    Ok(exit::USAGE)
+    Ok(exec_failed(cmd.exec(), &command[0]))
 }
 
 /// Replaces this process with `command`, the sockets at fds 3.. and the
@@ -373,7 +369,7 @@ fn place_fds(fds: Vec<(i32, OwnedFd)>) -> nix::Result<()> {
     Ok(())
 }
 
-fn exec_failed(e: std::io::Error, program: &OsString) -> i32 {
+pub(super) fn exec_failed(e: std::io::Error, program: &OsString) -> i32 {
     fail(
         exit::USAGE,
         &format!("cannot run {}: {e}", program.to_string_lossy()),
@@ -475,7 +471,7 @@ fn error_exit_code(e: &Error) -> i32 {
 }
 
 fn fail(code: i32, e: &dyn std::fmt::Display) -> i32 {
-    eprintln!("fdopen-client: {e}");
+    crate::logging::error(format_args!("{e}"));
     code
 }
 

@@ -79,11 +79,7 @@ pub fn run(client: &mut Client, command: HeldCommand) -> Result<i32, Error> {
                     .args(&command[1..])
                     .stdin(Stdio::from(fd))
                     .exec();
-                eprintln!(
-                    "fdopen-client: cannot run {}: {e}",
-                    command[0].to_string_lossy()
-                );
-                Ok(exit::USAGE)
+                Ok(super::client::exec_failed(e, &command[0]))
             }
         }
         HeldCommand::List {

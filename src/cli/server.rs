@@ -199,6 +199,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs the server CLI; returns the exit code.
 pub fn main() -> i32 {
+    logging::set_program("fdopen-server");
     let cli = Cli::parse();
     logging::set_level(cli.log_level);
     match cli.command {
@@ -248,7 +249,7 @@ fn log(message: impl std::fmt::Display) {
 /// For `check` and `explain`: one `error:` line per problem.
 fn print_policy_errors(errors: &PolicyErrors) {
     for e in &errors.0 {
-        eprintln!("error: {e}");
+        logging::error(format_args!("{e}"));
     }
 }
 
@@ -267,16 +268,17 @@ fn check(path: &Path, strict: bool) -> i32 {
             return exit::REFUSED;
         }
     };
-    let warnings = lint::lint(&policy, true);
+    let mut warnings: Vec<String> = lint::policy_warnings(&policy);
+    warnings.extend(lint::lint(&policy, true).iter().map(ToString::to_string));
     for w in &warnings {
-        eprintln!("warning: {w}");
+        logging::warn(format_args!("{w}"));
     }
     if strict && !warnings.is_empty() {
-        eprintln!(
+        logging::error(format_args!(
             "{}: {} warnings, fatal with --strict",
             path.display(),
             warnings.len()
-        );
+        ));
         return exit::REFUSED;
     }
     println!(
@@ -313,6 +315,9 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
         logging::warn(format_args!(
             "{exposure} (allowed by --insecure-policy-permissions)"
         ));
+    }
+    for warning in lint::policy_warnings(&policy) {
+        logging::warn(format_args!("{warning}"));
     }
     let group = args
         .socket_group
@@ -442,15 +447,31 @@ fn echo(socket: Option<PathBuf>) -> i32 {
         });
     match result {
         Ok((listener, path)) => {
+            // The accept loop runs in a thread; this one waits for the
+            // signal to stop, so the socket file goes with the server.
+            let signals = SigSet::from_iter([Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT]);
+            if let Err(e) = signals.thread_block() {
+                log(format_args!("cannot block signals: {e}"));
+                return exit::USAGE;
+            }
+            std::thread::spawn(move || {
+                let output = std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned();
+                match output {
+                    Ok(output) => {
+                        let _ = crate::echo::serve(listener, std::os::fd::AsFd::as_fd(&output));
+                    }
+                    Err(e) => log(format_args!("cannot duplicate stdout: {e}")),
+                }
+            });
             log(format_args!("echo demo listening on {}", path.display()));
             let _ = systemd::notify("READY=1");
-            match crate::echo::serve(listener, std::os::fd::AsFd::as_fd(&std::io::stdout())) {
-                Ok(()) => exit::OK,
-                Err(e) => {
-                    log(e);
-                    exit::USAGE
-                }
-            }
+            let signal = signals.wait();
+            let _ = std::fs::remove_file(&path);
+            log(format_args!(
+                "{signal:?}: stopped, {} removed",
+                path.display()
+            ));
+            exit::OK
         }
         Err(message) => {
             log(message);

@@ -20,6 +20,7 @@ run: build
 # Every test: unit tests of the policy engine, integration tests that start
 # the real binaries on temporary sockets, and the doc tests.
 test: test-tools
+	$(CARGO) check --locked --lib --no-default-features
 	$(CARGO) test --locked
 
 # What the `run` tests drive besides our binaries: a C compiler with a
@@ -54,6 +55,7 @@ man: build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --lib --no-default-features -- -D warnings
 
 # Coverage-guided fuzzing with afl.rs on the stable toolchain: both targets
 # side by side for FUZZ_SECONDS (default 10 minutes), then a summary.

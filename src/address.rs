@@ -274,3 +274,28 @@ mod tests {
         assert!(BindPattern::parse("tcp:*:90-80").is_err());
     }
 }
+
+/// A `bind` request's options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BindRequest {
+    pub address: BindAddress,
+    /// `listen` backlog for TCP.
+    pub backlog: i32,
+    pub reuseport: bool,
+    /// `IPV6_V6ONLY` for an IPv6 host.
+    pub v6only: bool,
+    /// TCP: call `listen` (false hands back a bound, unlistened socket).
+    pub listen: bool,
+}
+
+impl BindRequest {
+    pub fn new(address: BindAddress) -> BindRequest {
+        BindRequest {
+            address,
+            backlog: 511,
+            reuseport: false,
+            v6only: true,
+            listen: true,
+        }
+    }
+}

@@ -14,26 +14,46 @@
 //! ```
 #![cfg(target_os = "linux")]
 
+// The client: what `default-features = false` builds.
 pub mod address;
-pub mod audit;
-pub mod cli;
 pub mod client;
-pub mod decision;
-pub mod echo;
 pub mod fdpass;
-pub mod hygiene;
-pub mod lint;
-pub mod logging;
-pub mod path_index;
-pub mod peer;
-pub mod policy;
 pub mod protocol;
-pub mod run;
-pub mod safe_open;
-pub mod server;
 pub mod socket_path;
+
+// The daemon.
+#[cfg(feature = "server")]
+pub mod audit;
+#[cfg(feature = "server")]
+pub mod decision;
+#[cfg(feature = "server")]
+pub mod hygiene;
+#[cfg(feature = "server")]
+pub mod lint;
+#[cfg(feature = "server")]
+pub mod logging;
+#[cfg(feature = "server")]
+pub mod path_index;
+#[cfg(feature = "server")]
+pub mod peer;
+#[cfg(feature = "server")]
+pub mod policy;
+#[cfg(feature = "server")]
+pub mod safe_open;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
 pub mod sockets;
+#[cfg(feature = "server")]
 pub mod systemd;
+
+// The command lines and what only they use.
+#[cfg(feature = "cli")]
+pub mod cli;
+#[cfg(feature = "cli")]
+pub mod echo;
+#[cfg(feature = "cli")]
+pub mod run;
 
 pub use client::{BindOptions, Client, Error, OpenOptions, WakeEvent, Wakeups, Woken};
 pub use protocol::{Create, ErrorCode, Grant, Mode, ServerError, ServerInfo};

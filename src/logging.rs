@@ -12,7 +12,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// How much to say.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Level {
     Error = 0,
     Warn = 1,

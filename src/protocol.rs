@@ -13,7 +13,6 @@ use std::str::FromStr;
 
 use base64::Engine;
 
-use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -52,17 +51,8 @@ impl Mode {
         }
     }
 
-    /// Access flags for `open(2)`: never `O_CREAT` or `O_TRUNC` (SPEC §3).
-    pub fn open_flags(self) -> OFlag {
-        match self {
-            Mode::Read => OFlag::O_RDONLY,
-            Mode::Write => OFlag::O_WRONLY,
-            Mode::ReadWrite => OFlag::O_RDWR,
-            Mode::Append => OFlag::O_WRONLY | OFlag::O_APPEND,
-        }
-    }
-
     /// A bit of its own, so a rule's set of modes is one `u8`.
+    #[cfg(feature = "server")]
     pub(crate) fn bit(self) -> u8 {
         1 << (self as u8)
     }
@@ -493,7 +483,7 @@ pub enum Request {
     Hello,
     Open(FileRequest),
     Check(FileRequest),
-    Bind(crate::sockets::BindRequest),
+    Bind(crate::address::BindRequest),
     Scope,
     Held(HeldRequest),
     Stats,
@@ -653,7 +643,7 @@ fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
             .ok_or_else(|| RequestError::BadOption("bind needs an \"address\"".into()))?;
         let address = crate::address::BindAddress::parse(&text)
             .map_err(|e| RequestError::BadOption(e.to_string()))?;
-        let mut request = crate::sockets::BindRequest::new(address);
+        let mut request = crate::address::BindRequest::new(address);
         request.backlog = wire.backlog.map_or(request.backlog, i32::from);
         request.reuseport = wire.reuseport.unwrap_or(false);
         request.v6only = wire.v6only.unwrap_or(true);

@@ -241,7 +241,7 @@ impl Located {
     /// the handle hold for the file returned (SPEC §5): no second `fstat`.
     pub fn reopen(&self, mode: Mode) -> Result<File, OpenError> {
         debug_assert_eq!(self.facts.kind, FileKind::Regular);
-        let flags = mode.open_flags() | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+        let flags = open_flags(mode) | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
         let fd = match proc_fd_dir() {
             // One component to look up instead of four: this is per grant.
             Some(dir) => {
@@ -310,7 +310,7 @@ impl Located {
         name: &OsStr,
         mode: Mode,
     ) -> Result<Option<(File, CreatedFile)>, OpenError> {
-        let flags = mode.open_flags()
+        let flags = open_flags(mode)
             | OFlag::O_CREAT
             | OFlag::O_EXCL
             | OFlag::O_NOFOLLOW
@@ -422,4 +422,14 @@ fn components(bytes: &[u8]) -> impl Iterator<Item = OsString> + '_ {
         .split(|&b| b == b'/')
         .filter(|c| !c.is_empty())
         .map(|c| OsString::from_vec(c.to_vec()))
+}
+
+/// Access flags for `open(2)`: never `O_CREAT` or `O_TRUNC` (SPEC §3).
+fn open_flags(mode: Mode) -> OFlag {
+    match mode {
+        Mode::Read => OFlag::O_RDONLY,
+        Mode::Write => OFlag::O_WRONLY,
+        Mode::ReadWrite => OFlag::O_RDWR,
+        Mode::Append => OFlag::O_WRONLY | OFlag::O_APPEND,
+    }
 }

@@ -3,12 +3,10 @@
 //! the file's mode and group.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use nix::sys::stat::{Mode, umask};
-use nix::unistd::Gid;
+#[cfg(feature = "server")]
+pub use claim::bind;
 
 /// Why the server could not claim its socket.
 #[derive(Debug, thiserror::Error)]
@@ -33,13 +31,11 @@ pub enum SocketError {
     NoDirectory(PathBuf),
 }
 
-/// The one socket directory the server creates itself: the default's.
-const DEFAULT_DIR: &str = "/run/fdopen";
-
 /// The default socket path: `/run/fdopen/fdopen.sock` for root, else
 /// `$XDG_RUNTIME_DIR/fdopen.sock`.
 pub fn default_path() -> Result<PathBuf, SocketError> {
-    if nix::unistd::geteuid().is_root() {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
         return Ok(PathBuf::from("/run/fdopen/fdopen.sock"));
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
@@ -53,107 +49,127 @@ pub fn resolve(explicit: Option<PathBuf>) -> Result<PathBuf, SocketError> {
     explicit.map_or_else(default_path, Ok)
 }
 
-/// Binds a listening socket at `path` with `mode` and, optionally, `group`.
-///
-/// The socket is created under a restrictive umask so it is never, even
-/// for an instant, more open than asked. Two servers starting on the same
-/// path at once are serialised by a lock on `PATH.lock`, held from the
-/// check for a live server to the `listen`: without it, both could find
-/// the same stale file, and the second to unlink it would remove the
-/// first one's live socket.
-pub fn bind(path: &Path, mode: u32, group: Option<Gid>) -> Result<UnixListener, SocketError> {
-    // A typo in --socket must not leave a new directory tree behind.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.is_dir()
-    {
-        if dir != Path::new(DEFAULT_DIR) {
-            return Err(SocketError::NoDirectory(dir.to_owned()));
-        }
-        std::fs::create_dir(dir).map_err(|source| SocketError::Bind {
-            path: path.to_owned(),
-            source,
-        })?;
-    }
-    let _lock = StartLock::acquire(path)?;
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(SocketError::NotASocket(path.to_owned()));
-        }
-        Ok(_) => match UnixStream::connect(path) {
-            Ok(_) => return Err(SocketError::InUse(path.to_owned())),
-            // Nobody answers: a leftover of a server that died.
-            Err(_) => {
-                widen_claim_window_for_tests();
-                let _ = std::fs::remove_file(path);
+/// Claiming the socket: the server side only.
+#[cfg(feature = "server")]
+mod claim {
+    use std::io;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::path::{Path, PathBuf};
+
+    use nix::sys::stat::{Mode, umask};
+    use nix::unistd::Gid;
+
+    use super::SocketError;
+
+    /// The default's directory, the one the server creates itself.
+    const DEFAULT_DIR: &str = "/run/fdopen";
+
+    /// Binds a listening socket at `path` with `mode` and, optionally, `group`.
+    ///
+    /// The socket is created under a restrictive umask so it is never, even
+    /// for an instant, more open than asked. Two servers starting on the same
+    /// path at once are serialised by a lock on `PATH.lock`, held from the
+    /// check for a live server to the `listen`: without it, both could find
+    /// the same stale file, and the second to unlink it would remove the
+    /// first one's live socket.
+    pub fn bind(path: &Path, mode: u32, group: Option<Gid>) -> Result<UnixListener, SocketError> {
+        // A typo in --socket must not leave a new directory tree behind.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            if dir != Path::new(DEFAULT_DIR) {
+                return Err(SocketError::NoDirectory(dir.to_owned()));
             }
-        },
-        Err(_) => {}
-    }
-    let old = umask(Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
-    umask(old);
-    let listener = bound.map_err(|source| match source.kind() {
-        io::ErrorKind::AddrInUse => SocketError::InUse(path.to_owned()),
-        _ => SocketError::Bind {
+            std::fs::create_dir(dir).map_err(|source| SocketError::Bind {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        let _lock = StartLock::acquire(path)?;
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(SocketError::NotASocket(path.to_owned()));
+            }
+            Ok(_) => match UnixStream::connect(path) {
+                Ok(_) => return Err(SocketError::InUse(path.to_owned())),
+                // Nobody answers: a leftover of a server that died.
+                Err(_) => {
+                    widen_claim_window_for_tests();
+                    let _ = std::fs::remove_file(path);
+                }
+            },
+            Err(_) => {}
+        }
+        let old = umask(Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(path);
+        umask(old);
+        let listener = bound.map_err(|source| match source.kind() {
+            io::ErrorKind::AddrInUse => SocketError::InUse(path.to_owned()),
+            _ => SocketError::Bind {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+        let permissions = |source| SocketError::Permissions {
             path: path.to_owned(),
-            source,
-        },
-    })?;
-    let permissions = |source| SocketError::Permissions {
-        path: path.to_owned(),
-        source,
-    };
-    if let Some(gid) = group {
-        nix::unistd::chown(path, None, Some(gid)).map_err(|e| permissions(e.into()))?;
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(permissions)?;
-    Ok(listener)
-}
-
-/// An exclusive `flock` on `SOCKET.lock`, released when dropped. The file
-/// itself stays: unlinking a lock file reopens the very race it closes.
-struct StartLock(#[allow(dead_code)] std::fs::File);
-
-impl StartLock {
-    fn acquire(socket: &Path) -> Result<StartLock, SocketError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut name = socket.as_os_str().to_owned();
-        name.push(".lock");
-        let path = PathBuf::from(name);
-        let error = |source| SocketError::Lock {
-            path: path.clone(),
             source,
         };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(error)?;
-        loop {
-            // SAFETY: flock on a descriptor we own; no memory is involved.
-            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } == 0 {
-                return Ok(StartLock(file));
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(error(e));
+        if let Some(gid) = group {
+            nix::unistd::chown(path, None, Some(gid)).map_err(|e| permissions(e.into()))?;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(permissions)?;
+        Ok(listener)
+    }
+
+    /// An exclusive `flock` on `SOCKET.lock`, released when dropped. The file
+    /// itself stays: unlinking a lock file reopens the very race it closes.
+    struct StartLock(#[allow(dead_code)] std::fs::File);
+
+    impl StartLock {
+        fn acquire(socket: &Path) -> Result<StartLock, SocketError> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut name = socket.as_os_str().to_owned();
+            name.push(".lock");
+            let path = PathBuf::from(name);
+            let error = |source| SocketError::Lock {
+                path: path.clone(),
+                source,
+            };
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(error)?;
+            loop {
+                // SAFETY: flock on a descriptor we own; no memory is involved.
+                if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) }
+                    == 0
+                {
+                    return Ok(StartLock(file));
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(error(e));
+                }
             }
         }
     }
-}
 
-/// Debug builds only: `FDOPEN_TEST_CLAIM_DELAY_MS` sleeps between finding
-/// a stale socket and replacing it, so a test can make two servers meet in
-/// that window every time instead of once in a thousand starts.
-fn widen_claim_window_for_tests() {
-    #[cfg(debug_assertions)]
-    if let Some(ms) = std::env::var("FDOPEN_TEST_CLAIM_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
+    /// Debug builds only: `FDOPEN_TEST_CLAIM_DELAY_MS` sleeps between finding
+    /// a stale socket and replacing it, so a test can make two servers meet in
+    /// that window every time instead of once in a thousand starts.
+    fn widen_claim_window_for_tests() {
+        #[cfg(debug_assertions)]
+        if let Some(ms) = std::env::var("FDOPEN_TEST_CLAIM_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
     }
 }

@@ -12,33 +12,9 @@ use nix::sys::socket::{
     self, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, SockaddrStorage, sockopt,
 };
 
-use crate::address::{BindAddress, Host, Transport, format_bound};
+pub use crate::address::BindRequest;
+use crate::address::{Host, Transport, format_bound};
 use crate::peer::PeerIdentity;
-
-/// A `bind` request's options.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BindRequest {
-    pub address: BindAddress,
-    /// `listen` backlog for TCP.
-    pub backlog: i32,
-    pub reuseport: bool,
-    /// `IPV6_V6ONLY` for an IPv6 host.
-    pub v6only: bool,
-    /// TCP: call `listen` (false hands back a bound, unlistened socket).
-    pub listen: bool,
-}
-
-impl BindRequest {
-    pub fn new(address: BindAddress) -> BindRequest {
-        BindRequest {
-            address,
-            backlog: 511,
-            reuseport: false,
-            v6only: true,
-            listen: true,
-        }
-    }
-}
 
 /// Why a granted bind could not be made.
 #[derive(Debug, thiserror::Error)]

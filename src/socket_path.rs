@@ -49,6 +49,30 @@ pub fn resolve(explicit: Option<PathBuf>) -> Result<PathBuf, SocketError> {
     explicit.map_or_else(default_path, Ok)
 }
 
+/// The system server's socket, which clients prefer when it exists.
+pub const SYSTEM_SOCKET: &str = "/run/fdopen/fdopen.sock";
+
+/// Where a client connects (SPEC §1): `FDOPEN_SOCKET`, else the system
+/// server's socket if it exists (unprivileged clients are its main users),
+/// else `$XDG_RUNTIME_DIR/fdopen.sock`.
+pub fn client_default() -> Result<PathBuf, SocketError> {
+    if let Some(path) = std::env::var_os("FDOPEN_SOCKET").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    if Path::new(SYSTEM_SOCKET).exists() {
+        return Ok(PathBuf::from(SYSTEM_SOCKET));
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => Ok(Path::new(&dir).join("fdopen.sock")),
+        _ => Err(SocketError::NoDefault),
+    }
+}
+
+/// The client's `--socket`, else [`client_default`].
+pub fn resolve_for_client(explicit: Option<PathBuf>) -> Result<PathBuf, SocketError> {
+    explicit.map_or_else(client_default, Ok)
+}
+
 /// Claiming the socket: the server side only.
 #[cfg(feature = "server")]
 mod claim {

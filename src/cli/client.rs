@@ -143,7 +143,7 @@ pub fn main() -> i32 {
         super::print_completions::<Cli>(shell, "fdopen-client");
         return exit::OK;
     }
-    let socket = match socket_path::resolve(cli.socket) {
+    let socket = match socket_path::resolve_for_client(cli.socket) {
         Ok(path) => path,
         Err(e) => return fail(exit::USAGE, &e),
     };
@@ -466,7 +466,10 @@ fn absolute(path: PathBuf) -> PathBuf {
 fn error_exit_code(e: &Error) -> i32 {
     match e {
         Error::Refused(_) => exit::REFUSED,
-        Error::Connect { .. } | Error::Io(_) | Error::Protocol(_) => exit::UNREACHABLE,
+        Error::Connect { .. } | Error::Io(_) | Error::Protocol(_) | Error::OutOfStep => {
+            exit::UNREACHABLE
+        }
+        Error::RelativePath(_) | Error::NoSocket(_) => exit::USAGE,
     }
 }
 

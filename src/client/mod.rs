@@ -35,6 +35,16 @@ pub enum Error {
     /// The server refused the request.
     #[error("{0}")]
     Refused(#[from] ServerError),
+    /// A relative path: the server would refuse it, so it is not sent.
+    #[error("{0:?} is relative; the server takes absolute paths only")]
+    RelativePath(PathBuf),
+    /// No socket was given and none of the defaults applies.
+    #[error(transparent)]
+    NoSocket(#[from] crate::socket_path::SocketError),
+    /// An earlier request timed out: its answer may still come, so the
+    /// connection is out of step and must be replaced.
+    #[error("an earlier request on this connection timed out; connect again")]
+    OutOfStep,
 }
 
 /// One response, with the descriptor of a grant.
@@ -72,6 +82,8 @@ pub struct Client {
     stream: UnixStream,
     inbuf: Vec<u8>,
     fds: VecDeque<OwnedFd>,
+    /// A timeout broke the request/response order.
+    out_of_step: bool,
 }
 
 impl Client {
@@ -85,13 +97,44 @@ impl Client {
         Ok(Client::from_stream(stream))
     }
 
+    /// Connects where a client should (SPEC §1): `FDOPEN_SOCKET`, else the
+    /// system server's `/run/fdopen/fdopen.sock` if it exists, else
+    /// `$XDG_RUNTIME_DIR/fdopen.sock`.
+    ///
+    /// ```no_run
+    /// let mut client = fdopen::Client::connect_default()?;
+    /// println!("{}", client.hello()?.version);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
+    pub fn connect_default() -> Result<Client, Error> {
+        Client::connect(crate::socket_path::client_default()?)
+    }
+
     /// Wraps an already connected stream.
     pub fn from_stream(stream: UnixStream) -> Client {
         Client {
             stream,
             inbuf: Vec::new(),
             fds: VecDeque::new(),
+            out_of_step: false,
         }
+    }
+
+    /// Gives up on a request whose answer takes longer than `timeout`
+    /// (`None`, the default: wait as long as it takes). After a timeout
+    /// the connection is out of step, and further requests on it fail
+    /// with [`Error::OutOfStep`].
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// client.set_timeout(Some(Duration::from_secs(5)))?;
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
+    pub fn set_timeout(&mut self, timeout: Option<std::time::Duration>) -> Result<(), Error> {
+        self.stream.set_read_timeout(timeout)?;
+        self.stream.set_write_timeout(timeout)?;
+        Ok(())
     }
 
     /// Asks the server who it is.
@@ -165,7 +208,7 @@ impl Client {
 
     /// Sends an `open` or `check` with every option, without waiting.
     pub fn send_file(&mut self, op: Op, path: &Path, options: &OpenOptions) -> Result<(), Error> {
-        let (path, path_b64) = wire_path(path);
+        let (path, path_b64) = wire_path(absolute(path)?);
         let request = WireRequest {
             path,
             path_b64,
@@ -236,7 +279,10 @@ impl Client {
     /// Sends one request without waiting for its response (pipelining).
     /// A path that is not UTF-8 travels as `path_b64`.
     pub fn send(&mut self, op: Op, path: Option<&Path>, mode: Option<Mode>) -> Result<(), Error> {
-        let (path, path_b64) = path.map_or((None, None), wire_path);
+        let (path, path_b64) = match path {
+            Some(path) => wire_path(absolute(path)?),
+            None => (None, None),
+        };
         let request = WireRequest {
             path,
             path_b64,
@@ -254,8 +300,24 @@ impl Client {
 
     /// Sends bytes as they are: for tests and tools that speak raw JSON.
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.stream.write_all(bytes)?;
+        if self.out_of_step {
+            return Err(Error::OutOfStep);
+        }
+        self.stream
+            .write_all(bytes)
+            .map_err(|e| self.note_timeout(e))?;
         Ok(())
+    }
+
+    /// A timed-out read or write leaves the connection out of step.
+    fn note_timeout(&mut self, e: io::Error) -> Error {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            self.out_of_step = true;
+        }
+        Error::Io(e)
     }
 
     /// Receives the next response, in request order.
@@ -292,6 +354,9 @@ impl Client {
 
     /// The next response line, without its newline.
     fn receive_line(&mut self) -> Result<Vec<u8>, Error> {
+        if self.out_of_step {
+            return Err(Error::OutOfStep);
+        }
         loop {
             if let Some(newline) = self.inbuf.iter().position(|&b| b == b'\n') {
                 let mut line: Vec<u8> = self.inbuf.drain(..=newline).collect();
@@ -299,7 +364,8 @@ impl Client {
                 return Ok(line);
             }
             let mut buf = [0u8; 16 * 1024];
-            let received = fdpass::recv(self.stream.as_fd(), &mut buf)?;
+            let received =
+                fdpass::recv(self.stream.as_fd(), &mut buf).map_err(|e| self.note_timeout(e))?;
             if received.bytes == 0 {
                 return Err(Error::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -329,6 +395,15 @@ impl Client {
     /// The underlying socket.
     pub fn stream(&self) -> &UnixStream {
         &self.stream
+    }
+}
+
+/// `path` if it is absolute; a relative one never leaves the client.
+fn absolute(path: &Path) -> Result<&Path, Error> {
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(Error::RelativePath(path.to_owned()))
     }
 }
 

@@ -8,6 +8,17 @@ use crate::fdpass;
 use crate::protocol::{ListedName, Op, ResponseLine, Storer, WireRequest};
 
 /// What woke a parked connection.
+///
+/// ```no_run
+/// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+/// for woken in client.wake("web/", None)? {
+///     match woken?.event {
+///         fdopen::WakeEvent::Readable(fd) => drop(fd), // serve it
+///         fdopen::WakeEvent::Hangup => {}
+///     }
+/// }
+/// # Ok::<(), fdopen::Error>(())
+/// ```
 #[derive(Debug)]
 pub enum WakeEvent {
     /// Input arrived: here is the connection, its data unread.
@@ -17,6 +28,13 @@ pub enum WakeEvent {
 }
 
 /// One wake-up from a [`Wakeups`] subscription.
+///
+/// ```no_run
+/// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+/// let woken = client.wake("web/", None)?.next().expect("a wake-up")?;
+/// println!("{} (stored by uid {}) woke", woken.name, woken.storer);
+/// # Ok::<(), fdopen::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Woken {
     pub name: String,
@@ -26,6 +44,15 @@ pub struct Woken {
 
 /// A `wake` subscription: each item is a parked name that woke, in the
 /// order they became readable; `None` once the server closes it.
+///
+/// ```no_run
+/// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+/// let mut wakeups = client.wake("web/", None)?;
+/// if let Some(woken) = wakeups.next() {
+///     println!("{}", woken?.name);
+/// }
+/// # Ok::<(), fdopen::Error>(())
+/// ```
 pub struct Wakeups {
     client: Client,
 }
@@ -67,12 +94,29 @@ impl Iterator for Wakeups {
 
 impl Wakeups {
     /// The connection, to poll it for readiness alongside other work.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// let wakeups = client.wake("web/", None)?;
+    /// let fd = wakeups.as_fd(); // register it with poll or epoll
+    /// # let _ = fd;
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.client.stream().as_fd()
     }
 
     /// Wake-ups already received and not yet taken: poll the fd only when
     /// this is false.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// let mut wakeups = client.wake("web/", None)?;
+    /// while wakeups.has_buffered() {
+    ///     let _ = wakeups.next();
+    /// }
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn has_buffered(&self) -> bool {
         self.client.has_buffered_line()
     }
@@ -114,6 +158,14 @@ impl Client {
 
     /// Holds `fd` under `name` until it is retrieved with `remove`,
     /// dropped, or `expires` passes.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// use std::os::fd::AsFd;
+    /// let file = std::fs::File::open("/etc/hostname")?;
+    /// client.store("jobs/input", file.as_fd(), Some(std::time::Duration::from_secs(3600)))?;
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn store(
         &mut self,
         name: &str,
@@ -130,6 +182,14 @@ impl Client {
 
     /// Parks a connected socket under `name`: the server watches it and
     /// hands it to a [`Client::wake`] subscriber when input arrives.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// use std::os::fd::AsFd;
+    /// let (idle, _peer) = std::os::unix::net::UnixStream::pair()?;
+    /// client.park("web/c17", idle.as_fd(), None)?;
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn park(
         &mut self,
         name: &str,
@@ -146,6 +206,14 @@ impl Client {
 
     /// A duplicate of the fd held under `name` (by `storer`, default us);
     /// with `remove`, the server stops holding it.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// let fd = client.retrieve("jobs/input", true, None)?;
+    /// let file = std::fs::File::from(fd);
+    /// # drop(file);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn retrieve(
         &mut self,
         name: &str,
@@ -164,6 +232,14 @@ impl Client {
     }
 
     /// The held names under `prefix` that the policy lets us see.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// for held in client.list(Some("jobs/"), None)? {
+    ///     println!("{} {} {:?}", held.name, held.kind, held.expires);
+    /// }
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn list(
         &mut self,
         prefix: Option<&str>,
@@ -186,6 +262,12 @@ impl Client {
     }
 
     /// Stops holding `name` (the server closes its copy).
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// client.drop_name("jobs/input", None)?;
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn drop_name(&mut self, name: &str, storer: Option<Storer>) -> Result<(), Error> {
         let request = WireRequest {
             name: Some(name.to_owned()),
@@ -197,6 +279,14 @@ impl Client {
 
     /// Subscribes to parked names under `prefix`: the connection carries
     /// nothing else from now on, so it is consumed.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// for woken in client.wake("web/", None)? {
+    ///     println!("{} woke", woken?.name);
+    /// }
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn wake(mut self, prefix: &str, storer: Option<Storer>) -> Result<Wakeups, Error> {
         let request = WireRequest {
             prefix: Some(prefix.to_owned()),

@@ -21,6 +21,16 @@ use crate::protocol::{
 };
 
 /// Everything that can go wrong for a client.
+///
+/// ```no_run
+/// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+/// match client.open("/etc/shadow", fdopen::Mode::Read) {
+///     Ok(file) => drop(file),
+///     Err(fdopen::Error::Refused(e)) => eprintln!("refused: {} ({})", e.message, e.code),
+///     Err(e) => return Err(e),
+/// }
+/// # Ok::<(), fdopen::Error>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server could not be reached.
@@ -48,6 +58,15 @@ pub enum Error {
 }
 
 /// One response, with the descriptor of a grant.
+///
+/// ```no_run
+/// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+/// client.send(fdopen::protocol::Op::Open, Some("/srv/a.log".as_ref()), None)?;
+/// let response = client.receive()?;
+/// let (grant, fd) = response.into_result()?;
+/// println!("{} ({} bytes), fd: {}", grant.path, grant.size, fd.is_some());
+/// # Ok::<(), fdopen::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Response {
     pub line: ResponseLine,
@@ -77,6 +96,13 @@ impl Response {
 }
 
 /// A connection to an fdopen server.
+///
+/// ```no_run
+/// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+/// let file = client.open("/var/log/app/today.log", fdopen::Mode::Read)?;
+/// # drop(file);
+/// # Ok::<(), fdopen::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Client {
     stream: UnixStream,
@@ -88,6 +114,11 @@ pub struct Client {
 
 impl Client {
     /// Connects to the server listening at `socket`.
+    ///
+    /// ```no_run
+    /// let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn connect(socket: impl AsRef<Path>) -> Result<Client, Error> {
         let path = socket.as_ref();
         let stream = UnixStream::connect(path).map_err(|source| Error::Connect {
@@ -111,6 +142,13 @@ impl Client {
     }
 
     /// Wraps an already connected stream.
+    ///
+    /// ```no_run
+    /// let stream = std::os::unix::net::UnixStream::connect("/run/fdopen/fdopen.sock")?;
+    /// let client = fdopen::Client::from_stream(stream);
+    /// # drop(client);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn from_stream(stream: UnixStream) -> Client {
         Client {
             stream,
@@ -138,6 +176,13 @@ impl Client {
     }
 
     /// Asks the server who it is.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// let info = client.hello()?;
+    /// assert_eq!(info.protocol, 2);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn hello(&mut self) -> Result<ServerInfo, Error> {
         self.send(Op::Hello, None, None)?;
         let line = self.receive()?.line;
@@ -159,11 +204,27 @@ impl Client {
     }
 
     /// Opens `path` through the server.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// use std::io::Read;
+    /// let mut text = String::new();
+    /// client.open("/srv/logs/a.log", fdopen::Mode::Read)?.read_to_string(&mut text)?;
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn open(&mut self, path: impl AsRef<Path>, mode: Mode) -> Result<File, Error> {
         self.open_with_grant(path, mode).map(|(file, _)| file)
     }
 
     /// Opens `path` and also returns what the server reported about it.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// let (file, grant) = client.open_with_grant("/srv/logs/a.log", fdopen::Mode::Read)?;
+    /// println!("{} is {} bytes, granted by rule {}", grant.path, grant.size, grant.rule);
+    /// # drop(file);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn open_with_grant(
         &mut self,
         path: impl AsRef<Path>,
@@ -177,12 +238,29 @@ impl Client {
     }
 
     /// Asks whether `path` would be granted, without opening it for us.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// let grant = client.check("/srv/logs/a.log", fdopen::Mode::Append)?;
+    /// println!("would be granted by {}", grant.rule);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn check(&mut self, path: impl AsRef<Path>, mode: Mode) -> Result<Grant, Error> {
         self.send(Op::Check, Some(path.as_ref()), Some(mode))?;
         self.receive()?.into_result().map(|(grant, _)| grant)
     }
 
     /// Opens (and, as `options` allow, creates or truncates) `path`.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// use fdopen::{Create, Mode, OpenOptions};
+    /// let options = OpenOptions::new(Mode::Write).create(Create::Exclusive).perm(0o640);
+    /// let (file, grant) = client.open_with("/srv/uploads/report.csv", &options)?;
+    /// assert!(grant.created);
+    /// # drop(file);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn open_with(
         &mut self,
         path: impl AsRef<Path>,
@@ -197,6 +275,14 @@ impl Client {
 
     /// What [`Client::open_with`] would be answered, without opening,
     /// creating or truncating anything.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// use fdopen::{Create, Mode, OpenOptions};
+    /// let options = OpenOptions::new(Mode::Write).create(Create::Yes).truncate(true);
+    /// client.check_with("/srv/reports/today.csv", &options)?;
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn check_with(
         &mut self,
         path: impl AsRef<Path>,
@@ -207,6 +293,18 @@ impl Client {
     }
 
     /// Sends an `open` or `check` with every option, without waiting.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// use fdopen::{Mode, OpenOptions, protocol::Op};
+    /// for path in ["/srv/a.log", "/srv/b.log"] {
+    ///     client.send_file(Op::Open, path.as_ref(), &OpenOptions::new(Mode::Read))?;
+    /// }
+    /// let first = client.receive()?;
+    /// let second = client.receive()?;
+    /// # drop((first, second));
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn send_file(&mut self, op: Op, path: &Path, options: &OpenOptions) -> Result<(), Error> {
         let (path, path_b64) = wire_path(absolute(path)?);
         let request = WireRequest {
@@ -222,6 +320,14 @@ impl Client {
     }
 
     /// What the server's allow rules could grant this client (SPEC §3.5).
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// for path in client.scope()?.paths {
+    ///     println!("{} ({:?})", path.glob, path.modes);
+    /// }
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn scope(&mut self) -> Result<Scope, Error> {
         self.send_request(&WireRequest::new(Op::Scope))?;
         let line = self.receive()?.line;
@@ -239,6 +345,15 @@ impl Client {
 
     /// Asks for a socket bound to `address` (`tcp:HOST:PORT`, SPEC §3.3);
     /// returns it with its bound address as the server reports it.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// let (socket, bound) = client.bind("tcp:*:443", false)?;
+    /// println!("listening on {bound}");
+    /// let listener = std::net::TcpListener::from(socket);
+    /// # drop(listener);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn bind(&mut self, address: &str, reuseport: bool) -> Result<(OwnedFd, String), Error> {
         let options = BindOptions {
             reuseport,
@@ -248,6 +363,14 @@ impl Client {
     }
 
     /// [`Client::bind`] with every field of SPEC §3.3.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// let options = fdopen::BindOptions { listen: false, ..Default::default() };
+    /// let (socket, _) = client.bind_with("udp:[::1]:53", &options)?;
+    /// # drop(socket);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn bind_with(
         &mut self,
         address: &str,
@@ -278,6 +401,15 @@ impl Client {
 
     /// Sends one request without waiting for its response (pipelining).
     /// A path that is not UTF-8 travels as `path_b64`.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// use fdopen::{Mode, protocol::Op};
+    /// client.send(Op::Check, Some("/srv/a.log".as_ref()), Some(Mode::Read))?;
+    /// let answer = client.receive()?;
+    /// # drop(answer);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn send(&mut self, op: Op, path: Option<&Path>, mode: Option<Mode>) -> Result<(), Error> {
         let (path, path_b64) = match path {
             Some(path) => wire_path(absolute(path)?),
@@ -299,6 +431,14 @@ impl Client {
     }
 
     /// Sends bytes as they are: for tests and tools that speak raw JSON.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// client.send_raw(b"{\"op\":\"hello\",\"id\":1}\n")?;
+    /// let answer = client.receive()?;
+    /// assert!(answer.line.ok);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
         if self.out_of_step {
             return Err(Error::OutOfStep);
@@ -321,6 +461,14 @@ impl Client {
     }
 
     /// Receives the next response, in request order.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// client.send(fdopen::protocol::Op::Hello, None, None)?;
+    /// let answer = client.receive()?;
+    /// assert!(answer.line.ok);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn receive(&mut self) -> Result<Response, Error> {
         let line = self.receive_line()?;
         let parsed: ResponseLine = serde_json::from_slice(&line)
@@ -339,6 +487,13 @@ impl Client {
 
     /// The server's counters (SPEC §3.5), as the JSON object it sent, so
     /// counters a newer server adds are kept.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// let stats = client.stats()?;
+    /// println!("{} requests to open", stats["requests"]["open"]);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn stats(&mut self) -> Result<serde_json::Value, Error> {
         self.send_request(&WireRequest::new(Op::Stats))?;
         let line = self.receive_line()?;
@@ -383,16 +538,41 @@ impl Client {
     }
 
     /// A whole response line is already buffered.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// client.send(fdopen::protocol::Op::Hello, None, None)?;
+    /// while !client.has_buffered_line() {
+    ///     // poll client.stream() alongside other work, then:
+    ///     break;
+    /// }
+    /// # let _ = client.receive()?;
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn has_buffered_line(&self) -> bool {
         self.inbuf.contains(&b'\n')
     }
 
     /// Descriptors received and not yet claimed by a response.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// let file = client.open("/srv/a.log", fdopen::Mode::Read)?;
+    /// assert_eq!(client.unclaimed_fds(), 0);
+    /// # drop(file);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn unclaimed_fds(&self) -> usize {
         self.fds.len()
     }
 
     /// The underlying socket.
+    ///
+    /// ```no_run
+    /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// client.stream().set_nonblocking(false)?;
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn stream(&self) -> &UnixStream {
         &self.stream
     }
@@ -417,6 +597,14 @@ fn wire_path(path: &Path) -> (Option<String>, Option<String>) {
 
 /// How to open a file: mode, and whether the server may create or
 /// truncate it (SPEC §3.2).
+///
+/// ```no_run
+/// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+/// use fdopen::{Create, Mode, OpenOptions};
+/// let options = OpenOptions::new(Mode::Append).create(Create::Yes).perm(0o640);
+/// client.open_with("/var/log/app/events.log", &options)?;
+/// # Ok::<(), fdopen::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpenOptions {
     pub mode: Mode,
@@ -428,6 +616,12 @@ pub struct OpenOptions {
 }
 
 impl OpenOptions {
+    ///
+    /// ```no_run
+    /// let options = fdopen::OpenOptions::new(fdopen::Mode::ReadWrite);
+    /// assert_eq!(options.mode, fdopen::Mode::ReadWrite);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn new(mode: Mode) -> OpenOptions {
         OpenOptions {
             mode,
@@ -435,16 +629,34 @@ impl OpenOptions {
         }
     }
 
+    ///
+    /// ```no_run
+    /// let options = fdopen::OpenOptions::new(fdopen::Mode::Write).create(fdopen::Create::Exclusive);
+    /// assert!(options.create.is_requested());
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn create(mut self, create: Create) -> OpenOptions {
         self.create = create;
         self
     }
 
+    ///
+    /// ```no_run
+    /// let options = fdopen::OpenOptions::new(fdopen::Mode::Write).perm(0o644);
+    /// assert_eq!(options.perm, Some(0o644));
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn perm(mut self, perm: u32) -> OpenOptions {
         self.perm = Some(perm);
         self
     }
 
+    ///
+    /// ```no_run
+    /// let options = fdopen::OpenOptions::new(fdopen::Mode::Write).truncate(true);
+    /// assert!(options.truncate);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
     pub fn truncate(mut self, truncate: bool) -> OpenOptions {
         self.truncate = truncate;
         self
@@ -453,6 +665,14 @@ impl OpenOptions {
 
 /// How to bind a socket (SPEC §3.3); the default is the server's: listen,
 /// no `SO_REUSEPORT`, `IPV6_V6ONLY` on.
+///
+/// ```no_run
+/// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+/// let options = fdopen::BindOptions { reuseport: true, ..Default::default() };
+/// let (socket, _) = client.bind_with("tcp:*:80", &options)?;
+/// # drop(socket);
+/// # Ok::<(), fdopen::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BindOptions {
     pub reuseport: bool,

@@ -9,10 +9,10 @@
 //! not a sandbox: the server's policy is the only boundary, and a program
 //! that sidesteps the filter (io_uring, say) only loses the brokering.
 //!
-//! Layout: [`filter`] builds and installs the filter, [`listener`] speaks
-//! the notification ioctls, [`target`] reads the trapped task,
-//! [`open_call`] and [`bind_call`] decode the two kinds of call,
-//! [`scope`] decides which are worth asking, [`broker`] answers one.
+//! Layout: `filter` builds and installs the filter, `listener` speaks
+//! the notification ioctls, `target` reads the trapped task,
+//! `open_call` and `bind_call` decode the two kinds of call,
+//! `scope` decides which are worth asking, `broker` answers one.
 
 mod bind_call;
 mod broker;

@@ -1,12 +1,12 @@
 //! The server: a few lanes, each an epoll loop over its own connections
-//! ([`worker`]), none of which can stall another; a watchdog that keeps a
-//! hung filesystem from stalling any of them ([`watchdog`]).
+//! (`worker`), none of which can stall another; a watchdog that keeps a
+//! hung filesystem from stalling any of them (`watchdog`).
 //!
 //! Every socket is non-blocking. A lane reads what its clients sent,
-//! answers the complete lines ([`dispatch`]; bounded per client, so one
+//! answers the complete lines (`dispatch`; bounded per client, so one
 //! client cannot hoard the lane or the server's descriptors), writes the
 //! audit records of the batch in one go, and only then sends the
-//! responses ([`connection`]). A client that stops reading simply stops
+//! responses (`connection`). A client that stops reading simply stops
 //! being read from; it costs the others nothing.
 
 mod connection;

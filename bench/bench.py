@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""fdopen-server against the C floor (refserver), side by side, same run.
+"""fdopen-server against a C floor, side by side, same run.
 
-Builds ../shared/bench/{refserver,loadgen}.c, creates 1000 files and a
+Builds the floor server and load generator this repo carries
+(bench/floor.c, bench/loadgen.c), or with --shared the outside
+measurements' ../shared/bench/{refserver,loadgen}.c; creates 1000 files and a
 100-rule policy (98 unrelated rules with globs and size/age limits, one
 allow rule covering the files, one deny rule), starts both servers, and
 runs loadgen against each in turn (interleaved, so machine noise hits both
 alike) for the shapes conns:depth 1:1, 4:1, 64:1, 4:16, then 10,000 idle
-clients plus 4 active ones. Prints a table of ratios fdopen/refserver;
+clients plus 4 active ones. Prints a table of ratios fdopen/floor;
 --record appends it to BENCHMARKS.md.
 
-    python3 bench/bench.py [--seconds 5] [--rounds 3] [--record]
+    python3 bench/bench.py [--seconds 5] [--rounds 3] [--shared] [--record]
 """
 import argparse
 import datetime
@@ -33,9 +35,16 @@ def sh(*cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
-def build(work):
-    for name in ("refserver", "loadgen"):
-        sh("cc", "-O2", "-pthread", "-o", os.path.join(work, name), os.path.join(SHARED, name + ".c"))
+def build(work, shared):
+    if shutil.which("cc") is None:
+        sys.exit("bench: no C compiler (cc) to build the floor and load generator; install gcc")
+    sources = {"floor": os.path.join(SHARED, "refserver.c"), "loadgen": os.path.join(SHARED, "loadgen.c")} \
+        if shared else {"floor": os.path.join(ROOT, "bench", "floor.c"),
+                        "loadgen": os.path.join(ROOT, "bench", "loadgen.c")}
+    for name, source in sources.items():
+        if not os.path.exists(source):
+            sys.exit(f"bench: {source} is missing" + (" (--shared needs ../shared beside the repo)" if shared else ""))
+        sh("cc", "-O2", "-pthread", "-o", os.path.join(work, name), source)
     sh("cargo", "build", "--release", "--locked", "-q", cwd=ROOT)
 
 
@@ -92,7 +101,7 @@ def wait_socket(path, proc, timeout=30):
 def start_servers(work, policy):
     ref_sock = os.path.join(work, "ref.sock")
     fd_sock = os.path.join(work, "fdopen.sock")
-    ref = subprocess.Popen([os.path.join(work, "refserver"), ref_sock], stderr=subprocess.DEVNULL)
+    ref = subprocess.Popen([os.path.join(work, "floor"), ref_sock], stderr=subprocess.DEVNULL)
     fdopen = subprocess.Popen(
         [os.path.join(ROOT, "target/release/fdopen-server"), "--log-level", "warn", "serve",
          "--socket", fd_sock, "--policy", policy,
@@ -100,7 +109,7 @@ def start_servers(work, policy):
     )
     wait_socket(ref_sock, ref)
     wait_socket(fd_sock, fdopen)
-    return {"refserver": (ref, ref_sock), "fdopen": (fdopen, fd_sock)}
+    return {"floor": (ref, ref_sock), "fdopen": (fdopen, fd_sock)}
 
 
 def loadgen(work, sock, conns, depth, seconds, extra=()):
@@ -123,25 +132,27 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--shared", action="store_true",
+                    help="measure against ../shared/bench/refserver.c with its loadgen.c")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="fdopen-bench-")
     try:
-        build(work)
+        build(work, args.shared)
         data = make_files(work)
         policy = make_policy(work, data)
         servers = start_servers(work, policy)
         results = {}
         for conns, depth in SHAPES:
-            runs = {"refserver": [], "fdopen": []}
+            runs = {"floor": [], "fdopen": []}
             for _ in range(args.rounds):
-                for name in ("refserver", "fdopen"):
+                for name in ("floor", "fdopen"):
                     runs[name].append(loadgen(work, servers[name][1], conns, depth, args.seconds))
             results[(conns, depth)] = {name: median_run(r) for name, r in runs.items()}
         # Idle clients: with and without them, alternating, so the ratio
         # compares runs made moments apart.
         idle, active = {}, {}
-        for name in ("refserver", "fdopen"):
+        for name in ("floor", "fdopen"):
             proc, sock = servers[name]
             with_idle, without = [], []
             for _ in range(args.rounds):
@@ -156,11 +167,11 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     lines = []
-    lines.append(f"| shape conns:depth | refserver req/s | fdopen req/s | ratio | refserver p99 µs | fdopen p99 µs | p99 ratio |")
+    lines.append(f"| shape conns:depth | floor req/s | fdopen req/s | ratio | floor p99 µs | fdopen p99 µs | p99 ratio |")
     lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     ratios, p99s = [], []
     for (conns, depth), r in results.items():
-        ref, fd = r["refserver"], r["fdopen"]
+        ref, fd = r["floor"], r["fdopen"]
         ratio = fd["rps"] / ref["rps"]
         p99 = fd["p99_us"] / max(ref["p99_us"], 1)
         ratios.append(ratio)
@@ -174,7 +185,7 @@ def main():
     for name, r in idle.items():
         lines.append(f"| {name} | {r['rps']:.0f} | {r['idle_ok']}/{r['idle_alive']} | {r['server_rss_kb'] / 1024:.1f} | {r['server_threads']} |")
     lines.append("")
-    for name in ("refserver", "fdopen"):
+    for name in ("floor", "fdopen"):
         lines.append(f"{name} 4:1 throughput with {args.idle} idle clients / without (alternating runs, medians): "
                      f"{idle[name]['rps'] / active[name]['rps']:.2f}" + (" (target >= 0.90)" if name == "fdopen" else ""))
     violations = sum(r[n]["violations"] for r in results.values() for n in r) + sum(r["violations"] for r in idle.values())

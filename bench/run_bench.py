@@ -55,6 +55,8 @@ def main():
     ap.add_argument("--record", action="store_true")
     # `make bench` passes BENCH_ARGS to bench.py too: take what is ours.
     args, _ = ap.parse_known_args()
+    if shutil.which("cc") is None:
+        sys.exit("run_bench: no C compiler (cc) to build bench/openloop.c; install gcc")
     work = tempfile.mkdtemp(prefix="fdopen-run-bench-")
     os.chmod(work, 0o755)
     try:

@@ -1,0 +1,274 @@
+//! The README's own commands, run as written (with the binaries of this
+//! test run and a temporary socket in place of ./fdopen.sock), so the
+//! walkthrough, the echo demo and the Python example cannot drift from
+//! what the programs do. What each walkthrough line promises in its
+//! comment is checked: "exit 1", "denied", "exists", printed output.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{CLIENT, SERVER, TestServer};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The lines of the first ```sh block after `marker`.
+fn sh_block_after(marker: &str) -> Vec<String> {
+    let readme = fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let from = readme
+        .find(marker)
+        .unwrap_or_else(|| panic!("README lost {marker:?}"));
+    let rest = &readme[from..];
+    let start = rest.find("```sh\n").expect("a sh block") + 6;
+    let end = rest[start..].find("```").unwrap() + start;
+    rest[start..end].lines().map(str::to_owned).collect()
+}
+
+/// `command  # comment` → (command, comment).
+fn split_comment(line: &str) -> (String, String) {
+    match line.find("  #") {
+        Some(i) => (line[..i].trim().to_owned(), line[i + 3..].trim().to_owned()),
+        None => (line.trim().to_owned(), String::new()),
+    }
+}
+
+fn bin_dir() -> PathBuf {
+    Path::new(SERVER).parent().unwrap().to_owned()
+}
+
+/// The README says ./target/release/ and ./fdopen.sock; the test run has
+/// its own binaries and socket.
+fn localise(command: &str, socket: &Path) -> String {
+    command
+        .replace("./target/release/", &format!("{}/", bin_dir().display()))
+        .replace("./fdopen.sock", socket.to_str().unwrap())
+}
+
+fn sh(command: &str) -> std::process::Output {
+    Command::new("sh")
+        .args(["-c", command])
+        .current_dir(ROOT)
+        .env_remove("FDOPEN_SOCKET")
+        .output()
+        .unwrap()
+}
+
+/// A server on the demo policy, as `make run` starts it.
+fn demo_server() -> TestServer {
+    let demo = Path::new(ROOT).join("demo");
+    fs::create_dir_all(demo.join("scratch")).unwrap();
+    fs::create_dir_all(demo.join("uploads")).unwrap();
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(demo.join("scratch/notes.log"))
+        .unwrap();
+    let policy = fs::read_to_string(Path::new(ROOT).join("policies/demo.json")).unwrap();
+    TestServer::start(&policy, &[])
+}
+
+#[test]
+fn the_walkthrough_does_what_its_comments_say() {
+    let server = demo_server();
+    // Only this test touches demo/uploads: the walkthrough creates a.txt.
+    let upload = Path::new(ROOT).join("demo/uploads/a.txt");
+    let _ = fs::remove_file(&upload);
+    let lines = sh_block_after("Terminal 2 (in the repository):");
+    let (alias, _) = split_comment(&lines[0]);
+    let target = alias
+        .strip_prefix("alias fc='")
+        .and_then(|a| a.strip_suffix('\''))
+        .expect("the block starts by defining fc");
+    let fc = localise(target, &server.socket);
+    assert!(fc.starts_with(CLIENT), "{fc}");
+    for line in &lines[1..] {
+        let (command, comment) = split_comment(line);
+        let command = command.replace("fc ", &format!("{fc} "));
+        let out = sh(&command);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        let what = format!("{line}\nstdout: {stdout}\nstderr: {stderr}");
+        let exits_1 = comment.contains("exit 1") || comment.starts_with("denied");
+        if command.ends_with("echo $?") {
+            assert_eq!(stdout.lines().last(), Some("1"), "{what}");
+        } else if exits_1 {
+            assert_eq!(out.status.code(), Some(1), "{what}");
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{what}");
+        }
+        for word in ["denied", "exists"] {
+            if comment.contains(word) {
+                assert!(stderr.contains(word) || stdout.contains(word), "{what}");
+            }
+        }
+        if comment.starts_with("prints the file") {
+            assert!(!stdout.is_empty(), "{what}");
+        }
+        if comment.starts_with("fdopen ") {
+            let version = format!("fdopen {}", env!("CARGO_PKG_VERSION"));
+            assert!(
+                stdout.starts_with(&version) && comment.starts_with(&version),
+                "{what}"
+            );
+        }
+        if command.starts_with("ls -l") {
+            let mode = comment.split_whitespace().next().unwrap();
+            assert!(stdout.starts_with(mode), "{what}");
+        }
+        if comment.starts_with('{') {
+            let code = "\"code\":\"denied\"";
+            assert!(stdout.contains(code) && comment.contains(code), "{what}");
+        }
+    }
+    let _ = fs::remove_file(&upload);
+}
+
+#[test]
+fn the_python_example_prints_the_file() {
+    let server = demo_server();
+    let lines = sh_block_after("### Any language can be a client");
+    let command = localise(&split_comment(&lines[0]).0, &server.socket);
+    let out = sh(&command);
+    let hello = fs::read_to_string(Path::new(ROOT).join("demo/files/hello.txt")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        hello,
+        "{command}: {out:?}"
+    );
+}
+
+#[test]
+fn the_echo_demo_runs_as_shown() {
+    let lines = sh_block_after("### The echo demo");
+    let dir = common::scratch();
+    let socket = dir.path().join("echo.sock");
+    let local = |line: &str| {
+        split_comment(line)
+            .0
+            .replace("./target/release/", &format!("{}/", bin_dir().display()))
+            .replace("./echo.sock", socket.to_str().unwrap())
+    };
+    let mut server = Command::new("sh")
+        .args(["-c", &format!("exec {}", local(&lines[0]))])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first line on stderr says it listens.
+    let mut said = String::new();
+    BufReader::new(server.stderr.take().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert!(said.contains("listening"), "{said}");
+    let client = sh(&local(&lines[1]));
+    assert!(client.status.success(), "{client:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = server.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+}
+
+/// Every ```sh line of the README that cannot run here (sudo, systemd, a
+/// real deployment) still names subcommands and flags the binaries
+/// accept, make targets the Makefile has, and files the repo holds.
+#[test]
+fn every_command_line_in_the_readme_names_real_things() {
+    let readme = fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let makefile = fs::read_to_string(Path::new(ROOT).join("Makefile")).unwrap();
+    let mut in_sh = false;
+    let mut checked = 0;
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_sh = line == "```sh";
+            continue;
+        }
+        if !in_sh {
+            continue;
+        }
+        let (command, _) = split_comment(line);
+        if command.starts_with("alias ") {
+            continue;
+        }
+        for part in command.split(['|', ';']).flat_map(|p| p.split("&&")) {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            let Some(at) = words.iter().position(|w| {
+                w.ends_with("fdopen-client")
+                    || w.ends_with("fdopen-server")
+                    || *w == "fc"
+                    || *w == "make"
+            }) else {
+                continue;
+            };
+            let program = words[at];
+            let args: Vec<&str> = words[at + 1..]
+                .iter()
+                .copied()
+                .take_while(|w| *w != "--")
+                .collect();
+            if program == "make" {
+                for target in args.iter().filter(|a| !a.contains('=')) {
+                    assert!(
+                        makefile.contains(&format!("\n{target}:")),
+                        "make {target}: {line}"
+                    );
+                }
+                checked += 1;
+                continue;
+            }
+            let binary = if program.ends_with("fdopen-server") {
+                SERVER
+            } else {
+                CLIENT
+            };
+            // The subcommand: the first word that is not an option or the
+            // value of --socket.
+            let mut words = args.iter().copied();
+            let mut subcommand = None;
+            while let Some(w) = words.next() {
+                if w == "--socket" {
+                    words.next();
+                } else if !w.starts_with('-') {
+                    subcommand = Some(w);
+                    break;
+                }
+            }
+            let subcommand = subcommand.unwrap_or_else(|| panic!("no subcommand: {line}"));
+            let help = Command::new(binary)
+                .args([subcommand, "--help"])
+                .output()
+                .unwrap();
+            assert!(help.status.success(), "{program} {subcommand}: {line}");
+            let help = String::from_utf8_lossy(&help.stdout);
+            for flag in args
+                .iter()
+                .filter(|a| a.starts_with("--") && **a != "--socket")
+            {
+                let flag = flag.split('=').next().unwrap();
+                assert!(
+                    help.contains(flag),
+                    "{program} {subcommand} has no {flag}: {line}"
+                );
+            }
+            checked += 1;
+        }
+        for word in command.split_whitespace() {
+            if word.starts_with("examples/") || word.starts_with("policies/") {
+                let path = word.trim_matches(['"', '\'']);
+                let path = path.split('{').next().unwrap();
+                assert!(
+                    Path::new(ROOT).join(path).exists(),
+                    "{path} missing: {line}"
+                );
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} command lines found");
+}

@@ -28,6 +28,12 @@ pub const MAX_PATH_LEN: usize = 4095;
 pub const MAX_NAME_LEN: usize = 255;
 
 /// How a client wants the file opened.
+///
+/// ```
+/// let mode: fdopen::Mode = serde_json::from_str("\"append\"").unwrap();
+/// assert_eq!(mode, fdopen::Mode::Append);
+/// assert_eq!(mode.as_str(), "append");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -78,6 +84,14 @@ impl FromStr for Mode {
 }
 
 /// The error codes of SPEC §4.
+///
+/// ```
+/// let code: fdopen::ErrorCode = serde_json::from_str("\"too_large\"").unwrap();
+/// assert_eq!(code, fdopen::ErrorCode::TooLarge);
+/// // A code from a newer server is kept as Unknown, not an error.
+/// let newer: fdopen::ErrorCode = serde_json::from_str("\"rate_limited\"").unwrap();
+/// assert_eq!(newer, fdopen::ErrorCode::Unknown);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -414,6 +428,13 @@ impl FileRequest {
 pub const DEFAULT_PERM: u32 = 0o600;
 
 /// Whether an open may create the file (SPEC §3.2).
+///
+/// ```
+/// use fdopen::Create;
+/// assert!(Create::Exclusive.is_requested());
+/// assert!(!Create::No.is_requested());
+/// assert_eq!(serde_json::to_string(&Create::Exclusive).unwrap(), "\"exclusive\"");
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Create {
     #[default]
@@ -793,6 +814,13 @@ pub fn json_path(path: &Path) -> (std::borrow::Cow<'_, str>, Option<String>) {
 }
 
 /// What a successful `open` or `check` reports about the file.
+///
+/// ```no_run
+/// let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+/// let grant: fdopen::Grant = client.check("/srv/logs/a.log", fdopen::Mode::Read)?;
+/// println!("{}: {} bytes, mtime {}, rule {}", grant.path, grant.size, grant.mtime, grant.rule);
+/// # Ok::<(), fdopen::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     /// Real path of the opened file (lossy when not UTF-8).
@@ -810,6 +838,14 @@ pub struct Grant {
 }
 
 /// A refusal: a code of SPEC §4 and a message for humans.
+///
+/// ```no_run
+/// let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+/// if let Err(fdopen::Error::Refused(refusal)) = client.open("/etc/shadow", fdopen::Mode::Read) {
+///     eprintln!("{}: {}", refusal.code, refusal.message);
+/// }
+/// # Ok::<(), fdopen::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ServerError {
@@ -827,6 +863,12 @@ impl ServerError {
 }
 
 /// What `hello` answers.
+///
+/// ```no_run
+/// let info: fdopen::ServerInfo = fdopen::Client::connect("/run/fdopen/fdopen.sock")?.hello()?;
+/// println!("{} {} speaks protocol {}", info.server, info.version, info.protocol);
+/// # Ok::<(), fdopen::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerInfo {
     pub server: String,
@@ -963,6 +1005,14 @@ pub mod encode {
 }
 
 /// One path entry of a `scope` answer.
+///
+/// ```no_run
+/// let scope = fdopen::Client::connect("/run/fdopen/fdopen.sock")?.scope()?;
+/// for path in &scope.paths {
+///     println!("{} {:?} create: {}", path.glob, path.modes, path.create);
+/// }
+/// # Ok::<(), fdopen::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScopePath {
     pub glob: String,
@@ -972,6 +1022,12 @@ pub struct ScopePath {
 
 /// What `scope` answers (SPEC §3.5): what the allow rules that apply to
 /// this client could grant; no rule names, conditions or deny rules.
+///
+/// ```no_run
+/// let scope = fdopen::Client::connect("/run/fdopen/fdopen.sock")?.scope()?;
+/// println!("{} path globs, binds: {:?}", scope.paths.len(), scope.binds);
+/// # Ok::<(), fdopen::Error>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scope {
     pub paths: Vec<ScopePath>,

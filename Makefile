@@ -86,7 +86,8 @@ clean:
 	$(CARGO) clean
 	rm -f $(SOCKET)
 
-# Install like a daemon (README "Installing"): binaries, man pages,
+# Install like a daemon (README "Installing"): binaries, man pages (man1
+# generated from the command lines, man5/man7 from doc/),
 # completions, systemd units, sysusers.d/tmpfiles.d, logrotate, and an
 # example policy in /etc/fdopen/policy.d that never replaces one there.
 # `install-files` takes already built binaries from $(BUILD).
@@ -109,13 +110,16 @@ UNITS        = fdopen.socket fdopen.service
 install: build install-files
 
 install-files:
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR) \
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
+	  $(DESTDIR)$(MANDIR)/man7 $(DESTDIR)$(BASHCOMPDIR) \
 	  $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) $(DESTDIR)$(UNITDIR) \
 	  $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(LOGROTATEDIR) \
 	  $(DESTDIR)$(POLICYDIR)
 	install -m 0755 $(BUILD)/fdopen-server $(BUILD)/fdopen-client $(DESTDIR)$(BINDIR)/
 	$(BUILD)/fdopen-server man $(DESTDIR)$(MANDIR)/man1 >/dev/null
 	chmod 0644 $(DESTDIR)$(MANDIR)/man1/fdopen-*.1
+	install -m 0644 doc/fdopen-policy.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 doc/fdopen-protocol.7 $(DESTDIR)$(MANDIR)/man7/
 	for bin in fdopen-server fdopen-client; do \
 	  $(BUILD)/$$bin completions bash > $(DESTDIR)$(BASHCOMPDIR)/$$bin; \
 	  $(BUILD)/$$bin completions zsh > $(DESTDIR)$(ZSHCOMPDIR)/_$$bin; \
@@ -136,6 +140,7 @@ install-files:
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/fdopen-server $(DESTDIR)$(BINDIR)/fdopen-client
 	rm -f $(DESTDIR)$(MANDIR)/man1/fdopen-server*.1 $(DESTDIR)$(MANDIR)/man1/fdopen-client*.1
+	rm -f $(DESTDIR)$(MANDIR)/man5/fdopen-policy.5 $(DESTDIR)$(MANDIR)/man7/fdopen-protocol.7
 	rm -f $(DESTDIR)$(BASHCOMPDIR)/fdopen-server $(DESTDIR)$(BASHCOMPDIR)/fdopen-client
 	rm -f $(DESTDIR)$(ZSHCOMPDIR)/_fdopen-server $(DESTDIR)$(ZSHCOMPDIR)/_fdopen-client
 	rm -f $(DESTDIR)$(FISHCOMPDIR)/fdopen-server.fish $(DESTDIR)$(FISHCOMPDIR)/fdopen-client.fish

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use super::{CreateFlags, exit, mode_parser};
+use super::{CreateFlags, SEE_ALSO, exit, mode_parser};
 use crate::client::OpenOptions;
 use crate::client::{Client, Error};
 use crate::protocol::{Mode, parse_perm};
@@ -23,6 +23,7 @@ use crate::socket_path;
 /// Exit codes: 0 success; 1 the request was refused (code and message on
 /// stderr); 2 usage or configuration error; 3 the server could not be reached.
 #[derive(Debug, Parser)]
+#[command(after_help = SEE_ALSO)]
 #[command(name = "fdopen-client", version, max_term_width = 100)]
 pub struct Cli {
     /// Socket of the server [default: /run/fdopen/fdopen.sock as root,

@@ -60,3 +60,7 @@ pub mod exit {
     /// The server could not be reached.
     pub const UNREACHABLE: i32 = 3;
 }
+
+/// The end of `--help` for both binaries, as man pages end.
+pub const SEE_ALSO: &str = "See also: fdopen-policy(5) for the policy format, \
+fdopen-protocol(7) for the wire protocol; the README for a walkthrough.";

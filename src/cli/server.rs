@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::json;
 
-use super::{CreateFlags, exit, mode_parser};
+use super::{CreateFlags, SEE_ALSO, exit, mode_parser};
 use crate::audit::AuditLog;
 use crate::decision::{Explanation, explain};
 use crate::logging::{self, Level};
@@ -25,6 +25,7 @@ use crate::{lint, socket_path, systemd};
 /// Exit codes: 0 success; 1 `check` found errors; 2 usage or configuration
 /// error (bad policy, socket in use, ...).
 #[derive(Debug, Parser)]
+#[command(after_help = SEE_ALSO)]
 #[command(name = "fdopen-server", version, max_term_width = 100)]
 pub struct Cli {
     /// How much operational logging goes to stderr (audit records are apart).

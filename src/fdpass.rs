@@ -70,6 +70,15 @@ pub struct Received {
 /// One `recvmsg` into `buf`, collecting any descriptors sent along.
 /// Descriptors arrive close-on-exec.
 pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    recv_flags(sock, buf, 0)
+}
+
+/// [`recv`] that returns `WouldBlock` at once when nothing is there.
+pub fn recv_now(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    recv_flags(sock, buf, libc::MSG_DONTWAIT)
+}
+
+fn recv_flags(sock: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -> io::Result<Received> {
     // u64 elements keep the buffer aligned for `cmsghdr`; sized for
     // `MAX_FDS_PER_MESSAGE` plus headers, on the stack.
     let mut control = [0u64; CONTROL_WORDS];
@@ -85,7 +94,8 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
     msg.msg_controllen = control.len() * 8;
     let n = loop {
         // SAFETY: msg points at live buffers of the lengths it states.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        let n =
+            unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags) };
         if n >= 0 {
             break n as usize;
         }

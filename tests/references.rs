@@ -144,3 +144,35 @@ fn both_binaries_point_at_the_references() {
         );
     }
 }
+
+#[test]
+fn the_python_client_of_the_protocol_page_works_as_typed() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let text = page("fdopen-protocol.7");
+    let example = section(&text, "EXAMPLE");
+    let start = example.find(".EX\n").unwrap() + 4;
+    let script = &example[start..example.find(".EE").unwrap()];
+    let script = script.replace("\\e", "\\").replace("\\-", "-");
+    let dir = common::scratch();
+    fs::write(dir.path().join("a.log"), "typed in\n").unwrap();
+    let policy = format!(
+        r#"{{"rules":[{{"name":"a","paths":["{}/*.log"]}}]}}"#,
+        common::glob(dir.path())
+    );
+    let server = common::TestServer::start_in(dir, &policy, &[]);
+    let script = script.replace("/var/log/app/a.log", server.path("a.log").to_str().unwrap());
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .env("FDOPEN_SOCKET", &server.socket)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "typed in\n\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

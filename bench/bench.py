@@ -19,20 +19,14 @@ import json
 import os
 import platform
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ROOT, sh, wait_socket
+
 SHARED = os.path.join(ROOT, "..", "shared", "bench")
 SHAPES = [(1, 1), (4, 1), (64, 1), (4, 16)]
-
-
-def sh(*cmd, **kw):
-    return subprocess.run(cmd, check=True, **kw)
 
 
 def build(work, shared):
@@ -81,21 +75,6 @@ def make_policy(work, data, unrelated=98):
     with open(path, "w") as f:
         json.dump({"rules": rules}, f, indent=1)
     return path
-
-
-def wait_socket(path, proc, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server exited early with {proc.returncode}")
-        try:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(path)
-            s.close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"{path}: server not ready")
 
 
 def start_servers(work, policy):
@@ -167,7 +146,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     lines = []
-    lines.append(f"| shape conns:depth | floor req/s | fdopen req/s | ratio | floor p99 µs | fdopen p99 µs | p99 ratio |")
+    lines.append("| shape conns:depth | floor req/s | fdopen req/s | ratio | floor p99 µs | fdopen p99 µs | p99 ratio |")
     lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     ratios, p99s = [], []
     for (conns, depth), r in results.items():

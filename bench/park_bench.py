@@ -15,14 +15,12 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.path.join(ROOT, "target", "release")
+from benchlib import RELEASE, ROOT, build_release, start_fdopen
+
 
 
 def raise_nofile(want):
@@ -36,21 +34,6 @@ def raise_nofile(want):
     return soft
 
 
-def wait_socket(path, proc, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server exited early with {proc.returncode}")
-        try:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(path)
-            s.close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"{path}: server not ready")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=100000)
@@ -59,19 +42,15 @@ def main():
     args, _ = ap.parse_known_args()
     limit = raise_nofile(args.count + 1000)
     count = min(args.count, limit - 1000)
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q", "--bins", "--examples"],
-                   cwd=ROOT, check=True)
+    build_release()
     work = tempfile.mkdtemp(prefix="fdopen-park-bench-")
     try:
         policy = os.path.join(work, "policy.json")
         with open(policy, "w") as f:
             json.dump({"rules": [{"name": "bench", "names": ["bench/**"], "ops": ["park", "wake"]}]}, f)
         sock = os.path.join(work, "fdopen.sock")
-        server = subprocess.Popen(
-            [os.path.join(RELEASE, "fdopen-server"), "--log-level", "warn", "serve", "--socket", sock,
-             "--policy", policy, "--audit-log", os.path.join(work, "audit.log"),
-             "--max-held", str(count + 10), "--max-held-per-uid", str(count + 10)])
-        wait_socket(sock, server)
+        server = start_fdopen(sock, policy, os.path.join(work, "audit.log"),
+                              "--max-held", str(count + 10), "--max-held-per-uid", str(count + 10))
         out = subprocess.run([os.path.join(RELEASE, "examples", "park_bench"), sock, str(server.pid),
                               str(count), str(args.wakes)], capture_output=True, text=True)
         server.terminate()
@@ -94,8 +73,9 @@ def main():
         "",
     ]
     if not measured_all:
-        lines.append(f"RLIMIT_NOFILE allows {limit} descriptors here, so {r['parked']} were parked; "
-                     f"at 100,000 the server would hold about {at_100k:.0f} MiB (extrapolated).")
+        why = (f"RLIMIT_NOFILE allows {limit} descriptors here, so {r['parked']} were parked"
+               if r["parked"] < args.count else f"{r['parked']} were parked (--count)")
+        lines.append(f"{why}; at 100,000 the server would hold about {at_100k:.0f} MiB (extrapolated).")
     rss_target = rss_mib if measured_all else at_100k
     ok = rss_target <= 200 and r["threads"] <= 32 and r["wake_p99_us"] <= 1000
     lines.append("park targets (RSS <= 200 MiB at 100k, threads <= 32, wake p99 <= 1 ms): "

@@ -14,38 +14,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.path.join(ROOT, "target", "release")
+from benchlib import RELEASE, ROOT, build_release, json_out, sh, start_fdopen
 
-
-def sh(*cmd, **kw):
-    return subprocess.run(cmd, check=True, **kw)
-
-
-def json_out(cmd):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def wait_socket(path, proc, timeout=30):
-    import socket
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server exited early with {proc.returncode}")
-        try:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(path)
-            s.close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"{path}: server not ready")
 
 
 def main():
@@ -62,7 +36,7 @@ def main():
     try:
         openloop = os.path.join(work, "openloop")
         sh("cc", "-O2", "-o", openloop, os.path.join(ROOT, "bench", "openloop.c"))
-        sh("cargo", "build", "--release", "--locked", "-q", "--bins", "--examples", cwd=ROOT)
+        build_release()
         brokered = os.path.join(work, "brokered.txt")
         untouched = os.path.join(work, "untouched.txt")
         for p in (brokered, untouched):
@@ -72,10 +46,7 @@ def main():
         with open(policy, "w") as f:
             json.dump({"rules": [{"name": "bench", "paths": [brokered]}]}, f)
         sock = os.path.join(work, "fdopen.sock")
-        server = subprocess.Popen(
-            [os.path.join(RELEASE, "fdopen-server"), "--log-level", "warn", "serve", "--socket", sock,
-             "--policy", policy, "--audit-log", os.path.join(work, "audit.log")])
-        wait_socket(sock, server)
+        server = start_fdopen(sock, policy, os.path.join(work, "audit.log"))
         run = [os.path.join(RELEASE, "fdopen-client"), "--socket", sock, "run", "--"]
         count = str(args.count)
         bare = json_out([openloop, untouched, count])

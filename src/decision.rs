@@ -378,6 +378,19 @@ impl Policy {
                 && rule.binds.iter().any(|b| b.matches(address))
                 && rule.check_client(client).is_ok()
         };
+        self.deny_then_allow(applies, || {
+            format!("no rule allows binding {address} for uid {}", client.uid)
+        })
+    }
+
+    /// SPEC §5 for a request whose every condition `applies` checks: a
+    /// deny rule that matches refuses it, else the first allow rule that
+    /// matches grants it, else `denied` with `why`.
+    fn deny_then_allow(
+        &self,
+        applies: impl Fn(&Rule) -> bool,
+        why: impl FnOnce() -> String,
+    ) -> Result<&Rule, Refusal> {
         if let Some(deny) = self
             .rules
             .iter()
@@ -388,12 +401,7 @@ impl Policy {
         self.rules
             .iter()
             .find(|r| r.effect == Effect::Allow && applies(r))
-            .ok_or_else(|| {
-                Refusal::new(
-                    ErrorCode::Denied,
-                    format!("no rule allows binding {address} for uid {}", client.uid),
-                )
-            })
+            .ok_or_else(|| Refusal::new(ErrorCode::Denied, why()))
     }
 }
 
@@ -413,26 +421,13 @@ impl Policy {
                 && rule.matches_name(name)
                 && rule.check_client(client).is_ok()
         };
-        if let Some(deny) = self
-            .rules
-            .iter()
-            .find(|r| r.effect == Effect::Deny && applies(r))
-        {
-            return Err(Refusal::denied_by(deny));
-        }
-        self.rules
-            .iter()
-            .find(|r| r.effect == Effect::Allow && applies(r))
-            .ok_or_else(|| {
-                Refusal::new(
-                    ErrorCode::Denied,
-                    format!(
-                        "no rule allows {} of {name:?} (stored by uid {storer}) for uid {}",
-                        op.as_str(),
-                        client.uid
-                    ),
-                )
-            })
+        self.deny_then_allow(applies, || {
+            format!(
+                "no rule allows {} of {name:?} (stored by uid {storer}) for uid {}",
+                op.as_str(),
+                client.uid
+            )
+        })
     }
 
     /// Some allow rule gives `client` `op` on fds stored by `storer`, on

@@ -593,9 +593,8 @@ fn explain_bind(policy: &Policy, address: &str, reuseport: bool, client: &PeerId
         "request: bind {address}{reuse} as uid {} gid {}",
         client.uid, client.gid
     );
-    let width = policy.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
-    for rule in &policy.rules {
-        let verdict = if !rule.binds.iter().any(|b| b.matches(&address)) {
+    print_verdicts(policy, |rule| {
+        if !rule.binds.iter().any(|b| b.matches(&address)) {
             "no: none of its binds covers the address".to_owned()
         } else if let Err(m) = rule.check_client(client) {
             format!("no: {m}")
@@ -606,14 +605,27 @@ fn explain_bind(policy: &Policy, address: &str, reuseport: bool, client: &PeerId
             "no: does not allow SO_REUSEPORT (reuseport)".to_owned()
         } else {
             "matches".to_owned()
-        };
+        }
+    });
+    print_decision(policy.decide_bind(&address, reuseport, client))
+}
+
+/// One line per rule: its effect, its name, and `verdict` on it.
+fn print_verdicts(policy: &Policy, verdict: impl Fn(&crate::policy::Rule) -> String) {
+    let width = policy.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    for rule in &policy.rules {
         println!(
-            "  {:<5} {:<width$}  {verdict}",
+            "  {:<5} {:<width$}  {}",
             rule.effect.as_str(),
-            rule.name
+            rule.name,
+            verdict(rule)
         );
     }
-    match policy.decide_bind(&address, reuseport, client) {
+}
+
+/// The decision line of `explain`, and its exit code.
+fn print_decision(outcome: Result<&crate::policy::Rule, crate::decision::Refusal>) -> i32 {
+    match outcome {
         Ok(rule) => {
             println!("decision: granted by rule {}", rule.name);
             exit::OK
@@ -648,9 +660,8 @@ fn explain_held(
         client.uid,
         client.gid
     );
-    let width = policy.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
-    for rule in &policy.rules {
-        let verdict = if !rule.matches_name(name) {
+    print_verdicts(policy, |rule| {
+        if !rule.matches_name(name) {
             "no: none of its names covers it".to_owned()
         } else if !rule.ops().any(|o| o == op) {
             format!("no: its ops leave out {}", op.as_str())
@@ -660,23 +671,9 @@ fn explain_held(
             format!("no: {m}")
         } else {
             "matches".to_owned()
-        };
-        println!(
-            "  {:<5} {:<width$}  {verdict}",
-            rule.effect.as_str(),
-            rule.name
-        );
-    }
-    match policy.decide_held(op, name, storer, client) {
-        Ok(rule) => {
-            println!("decision: granted by rule {}", rule.name);
-            exit::OK
         }
-        Err(r) => {
-            println!("decision: {}: {}", r.code, r.message);
-            exit::REFUSED
-        }
-    }
+    });
+    print_decision(policy.decide_held(op, name, storer, client))
 }
 
 fn explanation_text(e: &Explanation<'_>, client: &PeerIdentity, request: &FileRequest) -> String {

@@ -172,12 +172,7 @@ impl Client {
         fd: BorrowedFd<'_>,
         expires: Option<Duration>,
     ) -> Result<(), Error> {
-        let request = WireRequest {
-            name: Some(name.to_owned()),
-            expires: expiry(expires),
-            ..WireRequest::new(Op::Store)
-        };
-        self.ask_held(&request, Some(fd)).map(drop)
+        self.hold(Op::Store, name, fd, expires)
     }
 
     /// Parks a connected socket under `name`: the server watches it and
@@ -196,12 +191,23 @@ impl Client {
         socket: BorrowedFd<'_>,
         expires: Option<Duration>,
     ) -> Result<(), Error> {
+        self.hold(Op::Park, name, socket, expires)
+    }
+
+    /// `store` or `park`: the two differ only in what the server does.
+    fn hold(
+        &mut self,
+        op: Op,
+        name: &str,
+        fd: BorrowedFd<'_>,
+        expires: Option<Duration>,
+    ) -> Result<(), Error> {
         let request = WireRequest {
             name: Some(name.to_owned()),
             expires: expiry(expires),
-            ..WireRequest::new(Op::Park)
+            ..WireRequest::new(op)
         };
-        self.ask_held(&request, Some(socket)).map(drop)
+        self.ask_held(&request, Some(fd)).map(drop)
     }
 
     /// A duplicate of the fd held under `name` (by `storer`, default us);

@@ -191,16 +191,14 @@ impl Holder {
         name: &str,
         remove: bool,
     ) -> Result<(OwnedFd, Kind), Refusal> {
-        let mut state = lock(&self.state);
-        let not_found = || Refusal::new(ErrorCode::NotFound, format!("{name:?} is not held"));
         if remove {
-            let entry = state.registry.remove(storer, name).ok_or_else(not_found)?;
-            if entry.kind == Kind::Parked {
-                let _ = self.epoll.delete(entry.fd.as_fd());
-            }
-            return Ok((entry.fd, entry.kind));
+            return self.take(storer, name);
         }
-        let entry = state.registry.get_mut(storer, name).ok_or_else(not_found)?;
+        let mut state = lock(&self.state);
+        let entry = state
+            .registry
+            .get_mut(storer, name)
+            .ok_or_else(|| not_held(name))?;
         let was = entry.kind;
         if was == Kind::Parked {
             let _ = self.epoll.delete(entry.fd.as_fd());
@@ -215,15 +213,20 @@ impl Holder {
 
     /// `drop`: the fd, no longer held, for the caller to close.
     pub fn drop_name(&self, storer: u32, name: &str) -> Result<OwnedFd, Refusal> {
+        self.take(storer, name).map(|(fd, _)| fd)
+    }
+
+    /// Stops holding (and watching) `name`; its fd goes to the caller.
+    fn take(&self, storer: u32, name: &str) -> Result<(OwnedFd, Kind), Refusal> {
         let mut state = lock(&self.state);
         let entry = state
             .registry
             .remove(storer, name)
-            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("{name:?} is not held")))?;
+            .ok_or_else(|| not_held(name))?;
         if entry.kind == Kind::Parked {
             let _ = self.epoll.delete(entry.fd.as_fd());
         }
-        Ok(entry.fd)
+        Ok((entry.fd, entry.kind))
     }
 
     /// `list`: `storer`'s names under `prefix` that `visible` lets through.
@@ -309,6 +312,10 @@ impl Holder {
             let _ = self.epoll.modify(entry.fd.as_fd(), &mut event);
         }
     }
+}
+
+fn not_held(name: &str) -> Refusal {
+    Refusal::new(ErrorCode::NotFound, format!("{name:?} is not held"))
 }
 
 fn is_socket(fd: &OwnedFd) -> bool {

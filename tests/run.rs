@@ -68,9 +68,16 @@ impl Setup {
             log = glob(&log),
         );
         let server = TestServer::start_in(dir, &policy, &["--socket-mode", "0666"]);
+        // Copied by another process: had this one opened the copy for
+        // writing, a fork by a parallel test could inherit that descriptor
+        // until its exec, and running the copy would fail with ETXTBSY.
         let client = server.path("fdopen-client");
-        fs::copy(CLIENT, &client).unwrap();
-        fs::set_permissions(&client, fs::Permissions::from_mode(0o755)).unwrap();
+        let copied = Command::new("install")
+            .args(["-m", "0755", CLIENT])
+            .arg(&client)
+            .status()
+            .unwrap();
+        assert!(copied.success());
         Some(Setup { server, client })
     }
 

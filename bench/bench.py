@@ -179,7 +179,8 @@ def main():
         except (OSError, StopIteration):
             pass
         header = (f"\n## {datetime.date.today()} — {platform.node()}, {os.cpu_count()} cores, {cpu}, "
-                  f"Linux {platform.release()}; {args.rounds} rounds of {args.seconds}s per shape, median\n\n")
+                  f"Linux {platform.release()}; {args.rounds} rounds of {args.seconds}s per shape, median; "
+                  f"floor: {'../shared/bench/refserver.c' if args.shared else 'bench/floor.c'}\n\n")
         with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
             f.write(header + table + "\n")
     return 0

@@ -223,9 +223,7 @@ impl Holder {
             .registry
             .remove(storer, name)
             .ok_or_else(|| not_held(name))?;
-        if entry.kind == Kind::Parked {
-            let _ = self.epoll.delete(entry.fd.as_fd());
-        }
+        self.unwatch(&entry);
         Ok((entry.fd, entry.kind))
     }
 
@@ -303,6 +301,16 @@ impl Holder {
         self.wake();
     }
 
+    /// Takes a parked fd out of the epoll before it is closed: the client
+    /// may still hold the same open file description, and epoll watches
+    /// descriptions, not descriptors, so closing ours alone would leave
+    /// the watch in place.
+    fn unwatch(&self, entry: &Entry) {
+        if entry.kind == Kind::Parked {
+            let _ = self.epoll.delete(entry.fd.as_fd());
+        }
+    }
+
     fn rearm(&self, state: &State, token: u64) {
         if let Some(Key { storer, name }) = state.registry.key_of(token)
             && let Some(entry) = state.registry.get(*storer, name)
@@ -364,6 +372,15 @@ impl Event {
     }
 }
 
+/// One round of the holder thread: the wake-ups it claimed and their
+/// audit records, written together before any fd is sent.
+#[derive(Default)]
+struct Batch {
+    pending: Vec<Pending>,
+    clock: Clock,
+    audit: Vec<u8>,
+}
+
 /// A wake-up whose record is in the batch: sent once the batch is written.
 struct Pending {
     token: u64,
@@ -375,8 +392,7 @@ struct Pending {
 pub(super) fn run(shared: &Arc<Shared>) {
     let holder = &shared.holder;
     let mut events = vec![EpollEvent::empty(); 1024];
-    let mut clock = Clock::default();
-    let mut audit = Vec::new();
+    let mut batch = Batch::default();
     loop {
         let timeout = {
             let state = lock(&holder.state);
@@ -404,7 +420,6 @@ pub(super) fn run(shared: &Arc<Shared>) {
         let policy = shared.policy.load_full();
         let mut state = lock(&holder.state);
         let state = &mut *state;
-        let mut pending = Vec::new();
         let mut closing: Vec<OwnedFd> = Vec::new();
         for event in &events[..ready] {
             match event.data() {
@@ -430,16 +445,7 @@ pub(super) fn run(shared: &Arc<Shared>) {
                     } else {
                         Event::Readable
                     };
-                    claim(
-                        state,
-                        &policy,
-                        token,
-                        &key,
-                        kind,
-                        &mut pending,
-                        &mut clock,
-                        &mut audit,
-                    );
+                    claim(holder, state, &policy, (token, &key, kind), &mut batch);
                 }
             }
         }
@@ -450,7 +456,7 @@ pub(super) fn run(shared: &Arc<Shared>) {
             }
         }
         for (key, entry) in state.registry.expire(Instant::now()) {
-            let ts = clock.now().to_owned();
+            let ts = batch.clock.now().to_owned();
             let mut record = Record::new(&entry.storer, &ts);
             record.op = Some(if entry.kind == Kind::Parked {
                 "park"
@@ -461,12 +467,13 @@ pub(super) fn run(shared: &Arc<Shared>) {
             record.storer = Some(key.storer);
             record.event = Some("expired");
             record.ok = true;
-            record.append_to(&mut audit);
+            record.append_to(&mut batch.audit);
+            holder.unwatch(&entry);
             closing.push(entry.fd);
         }
         // Records first: a wake-up whose record is not in the log is not
         // sent, and waits for the next try.
-        let written = match shared.audit.write(&audit) {
+        let written = match shared.audit.write(&batch.audit) {
             Ok(()) => true,
             Err(e) => {
                 shared.audit_failures_log.log(format_args!(
@@ -476,8 +483,8 @@ pub(super) fn run(shared: &Arc<Shared>) {
                 false
             }
         };
-        audit.clear();
-        for p in pending {
+        batch.audit.clear();
+        for p in std::mem::take(&mut batch.pending) {
             if written {
                 deliver(holder, state, p, &mut closing);
             } else {
@@ -492,17 +499,18 @@ pub(super) fn run(shared: &Arc<Shared>) {
 
 /// Chooses who gets a fired parked fd and writes the record of it; a
 /// hang-up nobody can be told of is closed here.
-#[allow(clippy::too_many_arguments)]
 fn claim(
+    holder: &Holder,
     state: &mut State,
     policy: &crate::policy::Policy,
-    token: u64,
-    key: &Key,
-    event: Event,
-    pending: &mut Vec<Pending>,
-    clock: &mut Clock,
-    audit: &mut Vec<u8>,
+    (token, key, event): (u64, &Key, Event),
+    batch: &mut Batch,
 ) {
+    let Batch {
+        pending,
+        clock,
+        audit,
+    } = batch;
     let taken: Vec<usize> = pending.iter().map(|p| p.subscriber).collect();
     let chosen = state
         .subscribers
@@ -547,6 +555,7 @@ fn claim(
                 record.event = Some("hangup");
                 record.ok = true;
                 record.append_to(audit);
+                holder.unwatch(&entry);
                 drop(entry); // closing a socket does not block
             }
         }

@@ -70,22 +70,26 @@ fn demo_server() -> TestServer {
     TestServer::start(&policy, &[])
 }
 
-#[test]
-fn the_walkthrough_does_what_its_comments_say() {
-    let server = demo_server();
-    // Only this test touches demo/uploads: the walkthrough creates a.txt.
-    let upload = Path::new(ROOT).join("demo/uploads/a.txt");
-    let _ = fs::remove_file(&upload);
+/// The `fc` alias of the walkthrough, pointed at `server`.
+fn fc_alias(server: &TestServer) -> String {
     let lines = sh_block_after("Terminal 2 (in the repository):");
     let (alias, _) = split_comment(&lines[0]);
     let target = alias
         .strip_prefix("alias fc='")
         .and_then(|a| a.strip_suffix('\''))
-        .expect("the block starts by defining fc");
+        .expect("the walkthrough starts by defining fc");
     let fc = localise(target, &server.socket);
     assert!(fc.starts_with(CLIENT), "{fc}");
-    for line in &lines[1..] {
+    fc
+}
+
+/// Runs each line with `fc` expanded and checks what its comment says.
+fn run_lines(lines: &[String], fc: &str) {
+    for line in lines {
         let (command, comment) = split_comment(line);
+        if command.starts_with("alias ") {
+            continue;
+        }
         let command = command.replace("fc ", &format!("{fc} "));
         let out = sh(&command);
         let (stdout, stderr) = (
@@ -106,8 +110,15 @@ fn the_walkthrough_does_what_its_comments_say() {
                 assert!(stderr.contains(word) || stdout.contains(word), "{what}");
             }
         }
-        if comment.starts_with("prints the file") {
+        if comment.starts_with("prints ") {
             assert!(!stdout.is_empty(), "{what}");
+        }
+        if let Some(name) = comment
+            .strip_prefix("prints ")
+            .and_then(|c| c.split(',').next())
+            && name.contains('/')
+        {
+            assert!(stdout.contains(name), "{what}");
         }
         if comment.starts_with("fdopen ") {
             let version = format!("fdopen {}", env!("CARGO_PKG_VERSION"));
@@ -115,6 +126,9 @@ fn the_walkthrough_does_what_its_comments_say() {
                 stdout.starts_with(&version) && comment.starts_with(&version),
                 "{what}"
             );
+        }
+        if comment.starts_with("wc ") {
+            assert!(stdout.trim().parse::<u64>().is_ok(), "{what}");
         }
         if command.starts_with("ls -l") {
             let mode = comment.split_whitespace().next().unwrap();
@@ -125,7 +139,27 @@ fn the_walkthrough_does_what_its_comments_say() {
             assert!(stdout.contains(code) && comment.contains(code), "{what}");
         }
     }
+}
+
+#[test]
+fn the_walkthrough_does_what_its_comments_say() {
+    let server = demo_server();
+    // Only this test touches demo/uploads: the walkthrough creates a.txt.
+    let upload = Path::new(ROOT).join("demo/uploads/a.txt");
     let _ = fs::remove_file(&upload);
+    let fc = fc_alias(&server);
+    run_lines(&sh_block_after("Terminal 2 (in the repository):"), &fc);
+    let _ = fs::remove_file(&upload);
+}
+
+#[test]
+fn the_held_descriptor_commands_do_what_they_say() {
+    let server = demo_server();
+    let fc = fc_alias(&server);
+    run_lines(
+        &sh_block_after("With the demo server and the `fc` alias"),
+        &fc,
+    );
 }
 
 #[test]

@@ -306,3 +306,17 @@ fn every_command_line_in_the_readme_names_real_things() {
     }
     assert!(checked > 20, "only {checked} command lines found");
 }
+
+#[test]
+fn make_run_says_what_the_readme_shows() {
+    let server = demo_server();
+    let lines = sh_block_after("Terminal 1:");
+    assert_eq!(lines[0], "make run");
+    let shown = lines[1].trim_start_matches("# ");
+    let rules = &shown[shown.find('(').unwrap()..shown.find(',').unwrap()];
+    let said = server.stderr_text();
+    assert!(
+        said.contains("listening on") && said.contains(rules),
+        "{rules} vs {said}"
+    );
+}

@@ -153,35 +153,24 @@ pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {
         }
         if rule.effect == Effect::Deny {
             for allow in policy.rules.iter().filter(|a| a.effect == Effect::Allow) {
-                let uncovered: Vec<&str> = allow
+                let modes: Vec<&str> = allow
                     .modes()
                     .filter(|m| !rule.modes().any(|d| d == *m))
                     .map(Mode::as_str)
                     .collect();
-                if !uncovered.is_empty() && paths_may_overlap(rule, allow) {
-                    warn(format!(
-                        "its \"modes\" leave out {} which rule {:?} allows on overlapping paths; \
-                         drop \"modes\" to deny every mode",
-                        uncovered.join(", "),
-                        allow.name
-                    ));
+                if !modes.is_empty() && paths_may_overlap(rule, allow) {
+                    warn(left_out("modes", "mode", "paths", &modes, allow));
                 }
-            }
-        }
-        if rule.effect == Effect::Deny && !rule.names.is_empty() {
-            for allow in policy.rules.iter().filter(|a| a.effect == Effect::Allow) {
-                let uncovered: Vec<&str> = allow
+                if rule.names.is_empty() {
+                    continue;
+                }
+                let ops: Vec<&str> = allow
                     .ops()
                     .filter(|op| !rule.ops().any(|d| d == *op))
                     .map(crate::protocol::HeldOp::as_str)
                     .collect();
-                if !uncovered.is_empty() && names_may_overlap(rule, allow) {
-                    warn(format!(
-                        "its \"ops\" leave out {} which rule {:?} allows on overlapping names; \
-                         drop \"ops\" to deny every op",
-                        uncovered.join(", "),
-                        allow.name
-                    ));
+                if !ops.is_empty() && names_may_overlap(rule, allow) {
+                    warn(left_out("ops", "op", "names", &ops, allow));
                 }
             }
         }
@@ -257,6 +246,17 @@ fn paths_may_overlap(a: &Rule, b: &Rule) -> bool {
     a.paths
         .iter()
         .any(|x| b.paths.iter().any(|y| globs_may_overlap(x, y)))
+}
+
+/// The warning for a deny rule whose `field` (modes, ops) leaves out
+/// `uncovered`, which `allow` grants on overlapping `resource`s.
+fn left_out(field: &str, unit: &str, resource: &str, uncovered: &[&str], allow: &Rule) -> String {
+    format!(
+        "its \"{field}\" leave out {} which rule {:?} allows on overlapping {resource}; \
+         drop \"{field}\" to deny every {unit}",
+        uncovered.join(", "),
+        allow.name
+    )
 }
 
 /// Held-name globs: they may overlap unless their literal leading parts

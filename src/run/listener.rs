@@ -3,7 +3,7 @@
 //! once: let it continue, return a value, or install a descriptor.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// A trapped syscall, as the kernel reported it.
 #[derive(Clone, Copy, Debug)]
@@ -30,6 +30,12 @@ pub struct Listener {
     fd: OwnedFd,
 }
 
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// `ENOENT` from an ioctl: the task is gone, or its syscall was
 /// interrupted; nothing is left to answer.
 pub fn target_gone(err: &io::Error) -> bool {
@@ -53,10 +59,6 @@ impl Listener {
             )
         };
         Listener { fd }
-    }
-
-    pub fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
     }
 
     fn ioctl<T>(&self, request: libc::Ioctl, arg: *mut T) -> io::Result<i32> {

@@ -198,9 +198,8 @@ fn supervise(child: Pid, listener: &Listener, signals: &SignalFd) -> Result<Wait
     loop {
         // Events 0 on the listener: only POLLHUP (no task left that holds
         // the filter) concerns us; the broker threads take POLLIN.
-        let listener_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(listener.as_raw_fd()) };
         let mut fds = [
-            PollFd::new(listener_fd, PollFlags::empty()),
+            PollFd::new(listener.as_fd(), PollFlags::empty()),
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, PollTimeout::NONE) {

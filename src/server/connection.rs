@@ -170,23 +170,26 @@ impl Connection {
         Some((start, end))
     }
 
-    /// The descriptors that belong to the line starting at `start` (SPEC
-    /// §2): a `store` or `park` line takes those of the `recvmsg` its
-    /// first byte came in; any other line that begins where descriptors
-    /// came is refused, and they are closed.
+    /// The descriptors that belong to the line at `start..end` (SPEC §2):
+    /// a line `takes_fd` calls a `store` or `park` takes those of the
+    /// `recvmsg` its first byte came in; any other line that begins where
+    /// descriptors came is refused, and they are closed.
     pub fn attachment_for(
         &mut self,
-        start: usize,
-        takes_fd: bool,
+        (start, end): (usize, usize),
+        takes_fd: impl FnOnce(&[u8]) -> bool,
         closing: &mut Vec<OwnedFd>,
     ) -> Attachment {
-        let Some(received) = self
+        let Some(at) = self
             .attachments
-            .iter_mut()
-            .find(|a| a.from <= start && start < a.to)
+            .iter()
+            .position(|a| a.from <= start && start < a.to)
         else {
             return Attachment::None;
         };
+        // Looked at only for lines that came with descriptors.
+        let takes_fd = takes_fd(&self.inbuf[start..end]);
+        let received = &mut self.attachments[at];
         if received.claimed {
             return if takes_fd {
                 Attachment::Fds(Vec::new())

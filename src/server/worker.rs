@@ -282,12 +282,8 @@ impl Core {
                     }
                     conn.answered = end + 1;
                     let ts = self.clock.now();
-                    let takes_fd = conn
-                        .attachments
-                        .iter()
-                        .any(|a| a.from <= start && start < a.to)
-                        && dispatch::takes_fd(&conn.inbuf[start..end]);
-                    let attachment = conn.attachment_for(start, takes_fd, &mut self.closing);
+                    let attachment =
+                        conn.attachment_for((start, end), dispatch::takes_fd, &mut self.closing);
                     let line = &conn.inbuf[start..end];
                     let begun = dispatch::begin(
                         policy,

@@ -851,6 +851,12 @@ pub struct Grant {
 pub struct ServerError {
     pub code: ErrorCode,
     pub message: String,
+    /// The kernel's name for the error that decided the answer (`"ENOENT"`,
+    /// `"ELOOP"`, ...), given only with `not_found`, `not_regular`, `exists`
+    /// and `io_error` (SPEC §4), so that `run` can hand the program the errno
+    /// the kernel would have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<String>,
 }
 
 impl ServerError {
@@ -858,6 +864,7 @@ impl ServerError {
         ServerError {
             code,
             message: message.into(),
+            errno: None,
         }
     }
 }

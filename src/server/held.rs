@@ -73,6 +73,7 @@ pub(super) struct Registry {
 
 impl Registry {
     /// Holds `fd` under `name` for `storer`; returns its token.
+    #[cfg(test)]
     pub fn insert(
         &mut self,
         limits: HeldLimits,
@@ -81,6 +82,19 @@ impl Registry {
         fd: OwnedFd,
         kind: Kind,
         expires: Option<Duration>,
+    ) -> Result<u64, (Refusal, OwnedFd)> {
+        self.insert_until(limits, storer, name, fd, kind, expires.map(deadline))
+    }
+
+    /// [`Self::insert`] with the expiry as a deadline (see [`deadline`]).
+    pub fn insert_until(
+        &mut self,
+        limits: HeldLimits,
+        storer: Arc<PeerIdentity>,
+        name: &str,
+        fd: OwnedFd,
+        kind: Kind,
+        expires: Option<(Instant, SystemTime)>,
     ) -> Result<u64, (Refusal, OwnedFd)> {
         let uid = storer.uid;
         let mine = self.by_storer.entry(uid).or_default();
@@ -97,7 +111,6 @@ impl Registry {
         }
         self.next_token += 1;
         let token = self.next_token;
-        let expires = expires.map(|d| (Instant::now() + d, SystemTime::now() + d));
         if let Some((deadline, _)) = expires {
             self.expiries.push(Reverse((deadline, token)));
         }
@@ -172,6 +185,11 @@ impl Registry {
         gone
     }
 
+    /// Every entry, for a hand-over.
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.by_storer.values().flat_map(|mine| mine.iter())
+    }
+
     /// How many are held and how many parked.
     pub fn counts(&self) -> (usize, usize) {
         let parked = self
@@ -190,6 +208,24 @@ impl Registry {
             .map(|Reverse((deadline, _))| deadline.saturating_duration_since(now))
     }
 }
+
+/// An expiry `after` from now, as a deadline and as the time `list` shows.
+pub(super) fn deadline(after: Duration) -> (Instant, SystemTime) {
+    (Instant::now() + after, SystemTime::now() + after)
+}
+
+/// An expiry at wall-clock `at` (handed over from a previous server):
+/// already past means now; `list` shows `at` itself.
+pub(super) fn deadline_at(at: SystemTime) -> (Instant, SystemTime) {
+    let left = at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+        .min(MAX_LEFT);
+    (Instant::now() + left, at)
+}
+
+/// Longer than any `expires` a request may give (10 years).
+const MAX_LEFT: Duration = Duration::from_secs(11 * 366 * 24 * 3600);
 
 /// A `list` entry for `name`.
 pub(super) fn listed_name(name: &str, entry: &Entry) -> ListedName {

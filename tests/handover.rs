@@ -256,8 +256,19 @@ fn an_upgrade_keeps_every_parked_connection_and_held_fd_and_refuses_no_one() {
     let copy = server_copy(dir.path());
     let mut server = TestServer::start_program(dir, &copy, POLICY, &["--workers", "2"]);
     let mut fleet = Fleet::hold(&server);
+    // A subscriber from before the upgrade comes back by itself.
+    let (extra, mut extra_peer) = UnixStream::pair().unwrap();
+    server
+        .client()
+        .park("web/extra", extra.as_fd(), None)
+        .unwrap();
+    drop(extra);
+    let mut early = Client::connect(&server.socket)
+        .unwrap()
+        .wake("web/extra", None)
+        .unwrap();
     let before = Fleet::listing(&server);
-    assert_eq!(before.len(), PARKED + HELD);
+    assert_eq!(before.len(), PARKED + HELD + 1);
 
     let connecting = ConnectLoop::start(&server.socket);
     let said = upgrade(&server);
@@ -274,12 +285,21 @@ fn an_upgrade_keeps_every_parked_connection_and_held_fd_and_refuses_no_one() {
     );
 
     assert_ne!(new_pid as u32, server.pid());
+    extra_peer.write_all(b"meanwhile").unwrap();
+    let woken = early.next().unwrap().unwrap();
+    assert_eq!(woken.name, "web/extra");
+    let WakeEvent::Readable(fd) = woken.event else {
+        panic!("web/extra hung up");
+    };
+    let mut got = [0u8; 9];
+    UnixStream::from(fd).read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"meanwhile");
     fleet.verify(&server);
     stop_adopted(new_pid);
     assert!(
         server
             .stderr_text()
-            .contains("took over 1100 held and parked descriptors"),
+            .contains("took over 1101 held and parked descriptors"),
         "{}",
         server.stderr_text()
     );
@@ -401,4 +421,66 @@ fn a_broken_new_binary_leaves_the_old_server_serving_everything() {
     assert_eq!(woken.name, "web/p");
     let log = server.stderr_text();
     assert_eq!(log.matches("this server serves on").count(), 5, "{log}");
+}
+
+/// A fake server for the client's side: answers the first request of a
+/// connection, closes it with the rest unanswered, and records what the
+/// client sends on its next connection.
+#[test]
+fn a_reconnecting_client_sends_again_only_what_may_be_sent_twice() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixListener;
+    let dir = scratch();
+    let socket = dir.path().join("fake.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let fake = std::thread::spawn(move || {
+        let lines = |stream: &UnixStream, n: usize| -> Vec<String> {
+            let reader = BufReader::new(stream.try_clone().unwrap());
+            reader.lines().take(n).map(Result::unwrap).collect()
+        };
+        let (mut first, _) = listener.accept().unwrap();
+        let got = lines(&first, 5);
+        assert_eq!(got.len(), 5, "{got:?}");
+        first.write_all(b"{\"id\":1,\"ok\":true}\n").unwrap();
+        drop(first);
+        let (mut second, _) = listener.accept().unwrap();
+        let again = lines(&second, 2);
+        second
+            .write_all(b"{\"id\":3,\"ok\":true}\n{\"id\":5,\"ok\":true}\n")
+            .unwrap();
+        let mut rest = Vec::new();
+        second.shutdown(std::net::Shutdown::Write).unwrap();
+        second.read_to_end(&mut rest).unwrap();
+        (again, rest)
+    });
+    let mut client = Client::connect(&socket).unwrap();
+    client
+        .set_reconnect(Some(fdopen::Reconnect::default()))
+        .unwrap();
+    let requests = [
+        r#"{"op":"hello","id":1}"#,
+        r#"{"op":"drop","name":"x","id":2}"#,
+        r#"{"op":"list","id":3}"#,
+        r#"{"op":"open","path":"/a","create":true,"id":4}"#,
+        r#"{"op":"open","path":"/b","id":5}"#,
+    ];
+    for r in requests {
+        client.send_raw(format!("{r}\n").as_bytes()).unwrap();
+    }
+    let mut outcomes = Vec::new();
+    for _ in requests {
+        outcomes.push(match client.receive() {
+            Ok(r) => format!("answered {}", r.line.id.unwrap().get()),
+            Err(fdopen::Error::Lost) => "lost".to_owned(),
+            Err(e) => panic!("{e}"),
+        });
+    }
+    assert_eq!(
+        outcomes,
+        ["answered 1", "lost", "answered 3", "lost", "answered 5"]
+    );
+    drop(client);
+    let (again, rest) = fake.join().unwrap();
+    assert_eq!(again, [requests[2], requests[4]]);
+    assert!(rest.is_empty());
 }

@@ -13,17 +13,17 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::fake_systemd::FdStore;
+use common::upgrade::{adopt_orphans, main_pid, server_copy, stop_adopted, upgrade};
 use common::{Launch, SERVER, TestServer, scratch};
 use fdopen::{Client, WakeEvent};
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 
 const POLICY: &str = r#"{"rules":[
   {"name":"parking","names":["web/**"],"ops":["park","wake","list","retrieve"]},
@@ -39,13 +39,6 @@ fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
-}
-
-/// This process adopts the servers an upgrade starts, once their parent
-/// (the old server) is gone, so it can reap them.
-fn adopt_orphans() {
-    // SAFETY: a plain prctl on this process.
-    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
 }
 
 /// What a test keeps of everything it parked and stored: the far ends.
@@ -156,24 +149,6 @@ impl Fleet {
     }
 }
 
-/// A root-owned copy of the server in a directory only root may write,
-/// so it passes the upgrade's ownership checks and the test can break it.
-/// Copied by another process (no ETXTBSY from a write fd a parallel fork
-/// inherited).
-fn server_copy(dir: &Path) -> PathBuf {
-    let bin = dir.join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let copy = bin.join("fdopen-server");
-    let ok = Command::new("install")
-        .args(["-m", "0755", SERVER])
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    copy
-}
-
 /// Connects every 10 ms until stopped; counts attempts and refusals.
 struct ConnectLoop {
     stop: Arc<AtomicBool>,
@@ -204,29 +179,6 @@ impl ConnectLoop {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.join().unwrap()
     }
-}
-
-/// Sends SIGUSR2 and returns what the server then said: `MAINPID=` (the
-/// successor's pid) or `STATUS=` (why it serves on).
-fn upgrade(server: &TestServer) -> String {
-    server.signal(Signal::SIGUSR2);
-    server.wait_notify_any(&["MAINPID=", "STATUS="])
-}
-
-/// The pid in a `MAINPID=N\n...` notification.
-fn main_pid(said: &str) -> i32 {
-    said.lines()
-        .find_map(|l| l.strip_prefix("MAINPID="))
-        .unwrap_or_else(|| panic!("no MAINPID in {said:?}"))
-        .parse()
-        .unwrap()
-}
-
-/// Stops an adopted server and reaps it.
-fn stop_adopted(pid: i32) {
-    let pid = Pid::from_raw(pid);
-    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
-    nix::sys::wait::waitpid(pid, None).unwrap();
 }
 
 /// Puts a script at `path`, written by another process (see

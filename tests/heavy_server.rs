@@ -120,3 +120,35 @@ fn idle_clients_are_parked_and_every_client_is_answered() {
         .collect();
     assert_eq!(woken.len(), 5, "{woken:?}");
 }
+
+#[test]
+fn parked_clients_come_back_across_an_upgrade_of_fdopen() {
+    if !common::is_root() {
+        eprintln!("skipped: the upgrade checks the binary is root's, so this needs root");
+        return;
+    }
+    use common::upgrade::{adopt_orphans, main_pid, server_copy, stop_adopted, upgrade};
+    adopt_orphans();
+    let dir = common::scratch();
+    let copy = server_copy(dir.path());
+    let server = TestServer::start_program(dir, &copy, POLICY, &[]);
+    let mut heavy = Heavy::start(&server, "300ms");
+    let mut clients: Vec<BufReader<TcpStream>> = (0..20)
+        .map(|_| BufReader::new(TcpStream::connect(("127.0.0.1", heavy.port)).unwrap()))
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(ask(c, &format!("hello {i}")), format!("1: hello {i}"));
+    }
+    heavy.await_events("parked heavy/", 20);
+
+    let successor = main_pid(&upgrade(&server));
+    // Parked through the upgrade; woken by the subscription that came
+    // back by itself.
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(ask(c, &format!("again {i}")), format!("1: again {i}"));
+    }
+    // And parked again, by the parking client that reconnected.
+    heavy.await_events("parked heavy/", 20);
+    assert_eq!(ask(&mut clients[3], "once more"), "1: once more");
+    stop_adopted(successor);
+}

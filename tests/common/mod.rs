@@ -4,6 +4,7 @@
 
 pub mod fake_systemd;
 pub mod fuse;
+pub mod upgrade;
 
 use std::fs;
 use std::io::Write;

@@ -45,7 +45,29 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
     /// Serve requests on a Unix socket until SIGTERM or SIGINT; SIGHUP
-    /// reloads the policy and reopens the audit log.
+    /// reloads the policy and reopens the audit log; SIGUSR2 upgrades in
+    /// place.
+    ///
+    /// Upgrades and restarts keep held and parked descriptors (SPEC §3.4).
+    /// SIGUSR2 answers what was read, stops reading, and runs the binary
+    /// this server was started from (the path recorded at start, which
+    /// with its directories must belong to root or the server's user and
+    /// be writable by no one else) with the same arguments, handing it the
+    /// listening socket, never closed, so no client is refused, and every
+    /// held and parked descriptor with its name, kind, storer and expiry.
+    /// Once the new process is ready, this one exits 0; if it is missing,
+    /// not executable, or exits or hangs before it is ready, this one serves
+    /// on with everything it had, and logs why. To upgrade: install the new
+    /// binary over the old path, then kill -USR2 the server (under systemd:
+    /// systemctl kill --kill-whom=main -s USR2 fdopen).
+    ///
+    /// Under systemd (NOTIFY_SOCKET set), SIGTERM puts every held and parked
+    /// descriptor, behind one socket named fdopen-held, into the unit's fd
+    /// store, and the next start takes them back from LISTEN_FDS: they
+    /// survive systemctl restart, and stop + start with
+    /// FileDescriptorStorePreserve=yes. Without systemd SIGTERM drops them;
+    /// a crash, SIGKILL or reboot always does. Client connections are closed
+    /// across either; clients reconnect.
     Serve(ServeArgs),
     /// Validate a policy: exit 0, or 1 with every error located. Also warns
     /// about rules that can never match or that a deny rule cancels.

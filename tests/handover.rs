@@ -14,13 +14,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::fake_systemd::FdStore;
-use common::upgrade::{adopt_orphans, main_pid, server_copy, stop_adopted, upgrade};
+use common::upgrade::{install, main_pid, start_from_copy, stop_adopted, upgrade};
 use common::{Launch, SERVER, TestServer, scratch};
 use fdopen::{Client, WakeEvent};
 use nix::sys::signal::Signal;
@@ -181,32 +180,19 @@ impl ConnectLoop {
     }
 }
 
-/// Puts a script at `path`, written by another process (see
-/// [`server_copy`]).
+/// Puts a script at `path` (see [`install`]).
 fn install_script(path: &Path, text: &str) {
     let source = path.with_extension("src");
     std::fs::write(&source, text).unwrap();
-    let _ = std::fs::remove_file(path);
-    let ok = Command::new("install")
-        .args(["-m", "0755"])
-        .arg(&source)
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    install(&source, path, "0755");
 }
 
 #[test]
 fn an_upgrade_keeps_every_parked_connection_and_held_fd_and_refuses_no_one() {
-    if !common::is_root() {
-        eprintln!("skipped: the upgrade checks the binary is root's, so this needs root");
+    let Some((mut server, _)) = start_from_copy(POLICY, &["--workers", "2"]) else {
         return;
-    }
+    };
     raise_fd_limit();
-    adopt_orphans();
-    let dir = scratch();
-    let copy = server_copy(dir.path());
-    let mut server = TestServer::start_program(dir, &copy, POLICY, &["--workers", "2"]);
     let mut fleet = Fleet::hold(&server);
     // A subscriber from before the upgrade comes back by itself.
     let (extra, mut extra_peer) = UnixStream::pair().unwrap();
@@ -308,13 +294,9 @@ type Breakage = dyn Fn(&Path);
 
 #[test]
 fn a_broken_new_binary_leaves_the_old_server_serving_everything() {
-    if !common::is_root() {
-        eprintln!("skipped: the upgrade checks the binary is root's, so this needs root");
+    let Some((server, copy)) = start_from_copy(POLICY, &[]) else {
         return;
-    }
-    let dir = scratch();
-    let copy = server_copy(dir.path());
-    let server = TestServer::start_program(dir, &copy, POLICY, &[]);
+    };
     let mut client = server.client();
     let (kept, mut far) = UnixStream::pair().unwrap();
     client.store("keep/x", kept.as_fd(), None).unwrap();
@@ -345,13 +327,7 @@ fn a_broken_new_binary_leaves_the_old_server_serving_everything() {
         assert!(c.hello().is_ok(), "{what}");
     }
     // Group-writable: refused before anything runs.
-    let _ = std::fs::remove_file(&copy);
-    let ok = Command::new("install")
-        .args(["-m", "0775", SERVER])
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    install(Path::new(SERVER), &copy, "0775");
     let said = upgrade(&server);
     assert!(said.starts_with("STATUS=upgrade refused"), "{said}");
     assert!(said.contains("writable by its group"), "{said}");

@@ -81,18 +81,24 @@ fn ask(conn: &mut BufReader<TcpStream>, line: &str) -> String {
     answer.trim_end().to_owned()
 }
 
+/// `n` clients of the heavy server, each answered once.
+fn greeted(heavy: &Heavy, n: usize) -> Vec<BufReader<TcpStream>> {
+    let mut clients: Vec<BufReader<TcpStream>> = (0..n)
+        .map(|_| BufReader::new(TcpStream::connect(("127.0.0.1", heavy.port)).unwrap()))
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(ask(c, &format!("hello {i}")), format!("1: hello {i}"));
+    }
+    clients
+}
+
 #[test]
 fn idle_clients_are_parked_and_every_client_is_answered() {
     let server = TestServer::start(POLICY, &[]);
     // Idle long enough that the few round trips after the wake-ups cannot
     // let an answered client fall idle again before `stats`.
     let mut heavy = Heavy::start(&server, "2s");
-    let mut clients: Vec<BufReader<TcpStream>> = (0..60)
-        .map(|_| BufReader::new(TcpStream::connect(("127.0.0.1", heavy.port)).unwrap()))
-        .collect();
-    for (i, c) in clients.iter_mut().enumerate() {
-        assert_eq!(ask(c, &format!("hello {i}")), format!("1: hello {i}"));
-    }
+    let mut clients = greeted(&heavy, 60);
     // All of them fall idle and are parked.
     heavy.await_events("parked heavy/", 60);
     let mut stats = BufReader::new(TcpStream::connect(("127.0.0.1", heavy.port)).unwrap());
@@ -123,22 +129,12 @@ fn idle_clients_are_parked_and_every_client_is_answered() {
 
 #[test]
 fn parked_clients_come_back_across_an_upgrade_of_fdopen() {
-    if !common::is_root() {
-        eprintln!("skipped: the upgrade checks the binary is root's, so this needs root");
+    use common::upgrade::{main_pid, start_from_copy, stop_adopted, upgrade};
+    let Some((server, _)) = start_from_copy(POLICY, &[]) else {
         return;
-    }
-    use common::upgrade::{adopt_orphans, main_pid, server_copy, stop_adopted, upgrade};
-    adopt_orphans();
-    let dir = common::scratch();
-    let copy = server_copy(dir.path());
-    let server = TestServer::start_program(dir, &copy, POLICY, &[]);
+    };
     let mut heavy = Heavy::start(&server, "300ms");
-    let mut clients: Vec<BufReader<TcpStream>> = (0..20)
-        .map(|_| BufReader::new(TcpStream::connect(("127.0.0.1", heavy.port)).unwrap()))
-        .collect();
-    for (i, c) in clients.iter_mut().enumerate() {
-        assert_eq!(ask(c, &format!("hello {i}")), format!("1: hello {i}"));
-    }
+    let mut clients = greeted(&heavy, 20);
     heavy.await_events("parked heavy/", 20);
 
     let successor = main_pid(&upgrade(&server));

@@ -72,21 +72,8 @@ pub(super) struct Registry {
 }
 
 impl Registry {
-    /// Holds `fd` under `name` for `storer`; returns its token.
-    #[cfg(test)]
-    pub fn insert(
-        &mut self,
-        limits: HeldLimits,
-        storer: Arc<PeerIdentity>,
-        name: &str,
-        fd: OwnedFd,
-        kind: Kind,
-        expires: Option<Duration>,
-    ) -> Result<u64, (Refusal, OwnedFd)> {
-        self.insert_until(limits, storer, name, fd, kind, expires.map(deadline))
-    }
-
-    /// [`Self::insert`] with the expiry as a deadline (see [`deadline`]).
+    /// Holds `fd` under `name` for `storer` until `expires` (see
+    /// [`deadline`]); returns its token.
     pub fn insert_until(
         &mut self,
         limits: HeldLimits,
@@ -260,12 +247,12 @@ mod tests {
     fn names_live_in_one_namespace_per_storer() {
         let limits = HeldLimits::default();
         let mut r = Registry::default();
-        r.insert(limits, peer(1), "web/a", fd(), Kind::Held, None)
+        r.insert_until(limits, peer(1), "web/a", fd(), Kind::Held, None)
             .unwrap();
-        r.insert(limits, peer(2), "web/a", fd(), Kind::Held, None)
+        r.insert_until(limits, peer(2), "web/a", fd(), Kind::Held, None)
             .unwrap();
         let (refusal, _) = r
-            .insert(limits, peer(1), "web/a", fd(), Kind::Held, None)
+            .insert_until(limits, peer(1), "web/a", fd(), Kind::Held, None)
             .unwrap_err();
         assert_eq!(refusal.code, ErrorCode::Exists);
         assert_eq!(r.total, 2);
@@ -281,17 +268,17 @@ mod tests {
         };
         let mut r = Registry::default();
         for name in ["a", "b"] {
-            r.insert(limits, peer(1), name, fd(), Kind::Held, None)
+            r.insert_until(limits, peer(1), name, fd(), Kind::Held, None)
                 .unwrap();
         }
         let busy = |r: &mut Registry, uid, name| {
-            r.insert(limits, peer(uid), name, fd(), Kind::Held, None)
+            r.insert_until(limits, peer(uid), name, fd(), Kind::Held, None)
                 .unwrap_err()
                 .0
                 .code
         };
         assert_eq!(busy(&mut r, 1, "c"), ErrorCode::Busy);
-        r.insert(limits, peer(2), "a", fd(), Kind::Held, None)
+        r.insert_until(limits, peer(2), "a", fd(), Kind::Held, None)
             .unwrap();
         assert_eq!(busy(&mut r, 3, "a"), ErrorCode::Busy);
     }
@@ -300,18 +287,18 @@ mod tests {
     fn expiry_removes_only_what_is_due_and_still_held() {
         let limits = HeldLimits::default();
         let mut r = Registry::default();
-        let soon = Some(Duration::from_millis(1));
-        r.insert(limits, peer(1), "x", fd(), Kind::Held, soon)
+        let soon = Some(deadline(Duration::from_millis(1)));
+        r.insert_until(limits, peer(1), "x", fd(), Kind::Held, soon)
             .unwrap();
-        r.insert(limits, peer(1), "y", fd(), Kind::Held, soon)
+        r.insert_until(limits, peer(1), "y", fd(), Kind::Held, soon)
             .unwrap();
-        r.insert(
+        r.insert_until(
             limits,
             peer(1),
             "z",
             fd(),
             Kind::Held,
-            Some(Duration::from_secs(60)),
+            Some(deadline(Duration::from_secs(60))),
         )
         .unwrap();
         r.remove(1, "y");
@@ -327,7 +314,7 @@ mod tests {
         let limits = HeldLimits::default();
         let mut r = Registry::default();
         for name in ["web/a", "web/b", "weba", "db/x"] {
-            r.insert(limits, peer(1), name, fd(), Kind::Held, None)
+            r.insert_until(limits, peer(1), name, fd(), Kind::Held, None)
                 .unwrap();
         }
         let listed: Vec<_> = r.listed(1, "web/").map(|(n, _)| n.clone()).collect();

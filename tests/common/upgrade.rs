@@ -18,22 +18,45 @@ pub fn adopt_orphans() {
     assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
 }
 
+/// A server started from a root-owned copy of its binary (see
+/// [`server_copy`]), whose successors this process adopts; `None`, with
+/// the reason printed, when not root (the upgrade checks the binary is
+/// root's). Returns the server and the copy's path.
+pub fn start_from_copy(policy: &str, extra: &[&str]) -> Option<(TestServer, PathBuf)> {
+    if !super::is_root() {
+        eprintln!("skipped: the upgrade checks the binary is root's, so this needs root");
+        return None;
+    }
+    adopt_orphans();
+    let dir = super::scratch();
+    let copy = server_copy(dir.path());
+    Some((TestServer::start_program(dir, &copy, policy, extra), copy))
+}
+
 /// A root-owned copy of the server in a directory only root may write,
 /// so it passes the upgrade's ownership checks and the test can break it.
-/// Copied by another process (no ETXTBSY from a write fd a parallel fork
-/// inherited).
 pub fn server_copy(dir: &Path) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir(&bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let copy = bin.join("fdopen-server");
+    install(Path::new(SERVER), &copy, "0755");
+    copy
+}
+
+/// Copies `source` to `target` with `mode`, by another process: had this
+/// one opened the target for writing, a fork by a parallel test could
+/// inherit that descriptor until its exec, and running the target would
+/// fail with ETXTBSY.
+pub fn install(source: &Path, target: &Path, mode: &str) {
+    let _ = std::fs::remove_file(target);
     let ok = Command::new("install")
-        .args(["-m", "0755", SERVER])
-        .arg(&copy)
+        .args(["-m", mode])
+        .arg(source)
+        .arg(target)
         .status()
         .unwrap();
     assert!(ok.success());
-    copy
 }
 
 /// Sends SIGUSR2 and returns what the server then said: `MAINPID=` (the

@@ -163,6 +163,13 @@ fn ask<T>(
         // The trapped task waits on this answer with its CPU idle: polling
         // for it saves the wake-up that dominates a brokered call.
         fresh.set_busy_poll(SERVER_BUSY_POLL);
+        // Across an upgrade of the server, a call whose request may be
+        // sent twice is asked again; any other is left to the program.
+        let patient = crate::client::Reconnect {
+            give_up_after: SERVER_PATIENCE,
+            ..Default::default()
+        };
+        fresh.set_reconnect(Some(patient)).map_err(|_| Untouched)?;
         *client = Some(fresh);
     }
     let connection = client.as_mut().expect("connected above");

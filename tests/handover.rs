@@ -207,6 +207,12 @@ fn an_upgrade_keeps_every_parked_connection_and_held_fd_and_refuses_no_one() {
         .unwrap();
     let before = Fleet::listing(&server);
     assert_eq!(before.len(), PARKED + HELD + 1);
+    // So does a client that opted in, with no request in flight.
+    let mut reconnecting = Client::connect(&server.socket).unwrap();
+    reconnecting
+        .set_reconnect(Some(fdopen::Reconnect::default()))
+        .unwrap();
+    assert_eq!(reconnecting.list(Some("keep/"), None).unwrap().len(), HELD);
 
     let connecting = ConnectLoop::start(&server.socket);
     let said = upgrade(&server);
@@ -223,6 +229,7 @@ fn an_upgrade_keeps_every_parked_connection_and_held_fd_and_refuses_no_one() {
     );
 
     assert_ne!(new_pid as u32, server.pid());
+    assert_eq!(reconnecting.list(Some("keep/"), None).unwrap().len(), HELD);
     extra_peer.write_all(b"meanwhile").unwrap();
     let woken = early.next().unwrap().unwrap();
     assert_eq!(woken.name, "web/extra");

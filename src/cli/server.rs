@@ -55,7 +55,8 @@ pub enum ServerCommand {
     /// be writable by no one else) with the same arguments, handing it the
     /// listening socket, never closed, so no client is refused, and every
     /// held and parked descriptor with its name, kind, storer and expiry.
-    /// Once the new process is ready, this one exits 0; if it is missing,
+    /// Once the new process (a new pid, told to a service manager as
+    /// MAINPID=) is ready, this one exits 0; if it is missing,
     /// not executable, or exits or hangs before it is ready, this one serves
     /// on with everything it had, and logs why. To upgrade: install the new
     /// binary over the old path, then kill -USR2 the server (under systemd:

@@ -86,6 +86,21 @@ fn listener_event() -> EpollEvent {
     EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, LISTENER)
 }
 
+/// Watches `conn` for what it needs; while paused, for nothing but
+/// taking the answers already due.
+fn set_interest(epoll: &Epoll, key: usize, conn: &mut Connection, paused: bool) {
+    let mut want = conn.desired_interest();
+    if paused {
+        want &= EpollFlags::EPOLLOUT;
+    }
+    if want != conn.interest {
+        let mut event = EpollEvent::new(want, key as u64);
+        if epoll.modify(conn.stream.as_fd(), &mut event).is_ok() {
+            conn.interest = want;
+        }
+    }
+}
+
 /// The request whose filesystem call runs while the core is unlocked:
 /// its connection and line, for a thread that takes the lane over.
 #[derive(Clone, Copy, Debug)]
@@ -175,6 +190,7 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
         core.take_over(delivery);
     }
     loop {
+        core.follow_pause(shared);
         // Answer, running each filesystem call with the core unlocked.
         // The round's requests are decided under the policy it began with.
         let policy = shared.policy.load_full();
@@ -216,7 +232,6 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
             }
             core = lock(&lane.core);
         }
-        core.follow_pause(shared);
         if shared.stopping.load(Ordering::SeqCst) && core.ready_to_stop(shared) {
             shared.lane_exited();
             return;
@@ -481,7 +496,7 @@ impl Core {
         std::mem::swap(&mut self.active, &mut self.pending);
         for event in events {
             match event.data() {
-                LISTENER if !self.paused => self.accept_ready(shared),
+                LISTENER if !shared.pause.is_on() => self.accept_ready(shared),
                 LISTENER => {}
                 WAKER => {
                     let lane = &shared.lanes[index];
@@ -491,7 +506,7 @@ impl Core {
                         self.register(shared, stream);
                     }
                 }
-                key => self.on_ready(key as usize, event.events(), self.paused),
+                key => self.on_ready(key as usize, event.events()),
             }
         }
         self.resolve_waiting(shared);
@@ -501,7 +516,7 @@ impl Core {
         {
             self.listener_rest_until = None;
             if !shared.stopping.load(Ordering::SeqCst)
-                && !self.paused
+                && !shared.pause.is_on()
                 && self
                     .epoll
                     .add(shared.listener.as_fd(), listener_event())
@@ -566,6 +581,10 @@ impl Core {
         }
         if let Some(until) = self.listener_rest_until {
             timeout = timeout.min(until.saturating_duration_since(now));
+        }
+        if shared.pause.is_on() && self.quiet_in != shared.pause.generation() {
+            // An upgrade waits to hear that this lane is quiet.
+            timeout = timeout.min(Duration::from_millis(1));
         }
         for &key in &self.waiting {
             let deadlines = self.conns.get(key).into_iter().flat_map(|c| {
@@ -661,6 +680,42 @@ impl Core {
         }
     }
 
+    /// Follows an upgrade's pause (SPEC §3.4): stop accepting and
+    /// reading, answer what was read, say so once done; or take up
+    /// serving again.
+    fn follow_pause(&mut self, shared: &Shared) {
+        let on = shared.pause.is_on();
+        if on != self.paused {
+            self.paused = on;
+            let stopping = shared.stopping.load(Ordering::SeqCst);
+            if on && self.listening {
+                let _ = self.epoll.delete(shared.listener.as_fd());
+                self.listening = false;
+                self.listener_rest_until = None;
+            } else if !on && !stopping && !self.listening {
+                self.listening = self
+                    .epoll
+                    .add(shared.listener.as_fd(), listener_event())
+                    .is_ok();
+            }
+            for (key, conn) in self.conns.iter_mut() {
+                set_interest(&self.epoll, key, conn, on);
+                if !on && conn.can_answer() {
+                    self.pending.push(key);
+                }
+            }
+        }
+        let generation = shared.pause.generation();
+        let quiet = self.in_flight.is_none()
+            && self.waiting.is_empty()
+            && self.pending.is_empty()
+            && !self.conns.iter().any(|(_, c)| c.can_answer());
+        if on && quiet && self.quiet_in != generation {
+            self.quiet_in = generation;
+            shared.pause.lane_quiet(generation);
+        }
+    }
+
     fn rest_listener(&mut self, shared: &Shared) {
         if self.listening && self.epoll.delete(shared.listener.as_fd()).is_ok() {
             self.listening = false;
@@ -719,7 +774,7 @@ impl Core {
         entry.insert(Connection::new(stream, peer, interest));
     }
 
-    fn on_ready(&mut self, key: usize, events: EpollFlags, paused: bool) {
+    fn on_ready(&mut self, key: usize, events: EpollFlags) {
         let Some(conn) = self.conns.get_mut(key) else {
             return; // closed earlier in this round
         };
@@ -729,7 +784,6 @@ impl Core {
                 | EpollFlags::EPOLLHUP
                 | EpollFlags::EPOLLERR,
         ) && conn.wants_input()
-            && !paused
             && !conn.has_complete_line()
         {
             conn.read(&mut self.read_buf);
@@ -782,59 +836,6 @@ impl Core {
             .collect();
         for key in idle {
             self.close(shared, key);
-        }
-    }
-}
-
-impl Core {
-    /// Follows an upgrade's pause (SPEC §3.4): stop accepting and
-    /// reading, answer what was read, say so once done; or take up
-    /// serving again.
-    fn follow_pause(&mut self, shared: &Shared) {
-        let on = shared.pause.is_on();
-        if on != self.paused {
-            self.paused = on;
-            let stopping = shared.stopping.load(Ordering::SeqCst);
-            if on && self.listening {
-                let _ = self.epoll.delete(shared.listener.as_fd());
-                self.listening = false;
-                self.listener_rest_until = None;
-            } else if !on && !stopping && !self.listening {
-                self.listening = self
-                    .epoll
-                    .add(shared.listener.as_fd(), listener_event())
-                    .is_ok();
-            }
-            for (key, conn) in self.conns.iter_mut() {
-                set_interest(&self.epoll, key, conn, on);
-                if !on && conn.can_answer() {
-                    self.pending.push(key);
-                }
-            }
-        }
-        let generation = shared.pause.generation();
-        let quiet = self.in_flight.is_none()
-            && self.waiting.is_empty()
-            && self.pending.is_empty()
-            && !self.conns.iter().any(|(_, c)| c.can_answer());
-        if on && quiet && self.quiet_in != generation {
-            self.quiet_in = generation;
-            shared.pause.lane_quiet(generation);
-        }
-    }
-}
-
-/// Watches `conn` for what it needs; while paused, for nothing but
-/// taking the answers already due.
-fn set_interest(epoll: &Epoll, key: usize, conn: &mut Connection, paused: bool) {
-    let mut want = conn.desired_interest();
-    if paused {
-        want &= EpollFlags::EPOLLOUT;
-    }
-    if want != conn.interest {
-        let mut event = EpollEvent::new(want, key as u64);
-        if epoll.modify(conn.stream.as_fd(), &mut event).is_ok() {
-            conn.interest = want;
         }
     }
 }

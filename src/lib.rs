@@ -55,5 +55,7 @@ pub mod echo;
 #[cfg(feature = "cli")]
 pub mod run;
 
-pub use client::{BindOptions, Client, Error, OpenOptions, Reconnect, WakeEvent, Wakeups, Woken};
+pub use client::{BindOptions, Client, Error, OpenOptions, WakeEvent, Wakeups, Woken};
 pub use protocol::{Create, ErrorCode, Grant, Mode, ServerError, ServerInfo};
+
+pub use client::Reconnect;

@@ -13,8 +13,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 mod held;
-mod reconnect;
 pub use held::{WakeEvent, Wakeups, Woken};
+
+mod reconnect;
 pub use reconnect::Reconnect;
 
 use crate::fdpass;

@@ -89,6 +89,8 @@ struct Shared {
     listener: UnixListener,
     clients: AtomicUsize,
     stopping: AtomicBool,
+    /// Lanes stopped from reading for an upgrade.
+    pause: upgrade::Pause,
     lanes: Vec<Lane>,
     /// Kept open so that, out of descriptors, a client can still be
     /// accepted and told `busy`; its lock also serialises accepts.
@@ -102,8 +104,6 @@ struct Shared {
     /// Held and parked descriptors, and `wake` subscribers (SPEC §3.4).
     holder: Holder,
     stats: stats::Stats,
-    /// Lanes stopped from reading for an upgrade.
-    pause: upgrade::Pause,
 }
 
 impl Shared {
@@ -169,6 +169,7 @@ impl Server {
             listener,
             clients: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            pause: upgrade::Pause::default(),
             running: Mutex::new(lanes.len()),
             lanes,
             spare_fd: Mutex::new(std::fs::File::open("/dev/null").ok().map(OwnedFd::from)),
@@ -177,7 +178,6 @@ impl Server {
             fd_exhaustion_log: RateLimited::default(),
             holder: Holder::new(config_limits)?,
             stats: stats::Stats::new(),
-            pause: upgrade::Pause::default(),
         });
         let refused = shared.holder.import(handed.entries);
         let holding = shared.clone();

@@ -2,8 +2,10 @@
 //! wait for its readiness notification (never a sleep), and talk to it.
 #![allow(dead_code)]
 
-pub mod fake_systemd;
 pub mod fuse;
+
+// Restarts and upgrades (SPEC §3.4).
+pub mod fake_systemd;
 pub mod upgrade;
 
 use std::fs;
@@ -86,13 +88,6 @@ impl TestServer {
         Self::launch(dir, policy, extra, launch)
     }
 
-    /// Like [`start_in`], running `program` (a copy of the server, say)
-    /// instead of the one cargo built.
-    pub fn start_program(dir: TempDir, program: &Path, policy: &str, extra: &[&str]) -> TestServer {
-        let program = program.to_str().unwrap();
-        Self::launch_program(dir, program, policy, extra, Launch::default())
-    }
-
     fn launch(dir: TempDir, policy: &str, extra: &[&str], launch: Launch) -> TestServer {
         Self::launch_program(dir, SERVER, policy, extra, launch)
     }
@@ -129,6 +124,13 @@ impl TestServer {
             stderr,
             notify,
         }
+    }
+
+    /// Like [`start_in`], running `program` (a copy of the server, say)
+    /// instead of the one cargo built.
+    pub fn start_program(dir: TempDir, program: &Path, policy: &str, extra: &[&str]) -> TestServer {
+        let program = program.to_str().unwrap();
+        Self::launch_program(dir, program, policy, extra, Launch::default())
     }
 
     pub fn pid(&self) -> u32 {

@@ -92,6 +92,13 @@ impl TestServer {
         Self::launch_program(dir, SERVER, policy, extra, launch)
     }
 
+    /// Like [`start_in`], running `program` (a copy of the server, say)
+    /// instead of the one cargo built.
+    pub fn start_program(dir: TempDir, program: &Path, policy: &str, extra: &[&str]) -> TestServer {
+        let program = program.to_str().unwrap();
+        Self::launch_program(dir, program, policy, extra, Launch::default())
+    }
+
     fn launch_program(
         dir: TempDir,
         program: &str,
@@ -124,13 +131,6 @@ impl TestServer {
             stderr,
             notify,
         }
-    }
-
-    /// Like [`start_in`], running `program` (a copy of the server, say)
-    /// instead of the one cargo built.
-    pub fn start_program(dir: TempDir, program: &Path, policy: &str, extra: &[&str]) -> TestServer {
-        let program = program.to_str().unwrap();
-        Self::launch_program(dir, program, policy, extra, Launch::default())
     }
 
     pub fn pid(&self) -> u32 {

@@ -72,16 +72,15 @@ pub(super) struct Registry {
 }
 
 impl Registry {
-    /// Holds `fd` under `name` for `storer` until `expires` (see
-    /// [`deadline`]); returns its token.
-    pub fn insert_until(
+    /// Holds `fd` under `name` for `storer`; returns its token.
+    pub fn insert(
         &mut self,
         limits: HeldLimits,
         storer: Arc<PeerIdentity>,
         name: &str,
         fd: OwnedFd,
         kind: Kind,
-        expires: Option<(Instant, SystemTime)>,
+        expires: Option<Duration>,
     ) -> Result<u64, (Refusal, OwnedFd)> {
         let uid = storer.uid;
         let mine = self.by_storer.entry(uid).or_default();
@@ -98,6 +97,7 @@ impl Registry {
         }
         self.next_token += 1;
         let token = self.next_token;
+        let expires = expires.map(|d| (Instant::now() + d, SystemTime::now() + d));
         if let Some((deadline, _)) = expires {
             self.expiries.push(Reverse((deadline, token)));
         }
@@ -145,6 +145,11 @@ impl Registry {
         Some(entry)
     }
 
+    /// Every entry, for a hand-over (SPEC §3.4).
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.by_storer.values().flat_map(|mine| mine.iter())
+    }
+
     /// The entries of `storer` whose names start with `prefix`, in order.
     pub fn listed(&self, storer: u32, prefix: &str) -> impl Iterator<Item = (&String, &Entry)> {
         self.by_storer
@@ -172,11 +177,6 @@ impl Registry {
         gone
     }
 
-    /// Every entry, for a hand-over.
-    pub fn entries(&self) -> impl Iterator<Item = (&String, &Entry)> {
-        self.by_storer.values().flat_map(|mine| mine.iter())
-    }
-
     /// How many are held and how many parked.
     pub fn counts(&self) -> (usize, usize) {
         let parked = self
@@ -195,24 +195,6 @@ impl Registry {
             .map(|Reverse((deadline, _))| deadline.saturating_duration_since(now))
     }
 }
-
-/// An expiry `after` from now, as a deadline and as the time `list` shows.
-pub(super) fn deadline(after: Duration) -> (Instant, SystemTime) {
-    (Instant::now() + after, SystemTime::now() + after)
-}
-
-/// An expiry at wall-clock `at` (handed over from a previous server):
-/// already past means now; `list` shows `at` itself.
-pub(super) fn deadline_at(at: SystemTime) -> (Instant, SystemTime) {
-    let left = at
-        .duration_since(SystemTime::now())
-        .unwrap_or_default()
-        .min(MAX_LEFT);
-    (Instant::now() + left, at)
-}
-
-/// Longer than any `expires` a request may give (10 years).
-const MAX_LEFT: Duration = Duration::from_secs(11 * 366 * 24 * 3600);
 
 /// A `list` entry for `name`.
 pub(super) fn listed_name(name: &str, entry: &Entry) -> ListedName {
@@ -247,12 +229,12 @@ mod tests {
     fn names_live_in_one_namespace_per_storer() {
         let limits = HeldLimits::default();
         let mut r = Registry::default();
-        r.insert_until(limits, peer(1), "web/a", fd(), Kind::Held, None)
+        r.insert(limits, peer(1), "web/a", fd(), Kind::Held, None)
             .unwrap();
-        r.insert_until(limits, peer(2), "web/a", fd(), Kind::Held, None)
+        r.insert(limits, peer(2), "web/a", fd(), Kind::Held, None)
             .unwrap();
         let (refusal, _) = r
-            .insert_until(limits, peer(1), "web/a", fd(), Kind::Held, None)
+            .insert(limits, peer(1), "web/a", fd(), Kind::Held, None)
             .unwrap_err();
         assert_eq!(refusal.code, ErrorCode::Exists);
         assert_eq!(r.total, 2);
@@ -268,17 +250,17 @@ mod tests {
         };
         let mut r = Registry::default();
         for name in ["a", "b"] {
-            r.insert_until(limits, peer(1), name, fd(), Kind::Held, None)
+            r.insert(limits, peer(1), name, fd(), Kind::Held, None)
                 .unwrap();
         }
         let busy = |r: &mut Registry, uid, name| {
-            r.insert_until(limits, peer(uid), name, fd(), Kind::Held, None)
+            r.insert(limits, peer(uid), name, fd(), Kind::Held, None)
                 .unwrap_err()
                 .0
                 .code
         };
         assert_eq!(busy(&mut r, 1, "c"), ErrorCode::Busy);
-        r.insert_until(limits, peer(2), "a", fd(), Kind::Held, None)
+        r.insert(limits, peer(2), "a", fd(), Kind::Held, None)
             .unwrap();
         assert_eq!(busy(&mut r, 3, "a"), ErrorCode::Busy);
     }
@@ -287,18 +269,18 @@ mod tests {
     fn expiry_removes_only_what_is_due_and_still_held() {
         let limits = HeldLimits::default();
         let mut r = Registry::default();
-        let soon = Some(deadline(Duration::from_millis(1)));
-        r.insert_until(limits, peer(1), "x", fd(), Kind::Held, soon)
+        let soon = Some(Duration::from_millis(1));
+        r.insert(limits, peer(1), "x", fd(), Kind::Held, soon)
             .unwrap();
-        r.insert_until(limits, peer(1), "y", fd(), Kind::Held, soon)
+        r.insert(limits, peer(1), "y", fd(), Kind::Held, soon)
             .unwrap();
-        r.insert_until(
+        r.insert(
             limits,
             peer(1),
             "z",
             fd(),
             Kind::Held,
-            Some(deadline(Duration::from_secs(60))),
+            Some(Duration::from_secs(60)),
         )
         .unwrap();
         r.remove(1, "y");
@@ -314,7 +296,7 @@ mod tests {
         let limits = HeldLimits::default();
         let mut r = Registry::default();
         for name in ["web/a", "web/b", "weba", "db/x"] {
-            r.insert_until(limits, peer(1), name, fd(), Kind::Held, None)
+            r.insert(limits, peer(1), name, fd(), Kind::Held, None)
                 .unwrap();
         }
         let listed: Vec<_> = r.listed(1, "web/").map(|(n, _)| n.clone()).collect();

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use slab::Slab;
 
 use super::handover::{Incoming, Outgoing, Unheld};
-use super::held::{Entry, HeldLimits, Key, Kind, Registry, deadline, deadline_at, listed_name};
+use super::held::{Entry, HeldLimits, Key, Kind, Registry, listed_name};
 use super::{Shared, lock};
 use crate::audit::{Clock, Record};
 use crate::decision::Refusal;
@@ -148,7 +148,7 @@ impl Holder {
             return Err((refusal, Some(fd)));
         }
         let mut state = lock(&self.state);
-        self.insert(&mut state, storer, name, fd, kind, expires.map(deadline))?;
+        self.insert(&mut state, storer, name, fd, kind, expires)?;
         drop(state);
         if expires.is_some() {
             // The holder thread may sleep past this expiry otherwise.
@@ -165,12 +165,12 @@ impl Holder {
         name: &str,
         fd: OwnedFd,
         kind: Kind,
-        expires: Option<(Instant, SystemTime)>,
+        expires: Option<Duration>,
     ) -> Result<(), (Refusal, Option<OwnedFd>)> {
         let uid = storer.uid;
         let token = state
             .registry
-            .insert_until(self.limits, storer, name, fd, kind, expires)
+            .insert(self.limits, storer, name, fd, kind, expires)
             .map_err(|(refusal, fd)| (refusal, Some(fd)))?;
         if kind == Kind::Parked {
             let entry = state.registry.get(uid, name).expect("inserted");
@@ -347,20 +347,27 @@ impl Holder {
         for entry in entries {
             let uid = entry.storer.uid;
             let storer = Arc::new(entry.storer);
-            let expires = entry.expires.map(deadline_at);
-            if let Err((refusal, _fd)) = self.insert(
-                &mut state,
-                storer,
-                &entry.name,
-                entry.fd,
-                entry.kind,
-                expires,
-            ) {
-                refused.push(Unheld {
+            // Past already: expires at once, and is audited so.
+            let left = entry
+                .expires
+                .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default());
+            let held = self.insert(&mut state, storer, &entry.name, entry.fd, entry.kind, left);
+            match held {
+                Ok(()) => {
+                    // `list` shows the very time the predecessor showed.
+                    let shown = state
+                        .registry
+                        .get_mut(uid, &entry.name)
+                        .and_then(|e| e.expires.as_mut());
+                    if let (Some((_, shown)), Some(at)) = (shown, entry.expires) {
+                        *shown = at;
+                    }
+                }
+                Err((refusal, _fd)) => refused.push(Unheld {
                     name: entry.name,
                     storer: uid,
                     why: refusal,
-                });
+                }),
             }
         }
         drop(state);
@@ -587,16 +594,7 @@ pub(super) fn run(shared: &Arc<Shared>) {
                 state.retry_at = Some(Instant::now() + AUDIT_RETRY);
             }
         }
-        let full = full_subscribers(state);
         flush_all(holder, state, shared, &mut closing);
-        if full > full_subscribers(state) {
-            // A subscriber that was passed over has room again: what fired
-            // meanwhile gets another look (after an upgrade, a subscriber
-            // that comes back may find more than its queue holds ready).
-            for token in std::mem::take(&mut state.unclaimed) {
-                holder.rearm(state, token);
-            }
-        }
         drop(closing);
     }
 }
@@ -753,14 +751,9 @@ fn drop_subscriber(holder: &Holder, state: &mut State, key: usize, closing: &mut
     for queued in sub.outq {
         match (queued.fd, queued.parked) {
             (Some(fd), Some((key, storer, left))) if queued.sent == 0 => {
-                if let Err((_, fd)) = holder.insert(
-                    state,
-                    storer,
-                    &key.name,
-                    fd,
-                    Kind::Parked,
-                    left.map(deadline),
-                ) {
+                if let Err((_, fd)) =
+                    holder.insert(state, storer, &key.name, fd, Kind::Parked, left)
+                {
                     closing.extend(fd);
                 }
             }
@@ -773,6 +766,25 @@ fn drop_subscriber(holder: &Holder, state: &mut State, key: usize, closing: &mut
 /// Writes what each subscriber has queued, as far as its socket takes it,
 /// and removes the subscribers that are done or gone.
 fn flush_all(holder: &Holder, state: &mut State, shared: &Shared, closing: &mut Vec<OwnedFd>) {
+    let full = full_subscribers(state);
+    flush_subscribers(holder, state, shared, closing);
+    if full > full_subscribers(state) {
+        // A subscriber that was passed over has room again: what fired
+        // meanwhile gets another look (after an upgrade, a subscriber
+        // that comes back may find more than its queue holds ready).
+        for token in std::mem::take(&mut state.unclaimed) {
+            holder.rearm(state, token);
+        }
+    }
+}
+
+/// [`flush_all`]'s writing.
+fn flush_subscribers(
+    holder: &Holder,
+    state: &mut State,
+    shared: &Shared,
+    closing: &mut Vec<OwnedFd>,
+) {
     let mut done = Vec::new();
     for (key, sub) in state.subscribers.iter_mut() {
         while !sub.gone

@@ -11,14 +11,16 @@
 
 mod connection;
 mod dispatch;
-pub mod handover;
 mod held;
 mod held_ops;
 mod holder;
 mod stats;
-pub mod upgrade;
 mod watchdog;
 mod worker;
+
+// Restarts and upgrades keep held and parked fds (SPEC §3.4).
+pub mod handover;
+pub mod upgrade;
 
 use std::io;
 use std::os::fd::OwnedFd;

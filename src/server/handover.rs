@@ -338,13 +338,13 @@ mod tests {
     use std::io::Write;
 
     fn peer() -> PeerIdentity {
-        PeerIdentity {
-            pid: 7,
-            uid: 1000,
-            gid: 100,
-            groups: vec![4, 27],
-            cgroup: Some("/system.slice/web.service".into()),
-        }
+        let mut peer = PeerIdentity::current();
+        peer.pid = 7;
+        peer.uid = 1000;
+        peer.gid = 100;
+        peer.groups = vec![4, 27];
+        peer.cgroup = Some("/system.slice/web.service".into());
+        peer
     }
 
     #[test]

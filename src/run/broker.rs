@@ -169,7 +169,8 @@ fn ask<T>(
             give_up_after: SERVER_PATIENCE,
             ..Default::default()
         };
-        fresh.set_reconnect(Some(patient)).map_err(|_| Untouched)?;
+        // Cannot fail: a client made by connect knows its socket.
+        let _ = fresh.set_reconnect(Some(patient));
         *client = Some(fresh);
     }
     let connection = client.as_mut().expect("connected above");

@@ -7,14 +7,19 @@
 mod common;
 
 use std::fs;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use common::{CLIENT, TestServer, glob, is_root};
 
 const NOBODY: u32 = 65534;
+/// The other unprivileged user of the confused-deputy test.
+const DAEMON: u32 = 1;
+const PYTHON: &str = "/usr/bin/python3";
 
 /// A root server whose policy lets anyone write, truncate and create in
 /// the root-only `w/`, only write in `nt/`, and read and truncate in
@@ -235,4 +240,118 @@ fn truncation_stays_the_servers_to_grant() {
     same_result(&s, &fullopen, &[path, "wronly", "trunc"], "EACCES\n");
     assert_eq!(fs::read_to_string(&file).unwrap(), "kept-data\n");
     assert_eq!(stdout(&s.run(&[&fullopen, path, "wronly"])), "fd\n");
+}
+
+/// A directory that `daemon`, in its own user and mount namespace, has
+/// mounted a tmpfs over: the fd of `pub/sub` inside that tmpfs, and the
+/// process keeping the namespace alive until dropped.
+struct Overmounted {
+    fd: OwnedFd,
+    keeper: std::process::Child,
+    _line: UnixStream,
+}
+
+impl Drop for Overmounted {
+    fn drop(&mut self) {
+        let _ = self.keeper.kill();
+        let _ = self.keeper.wait();
+    }
+}
+
+fn overmount(s: &Setup) -> Option<Overmounted> {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let public = s.server.path("pub");
+    let script = format!(
+        r#"import os, socket, subprocess
+subprocess.run(["mount", "-t", "tmpfs", "none", "{public}"], check=True)
+os.mkdir("{public}/sub")
+fd = os.open("{public}/sub", os.O_RDONLY | os.O_DIRECTORY)
+line = socket.socket(fileno=3)
+socket.send_fds(line, [b"x"], [fd])
+line.recv(1)
+"#,
+        public = public.display()
+    );
+    let mut cmd = as_user("/usr/bin/unshare", DAEMON);
+    cmd.args(["-Urm", PYTHON, "-c", &script])
+        .stderr(Stdio::piped());
+    with_fd_3(&mut cmd, theirs.as_fd());
+    let mut keeper = cmd.spawn().unwrap();
+    drop(theirs);
+    let mut byte = [0u8; 1];
+    let received = fdopen::fdpass::recv(ours.as_fd(), &mut byte);
+    match received.ok().and_then(|r| r.fds.into_iter().next()) {
+        Some(fd) => Some(Overmounted {
+            fd,
+            keeper,
+            _line: ours,
+        }),
+        None => {
+            let _ = keeper.kill();
+            let out = keeper.wait_with_output().unwrap();
+            eprintln!(
+                "skipped: unshare -Urm as an unprivileged user failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            None
+        }
+    }
+}
+
+/// `cmd` with `fd` as its descriptor 3.
+fn with_fd_3(cmd: &mut Command, fd: BorrowedFd<'_>) {
+    let raw = fd.as_raw_fd();
+    // SAFETY: dup2 only, after the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn a_directory_fd_from_another_mount_namespace_is_not_the_path_it_shows() {
+    let Some(s) = Setup::new() else { return };
+    let data = s.file("pub/sub/data.txt", "real-data\n");
+    let Some(over) = overmount(&s) else { return };
+    // Relative to fd 3, then relative to the cwd after fchdir to it; the
+    // real file's content, were it read, and the errno otherwise.
+    let script = r#"import os
+def attempt(flags, dir_fd=None):
+    try:
+        fd = os.open("data.txt", flags, dir_fd=dir_fd)
+        print(os.read(fd, 100) if flags == os.O_RDONLY else "opened")
+    except OSError as e:
+        print(e.errno)
+for flags in [os.O_RDONLY, os.O_WRONLY | os.O_TRUNC]:
+    attempt(flags, dir_fd=3)
+os.fchdir(3)
+for flags in [os.O_RDONLY, os.O_WRONLY | os.O_TRUNC]:
+    attempt(flags)
+"#;
+    let mut without = as_user(PYTHON, NOBODY);
+    without.args(["-c", script]);
+    with_fd_3(&mut without, over.fd.as_fd());
+    let without = without.output().unwrap();
+    let enoent = format!("{}\n", libc::ENOENT).repeat(4);
+    assert_eq!(stdout(&without), enoent, "{without:?}");
+    let mut with = s.run_command(&[PYTHON, "-c", script]);
+    with_fd_3(&mut with, over.fd.as_fd());
+    let with = with.output().unwrap();
+    assert_eq!(stdout(&with), enoent, "{with:?}");
+    assert_eq!(fs::read_to_string(&data).unwrap(), "real-data\n");
+    drop(over);
+    // The same calls on the real directory are brokered.
+    let real = OwnedFd::from(fs::File::open(s.server.path("pub/sub")).unwrap());
+    let mut again = s.run_command(&[PYTHON, "-c", script]);
+    with_fd_3(&mut again, real.as_fd());
+    let again = again.output().unwrap();
+    assert_eq!(
+        stdout(&again),
+        "b'real-data\\n'\nopened\nb''\nopened\n",
+        "{again:?}"
+    );
 }

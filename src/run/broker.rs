@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use super::bind_call::{BindArgs, ProgramSocket, copy_options};
 use super::listener::{Install, Listener, Notification, target_gone};
-use super::open_call::{Brokerable, OpenArgs, absolute_path};
+use super::open_call::{Brokerable, OpenArgs, OpenPath, absolute_path};
 use super::scope::BrokerScope;
 use super::target::{Identity, Target};
+use super::within::Within;
 use crate::address::BindAddress;
 use crate::client::{BindOptions, Client};
 
@@ -77,7 +78,12 @@ impl Broker {
         {
             return Err(Untouched);
         }
-        target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
+        let tgid = target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
+        let within = match base {
+            Some(base) => Some(Within::prove(target, tgid, args.dirfd, base).ok_or(Untouched)?),
+            None => None,
+        };
+        let call_path = OpenPath { path, within };
         let umask = if wanted.create.is_requested() {
             target.umask().ok_or(Untouched)?
         } else {
@@ -99,11 +105,13 @@ impl Broker {
         // would truncate, opens without, and the supervisor truncates
         // once the fd is the program's.
         if options.truncate {
-            ask(client, &self.socket, |c| c.check_with(&path, &options))?;
+            ask(client, &self.socket, |c| {
+                c.check_with(&call_path.path, &options)
+            })?;
         }
         let without_truncate = options.clone().truncate(false);
         let (file, _) = ask(client, &self.socket, |c| {
-            c.open_with(&path, &without_truncate)
+            c.open_with(&call_path.path, &without_truncate)
         })?;
         if wanted.status_flags != 0 {
             set_status_flags(&file, wanted.status_flags)?;

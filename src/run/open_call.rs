@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::listener::Notification;
 use super::target::Target;
+use super::within::Within;
 use crate::client::OpenOptions;
 use crate::protocol::{Create, Mode};
 
@@ -82,6 +83,14 @@ fn open_how(target: &Target, addr: u64, size: u64) -> Option<(i32, u32)> {
         return None;
     }
     Some((flags as i32, mode as u32))
+}
+
+/// Where an open points: the absolute path asked of the server and, for
+/// a relative call, the directory it was proved to start from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenPath {
+    pub path: PathBuf,
+    pub within: Option<Within>,
 }
 
 /// An open the server can do exactly as the program asked.

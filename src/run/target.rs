@@ -293,6 +293,27 @@ impl Target {
         }
     }
 
+    /// `st_dev` and `st_ino` of the directory the task holds as `dirfd`
+    /// (its cwd for `AT_FDCWD`: `/proc/TID/cwd` opened, then `fstat`);
+    /// `None` for anything that is not a directory.
+    pub fn directory_id(&self, tgid: i32, dirfd: i32) -> Option<(u64, u64)> {
+        let held = if dirfd == libc::AT_FDCWD {
+            use std::os::unix::fs::OpenOptionsExt;
+            let cwd = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(self.proc("cwd"))
+                .ok()?;
+            OwnedFd::from(cwd)
+        } else if dirfd >= 0 {
+            self.duplicate_fd(tgid, dirfd).ok()?
+        } else {
+            return None;
+        };
+        let meta = fs::File::from(held).metadata().ok()?;
+        meta.is_dir().then(|| (meta.dev(), meta.ino()))
+    }
+
     /// Whether one more descriptor fits in the task's table: fewer open
     /// fds below its `RLIMIT_NOFILE` soft limit than the limit (the
     /// kernel hands out the lowest free number, and `EMFILE` if that is

@@ -7,6 +7,7 @@
 mod common;
 
 use std::fs;
+use std::net::{Ipv6Addr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -32,6 +33,15 @@ struct Setup {
 
 impl Setup {
     fn new() -> Option<Setup> {
+        Setup::start(None)
+    }
+
+    /// With a rule for TCP binds on `port` of 127.0.0.1 and ::1.
+    fn binding(port: u16) -> Option<Setup> {
+        Setup::start(Some(port))
+    }
+
+    fn start(port: Option<u16>) -> Option<Setup> {
         if !is_root() {
             eprintln!("skipped: run tests need root (a root server, a nobody client)");
             return None;
@@ -50,10 +60,13 @@ impl Setup {
                 "create":true,"truncate":true,"create_perm":"0644"}},
               {{"name":"nt","effect":"allow","paths":["{nt}/*"],"modes":["write"]}},
               {{"name":"pub","effect":"allow","paths":["{sub}/*"],"modes":["read","write"],
-                "truncate":true}}]}}"#,
+                "truncate":true}}{web}]}}"#,
             w = glob(&w),
             nt = glob(&nt),
             sub = glob(&sub),
+            web = port.map_or(String::new(), |port| format!(
+                r#",{{"name":"web","effect":"allow","binds":["tcp:127.0.0.1:{port}","tcp:[::1]:{port}"]}}"#
+            )),
         );
         let server = TestServer::start_in(dir, &policy, &["--socket-mode", "0666"]);
         // Copied by another process, so that no fork of a parallel test
@@ -354,4 +367,120 @@ for flags in [os.O_RDONLY, os.O_WRONLY | os.O_TRUNC]:
         "b'real-data\\n'\nopened\nb''\nopened\n",
         "{again:?}"
     );
+}
+
+/// A privileged port free on 127.0.0.1 and ::1 right now, from `from`
+/// up: each test has a range of its own, as tests run in parallel.
+fn free_privileged_port(from: u16) -> Option<u16> {
+    let port = (from..from + 30).find(|&p| {
+        TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && TcpListener::bind((Ipv6Addr::LOCALHOST, p)).is_ok()
+    });
+    if port.is_none() {
+        eprintln!("skipped: no free port in {from}..{}", from + 30);
+    }
+    port
+}
+
+/// `binder ARGS` under run and without: (with, without).
+fn bind_both(s: &Setup, binder: &str, args: &[&str]) -> (String, String) {
+    let mut program = vec![binder];
+    program.extend_from_slice(args);
+    (stdout(&s.run(&program)), stdout(&direct(&program)))
+}
+
+#[test]
+fn a_socket_bound_to_a_device_or_filtered_stays_so() {
+    let Some(port) = free_privileged_port(900) else {
+        return;
+    };
+    let Some(s) = Setup::binding(port) else {
+        return;
+    };
+    let Some(binder) = s.build("binder") else {
+        return;
+    };
+    let port = port.to_string();
+    let (with, without) = bind_both(&s, &binder, &["4", &port, "16", "device"]);
+    assert_eq!(without, "EACCES\n");
+    assert_eq!(
+        with,
+        format!("bound port={port} device=lo filter=0 locked=0\n")
+    );
+    let (with, _) = bind_both(&s, &binder, &["4", &port, "16"]);
+    assert_eq!(
+        with,
+        format!("bound port={port} device= filter=0 locked=0\n")
+    );
+    // Some kernels refuse SO_ATTACH_FILTER to an unprivileged socket;
+    // the supervisor, with the program's rights, could not copy it then.
+    let (with, without) = bind_both(&s, &binder, &["4", "0", "16", "filter"]);
+    if !without.starts_with("bound") {
+        eprintln!("skipped the filter: nobody cannot attach one here");
+        return;
+    }
+    assert!(with.starts_with("bound"), "{with}");
+    let (with, _) = bind_both(&s, &binder, &["4", &port, "16", "device", "filter"]);
+    assert_eq!(
+        with,
+        format!("bound port={port} device=lo filter=1 locked=1\n")
+    );
+}
+
+#[test]
+fn an_rfc2133_ipv6_address_is_brokered_like_a_full_one() {
+    let Some(port) = free_privileged_port(930) else {
+        return;
+    };
+    let Some(s) = Setup::binding(port) else {
+        return;
+    };
+    let Some(binder) = s.build("binder") else {
+        return;
+    };
+    let port = port.to_string();
+    for len in ["24", "28"] {
+        let (with, without) = bind_both(&s, &binder, &["6", &port, len]);
+        assert_eq!(without, "EACCES\n", "{len}");
+        assert_eq!(
+            with,
+            format!("bound port={port} device= filter=0 locked=0\n"),
+            "{len}"
+        );
+    }
+}
+
+#[test]
+fn an_address_length_the_kernel_refuses_gets_its_einval() {
+    let Some(port) = free_privileged_port(960) else {
+        return;
+    };
+    let Some(s) = Setup::binding(port) else {
+        return;
+    };
+    let Some(binder) = s.build("binder") else {
+        return;
+    };
+    let port = port.to_string();
+    for (family, len) in [
+        ("4", "129"),
+        ("4", "-1"),
+        ("4", "15"),
+        ("6", "23"),
+        ("6", "129"),
+    ] {
+        let (with, without) = bind_both(&s, &binder, &[family, &port, len]);
+        assert_eq!(
+            (with.as_str(), without.as_str()),
+            ("EINVAL\n", "EINVAL\n"),
+            "{family} {len}"
+        );
+    }
+    let granted: Vec<_> = s
+        .server
+        .audit_lines()
+        .into_iter()
+        .filter(|r| r["op"] == "bind")
+        .collect();
+    assert!(granted.is_empty(), "asked the server: {granted:?}");
 }

@@ -88,24 +88,7 @@ impl Narrowing {
                 .map_err(refused("SO_BINDTODEVICE"))?;
         }
         if !self.filter.is_empty() {
-            let program = libc::sock_fprog {
-                len: self.filter.len() as u16,
-                filter: self.filter.as_ptr().cast_mut(),
-            };
-            // SAFETY: the kernel copies `len` instructions from `filter`,
-            // which outlives the call.
-            let rc = unsafe {
-                libc::setsockopt(
-                    to.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_ATTACH_FILTER,
-                    (&program as *const libc::sock_fprog).cast(),
-                    size_of::<libc::sock_fprog>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(refused("SO_ATTACH_FILTER")(io::Error::last_os_error()));
-            }
+            attach_filter(to, &self.filter).map_err(refused("SO_ATTACH_FILTER"))?;
         }
         if self.locked {
             set_int(to, libc::SOL_SOCKET, SO_LOCK_FILTER, 1).map_err(refused("SO_LOCK_FILTER"))?;
@@ -153,6 +136,29 @@ fn read_filter(fd: BorrowedFd<'_>) -> Result<Vec<libc::sock_filter>, NotCopied> 
     Ok(filter)
 }
 
+/// `SO_ATTACH_FILTER`: the classic program `filter` on `fd`.
+fn attach_filter(fd: BorrowedFd<'_>, filter: &[libc::sock_filter]) -> io::Result<()> {
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: the kernel copies `len` instructions from `filter`, which
+    // outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&program as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `SO_NETNS_COOKIE`: which network namespace the socket was made in.
 fn netns_cookie(fd: BorrowedFd<'_>) -> Option<u64> {
     let mut cookie = 0u64;
@@ -183,27 +189,13 @@ mod tests {
     /// Attaches "accept everything" as a classic filter; false where this
     /// kernel refuses (unprivileged, on some kernels).
     fn attach_classic(fd: BorrowedFd<'_>) -> bool {
-        let code = [libc::sock_filter {
+        let accept_all = libc::sock_filter {
             code: (libc::BPF_RET | libc::BPF_K) as u16,
             jt: 0,
             jf: 0,
             k: u32::MAX,
-        }];
-        let program = libc::sock_fprog {
-            len: 1,
-            filter: code.as_ptr().cast_mut(),
         };
-        // SAFETY: the kernel copies the one instruction.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                (&program as *const libc::sock_fprog).cast(),
-                size_of::<libc::sock_fprog>() as libc::socklen_t,
-            )
-        };
-        rc == 0
+        attach_filter(fd, &[accept_all]).is_ok()
     }
 
     #[test]

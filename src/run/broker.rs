@@ -104,15 +104,25 @@ impl Broker {
         // Truncation cannot be undone: the server is asked whether it
         // would truncate, opens without, and the supervisor truncates
         // once the fd is the program's.
-        if options.truncate {
-            ask(client, &self.socket, |c| {
+        let truncation = if options.truncate {
+            Some(ask(client, &self.socket, |c| {
                 c.check_with(&call_path.path, &options)
-            })?;
-        }
+            })?)
+        } else {
+            None
+        };
         let without_truncate = options.clone().truncate(false);
-        let (file, _) = ask(client, &self.socket, |c| {
+        let (file, grant) = ask(client, &self.socket, |c| {
             c.open_with(&call_path.path, &without_truncate)
         })?;
+        // The server judged truncation for the same real path it opened
+        // (a symlink changed in between could point elsewhere). Rules are
+        // picked by path, then by the file's size and age: a file of
+        // another size swapped in at that path between the two requests
+        // is the window left.
+        if truncation.is_some_and(|t| (t.path, t.path_b64) != (grant.path, grant.path_b64)) {
+            return Err(Untouched);
+        }
         if wanted.status_flags != 0 {
             set_status_flags(&file, wanted.status_flags)?;
         }

@@ -12,11 +12,11 @@ use std::time::Instant;
 use nix::sys::epoll::EpollFlags;
 
 use super::dispatch::FilesystemJob;
+use super::undo::{CreatedGuard, TakenGuard};
 use super::watchdog::Delivery;
 use crate::fdpass;
 use crate::peer::PeerIdentity;
 use crate::protocol::{ErrorCode, encode};
-use crate::safe_open::CreatedFile;
 
 /// Responses queued for one client before it stops being read: bounds
 /// memory and the descriptors held on its behalf.
@@ -101,13 +101,28 @@ pub(super) struct Subscribing {
     pub id: Option<Box<serde_json::value::RawValue>>,
 }
 
-/// Effects on a granted file that wait for its audit record (SPEC §3.2).
+/// Effects of a grant that wait for its audit record (SPEC §3.2, §3.4).
+/// Dropped unkept (no record, a panic), it undoes what the request did.
 #[derive(Debug, Default)]
 pub(super) struct AfterRecord {
-    /// Truncate it once the record is written.
+    /// Truncate the granted file once the record is written.
     pub truncate: bool,
-    /// Remove it if the record could not be written.
-    pub created: Option<CreatedFile>,
+    /// The file the request created.
+    pub created: Option<CreatedGuard>,
+    /// The held fd a `retrieve` with `remove` took: the one to send.
+    pub taken: Option<TakenGuard>,
+}
+
+impl AfterRecord {
+    /// The record is written: what the request did stands. Returns the
+    /// taken held fd, to be sent.
+    pub fn keep(self) -> Option<File> {
+        let AfterRecord { created, taken, .. } = self;
+        if let Some(created) = created {
+            created.keep();
+        }
+        taken.map(|t| File::from(t.keep()))
+    }
 }
 
 /// One client.

@@ -12,6 +12,7 @@
 //! and beyond the caps new filesystem requests are answered `busy`.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
@@ -47,6 +48,9 @@ pub(super) struct CallWatch {
     deliveries: Mutex<Vec<(u64, Arc<Delivery>)>>,
 }
 
+/// Closes are charged to no client.
+const CLOSER_UID: u32 = u32::MAX;
+
 /// What became of a watched call.
 pub(super) enum Watched<T> {
     Finished(T),
@@ -79,6 +83,21 @@ impl CallWatch {
                     .position(|(s, _)| *s == sequence)
                     .expect("the watchdog leaves a delivery before it abandons a call");
                 Watched::Abandoned(outcome, deliveries.swap_remove(mine).1)
+            }
+        }
+    }
+}
+
+impl CallWatch {
+    /// Closes `fds`, watched: a close can block (a FUSE file's flush, a
+    /// socket with `SO_LINGER`). False when the thread was abandoned in
+    /// it: the thread must then end, another serves in its place.
+    pub fn close(&self, watchdog: &Watchdog, fds: Vec<OwnedFd>) -> bool {
+        match self.run(watchdog, CLOSER_UID, || drop(fds)) {
+            Watched::Finished(()) => true,
+            Watched::Abandoned((), delivery) => {
+                watchdog.stuck.remove(delivery.uid);
+                false
             }
         }
     }

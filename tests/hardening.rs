@@ -236,6 +236,143 @@ fn closing_a_lingering_socket_at_expiry_stalls_no_one() {
     assert!(names(&answer(&mut answers)).is_empty());
 }
 
+// Point 5: fds go to the line whose sendmsg carried them.
+
+#[test]
+fn fds_go_to_their_lines_when_a_busy_server_reads_several_sendmsgs_at_once() {
+    if !cfg!(debug_assertions) {
+        eprintln!("skipped: the gate exists in debug builds only");
+        return;
+    }
+    let dir = scratch();
+    let fifo = dir.path().join("gate");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let fault = format!("stats:begin:gate={}", fifo.display());
+    let s = TestServer::start_with_env(
+        dir,
+        HELD_POLICY,
+        &["--workers", "1"],
+        &[("FDOPEN_TEST_FAULT", &fault)],
+    );
+    let stream = s.connect();
+    let mut answers = reader(&stream);
+    send(&stream, r#"{"op":"hello"}"#, None);
+    assert_eq!(answer(&mut answers)["ok"], true, "connected and served");
+
+    // Another client's `stats` holds the only worker at the gate: opening
+    // the FIFO returns once the server waits on its other end.
+    let busy = s.connect();
+    send(&busy, r#"{"op":"stats"}"#, None);
+    let gate = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let (one, mut one_peer) = UnixStream::pair().unwrap();
+    let (two, mut two_peer) = UnixStream::pair().unwrap();
+    send(&stream, r#"{"op":"hello","id":1}"#, None);
+    send(
+        &stream,
+        r#"{"op":"store","name":"one","id":2}"#,
+        Some(one.as_fd()),
+    );
+    send(&stream, r#"{"op":"list","id":3}"#, None);
+    send(
+        &stream,
+        r#"{"op":"store","name":"two","id":4}"#,
+        Some(two.as_fd()),
+    );
+    drop((one, two));
+    drop(gate);
+
+    let got: Vec<Value> = (0..4).map(|_| answer(&mut answers)).collect();
+    assert!(got.iter().all(|a| a["ok"] == true), "{got:?}");
+    assert_eq!(got[0]["server"], "fdopen");
+    assert_eq!(names(&got[2]), ["one"]);
+    // Each name holds the very descriptor its line carried.
+    for (name, peer) in [("one", &mut one_peer), ("two", &mut two_peer)] {
+        let line = json!({"op":"retrieve","name":name}).to_string();
+        send(&stream, &line, None);
+        let (retrieved, fd) = common::receive(&mut answers);
+        assert_eq!(retrieved["ok"], true, "{retrieved}");
+        UnixStream::from(fd.unwrap())
+            .write_all(name.as_bytes())
+            .unwrap();
+        let mut buf = [0u8; 8];
+        let n = peer.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], name.as_bytes());
+    }
+}
+
+// Point 6: no client pins the server's descriptors.
+
+/// Sends `bytes` with `count` descriptors (of /dev/null) attached.
+fn send_many_fds(stream: &UnixStream, bytes: &[u8], count: usize) -> nix::Result<usize> {
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let fds: Vec<_> = (0..count).map(|_| null.try_clone().unwrap()).collect();
+    let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    nix::sys::socket::sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[std::io::IoSlice::new(bytes)],
+        &[nix::sys::socket::ControlMessage::ScmRights(&raw)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+}
+
+/// Whether the server closed `stream` (end of stream or reset) within 20 s.
+fn disconnected(stream: &UnixStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match (&*stream).read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn a_connection_with_more_than_253_fds_waiting_is_disconnected() {
+    let s = TestServer::start(HELD_POLICY, &["--workers", "1"]);
+    let baseline = common::fd_count(s.pid());
+    let pinning = s.connect();
+    // A line never finished: its descriptors wait.
+    send_many_fds(&pinning, br#"{"op":"sto"#, 253).unwrap();
+    send_many_fds(&pinning, b"re", 253).unwrap();
+    assert!(disconnected(&pinning), "disconnected");
+    // One round later (one worker) its descriptors are closed.
+    assert_eq!(s.ask(r#"{"op":"hello"}"#).0["ok"], true);
+    let now = common::fd_count(s.pid());
+    assert!(now < baseline + 10, "{baseline} fds before, {now} after");
+}
+
+#[test]
+fn one_uid_may_have_at_most_1024_fds_waiting() {
+    let s = TestServer::start(HELD_POLICY, &["--workers", "1"]);
+    let within: Vec<UnixStream> = (0..4)
+        .map(|_| {
+            let c = s.connect();
+            send_many_fds(&c, br#"{"op":"hello""#, 250).unwrap();
+            c
+        })
+        .collect();
+    // The one worker has read those by the time it answers a client that
+    // connected after them (its epoll reports every ready connection).
+    assert_eq!(s.ask(r#"{"op":"hello"}"#).0["ok"], true);
+    // 4 x 250 wait; 250 more are too many.
+    let over = s.connect();
+    send_many_fds(&over, br#"{"op":"hello""#, 250).unwrap();
+    assert!(disconnected(&over), "over the uid's limit: disconnected");
+    // The others are served: their line, which came with fds, is refused.
+    for c in &within {
+        (&*c).write_all(b"}\n").unwrap();
+        let mut answers = reader(c);
+        let refused = answer(&mut answers);
+        assert_eq!(code(&refused), "bad_request", "{refused}");
+    }
+}
+
 // Point 7: a failed retrieve with remove keeps the fd.
 
 #[test]

@@ -16,6 +16,7 @@ mod fault;
 mod held;
 mod held_ops;
 mod holder;
+mod quota;
 mod stats;
 mod undo;
 mod watchdog;
@@ -102,6 +103,8 @@ struct Shared {
     fd_exhaustion_log: RateLimited,
     /// Held and parked descriptors, and `wake` subscribers (SPEC §3.4).
     holder: Arc<Holder>,
+    /// Received descriptors waiting per uid (SPEC §2).
+    fd_quota: quota::FdQuota,
     stats: stats::Stats,
 }
 
@@ -160,6 +163,7 @@ impl Server {
             audit_failures_log: RateLimited::default(),
             fd_exhaustion_log: RateLimited::default(),
             holder: Arc::new(Holder::new(config_limits)?),
+            fd_quota: quota::FdQuota::default(),
             stats: stats::Stats::new(),
         });
         holder::spawn(shared.clone())?;

@@ -280,6 +280,7 @@ impl Core {
                             max_request,
                             self.clock.now(),
                             &mut Recorder::new(&mut self.audit_buf, &shared.stats),
+                            &mut self.closing,
                         );
                         break;
                     }
@@ -335,7 +336,8 @@ impl Core {
                 }
                 if conn.overlong_partial_line(max_request) {
                     let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
-                    refuse_oversized_line(conn, max_request, self.clock.now(), &mut audit);
+                    let ts = self.clock.now();
+                    refuse_oversized_line(conn, max_request, ts, &mut audit, &mut self.closing);
                 }
             }
             self.cursor += 1;
@@ -462,6 +464,10 @@ impl Core {
             conn.flush(&mut self.closing);
             let trailing = conn.answered < conn.inbuf.len();
             conn.drop_answered_lines(&mut self.closing);
+            let waiting = conn.waiting_fds();
+            shared
+                .fd_quota
+                .update(conn.peer.uid, &mut conn.fds_counted, waiting);
             if conn.subscription.is_some() && conn.outq.is_empty() {
                 self.hand_to_holder(shared, key, trailing);
                 continue;
@@ -502,7 +508,7 @@ impl Core {
                         self.register(shared, stream);
                     }
                 }
-                key => self.on_ready(key as usize, event.events()),
+                key => self.on_ready(shared, key as usize, event.events()),
             }
         }
         self.resolve_waiting(shared);
@@ -729,7 +735,7 @@ impl Core {
         entry.insert(Connection::new(stream, peer, interest));
     }
 
-    fn on_ready(&mut self, key: usize, events: EpollFlags) {
+    fn on_ready(&mut self, shared: &Shared, key: usize, events: EpollFlags) {
         let Some(conn) = self.conns.get_mut(key) else {
             return; // closed earlier in this round
         };
@@ -741,11 +747,23 @@ impl Core {
         ) && conn.wants_input()
             && !conn.has_complete_line()
         {
-            conn.read(&mut self.read_buf);
+            conn.read(&mut self.read_buf, &mut self.closing);
+            let waiting = conn.waiting_fds();
+            if !shared
+                .fd_quota
+                .update(conn.peer.uid, &mut conn.fds_counted, waiting)
+            {
+                // More descriptors waiting than allowed: disconnected, and
+                // they are closed (watched) with the round's others.
+                conn.abandon_output(&mut self.closing);
+                shared
+                    .fd_quota
+                    .update(conn.peer.uid, &mut conn.fds_counted, 0);
+            }
         }
         if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
             // Nobody is left to read the answers.
-            conn.abandon_output();
+            conn.abandon_output(&mut self.closing);
         }
         self.active.push(key);
     }
@@ -753,8 +771,12 @@ impl Core {
     /// A connection whose `wake` was accepted, with every earlier response
     /// sent, leaves the lane for the holder; it stays counted as a client.
     fn hand_to_holder(&mut self, shared: &Shared, key: usize, trailing: bool) {
-        let conn = self.conns.remove(key);
+        let mut conn = self.conns.remove(key);
         let _ = self.epoll.delete(conn.stream.as_fd());
+        conn.release_fds(&mut self.closing);
+        shared
+            .fd_quota
+            .update(conn.peer.uid, &mut conn.fds_counted, 0);
         shared.lanes[self.index]
             .load
             .fetch_sub(1, Ordering::Relaxed);
@@ -770,11 +792,13 @@ impl Core {
     }
 
     fn close(&mut self, shared: &Shared, key: usize) {
-        let conn = self.conns.remove(key);
+        let mut conn = self.conns.remove(key);
         let _ = self.epoll.delete(conn.stream.as_fd());
-        for out in conn.outq {
-            self.closing.extend(out.fd.map(OwnedFd::from));
-        }
+        conn.abandon_output(&mut self.closing);
+        // Abandoned slots hold nothing to close until they are answered.
+        shared
+            .fd_quota
+            .update(conn.peer.uid, &mut conn.fds_counted, 0);
         shared.forget_client(self.index);
     }
 
@@ -822,12 +846,13 @@ fn refuse_oversized_line(
     max_request: usize,
     ts: &str,
     audit: &mut Recorder<'_>,
+    closing: &mut Vec<OwnedFd>,
 ) {
     let message = format!("request line longer than {max_request} bytes; closing the connection");
     let end = dispatch::record_bad_request(&conn.peer, ts, audit);
     conn.outq
         .push_back(Outgoing::error(ErrorCode::BadRequest, &message, Some(end)));
-    conn.stop_reading();
+    conn.stop_reading(closing);
 }
 
 fn open_spare() -> Option<OwnedFd> {

@@ -403,6 +403,56 @@ fn a_retrieve_with_remove_refused_for_the_audit_log_keeps_the_fd() {
     assert_eq!(names(&listed), ["jobs/a"], "{listed}");
 }
 
+// Point 8, the server's part: no socket for another network namespace.
+
+#[test]
+fn a_bind_from_another_network_namespace_is_denied() {
+    if !common::is_root() {
+        eprintln!("skipped: a new network namespace needs root");
+        return;
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let policy = json!({"rules": [{"name": "web", "binds": [format!("tcp:127.0.0.1:{port}")]}]});
+    let s = TestServer::start(&policy.to_string(), &[]);
+    let line =
+        json!({"op":"bind","address":format!("tcp:127.0.0.1:{port}"),"listen":false}).to_string();
+    // A thread of our own in a new network namespace makes the socket
+    // it connects with (the namespace is per thread until it ends).
+    let socket = s.socket.clone();
+    let asked = line.clone();
+    let elsewhere = std::thread::spawn(move || {
+        // SAFETY: unshare takes flags only; it affects this thread alone.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        let stream = UnixStream::connect(&socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut client = Client::from_stream(stream);
+        Ok::<_, String>(common::ask(&mut client, &asked))
+    })
+    .join()
+    .unwrap();
+    let (refused, fd) = match elsewhere {
+        Ok(answered) => answered,
+        Err(e) => {
+            eprintln!("skipped: cannot make a network namespace: {e}");
+            return;
+        }
+    };
+    assert_eq!(code(&refused), "denied", "{refused}");
+    assert!(fd.is_none());
+    // The same request from the server's namespace is granted.
+    let (granted, fd) = s.ask(&line);
+    assert_eq!(granted["ok"], true, "{granted}");
+    assert!(fd.is_some());
+}
+
 // Point 9: the smaller ones.
 
 #[test]

@@ -227,16 +227,22 @@ fn answer_bind(
     let mut record = Record::new(peer, ts);
     record.op = Some(Op::Bind.as_str());
     record.address = Some(&asked);
-    let outcome = policy
-        .decide_bind(&request.address, request.reuseport, peer)
-        .and_then(|rule| {
-            sockets::bind(request, peer)
-                .map(|(fd, bound)| (fd, bound, rule))
-                .map_err(|e| match e {
-                    BindError::InUse => Refusal::new(ErrorCode::InUse, e.to_string()),
-                    BindError::Io { .. } => Refusal::new(ErrorCode::IoError, e.to_string()),
-                })
-        });
+    // The socket would be made in our namespace, outside the client's
+    // (`PrivateNetwork=`): no rule can grant that (SPEC §3.3).
+    let decided = if peer.foreign_net {
+        let why = "the client is in another network namespace than the server";
+        Err(Refusal::new(ErrorCode::Denied, why))
+    } else {
+        policy.decide_bind(&request.address, request.reuseport, peer)
+    };
+    let outcome = decided.and_then(|rule| {
+        sockets::bind(request, peer)
+            .map(|(fd, bound)| (fd, bound, rule))
+            .map_err(|e| match e {
+                BindError::InUse => Refusal::new(ErrorCode::InUse, e.to_string()),
+                BindError::Io { .. } => Refusal::new(ErrorCode::IoError, e.to_string()),
+            })
+    });
     match outcome {
         Ok((fd, bound, rule)) => {
             encode::bound(&mut bytes, id, &bound, &rule.name);

@@ -252,6 +252,7 @@ mod tests {
             gid: uid,
             groups: vec![],
             cgroup: None,
+            foreign_net: false,
         })
     }
 

@@ -39,6 +39,41 @@ fn answer(client: &mut Client) -> Value {
     common::receive(client).0
 }
 
+/// A server with one worker that lets `*.txt` in its directory be
+/// written and created.
+fn creating_server(env: &[(&str, &str)]) -> TestServer {
+    let dir = scratch();
+    let d = glob(dir.path());
+    let policy = json!({"rules": [{"name": "up", "paths": [format!("{d}/*.txt")],
+        "modes": ["write"], "create": true}]})
+    .to_string();
+    TestServer::start_with_env(dir, &policy, &["--workers", "1"], env)
+}
+
+/// Stores `jobs/a`, then asks for it back with `remove`, which fails
+/// `io_error` (the caller sees to that): then the same connection's
+/// `list` still shows it held. Returns the stored socket's peer.
+fn a_failed_retrieve_keeps_its_fd(s: &TestServer) -> UnixStream {
+    let (mine, other) = UnixStream::pair().unwrap();
+    let stream = s.connect();
+    let mut answers = reader(&stream);
+    send(
+        &stream,
+        r#"{"op":"store","name":"jobs/a"}"#,
+        Some(mine.as_fd()),
+    );
+    assert_eq!(answer(&mut answers)["ok"], true);
+    let retrieve = r#"{"op":"retrieve","name":"jobs/a","remove":true}"#;
+    send(&stream, retrieve, None);
+    let (failed, fd) = common::receive(&mut answers);
+    assert_eq!(code(&failed), "io_error", "{failed}");
+    assert!(fd.is_none());
+    send(&stream, r#"{"op":"list"}"#, None);
+    let listed = answer(&mut answers);
+    assert_eq!(names(&listed), ["jobs/a"], "{listed}");
+    other
+}
+
 fn names(listed: &Value) -> Vec<&str> {
     listed["names"]
         .as_array()
@@ -89,28 +124,8 @@ fn a_request_that_panics_is_answered_io_error_and_its_taken_fd_goes_back() {
         &["--workers", "1"],
         &[("FDOPEN_TEST_FAULT", "retrieve:taken:panic")],
     );
-    let (mine, mut other) = UnixStream::pair().unwrap();
-    let stream = s.connect();
-    let mut answers = reader(&stream);
-    send(
-        &stream,
-        r#"{"op":"store","name":"jobs/a"}"#,
-        Some(mine.as_fd()),
-    );
-    assert_eq!(answer(&mut answers)["ok"], true);
-    drop(mine);
-
-    send(
-        &stream,
-        r#"{"op":"retrieve","name":"jobs/a","remove":true}"#,
-        None,
-    );
-    let failed = answer(&mut answers);
-    assert_eq!(code(&failed), "io_error", "{failed}");
-    // The same connection and thread go on; the fd is held as before.
-    send(&stream, r#"{"op":"list"}"#, None);
-    let listed = answer(&mut answers);
-    assert_eq!(names(&listed), ["jobs/a"], "{listed}");
+    let mut other = a_failed_retrieve_keeps_its_fd(&s);
+    // The thread that served it goes on serving.
     for _ in 0..4 {
         assert_eq!(s.ask(r#"{"op":"hello"}"#).0["ok"], true);
     }
@@ -144,17 +159,7 @@ fn an_open_that_panics_removes_the_file_it_created() {
         eprintln!("skipped: fault injection exists in debug builds only");
         return;
     }
-    let dir = scratch();
-    let d = glob(dir.path());
-    let policy = json!({"rules": [{"name": "up", "paths": [format!("{d}/*.txt")],
-        "modes": ["write"], "create": true}]})
-    .to_string();
-    let s = TestServer::start_with_env(
-        dir,
-        &policy,
-        &["--workers", "1"],
-        &[("FDOPEN_TEST_FAULT", "open:decided:panic")],
-    );
+    let s = creating_server(&[("FDOPEN_TEST_FAULT", "open:decided:panic")]);
     let new = s.path("new.txt");
     let line = json!({"op":"open","path":new,"mode":"write","create":"exclusive"}).to_string();
     let (failed, fd) = s.ask(&line);
@@ -381,26 +386,7 @@ fn a_retrieve_with_remove_refused_for_the_audit_log_keeps_the_fd() {
     // Every write of the audit log fails.
     std::os::unix::fs::symlink("/dev/full", dir.path().join("audit.log")).unwrap();
     let s = TestServer::start_in(dir, HELD_POLICY, &["--workers", "1"]);
-    let (mine, _other) = UnixStream::pair().unwrap();
-    let stream = s.connect();
-    let mut answers = reader(&stream);
-    send(
-        &stream,
-        r#"{"op":"store","name":"jobs/a"}"#,
-        Some(mine.as_fd()),
-    );
-    assert_eq!(answer(&mut answers)["ok"], true);
-    send(
-        &stream,
-        r#"{"op":"retrieve","name":"jobs/a","remove":true}"#,
-        None,
-    );
-    let (failed, fd) = common::receive(&mut answers);
-    assert_eq!(code(&failed), "io_error", "{failed}");
-    assert!(fd.is_none());
-    send(&stream, r#"{"op":"list"}"#, None);
-    let listed = answer(&mut answers);
-    assert_eq!(names(&listed), ["jobs/a"], "{listed}");
+    a_failed_retrieve_keeps_its_fd(&s);
 }
 
 // Point 8, the server's part: no socket for another network namespace.
@@ -490,12 +476,7 @@ fn list_entries_carry_their_storer() {
 
 #[test]
 fn a_check_that_would_create_says_so_in_its_record_only() {
-    let dir = scratch();
-    let d = glob(dir.path());
-    let policy = json!({"rules": [{"name": "up", "paths": [format!("{d}/*.txt")],
-        "modes": ["write"], "create": true}]})
-    .to_string();
-    let s = TestServer::start_in(dir, &policy, &[]);
+    let s = creating_server(&[]);
     let new = s.path("new.txt");
     let check = json!({"op":"check","path":new,"mode":"write","create":true}).to_string();
     let answered = s.ask(&check).0;
@@ -509,12 +490,7 @@ fn a_check_that_would_create_says_so_in_its_record_only() {
 
 #[test]
 fn perm_is_three_or_four_octal_digits() {
-    let dir = scratch();
-    let d = glob(dir.path());
-    let policy = json!({"rules": [{"name": "up", "paths": [format!("{d}/*.txt")],
-        "modes": ["write"], "create": true}]})
-    .to_string();
-    let s = TestServer::start_in(dir, &policy, &[]);
+    let s = creating_server(&[]);
     let new = s.path("new.txt");
     for perm in ["0o644", "+644", "64", "00644", " 644"] {
         let line = json!({"op":"check","path":new,"mode":"write","create":true,"perm":perm});

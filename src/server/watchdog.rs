@@ -281,8 +281,10 @@ impl Watchdog {
     fn abandon(&self, call: &CallWatch, state: u64, started: u64) -> Option<Arc<Delivery>> {
         let uid = call.uid.load(Ordering::Relaxed);
         let started_at = self.epoch + Duration::from_micros(started);
+        // An --fs-timeout too long for the clock means "never".
+        let far = started_at + Duration::from_secs(100 * 365 * 86400);
         let delivery = Arc::new(Delivery {
-            deadline: started_at + self.fs_timeout,
+            deadline: started_at.checked_add(self.fs_timeout).unwrap_or(far),
             uid,
             outcome: Mutex::new(DeliveryState::Waiting),
         });

@@ -871,6 +871,7 @@ mod tests {
             gid,
             groups: groups.to_vec(),
             cgroup: None,
+            foreign_net: false,
         }
     }
 

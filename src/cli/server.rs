@@ -553,6 +553,7 @@ fn explained_client(args: &ExplainArgs) -> Result<PeerIdentity, String> {
                 gid: user.gid.as_raw(),
                 groups: groups.into_iter().map(|g| g.as_raw()).collect(),
                 cgroup: None,
+                foreign_net: false,
             }
         }
         (None, Some(uid)) if args.gid.is_empty() => {

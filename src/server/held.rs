@@ -95,9 +95,18 @@ impl Registry {
             );
             return Err((Refusal::busy(why), fd));
         }
+        // The protocol bounds `expires`; checked here too, so that no
+        // duration can panic the clock arithmetic (SPEC §2).
+        let expires = match expires.map(deadline_after) {
+            None => None,
+            Some(Some(at)) => Some(at),
+            Some(None) => {
+                let why = "\"expires\" is beyond what the clock can hold";
+                return Err((Refusal::new(ErrorCode::BadRequest, why), fd));
+            }
+        };
         self.next_token += 1;
         let token = self.next_token;
-        let expires = expires.map(|d| (Instant::now() + d, SystemTime::now() + d));
         if let Some((deadline, _)) = expires {
             self.expiries.push(Reverse((deadline, token)));
         }
@@ -132,6 +141,26 @@ impl Registry {
 
     pub fn key_of(&self, token: u64) -> Option<&Key> {
         self.by_token.get(&token)
+    }
+
+    /// Holds again an entry [`Self::remove`] gave out, under its old token
+    /// and deadline, past the limits (it was counted before); gives it
+    /// back if its name was taken meanwhile.
+    pub fn reinsert(&mut self, key: Key, entry: Entry) -> Result<(), Entry> {
+        let mine = self.by_storer.entry(key.storer).or_default();
+        if mine.contains_key(&key.name) {
+            return Err(entry);
+        }
+        let token = entry.token;
+        // Its deadline may have been popped while it was out; a second
+        // heap entry for the token is skipped once the first removed it.
+        if let Some((deadline, _)) = entry.expires {
+            self.expiries.push(Reverse((deadline, token)));
+        }
+        mine.insert(key.name.clone(), entry);
+        self.by_token.insert(token, key);
+        self.total += 1;
+        Ok(())
     }
 
     pub fn remove(&mut self, storer: u32, name: &str) -> Option<Entry> {
@@ -191,6 +220,15 @@ impl Registry {
     }
 }
 
+/// The deadline and the wall-clock time `d` from now, if the clocks
+/// can hold them.
+fn deadline_after(d: Duration) -> Option<(Instant, SystemTime)> {
+    Some((
+        Instant::now().checked_add(d)?,
+        SystemTime::now().checked_add(d)?,
+    ))
+}
+
 /// A `list` entry for `name`.
 pub(super) fn listed_name(name: &str, entry: &Entry) -> ListedName {
     ListedName {
@@ -199,6 +237,7 @@ pub(super) fn listed_name(name: &str, entry: &Entry) -> ListedName {
         expires: entry
             .expires
             .map(|(_, at)| humantime::format_rfc3339_seconds(at).to_string()),
+        storer: Some(entry.storer.uid),
     }
 }
 
@@ -213,6 +252,7 @@ mod tests {
             gid: uid,
             groups: vec![],
             cgroup: None,
+            foreign_net: false,
         })
     }
 

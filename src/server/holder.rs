@@ -18,7 +18,8 @@ use serde_json::value::RawValue;
 use slab::Slab;
 
 use super::held::{Entry, HeldLimits, Key, Kind, Registry, listed_name};
-use super::{Shared, lock};
+use super::watchdog::CallWatch;
+use super::{Shared, failure, lock};
 use crate::audit::{Clock, Record};
 use crate::decision::Refusal;
 use crate::fdpass;
@@ -50,6 +51,9 @@ struct Subscriber {
     closing: bool,
     /// Hung up: removed at the next flush, its wake-ups put back.
     gone: bool,
+    /// Shut its write side: it sends nothing more, but is still there to
+    /// be answered and woken (SPEC §3.4).
+    read_closed: bool,
 }
 
 /// A line waiting to go to a subscriber.
@@ -81,6 +85,9 @@ struct State {
     /// subscriber comes.
     unclaimed: Vec<u64>,
     retry_at: Option<Instant>,
+    /// Descriptors given up by a lane's call (a taken fd that could not
+    /// be put back): the holder thread closes them, watched.
+    closing: Vec<OwnedFd>,
 }
 
 pub(super) struct Holder {
@@ -88,6 +95,27 @@ pub(super) struct Holder {
     epoll: Epoll,
     waker: EventFd,
     limits: HeldLimits,
+    /// The holder thread's closes, watched like filesystem calls: a close
+    /// can block (`SO_LINGER`, a FUSE flush), and then the watchdog
+    /// starts a new holder thread (SPEC §3.4).
+    pub call: CallWatch,
+}
+
+/// A held fd a request took out of the holder, with what it needs to be
+/// held again as it was ([`Holder::put_back`]).
+pub(super) struct Taken {
+    key: Key,
+    entry: Entry,
+}
+
+impl Taken {
+    pub fn kind(&self) -> Kind {
+        self.entry.kind
+    }
+
+    pub fn into_fd(self) -> OwnedFd {
+        self.entry.fd
+    }
 }
 
 /// A subscription on its way from a lane to the holder.
@@ -121,10 +149,12 @@ impl Holder {
                 next_seq: 0,
                 unclaimed: Vec::new(),
                 retry_at: None,
+                closing: Vec::new(),
             }),
             epoll,
             waker,
             limits,
+            call: CallWatch::default(),
         })
     }
 
@@ -182,18 +212,10 @@ impl Holder {
         Ok(())
     }
 
-    /// `retrieve`: a duplicate of the held fd (or, with `remove`, the fd
-    /// itself, no longer held), and whether it was parked. A parked fd is
-    /// unparked: it stays held, but no longer watched.
-    pub fn retrieve(
-        &self,
-        storer: u32,
-        name: &str,
-        remove: bool,
-    ) -> Result<(OwnedFd, Kind), Refusal> {
-        if remove {
-            return self.take(storer, name);
-        }
+    /// `retrieve` without `remove`: a duplicate of the held fd, and
+    /// whether it was parked. A parked fd is unparked: it stays held, but
+    /// no longer watched.
+    pub fn retrieve(&self, storer: u32, name: &str) -> Result<(OwnedFd, Kind), Refusal> {
         let mut state = lock(&self.state);
         let entry = state
             .registry
@@ -213,18 +235,52 @@ impl Holder {
 
     /// `drop`: the fd, no longer held, for the caller to close.
     pub fn drop_name(&self, storer: u32, name: &str) -> Result<OwnedFd, Refusal> {
-        self.take(storer, name).map(|(fd, _)| fd)
+        self.take(storer, name).map(Taken::into_fd)
     }
 
-    /// Stops holding (and watching) `name`; its fd goes to the caller.
-    fn take(&self, storer: u32, name: &str) -> Result<(OwnedFd, Kind), Refusal> {
+    /// Stops holding (and watching) `name`; its fd goes to the caller,
+    /// who may [`put it back`](Self::put_back).
+    pub fn take(&self, storer: u32, name: &str) -> Result<Taken, Refusal> {
         let mut state = lock(&self.state);
         let entry = state
             .registry
             .remove(storer, name)
             .ok_or_else(|| not_held(name))?;
         self.unwatch(&entry);
-        Ok((entry.fd, entry.kind))
+        let key = Key {
+            storer,
+            name: name.to_owned(),
+        };
+        Ok(Taken { key, entry })
+    }
+
+    /// Holds a taken fd again as it was (a request that took it failed,
+    /// SPEC §3.4). Should its name have been taken meanwhile, the fd is
+    /// closed by the holder thread.
+    pub fn put_back(&self, taken: Taken) {
+        let Taken { key, entry } = taken;
+        let mut state = lock(&self.state);
+        let (parked, token, storer) = (entry.kind == Kind::Parked, entry.token, key.storer);
+        let name = key.name.clone();
+        match state.registry.reinsert(key, entry) {
+            Ok(()) if parked => {
+                let entry = state.registry.get(storer, &name);
+                if let Some(entry) = entry
+                    && self
+                        .epoll
+                        .add(entry.fd.as_fd(), parked_interest(token))
+                        .is_err()
+                {
+                    logging::error(format_args!("cannot watch {name:?} again"));
+                }
+            }
+            Ok(()) => {}
+            Err(entry) => {
+                state.closing.push(entry.fd);
+                drop(state);
+                self.wake();
+            }
+        }
     }
 
     /// `list`: `storer`'s names under `prefix` that `visible` lets through.
@@ -273,6 +329,7 @@ impl Holder {
             outq: VecDeque::from([Queued::line(ack)]),
             closing: false,
             gone: false,
+            read_closed: false,
         };
         if sub.trailing {
             refuse_more(&mut subscriber);
@@ -388,8 +445,22 @@ struct Pending {
     event: Event,
 }
 
-/// The holder thread, for the life of the server.
-pub(super) fn run(shared: &Arc<Shared>) {
+/// Starts the holder thread: anew after a panic, and by the watchdog
+/// when the previous one is stuck closing a descriptor.
+pub(super) fn spawn(shared: Arc<Shared>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("fdopen-holder".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            while failure::catch(|| run(&shared)).is_err() {
+                logging::error(format_args!("the holder failed; it starts over"));
+            }
+        })
+        .map(drop)
+}
+
+/// The holder thread, until the watchdog abandons it in a close.
+fn run(shared: &Arc<Shared>) {
     let holder = &shared.holder;
     let mut events = vec![EpollEvent::empty(); 1024];
     let mut batch = Batch::default();
@@ -418,8 +489,8 @@ pub(super) fn run(shared: &Arc<Shared>) {
             }
         };
         let policy = shared.policy.load_full();
-        let mut state = lock(&holder.state);
-        let state = &mut *state;
+        let mut locked = lock(&holder.state);
+        let state = &mut *locked;
         let mut closing: Vec<OwnedFd> = Vec::new();
         for event in &events[..ready] {
             match event.data() {
@@ -445,7 +516,8 @@ pub(super) fn run(shared: &Arc<Shared>) {
                     } else {
                         Event::Readable
                     };
-                    claim(holder, state, &policy, (token, &key, kind), &mut batch);
+                    let fired = (token, &key, kind);
+                    claim(holder, state, &policy, fired, &mut batch, &mut closing);
                 }
             }
         }
@@ -493,7 +565,13 @@ pub(super) fn run(shared: &Arc<Shared>) {
             }
         }
         flush_all(holder, state, shared, &mut closing);
-        drop(closing);
+        closing.append(&mut state.closing);
+        // Never under the lock, and watched: a close that blocks (a
+        // socket with SO_LINGER) stalls no one (SPEC §3.4).
+        drop(locked);
+        if !closing.is_empty() && !holder.call.close(&shared.watchdog, closing) {
+            return;
+        }
     }
 }
 
@@ -505,6 +583,7 @@ fn claim(
     policy: &crate::policy::Policy,
     (token, key, event): (u64, &Key, Event),
     batch: &mut Batch,
+    closing: &mut Vec<OwnedFd>,
 ) {
     let Batch {
         pending,
@@ -556,7 +635,7 @@ fn claim(
                 record.ok = true;
                 record.append_to(audit);
                 holder.unwatch(&entry);
-                drop(entry); // closing a socket does not block
+                closing.push(entry.fd);
             }
         }
         None => state.unclaimed.push(token),
@@ -615,14 +694,16 @@ fn subscriber_ready(state: &mut State, key: usize, events: EpollFlags, closing: 
     let Some(sub) = state.subscribers.get_mut(key) else {
         return;
     };
-    if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR | EpollFlags::EPOLLRDHUP) {
+    if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
         sub.gone = true;
         return;
     }
-    if events.contains(EpollFlags::EPOLLIN) {
+    // A subscriber that shut its write side only (EPOLLRDHUP, then end
+    // of stream) still reads its wake-ups.
+    if events.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP) && !sub.read_closed {
         let mut buf = [0u8; 512];
         match fdpass::recv(sub.stream.as_fd(), &mut buf) {
-            Ok(r) if r.bytes == 0 => sub.gone = true,
+            Ok(r) if r.bytes == 0 => sub.read_closed = true,
             Ok(r) => {
                 closing.extend(r.fds);
                 refuse_more(sub);

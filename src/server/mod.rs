@@ -11,10 +11,14 @@
 
 mod connection;
 mod dispatch;
+mod failure;
+mod fault;
 mod held;
 mod held_ops;
 mod holder;
+mod quota;
 mod stats;
+mod undo;
 mod watchdog;
 mod worker;
 
@@ -98,7 +102,9 @@ struct Shared {
     audit_failures_log: RateLimited,
     fd_exhaustion_log: RateLimited,
     /// Held and parked descriptors, and `wake` subscribers (SPEC §3.4).
-    holder: Holder,
+    holder: Arc<Holder>,
+    /// Received descriptors waiting per uid (SPEC §2).
+    fd_quota: quota::FdQuota,
     stats: stats::Stats,
 }
 
@@ -156,14 +162,11 @@ impl Server {
             lane_done: Condvar::new(),
             audit_failures_log: RateLimited::default(),
             fd_exhaustion_log: RateLimited::default(),
-            holder: Holder::new(config_limits)?,
+            holder: Arc::new(Holder::new(config_limits)?),
+            fd_quota: quota::FdQuota::default(),
             stats: stats::Stats::new(),
         });
-        let holding = shared.clone();
-        std::thread::Builder::new()
-            .name("fdopen-holder".into())
-            .stack_size(256 * 1024)
-            .spawn(move || holder::run(&holding))?;
+        holder::spawn(shared.clone())?;
         for index in 0..shared.lanes.len() {
             spawn_lane(shared.clone(), index, None)?;
         }
@@ -238,11 +241,23 @@ impl Server {
 }
 
 /// The watchdog thread: a lane whose thread was abandoned in a hung call
-/// gets a new thread. It runs for the life of the process, so a lane stuck
-/// during shutdown is still taken over and can finish.
+/// gets a new thread, and so does the holder, stuck in a close. It runs
+/// for the life of the process, so a lane stuck during shutdown is still
+/// taken over and can finish.
 fn run_watchdog(shared: &Arc<Shared>) {
-    let calls: Vec<_> = shared.lanes.iter().map(|lane| &lane.call).collect();
+    let mut calls: Vec<_> = shared.lanes.iter().map(|lane| &lane.call).collect();
+    // Last: the holder's closes.
+    calls.push(&shared.holder.call);
     shared.watchdog.run(&calls, |lane, delivery| {
+        if lane == shared.lanes.len() {
+            logging::warn(format_args!(
+                "the holder is stuck closing a descriptor; it goes on in a new thread"
+            ));
+            if let Err(e) = holder::spawn(shared.clone()) {
+                logging::error(format_args!("cannot start a holder thread: {e}"));
+            }
+            return;
+        }
         logging::warn(format_args!(
             "a filesystem call of uid {} is stuck; worker {lane} goes on in a new thread ({} calls stuck)",
             delivery.uid,

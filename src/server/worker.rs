@@ -27,7 +27,7 @@ use super::dispatch::{self, Begun, FilesystemJob};
 use super::holder::Subscription;
 use super::stats::Recorder;
 use super::watchdog::{CallWatch, Delivery, Polled, Watched};
-use super::{Shared, lock};
+use super::{Shared, failure, lock};
 use crate::audit::Clock;
 use crate::decision::{Refusal, Scratch};
 use crate::logging;
@@ -42,9 +42,6 @@ pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Out of descriptors with no spare to answer `busy` with: how long the
 /// listener rests before the next try, instead of waking us in a spin.
 const LISTENER_REST: Duration = Duration::from_millis(5);
-/// Closing descriptors is watched too (a FUSE file's flush can hang); the
-/// closes of a round are charged to no client.
-const CLOSER_UID: u32 = u32::MAX;
 
 const LISTENER: u64 = u64::MAX;
 const WAKER: u64 = u64::MAX - 1;
@@ -154,7 +151,14 @@ pub(super) fn spawn_lane(
     std::thread::Builder::new()
         .name(format!("fdopen-worker-{index}"))
         .stack_size(256 * 1024)
-        .spawn(move || serve_lane(&shared, index, taking_over))
+        .spawn(move || {
+            let mut taking_over = taking_over;
+            // Requests catch their own failures; this is for the rest of
+            // the loop: the lane is served on, never left with clients.
+            while failure::catch(|| serve_lane(&shared, index, taking_over.take())).is_err() {
+                logging::error(format_args!("worker {index} failed; it starts over"));
+            }
+        })
         .map(drop)
 }
 
@@ -176,7 +180,10 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
             core.answer_until_filesystem(shared, &policy, &mut scratch)
         {
             drop(core);
-            let run = || job.run(&policy, &peer, &mut scratch);
+            let run = || {
+                failure::catch(|| job.run(&policy, &peer, &mut scratch))
+                    .unwrap_or_else(|failure::Panicked| Err(failure::refusal()))
+            };
             match lane.call.run(&shared.watchdog, peer.uid, run) {
                 Watched::Finished(outcome) => {
                     core = lock(&lane.core);
@@ -201,11 +208,7 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
         if !core.closing.is_empty() {
             let closing = std::mem::take(&mut core.closing);
             drop(core);
-            if let Watched::Abandoned(_, delivery) =
-                lane.call
-                    .run(&shared.watchdog, CLOSER_UID, || drop(closing))
-            {
-                shared.watchdog.stuck.remove(delivery.uid);
+            if !lane.call.close(&shared.watchdog, closing) {
                 return;
             }
             core = lock(&lane.core);
@@ -277,6 +280,7 @@ impl Core {
                             max_request,
                             self.clock.now(),
                             &mut Recorder::new(&mut self.audit_buf, &shared.stats),
+                            &mut self.closing,
                         );
                         break;
                     }
@@ -285,17 +289,25 @@ impl Core {
                     let attachment =
                         conn.attachment_for((start, end), dispatch::takes_fd, &mut self.closing);
                     let line = &conn.inbuf[start..end];
-                    let begun = dispatch::begin(
-                        policy,
-                        shared,
-                        &conn.peer,
-                        line,
-                        attachment,
-                        scratch,
-                        ts,
-                        &mut Recorder::new(&mut self.audit_buf, &shared.stats),
-                        &mut self.closing,
-                    );
+                    let audit_mark = self.audit_buf.len();
+                    let begun = failure::catch(|| {
+                        dispatch::begin(
+                            policy,
+                            shared,
+                            &conn.peer,
+                            line,
+                            attachment,
+                            scratch,
+                            ts,
+                            &mut Recorder::new(&mut self.audit_buf, &shared.stats),
+                            &mut self.closing,
+                        )
+                    })
+                    .unwrap_or_else(|failure::Panicked| {
+                        self.audit_buf.truncate(audit_mark);
+                        let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
+                        Begun::Answered(failure::answer(&conn.peer, ts, &mut audit))
+                    });
                     match begun {
                         Begun::Answered(out) => conn.outq.push_back(out),
                         Begun::Subscribe(sub) => {
@@ -324,7 +336,8 @@ impl Core {
                 }
                 if conn.overlong_partial_line(max_request) {
                     let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
-                    refuse_oversized_line(conn, max_request, self.clock.now(), &mut audit);
+                    let ts = self.clock.now();
+                    refuse_oversized_line(conn, max_request, ts, &mut audit, &mut self.closing);
                 }
             }
             self.cursor += 1;
@@ -343,8 +356,7 @@ impl Core {
         let ts = self.clock.now();
         match self.conns.get_mut(key) {
             Some(conn) => {
-                let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
-                let out = dispatch::finish(job, outcome, &conn.peer, ts, &mut audit);
+                let out = finish_caught(&mut self.audit_buf, shared, job, outcome, &conn.peer, ts);
                 conn.outq.push_back(out);
             }
             None => {
@@ -388,8 +400,7 @@ impl Core {
                     }
                 };
                 let ts = self.clock.now();
-                let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
-                *out = dispatch::finish(job, outcome, &conn.peer, ts, &mut audit);
+                *out = finish_caught(&mut self.audit_buf, shared, job, outcome, &conn.peer, ts);
             }
             if still_waiting {
                 self.waiting.push(key);
@@ -423,11 +434,9 @@ impl Core {
                 };
                 let after = std::mem::take(&mut out.after_record);
                 if end > kept && out.grants {
-                    // No grant leaves without its record in the log, and
-                    // what it created goes with it.
-                    if let Some(created) = &after.created {
-                        created.remove();
-                    }
+                    // No grant leaves without its record in the log: what
+                    // it created goes, what it took goes back.
+                    drop(after);
                     let refused = Outgoing::error(
                         ErrorCode::IoError,
                         "the audit log cannot be written; nothing is granted until it can",
@@ -435,7 +444,13 @@ impl Core {
                     );
                     let granted = std::mem::replace(out, refused);
                     self.closing.extend(granted.fd.map(OwnedFd::from));
-                } else if after.truncate
+                    continue;
+                }
+                let truncate = after.truncate;
+                if let Some(taken) = after.keep() {
+                    out.fd = Some(taken);
+                }
+                if truncate
                     && let Some(file) = &out.fd
                     && let Err(e) = file.set_len(0)
                 {
@@ -449,6 +464,10 @@ impl Core {
             conn.flush(&mut self.closing);
             let trailing = conn.answered < conn.inbuf.len();
             conn.drop_answered_lines(&mut self.closing);
+            let waiting = conn.waiting_fds();
+            shared
+                .fd_quota
+                .update(conn.peer.uid, &mut conn.fds_counted, waiting);
             if conn.subscription.is_some() && conn.outq.is_empty() {
                 self.hand_to_holder(shared, key, trailing);
                 continue;
@@ -489,7 +508,7 @@ impl Core {
                         self.register(shared, stream);
                     }
                 }
-                key => self.on_ready(key as usize, event.events()),
+                key => self.on_ready(shared, key as usize, event.events()),
             }
         }
         self.resolve_waiting(shared);
@@ -716,7 +735,7 @@ impl Core {
         entry.insert(Connection::new(stream, peer, interest));
     }
 
-    fn on_ready(&mut self, key: usize, events: EpollFlags) {
+    fn on_ready(&mut self, shared: &Shared, key: usize, events: EpollFlags) {
         let Some(conn) = self.conns.get_mut(key) else {
             return; // closed earlier in this round
         };
@@ -728,11 +747,23 @@ impl Core {
         ) && conn.wants_input()
             && !conn.has_complete_line()
         {
-            conn.read(&mut self.read_buf);
+            conn.read(&mut self.read_buf, &mut self.closing);
+            let waiting = conn.waiting_fds();
+            if !shared
+                .fd_quota
+                .update(conn.peer.uid, &mut conn.fds_counted, waiting)
+            {
+                // More descriptors waiting than allowed: disconnected, and
+                // they are closed (watched) with the round's others.
+                conn.abandon_output(&mut self.closing);
+                shared
+                    .fd_quota
+                    .update(conn.peer.uid, &mut conn.fds_counted, 0);
+            }
         }
         if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
             // Nobody is left to read the answers.
-            conn.abandon_output();
+            conn.abandon_output(&mut self.closing);
         }
         self.active.push(key);
     }
@@ -740,8 +771,12 @@ impl Core {
     /// A connection whose `wake` was accepted, with every earlier response
     /// sent, leaves the lane for the holder; it stays counted as a client.
     fn hand_to_holder(&mut self, shared: &Shared, key: usize, trailing: bool) {
-        let conn = self.conns.remove(key);
+        let mut conn = self.conns.remove(key);
         let _ = self.epoll.delete(conn.stream.as_fd());
+        conn.release_fds(&mut self.closing);
+        shared
+            .fd_quota
+            .update(conn.peer.uid, &mut conn.fds_counted, 0);
         shared.lanes[self.index]
             .load
             .fetch_sub(1, Ordering::Relaxed);
@@ -757,11 +792,13 @@ impl Core {
     }
 
     fn close(&mut self, shared: &Shared, key: usize) {
-        let conn = self.conns.remove(key);
+        let mut conn = self.conns.remove(key);
         let _ = self.epoll.delete(conn.stream.as_fd());
-        for out in conn.outq {
-            self.closing.extend(out.fd.map(OwnedFd::from));
-        }
+        conn.abandon_output(&mut self.closing);
+        // Abandoned slots hold nothing to close until they are answered.
+        shared
+            .fd_quota
+            .update(conn.peer.uid, &mut conn.fds_counted, 0);
         shared.forget_client(self.index);
     }
 
@@ -782,6 +819,26 @@ impl Core {
     }
 }
 
+/// [`dispatch::finish`], whose panic fails its request alone (SPEC §2).
+fn finish_caught(
+    audit_buf: &mut Vec<u8>,
+    shared: &Shared,
+    job: &FilesystemJob,
+    outcome: Result<crate::decision::Decision, Refusal>,
+    peer: &PeerIdentity,
+    ts: &str,
+) -> Outgoing {
+    let audit_mark = audit_buf.len();
+    failure::catch(|| {
+        let mut audit = Recorder::new(audit_buf, &shared.stats);
+        dispatch::finish(job, outcome, peer, ts, &mut audit)
+    })
+    .unwrap_or_else(|failure::Panicked| {
+        audit_buf.truncate(audit_mark);
+        failure::answer(peer, ts, &mut Recorder::new(audit_buf, &shared.stats))
+    })
+}
+
 /// A line longer than the limit: framing is lost, so the client gets a
 /// `bad_request` and nothing more is read from it.
 fn refuse_oversized_line(
@@ -789,12 +846,13 @@ fn refuse_oversized_line(
     max_request: usize,
     ts: &str,
     audit: &mut Recorder<'_>,
+    closing: &mut Vec<OwnedFd>,
 ) {
     let message = format!("request line longer than {max_request} bytes; closing the connection");
     let end = dispatch::record_bad_request(&conn.peer, ts, audit);
     conn.outq
         .push_back(Outgoing::error(ErrorCode::BadRequest, &message, Some(end)));
-    conn.stop_reading();
+    conn.stop_reading(closing);
 }
 
 fn open_spare() -> Option<OwnedFd> {

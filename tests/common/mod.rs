@@ -84,6 +84,23 @@ impl TestServer {
         Self::launch(dir, policy, extra, launch)
     }
 
+    /// Like [`start_in`], with `env` added to the server's environment.
+    pub fn start_with_env(
+        dir: TempDir,
+        policy: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestServer {
+        let launch = Launch {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Launch::default()
+        };
+        Self::launch(dir, policy, extra, launch)
+    }
+
     fn launch(dir: TempDir, policy: &str, extra: &[&str], launch: Launch) -> TestServer {
         let policy_path = dir.path().join("policy.json");
         fs::write(&policy_path, policy).unwrap();
@@ -212,11 +229,13 @@ pub fn spawn_ready_limited(
 }
 
 /// What a server process starts with besides its arguments.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Launch {
     /// `RLIMIT_NOFILE` as `(soft, hard)`.
     pub fd_limit: Option<(u64, u64)>,
     pub umask: Option<u32>,
+    /// Added to its environment.
+    pub env: Vec<(String, String)>,
 }
 
 /// Spawns and waits for `READY=1`; returns the notify socket too, for the
@@ -243,20 +262,22 @@ pub fn spawn_notifying(
         .env("NOTIFY_SOCKET", &notify_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(fs::File::create(stderr).unwrap());
-    if launch.fd_limit.is_some() || launch.umask.is_some() {
+        .stderr(fs::File::create(stderr).unwrap())
+        .envs(launch.env.iter().map(|(k, v)| (k, v)));
+    let (fd_limit, umask) = (launch.fd_limit, launch.umask);
+    if fd_limit.is_some() || umask.is_some() {
         use std::os::unix::process::CommandExt;
         // SAFETY: setrlimit and umask are async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
-                if let Some((soft, hard)) = launch.fd_limit {
+                if let Some((soft, hard)) = fd_limit {
                     nix::sys::resource::setrlimit(
                         nix::sys::resource::Resource::RLIMIT_NOFILE,
                         soft,
                         hard,
                     )?;
                 }
-                if let Some(mask) = launch.umask {
+                if let Some(mask) = umask {
                     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
                 }
                 Ok(())
@@ -397,4 +418,26 @@ pub fn explain<S: AsRef<std::ffi::OsStr>>(
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+/// Waits until the text of `path` satisfies `done`, woken by inotify on
+/// each change rather than by a timer; gives up after 30 s.
+pub fn await_file(path: &Path, done: impl Fn(&str) -> bool) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::os::fd::AsFd;
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).unwrap();
+    inotify.add_watch(path, AddWatchFlags::IN_MODIFY).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if done(&fs::read_to_string(path).unwrap_or_default()) {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "{} never got there", path.display());
+        let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let _ = poll(&mut fds, timeout);
+        let _ = inotify.read_events();
+    }
 }

@@ -64,6 +64,7 @@ fn main() {
         groups: vec![],
         cgroup: Some("/system.slice/app.service".into()),
         foreign_net: false,
+        connection: 0,
     };
     let now = SystemTime::now();
     let facts = FileFacts {

@@ -24,6 +24,10 @@ pub struct PeerIdentity {
     /// It connected from another network namespace than the server's: a
     /// socket the server made would escape it (SPEC §3.3).
     pub foreign_net: bool,
+    /// A number unique to this connection within the server's run (0
+    /// outside a server): what ties a `readdir` cursor to the connection
+    /// that was given it (SPEC §3.6).
+    pub connection: u64,
 }
 
 impl PeerIdentity {
@@ -37,6 +41,11 @@ impl PeerIdentity {
             groups: peer_groups(socket.as_fd().as_raw_fd())?,
             cgroup: pinned_cgroup(socket.as_fd().as_raw_fd(), creds.pid()),
             foreign_net: net_ns::foreign(socket.as_fd(), creds.pid()),
+            connection: {
+                static CONNECTIONS: std::sync::atomic::AtomicU64 =
+                    std::sync::atomic::AtomicU64::new(1);
+                CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         })
     }
 
@@ -56,6 +65,7 @@ impl PeerIdentity {
                 .unwrap_or_default(),
             cgroup: None,
             foreign_net: false,
+            connection: 0,
         }
     }
 

@@ -253,6 +253,7 @@ mod tests {
             groups: vec![],
             cgroup: None,
             foreign_net: false,
+            connection: 0,
         })
     }
 

@@ -63,8 +63,7 @@ impl Narrowing {
     /// What narrows `fd`; an error if something does that cannot be read
     /// back, so could not be copied.
     pub fn read(fd: BorrowedFd<'_>) -> Result<Narrowing, NotCopied> {
-        let ifindex =
-            get_int(fd, libc::SOL_SOCKET, SO_BINDTOIFINDEX).map_err(NotCopied::Unreadable)?;
+        let ifindex = bound_device(fd)?;
         let filter = read_filter(fd)?;
         let locked =
             get_int(fd, libc::SOL_SOCKET, SO_LOCK_FILTER).map_err(NotCopied::Unreadable)? != 0;
@@ -94,6 +93,35 @@ impl Narrowing {
             set_int(to, libc::SOL_SOCKET, SO_LOCK_FILTER, 1).map_err(refused("SO_LOCK_FILTER"))?;
         }
         Ok(())
+    }
+}
+
+/// The index of the device `fd` is bound to, 0 for none. Kernels before
+/// 5.0 lack `SO_BINDTOIFINDEX`; there an unbound socket (an empty
+/// `SO_BINDTODEVICE` name) is still told apart, and a bound one is not
+/// brokered.
+fn bound_device(fd: BorrowedFd<'_>) -> Result<i32, NotCopied> {
+    let error = match get_int(fd, libc::SOL_SOCKET, SO_BINDTOIFINDEX) {
+        Ok(index) => return Ok(index),
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => e,
+        Err(e) => return Err(NotCopied::Unreadable(e)),
+    };
+    let mut name = [0u8; libc::IFNAMSIZ];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: a buffer of IFNAMSIZ bytes for an interface name.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 && (len == 0 || name[0] == 0) {
+        Ok(0)
+    } else {
+        Err(NotCopied::Unreadable(error))
     }
 }
 

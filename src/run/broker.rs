@@ -92,7 +92,10 @@ impl Broker {
         };
         // A file the server creates stays created: only ask when the fd
         // can be installed (the kernel itself checks the table before it
-        // creates anything).
+        // creates anything). Another thread sharing the table can still
+        // fill it before the install, and the file then stays: ADDFD
+        // cannot reserve a slot, since a placeholder could not be closed
+        // again if the server refuses.
         if wanted.create.is_requested() && target.has_free_fd() != Some(true) {
             return Err(Untouched);
         }

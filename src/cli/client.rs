@@ -497,6 +497,7 @@ impl CreateArgs {
             create: self.flags.create.unwrap_or_default(),
             perm: self.perm,
             truncate: self.flags.truncate,
+            ..OpenOptions::default()
         }
     }
 }

@@ -357,3 +357,67 @@ fn changes_against_the_server() {
     assert_eq!(cli(&server, &["rmdir", arg(&spool)]).status.code(), Some(0));
     assert!(!spool.exists());
 }
+
+/// The Python client of examples/python speaks the same wire.
+#[test]
+fn the_python_client_sends_and_reads_tree_ops_as_the_spec_says() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let peer = scripted(vec![
+        json!({"ok":true,"path":"/s/l","rule":"r","stat":stat_json(0o120777, 1)}),
+        json!({"ok":true,"path":"/s","rule":"r","cursor":"c",
+               "entries":[entry(".","dir"), entry("a","file")]}),
+        json!({"ok":true,"path":"/s","rule":"r",
+               "entries":[{"name":"\u{fffd}","name_b64":"/w==","type":"file","ino":6}]}),
+        json!({"ok":true,"path":"/s/a","to":"/s/\u{fffd}","to_b64":"L3Mv/w==","rule":"r"}),
+        json!({"ok":false,"error":{"code":"io_error","errno":"ENOTEMPTY","message":"not empty"}}),
+        json!({"ok":true,"path":"/s/l","rule":"r","target":"x\u{fffd}","target_b64":"eP8="}),
+    ]);
+    let script = r#"
+import json, os, sys
+sys.path.insert(0, os.environ["EXAMPLES"])
+from fdopen_client import FdopenClient, FdopenError
+with FdopenClient(os.environ["FDOPEN_SOCKET"]) as c:
+    print(oct(c.stat("/s/l", nofollow=True, within=("/s", 1, 2))["mode"]))
+    print([os.fsencode(n).hex() for n in c.listdir("/s")])
+    c.rename("/s/a", b"/s/\xff", noreplace=True)
+    try:
+        c.rmdir("/s")
+    except FdopenError as e:
+        print(e.code, e.errno_name, e.errno == __import__("errno").ENOTEMPTY)
+    print(os.fsencode(c.readlink("/s/l")).hex())
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env("FDOPEN_SOCKET", &peer.socket)
+        .env(
+            "EXAMPLES",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python"),
+        )
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out),
+        "0o120777\n['61', 'ff']\nio_error ENOTEMPTY True\n78ff\n",
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        peer.sent(),
+        [
+            json!({"op":"stat","path":"/s/l","nofollow":true,"within":{"path":"/s","id":[1,2]}}),
+            json!({"op":"readdir","path":"/s"}),
+            json!({"op":"readdir","path":"/s","cursor":"c"}),
+            json!({"op":"rename","path":"/s/a","to_b64":"L3Mv/w==","noreplace":true}),
+            json!({"op":"rmdir","path":"/s"}),
+            json!({"op":"readlink","path":"/s/l"}),
+        ]
+    );
+}

@@ -201,7 +201,6 @@ class FdopenClient:
         cursor = None
         while True:
             response = self.ask("readdir", path, cursor=cursor, within=within)
-            path = exact(response, "path")
             for entry in response["entries"]:
                 name = exact(entry, "name")
                 if name not in (".", ".."):

@@ -110,7 +110,8 @@ pub fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
             all,
             json,
         } => {
-            let listing = list(client, &absolute(&dir), all, long);
+            let dir = absolute(&dir);
+            let listing = list(client, &dir, all, long);
             if json {
                 return print_json(&mut out, listing.map(|l| l.to_json()));
             }
@@ -127,7 +128,7 @@ pub fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
             for listed in &listing.entries {
                 if let Some(Err(e)) = &listed.stat {
                     refused = true;
-                    let path = listing.path.join(&listed.entry.name);
+                    let path = dir.join(&listed.entry.name);
                     crate::logging::error(format_args!("cannot stat {}: {e}", path.display()));
                 }
             }
@@ -484,10 +485,9 @@ const STAT_WINDOW: usize = 64;
 /// Reads every page of `dir`; with `long`, `stat`s every entry (without
 /// following symlinks, as `ls -l`) and reads each symlink's target.
 fn list(client: &mut Client, dir: &Path, all: bool, long: bool) -> Result<Listing, Error> {
-    let first = client.read_dir_page(dir, None)?;
-    let path = first.path.clone();
+    let mut page = client.read_dir_page(dir, None)?;
+    let path = page.path.clone();
     let mut entries = Vec::new();
-    let mut page = first;
     loop {
         entries.extend(
             page.entries
@@ -500,11 +500,12 @@ fn list(client: &mut Client, dir: &Path, all: bool, long: bool) -> Result<Listin
                 }),
         );
         let Some(cursor) = page.cursor else { break };
-        page = client.read_dir_page(&path, Some(cursor))?;
+        page = client.read_dir_page(dir, Some(cursor))?;
     }
     let mut entries = sort_like_ls(entries);
     if long {
-        stat_all(client, &path, &mut entries)?;
+        // By the path asked, as ls lstats DIR/NAME.
+        stat_all(client, dir, &mut entries)?;
     }
     Ok(Listing { path, entries })
 }

@@ -702,16 +702,19 @@ impl Client {
     /// # Ok::<(), fdopen::Error>(())
     /// ```
     pub fn read_dir(&mut self, path: impl AsRef<Path>) -> Result<ReadDir<'_>, Error> {
-        let page = self.read_dir_page(path.as_ref(), None)?;
+        let asked = path.as_ref().to_owned();
+        let page = self.read_dir_page(&asked, None)?;
         Ok(ReadDir {
-            path: page.path.clone(),
+            asked,
+            path: page.path,
             cursor: page.cursor,
             entries: page.entries.into_iter(),
             client: self,
         })
     }
 
-    /// One page of the directory `path` (`.` and `..` included).
+    /// One page of the directory `path` (`.` and `..` included); the next
+    /// is asked for with the same `path` and this page's cursor.
     pub fn read_dir_page(&mut self, path: &Path, cursor: Option<String>) -> Result<DirPage, Error> {
         match self.tree(&TreeRequest::readdir(path, cursor))? {
             TreeReply::Dir(page) => Ok(page),
@@ -792,6 +795,9 @@ fn line_claims_fd(line: &[u8]) -> bool {
 #[derive(Debug)]
 pub struct ReadDir<'a> {
     client: &'a mut Client,
+    /// The path as asked: each later page is asked for by it too, so the
+    /// cursor goes back with the request it came from.
+    asked: PathBuf,
     /// The directory's real path, as the first page reported it.
     path: PathBuf,
     entries: std::vec::IntoIter<DirEntry>,
@@ -817,7 +823,7 @@ impl Iterator for ReadDir<'_> {
                 return Some(Ok(entry));
             }
             let cursor = self.cursor.take()?;
-            match self.client.read_dir_page(&self.path, Some(cursor)) {
+            match self.client.read_dir_page(&self.asked, Some(cursor)) {
                 Ok(page) => {
                     self.cursor = page.cursor;
                     self.entries = page.entries.into_iter();

@@ -378,6 +378,9 @@ fn the_python_client_sends_and_reads_tree_ops_as_the_spec_says() {
         json!({"ok":true,"path":"/s/a","to":"/s/\u{fffd}","to_b64":"L3Mv/w==","rule":"r"}),
         json!({"ok":false,"error":{"code":"io_error","errno":"ENOTEMPTY","message":"not empty"}}),
         json!({"ok":true,"path":"/s/l","rule":"r","target":"x\u{fffd}","target_b64":"eP8="}),
+        json!({"ok":true,"path":"/s/l","rule":"r","names":["user.a","user.\u{fffd}"],
+               "names_b64":["dXNlci5h","dXNlci7/"]}),
+        json!({"ok":true,"path":"/s/l","rule":"r","value_b64":"AAE="}),
     ]);
     let script = r#"
 import json, os, sys
@@ -392,6 +395,8 @@ with FdopenClient(os.environ["FDOPEN_SOCKET"]) as c:
     except FdopenError as e:
         print(e.code, e.errno_name, e.errno == __import__("errno").ENOTEMPTY)
     print(os.fsencode(c.readlink("/s/l")).hex())
+    print([os.fsencode(n).hex() for n in c.listxattr("/s/l")])
+    print(c.getxattr("/s/l", "user.a").hex())
 "#;
     let out = std::process::Command::new("python3")
         .args(["-c", script])
@@ -405,7 +410,7 @@ with FdopenClient(os.environ["FDOPEN_SOCKET"]) as c:
         .unwrap();
     assert_eq!(
         stdout(&out),
-        "0o120777\n['61', 'ff']\nio_error ENOTEMPTY True\n78ff\n",
+        "0o120777\n['61', 'ff']\nio_error ENOTEMPTY True\n78ff\n['757365722e61', '757365722eff']\n0001\n",
         "{}",
         stderr(&out)
     );
@@ -418,6 +423,8 @@ with FdopenClient(os.environ["FDOPEN_SOCKET"]) as c:
             json!({"op":"rename","path":"/s/a","to_b64":"L3Mv/w==","noreplace":true}),
             json!({"op":"rmdir","path":"/s"}),
             json!({"op":"readlink","path":"/s/l"}),
+            json!({"op":"xattr","path":"/s/l"}),
+            json!({"op":"xattr","path":"/s/l","name":"user.a"}),
         ]
     );
 }

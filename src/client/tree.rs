@@ -456,22 +456,12 @@ struct WireReply {
     stat: Option<Metadata>,
     target: Option<String>,
     target_b64: Option<String>,
-    names: Option<Vec<WireName>>,
+    names: Option<Vec<String>>,
+    /// Every name's exact bytes, sent when any name is not UTF-8.
+    names_b64: Option<Vec<String>>,
     value_b64: Option<String>,
     entries: Option<Vec<WireEntry>>,
     cursor: Option<String>,
-}
-
-/// An attribute name: text, or `{"name":..,"name_b64":..}` for bytes
-/// that are not UTF-8.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum WireName {
-    Text(String),
-    Exact {
-        name: Option<String>,
-        name_b64: Option<String>,
-    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -491,13 +481,16 @@ fn unknown_type() -> FileType {
 /// The exact bytes of a text field and its `_b64` twin: the twin wins.
 fn exact(what: &str, text: Option<String>, b64: Option<String>) -> Result<OsString, Error> {
     match (b64, text) {
-        (Some(b64), _) => base64::engine::general_purpose::STANDARD
-            .decode(b64.as_bytes())
-            .map(OsString::from_vec)
-            .map_err(|e| Error::Protocol(format!("{what}_b64 is not base64: {e}"))),
+        (Some(b64), _) => decode_b64(&format!("{what}_b64"), &b64).map(OsString::from_vec),
         (None, Some(text)) => Ok(text.into()),
         (None, None) => Err(Error::Protocol(format!("answer without {what}"))),
     }
+}
+
+fn decode_b64(field: &str, b64: &str) -> Result<Vec<u8>, Error> {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .map_err(|e| Error::Protocol(format!("{field} is not base64: {e}")))
 }
 
 fn required<T>(what: &str, value: Option<T>) -> Result<T, Error> {
@@ -529,21 +522,18 @@ impl TreeReply {
             },
             TreeOp::Xattr if request.name.is_some() => {
                 let b64 = required("value_b64", wire.value_b64)?;
-                TreeReply::XattrValue(
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b64.as_bytes())
-                        .map_err(|e| Error::Protocol(format!("value_b64 is not base64: {e}")))?,
-                )
+                TreeReply::XattrValue(decode_b64("value_b64", &b64)?)
             }
-            TreeOp::Xattr => TreeReply::XattrNames(
-                required("names", wire.names)?
-                    .into_iter()
-                    .map(|name| match name {
-                        WireName::Text(text) => Ok(text.into()),
-                        WireName::Exact { name, name_b64 } => exact("name", name, name_b64),
-                    })
+            TreeOp::Xattr => TreeReply::XattrNames(match wire.names_b64 {
+                Some(exact) => exact
+                    .iter()
+                    .map(|b64| decode_b64("names_b64", b64).map(OsString::from_vec))
                     .collect::<Result<_, _>>()?,
-            ),
+                None => required("names", wire.names)?
+                    .into_iter()
+                    .map(OsString::from)
+                    .collect(),
+            }),
             TreeOp::Readdir => TreeReply::Dir(DirPage {
                 path: path()?,
                 entries: required("entries", wire.entries)?
@@ -972,7 +962,7 @@ mod tests {
     fn xattr_names_and_values() {
         let names = TreeReply::parse(
             &TreeRequest::xattr_names("/f"),
-            br#"{"ok":true,"path":"/f","names":["user.a",{"name":"user.?","name_b64":"dXNlci7/"}]}"#,
+            br#"{"ok":true,"path":"/f","rule":"r","names":["user.a","user.\ufffd"],"names_b64":["dXNlci5h","dXNlci7/"]}"#,
         )
         .unwrap();
         assert_eq!(

@@ -148,7 +148,6 @@ fn tree_server() -> TestServer {
 }
 
 #[test]
-#[ignore = "needs the tree ops on the server (tree20)"]
 fn stat_reports_what_the_kernel_says() {
     let server = tree_server();
     let tree = server.path("tree");
@@ -178,7 +177,6 @@ fn stat_reports_what_the_kernel_says() {
 }
 
 #[test]
-#[ignore = "needs the tree ops on the server (tree20)"]
 fn read_dir_lists_thousands_of_entries_like_std() {
     let server = tree_server();
     let big = server.path("tree").join("big");
@@ -201,7 +199,6 @@ fn read_dir_lists_thousands_of_entries_like_std() {
 }
 
 #[test]
-#[ignore = "needs the tree ops on the server (tree20)"]
 fn changes_make_remove_and_move() {
     let server = tree_server();
     let tree = server.path("tree");
@@ -236,7 +233,6 @@ fn changes_make_remove_and_move() {
 }
 
 #[test]
-#[ignore = "needs the tree ops on the server (tree20)"]
 fn within_a_swapped_directory_is_denied() {
     let server = tree_server();
     let tree = server.path("tree");

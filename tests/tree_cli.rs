@@ -292,7 +292,6 @@ fn arg(path: &Path) -> &str {
 }
 
 #[test]
-#[ignore = "needs the tree ops on the server (tree20)"]
 fn ls_and_stat_against_the_server_match_coreutils() {
     let server = tree_server();
     let tree = server.path("tree");
@@ -316,7 +315,6 @@ fn ls_and_stat_against_the_server_match_coreutils() {
 }
 
 #[test]
-#[ignore = "needs the tree ops on the server (tree20)"]
 fn changes_against_the_server() {
     let server = tree_server();
     let tree = server.path("tree");

@@ -15,11 +15,12 @@ use std::path::{Path, PathBuf};
 mod errno;
 mod held;
 mod tree;
+pub use crate::protocol::TreeOp;
 pub use errno::errno_number;
 pub use held::{WakeEvent, Wakeups, Woken};
 pub use tree::{
-    DirEntry, DirPage, FileType, MAX_DIR_ENTRIES, Metadata, ReadDir, Timestamp, TreeOp, TreeReply,
-    TreeRequest, Within, is_dot, major_minor,
+    DirEntry, DirPage, FileType, Metadata, ReadDir, Timestamp, TreeReply, TreeRequest, Within,
+    is_dot, major_minor,
 };
 
 use crate::fdpass;

@@ -18,10 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Client, Error, absolute};
-use crate::protocol::{ServerError, json_path};
-
-/// Most entries one `readdir` answer carries (SPEC §3.6).
-pub const MAX_DIR_ENTRIES: usize = 1000;
+use crate::protocol::tree::{WireEntry, WireWithin};
+use crate::protocol::{ServerError, TreeOp, json_path};
 
 /// A directory the client holds open (SPEC §3.1 `within`): the server
 /// checks that `path` still is that very directory (`st_dev`, `st_ino`)
@@ -60,10 +58,8 @@ impl Within {
     /// The wire form: `{"path":..,"id":[DEV,INO]}` (`path_b64` for bytes
     /// that are not UTF-8).
     pub(super) fn to_json(&self) -> Result<Value, Error> {
-        let mut object = Map::new();
-        put_path(&mut object, "path", absolute(&self.path)?);
-        object.insert("id".into(), serde_json::json!([self.dev, self.ino]));
-        Ok(Value::Object(object))
+        let wire = WireWithin::new(absolute(&self.path)?, self.dev, self.ino);
+        serde_json::to_value(wire).map_err(|e| Error::Protocol(e.to_string()))
     }
 }
 
@@ -182,6 +178,12 @@ impl FileType {
         }
     }
 
+    /// The type a `readdir` entry names; one this version does not know
+    /// is [`FileType::Unknown`].
+    pub fn from_name(name: &str) -> FileType {
+        serde_json::from_value(Value::String(name.to_owned())).unwrap_or(FileType::Unknown)
+    }
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -206,43 +208,14 @@ pub struct DirEntry {
     pub ino: u64,
 }
 
-/// One `readdir` answer: at most [`MAX_DIR_ENTRIES`] entries, in the
-/// kernel's order, and the cursor for the next page while more remain.
+/// One `readdir` answer: at most 1000 entries
+/// ([`crate::protocol::tree::MAX_ENTRIES`]), in the kernel's order, and the cursor for the next page while more remain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirPage {
     /// The directory's real path.
     pub path: PathBuf,
     pub entries: Vec<DirEntry>,
     pub cursor: Option<String>,
-}
-
-/// Which tree operation a [`TreeRequest`] asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TreeOp {
-    Stat,
-    Readlink,
-    Xattr,
-    Readdir,
-    Mkdir,
-    Unlink,
-    Rmdir,
-    Rename,
-}
-
-impl TreeOp {
-    /// The wire name of the op.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TreeOp::Stat => "stat",
-            TreeOp::Readlink => "readlink",
-            TreeOp::Xattr => "xattr",
-            TreeOp::Readdir => "readdir",
-            TreeOp::Mkdir => "mkdir",
-            TreeOp::Unlink => "unlink",
-            TreeOp::Rmdir => "rmdir",
-            TreeOp::Rename => "rename",
-        }
-    }
 }
 
 /// One tree request (SPEC §3.6), built then sent with [`Client::tree`].
@@ -377,7 +350,7 @@ impl TreeRequest {
     /// server accepts for its op.
     pub fn to_line(&self) -> Result<Vec<u8>, Error> {
         let mut object = Map::new();
-        object.insert("op".into(), self.op.as_str().into());
+        object.insert("op".into(), self.op.op().as_str().into());
         put_path(&mut object, "path", absolute(&self.path)?);
         if let Some(to) = &self.to {
             put_path(&mut object, "to", absolute(to)?);
@@ -464,20 +437,6 @@ struct WireReply {
     cursor: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct WireEntry {
-    name: Option<String>,
-    name_b64: Option<String>,
-    #[serde(rename = "type", default = "unknown_type")]
-    file_type: FileType,
-    #[serde(default)]
-    ino: u64,
-}
-
-fn unknown_type() -> FileType {
-    FileType::Unknown
-}
-
 /// The exact bytes of a text field and its `_b64` twin: the twin wins.
 fn exact(what: &str, text: Option<String>, b64: Option<String>) -> Result<OsString, Error> {
     match (b64, text) {
@@ -540,8 +499,8 @@ impl TreeReply {
                     .into_iter()
                     .map(|e| {
                         Ok(DirEntry {
-                            name: exact("name", e.name, e.name_b64)?,
-                            file_type: e.file_type,
+                            name: exact("name", Some(e.name), e.name_b64)?,
+                            file_type: FileType::from_name(&e.kind),
                             ino: e.ino,
                         })
                     })

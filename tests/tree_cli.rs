@@ -280,7 +280,7 @@ fn tree_server() -> TestServer {
         {"name": "no-secrets", "effect": "deny", "paths": [format!("{d}/secret")]}
     ]})
     .to_string();
-    TestServer::start_in(dir, &policy, &[])
+    TestServer::start_in(dir, &policy, &["--socket-mode", "0666"])
 }
 
 fn cli(server: &TestServer, args: &[&str]) -> Output {
@@ -425,4 +425,99 @@ with FdopenClient(os.environ["FDOPEN_SOCKET"]) as c:
             json!({"op":"xattr","path":"/s/l","name":"user.a"}),
         ]
     );
+}
+
+/// `program args` as `uid`/`gid` (root only), in the C locale.
+fn run_as(uid: u32, gid: u32, program: &str, args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(program);
+    cmd.env("LC_ALL", "C").args(args);
+    // SAFETY: only async-signal-safe calls, groups first and uid last.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setgroups(&[])?;
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+fn coreutils(program: &str, args: &[&str]) -> Option<Output> {
+    match std::process::Command::new(program)
+        .env("LC_ALL", "C")
+        .args(args)
+        .output()
+    {
+        Ok(out) if out.status.success() => Some(out),
+        other => {
+            eprintln!("skipped: {program} unavailable ({other:?})");
+            None
+        }
+    }
+}
+
+/// What the issue's outside suite does: an unprivileged client on a
+/// root-only 0700 tree sees, through the server, what root sees with
+/// coreutils, byte for byte.
+#[test]
+fn nobody_sees_a_root_only_tree_as_root_sees_it_with_coreutils() {
+    if !is_root() {
+        eprintln!("skipped: needs root to make a root-only tree and become nobody");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let server = tree_server();
+    let tree = server.path("tree");
+    fs::write(tree.join("b.log"), "some bytes").unwrap();
+    fs::create_dir(tree.join("a")).unwrap();
+    std::os::unix::fs::symlink("b.log", tree.join("c")).unwrap();
+    fs::write(tree.join("Zed"), vec![1u8; 5000]).unwrap();
+    fs::set_permissions(&tree, fs::Permissions::from_mode(0o700)).unwrap();
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    let client_as = |args: &[&str]| {
+        let mut all = vec!["--socket", arg(&server.socket)];
+        all.extend_from_slice(args);
+        run_as(uid, gid, CLIENT, &all)
+    };
+    // Without the server, nobody cannot even list it.
+    assert!(!run_as(uid, gid, "ls", &[arg(&tree)]).status.success());
+    let ours = client_as(&["ls", "-l", arg(&tree)]);
+    assert_eq!(ours.status.code(), Some(0), "{}", stderr(&ours));
+    let Some(theirs) = coreutils("ls", &["-l", arg(&tree)]) else {
+        return;
+    };
+    assert_eq!(stdout(&ours), stdout(&theirs));
+    for name in ["b.log", "a", "c"] {
+        let path = tree.join(name);
+        let ours = client_as(&["stat", "--nofollow", arg(&path)]);
+        assert_eq!(ours.status.code(), Some(0), "{}", stderr(&ours));
+        let theirs = coreutils("stat", &[arg(&path)]).unwrap();
+        assert_eq!(stdout(&ours), stdout(&theirs), "{name}");
+    }
+    let ours = client_as(&["readlink", arg(&tree.join("c"))]);
+    assert_eq!(stdout(&ours), "b.log\n");
+}
+
+#[test]
+fn ls_json_carries_entries_stats_and_refusals() {
+    let peer = scripted(vec![
+        json!({"ok":true,"path":"/s","rule":"r","entries":[entry("b","dir"), entry("a","file")]}),
+        json!({"ok":true,"path":"/s/a","rule":"r","stat":stat_json(0o100600, 1234)}),
+        denied(),
+        denied(),
+    ]);
+    let out = peer.run(&["ls", "-l", "--json", "/s"]);
+    let value: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(value["ok"], true);
+    assert_eq!(value["entries"][0]["name"], "a");
+    assert_eq!(value["entries"][0]["stat"]["size"], 1234);
+    assert_eq!(value["entries"][1]["type"], "dir");
+    assert_eq!(value["entries"][1]["error"]["code"], "denied");
+    let out = peer.run(&["ls", "--json", "/s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let value: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(value["error"]["code"], "denied");
+    drop(peer.sent());
 }

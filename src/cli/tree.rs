@@ -597,9 +597,14 @@ impl Listing {
     }
 }
 
+/// The major and minor numbers of a character or block device.
+fn device_numbers(stat: &Metadata) -> Option<(u32, u32)> {
+    matches!(stat.file_type(), FileType::Char | FileType::Block).then(|| major_minor(stat.rdev))
+}
+
 /// `ls -l`: a `total` line, then one aligned row per entry.
 fn long_listing(listing: &Listing, names: &mut impl Names) -> Vec<u8> {
-    let rows: Vec<[String; 6]> = listing
+    let mut rows: Vec<[String; 6]> = listing
         .entries
         .iter()
         .map(|listed| match &listed.stat {
@@ -610,13 +615,8 @@ fn long_listing(listing: &Listing, names: &mut impl Names) -> Vec<u8> {
                 names
                     .group(stat.gid)
                     .unwrap_or_else(|| stat.gid.to_string()),
-                match stat.file_type() {
-                    FileType::Char | FileType::Block => {
-                        let (major, minor) = major_minor(stat.rdev);
-                        format!("{major}, {minor}")
-                    }
-                    _ => stat.size.to_string(),
-                },
+                // A device's numbers are filled in below, aligned.
+                device_numbers(stat).map_or_else(|| stat.size.to_string(), |_| String::new()),
                 ls_time(stat.mtime, names),
             ],
             _ => [
@@ -633,6 +633,24 @@ fn long_listing(listing: &Listing, names: &mut impl Names) -> Vec<u8> {
     let mut widths: Vec<usize> = (0..6).map(width).collect();
     // A `?` date takes a date's width, as in ls.
     widths[5] = widths[5].max("Jan  1 00:00".len());
+    // Devices show `MAJOR, MINOR` in the size column, each number aligned
+    // in its own sub-column, as ls does.
+    let devices: Vec<(usize, (u32, u32))> = listing
+        .entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| Some((i, device_numbers(l.stat.as_ref()?.as_ref().ok()?)?)))
+        .collect();
+    let digits = |n: u32| n.to_string().len();
+    let major_width = devices.iter().map(|(_, (m, _))| digits(*m)).max();
+    let minor_width = devices.iter().map(|(_, (_, m))| digits(*m)).max();
+    if let (Some(major_width), Some(minor_width)) = (major_width, minor_width) {
+        widths[4] = widths[4].max(major_width + 2 + minor_width);
+        let major_width = widths[4] - 2 - minor_width;
+        for (i, (major, minor)) in devices {
+            rows[i][4] = format!("{major:>major_width$}, {minor:>minor_width$}");
+        }
+    }
     let total: u64 = listing
         .entries
         .iter()
@@ -862,6 +880,33 @@ mod tests {
             String::from_utf8_lossy(&expected)
         );
         assert_eq!(listing.names(), b"alpha\nbeta\ndelta\ngamma\n");
+    }
+
+    #[test]
+    fn devices_align_like_coreutils_ls() {
+        let dev = Path::new("/dev");
+        let Ok(read) = std::fs::read_dir(dev) else {
+            return;
+        };
+        let entries = read
+            .map(|e| {
+                let name = e.unwrap().file_name();
+                let name = name.to_str().unwrap();
+                listed(dev, name, Some(metadata_of(&dev.join(name))))
+            })
+            .filter(|l| !l.entry.name.as_bytes().starts_with(b"."))
+            .collect();
+        let listing = Listing {
+            path: dev.into(),
+            entries: sort_like_ls(entries),
+        };
+        let Some(expected) = coreutils("ls", &[OsStr::new("-l"), dev.as_os_str()]) else {
+            return;
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&long_listing(&listing, &mut System::new())),
+            String::from_utf8_lossy(&expected)
+        );
     }
 
     #[test]

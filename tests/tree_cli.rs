@@ -521,3 +521,61 @@ fn ls_json_carries_entries_stats_and_refusals() {
     assert_eq!(value["error"]["code"], "denied");
     drop(peer.sent());
 }
+
+#[test]
+fn the_python_client_against_the_server() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let server = tree_server();
+    let tree = server.path("tree");
+    let big = tree.join("big");
+    fs::create_dir(&big).unwrap();
+    for i in 0..1500 {
+        fs::write(big.join(format!("f{i}")), "").unwrap();
+    }
+    let script = r#"
+import os, sys
+sys.path.insert(0, os.environ["EXAMPLES"])
+from fdopen_client import FdopenClient, FdopenError
+tree = os.environ["TREE"]
+with FdopenClient(os.environ["FDOPEN_SOCKET"]) as c:
+    big = os.path.join(tree, "big")
+    assert sorted(c.listdir(big)) == sorted(os.listdir(big))
+    assert c.stat(big)["ino"] == os.stat(big).st_ino
+    spool = os.path.join(tree, "spool")
+    c.mkdir(spool, perm="0750")
+    open(os.path.join(spool, "a.tmp"), "w").close()
+    c.rename(os.path.join(spool, "a.tmp"), os.path.join(spool, "a.job"), noreplace=True)
+    try:
+        c.rmdir(spool)
+        raise SystemExit("rmdir of a full directory succeeded")
+    except FdopenError as e:
+        print(e.code, e.errno_name)
+    c.unlink(os.path.join(spool, "a.job"))
+    c.rmdir(spool)
+    print(os.path.exists(spool))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env("FDOPEN_SOCKET", &server.socket)
+        .env("TREE", &tree)
+        .env(
+            "EXAMPLES",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python"),
+        )
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out),
+        "io_error ENOTEMPTY\nFalse\n",
+        "{}",
+        stderr(&out)
+    );
+}

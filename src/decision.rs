@@ -274,6 +274,14 @@ impl Refusal {
         }
     }
 
+    /// `within` names another directory than the client holds (SPEC §3.1).
+    pub fn within_mismatch() -> Refusal {
+        Refusal::new(
+            ErrorCode::Denied,
+            "\"within\" does not name the directory the client holds",
+        )
+    }
+
     /// A refusal the kernel's `errno` decided.
     pub fn with_errno(
         code: ErrorCode,
@@ -499,7 +507,11 @@ impl Policy {
             for glob in &rule.paths {
                 scope.paths.push(crate::protocol::ScopePath {
                     glob: glob.clone(),
-                    modes: rule.modes().collect(),
+                    // Metadata comes with any access (SPEC §5).
+                    modes: PathMode::ALL
+                        .into_iter()
+                        .filter(|m| rule.has_mode(*m) || *m == PathMode::Stat)
+                        .collect(),
                     create: rule.create == Some(true),
                 });
             }
@@ -587,11 +599,22 @@ pub fn decide_on_filesystem(
     intent: Intent,
     scratch: &mut Scratch,
 ) -> Result<Decision, Refusal> {
+    let base = base_of(request)?;
     if request.create.is_requested() {
-        return decide_create(policy, request, client, intent, scratch);
+        return decide_create(policy, request, client, intent, scratch, &base);
     }
     let path = request.path.path.as_path();
-    let located = match safe_open::locate(path) {
+    let located = match (request.nofollow, path.parent(), path.file_name()) {
+        // O_NOFOLLOW: the final name itself, pinned, never followed.
+        (true, Some(parent), Some(name)) => base.locate(parent).and_then(|dir| {
+            if dir.facts.kind != FileKind::Directory {
+                return Err(OpenError::NotFound);
+            }
+            dir.entry(name)
+        }),
+        _ => base.locate(path),
+    };
+    let located = match located {
         Ok(located) => located,
         Err(OpenError::Dangling) => {
             return Err(refuse_missing(policy, request, client, scratch));
@@ -599,6 +622,17 @@ pub fn decide_on_filesystem(
         Err(e) => return Err(e.into()),
     };
     decide_existing(policy, request, client, intent, scratch, located)
+}
+
+/// Where the request's path is looked up from: `/`, or its `within`
+/// directory if that is the one the client holds (SPEC §3.1).
+fn base_of(request: &FileRequest) -> Result<safe_open::Base, Refusal> {
+    match &request.within {
+        None => Ok(safe_open::Base::Root),
+        Some(w) => {
+            safe_open::Base::within(&w.path.path, w.dev, w.ino).ok_or_else(Refusal::within_mismatch)
+        }
+    }
 }
 
 /// The decision on a file that exists, located (SPEC §5).
@@ -618,10 +652,17 @@ fn decide_existing(
             .map_err(leads_elsewhere)?;
     }
     if located.facts.kind != FileKind::Regular {
-        return Err(Refusal::new(
-            ErrorCode::NotRegular,
-            format!("not a regular file: a {}", located.facts.kind.describe()),
-        ));
+        let message = format!("not a regular file: a {}", located.facts.kind.describe());
+        // Only a final symlink with nofollow gets here as a symlink.
+        return Err(match located.facts.kind {
+            FileKind::Symlink => {
+                Refusal::with_errno(ErrorCode::NotRegular, nix::errno::Errno::ELOOP, message)
+            }
+            FileKind::Directory => {
+                Refusal::with_errno(ErrorCode::NotRegular, nix::errno::Errno::EISDIR, message)
+            }
+            _ => Refusal::new(ErrorCode::NotRegular, message),
+        });
     }
     if request.path.directory {
         return Err(Refusal::new(
@@ -669,6 +710,7 @@ fn decide_create(
     client: &PeerIdentity,
     intent: Intent,
     scratch: &mut Scratch,
+    base: &safe_open::Base,
 ) -> Result<Decision, Refusal> {
     let path = request.path.path.as_path();
     let (Some(parent_path), Some(name)) = (path.parent(), path.file_name()) else {
@@ -683,7 +725,7 @@ fn decide_create(
             "the path ends in /: a directory cannot be created",
         ));
     }
-    let parent = match safe_open::locate(parent_path) {
+    let parent = match base.locate(parent_path) {
         Ok(parent) => parent,
         Err(OpenError::Dangling) => {
             return Err(refuse_missing(policy, request, client, scratch));

@@ -260,6 +260,35 @@ impl Located {
     }
 }
 
+/// Where a request's paths are looked up from: `/`, or a directory the
+/// client holds (SPEC §3.1 `within`), checked to be that very one.
+#[derive(Debug)]
+pub enum Base {
+    Root,
+    Within { dir: Located, requested: PathBuf },
+}
+
+impl Base {
+    /// The directory at `path` if it is the one with `dev` and `ino`;
+    /// `None` otherwise (it was renamed, swapped or mounted over).
+    pub fn within(path: &Path, dev: u64, ino: u64) -> Option<Base> {
+        let dir = locate(path).ok()?;
+        (dir.facts.kind == FileKind::Directory && (dir.facts.dev, dir.facts.ino) == (dev, ino))
+            .then(|| Base::Within {
+                dir,
+                requested: path.to_owned(),
+            })
+    }
+
+    /// Resolves `path` as [`locate`] does, from this base.
+    pub fn locate(&self, path: &Path) -> Result<Located, OpenError> {
+        match self {
+            Base::Root => locate(path),
+            Base::Within { dir, requested } => dir.locate_below(requested, path),
+        }
+    }
+}
+
 /// Opens the located directory for reading its entries, on the pinned
 /// inode itself. The descriptor stays in the server (SPEC §3.6).
 pub fn reopen_directory(located: &Located) -> Result<OwnedFd, OpenError> {

@@ -279,6 +279,13 @@ fn check(path: &Path, strict: bool) -> i32 {
     for w in &warnings {
         logging::warn(format_args!("{w}"));
     }
+    let own = lint::self_grants(&policy);
+    for e in &own {
+        logging::error(format_args!("{e}"));
+    }
+    if !own.is_empty() {
+        return exit::REFUSED;
+    }
     if strict && !warnings.is_empty() {
         logging::error(format_args!(
             "{}: {} warnings, fatal with --strict",
@@ -323,6 +330,9 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
         ));
     }
     for warning in lint::policy_warnings(&policy) {
+        logging::warn(format_args!("{warning}"));
+    }
+    for warning in lint::self_grants(&policy) {
         logging::warn(format_args!("{warning}"));
     }
     let group = args

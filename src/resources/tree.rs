@@ -29,7 +29,7 @@ use crate::peer::PeerIdentity;
 use crate::policy::{Owner, Policy, Rule};
 use crate::protocol::tree::{MAX_ENTRIES, StatInfo, TreeAnswer, WireEntry};
 use crate::protocol::{ErrorCode, PathMode, RequestPath, TreeOp, TreeRequest, Within};
-use crate::safe_open::{self, FileKind, Located, OpenError};
+use crate::safe_open::{self, Base, FileKind, Located, OpenError};
 
 /// A granted tree request: the real path, the rule, and the answer.
 #[derive(Debug)]
@@ -139,7 +139,7 @@ impl Tree<'_> {
         let implied = self
             .decide_requested(path, PathMode::Stat)?
             .directories_only();
-        let base = Base::of(request.within.as_ref())?;
+        let base = base_of(request.within.as_ref())?;
         let located = if request.nofollow {
             base.entry(path).and_then(|e| e.found.map_err(refusal_of))
         } else {
@@ -169,7 +169,7 @@ impl Tree<'_> {
     fn readlink(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
         self.decide_requested(path, PathMode::Stat)?;
-        let entry = Base::of(request.within.as_ref())?.entry(path)?;
+        let entry = base_of(request.within.as_ref())?.entry(path)?;
         let (rule, directories_only) = self.judge(path, &entry.real, PathMode::Stat)?;
         let link = entry.found.map_err(refusal_of)?;
         if directories_only {
@@ -209,7 +209,7 @@ impl Tree<'_> {
             ));
         }
         self.decide_requested(path, PathMode::Stat)?;
-        let base = Base::of(request.within.as_ref())?;
+        let base = base_of(request.within.as_ref())?;
         let located = if request.nofollow {
             base.entry(path).and_then(|e| e.found.map_err(refusal_of))?
         } else {
@@ -238,7 +238,7 @@ impl Tree<'_> {
             None => None,
         };
         self.decide_requested(path, PathMode::List)?;
-        let base = Base::of(request.within.as_ref())?;
+        let base = base_of(request.within.as_ref())?;
         let located = self.follow(&base, path, PathMode::List)?;
         let (rule, _) = self.judge(path, &located.real_path, PathMode::List)?;
         if located.facts.kind != FileKind::Directory {
@@ -282,7 +282,7 @@ impl Tree<'_> {
     ) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
         self.decide_requested(path, PathMode::Mkdir)?;
-        let entry = Base::of(request.within.as_ref())?.entry(path)?;
+        let entry = base_of(request.within.as_ref())?.entry(path)?;
         let (rule, _) = self.judge(path, &entry.real, PathMode::Mkdir)?;
         self.may_change(&[path, &entry.real], &entry.parent, &rule)?;
         if entry.found.is_ok() {
@@ -320,8 +320,9 @@ impl Tree<'_> {
     ) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
         self.decide_requested(path, PathMode::Delete)?;
-        let entry = Base::of(request.within.as_ref())?.entry(path)?;
+        let entry = base_of(request.within.as_ref())?.entry(path)?;
         let (rule, _) = self.judge(path, &entry.real, PathMode::Delete)?;
+        self.may_change(&[path, &entry.real], &entry.parent, &rule)?;
         let found = entry.found.as_ref().map_err(|e| refusal_of(e.clone()))?;
         let is_dir = found.facts.kind == FileKind::Directory;
         if is_dir != directory {
@@ -332,7 +333,6 @@ impl Tree<'_> {
             };
             return Err(Refusal::with_errno(ErrorCode::NotRegular, errno, why));
         }
-        self.may_change(&[path, &entry.real], &entry.parent, &rule)?;
         log.before(&entry.real, None, &rule.name)?;
         let flag = if directory {
             UnlinkatFlags::RemoveDir
@@ -377,7 +377,7 @@ impl Tree<'_> {
         let mut to_rules = Candidates::default();
         self.policy
             .decide_tree_path(to_path, self.client, create, &mut to_rules)?;
-        let base = Base::of(request.within.as_ref())?;
+        let base = base_of(request.within.as_ref())?;
         let from = base.entry(path)?;
         let to = base.entry(to_path)?;
         self.judge(path, &from.real, PathMode::Read)?;
@@ -396,6 +396,8 @@ impl Tree<'_> {
             };
             real_grant.rule().clone()
         };
+        self.may_change(&[path, &from.real], &from.parent, &from_rule)?;
+        self.may_change(&[to_path, &to.real], &to.parent, &to_rule)?;
         let source = from.found.as_ref().map_err(|e| refusal_of(e.clone()))?;
         if source.facts.kind == FileKind::Directory {
             return Err(Refusal::with_errno(
@@ -436,8 +438,6 @@ impl Tree<'_> {
             }
             Err(e) => return Err(refusal_of(e.clone())),
         };
-        self.may_change(&[path, &from.real], &from.parent, &from_rule)?;
-        self.may_change(&[to_path, &to.real], &to.parent, &to_rule)?;
         if source.facts.dev != to.parent.facts.dev {
             return Err(Refusal::with_errno(
                 ErrorCode::IoError,
@@ -484,10 +484,7 @@ impl Tree<'_> {
     /// on a pseudo-filesystem unless the rule's glob is rooted there.
     fn may_change(&self, paths: &[&Path], parent: &Located, rule: &Rule) -> Result<(), Refusal> {
         if paths.iter().any(|p| self.protected.covers(p)) {
-            return Err(Refusal::new(
-                ErrorCode::Denied,
-                "the server's own files (policy, audit log, socket, binary) are never changed",
-            ));
+            return Err(Protected::refusal());
         }
         let fs = filesystem_type(parent.handle());
         if let Some(fs) = fs.filter(|fs| PSEUDO_FILESYSTEMS.contains(fs)) {
@@ -538,46 +535,20 @@ fn is_magic_link(parent: &Located) -> bool {
     filesystem_type(parent.handle()) == Some(PROC_SUPER_MAGIC) && parent.facts.ino != 1
 }
 
-/// Where a request's paths are looked up from.
-enum Base {
-    Root,
-    /// The client's `within` directory, checked to be the one it holds.
-    Within {
-        dir: Located,
-        requested: PathBuf,
-    },
+/// The checked `within` of a request, or `/`.
+fn base_of(within: Option<&Within>) -> Result<Base, Refusal> {
+    match within {
+        None => Ok(Base::Root),
+        Some(w) => Base::within(&w.path.path, w.dev, w.ino).ok_or_else(Refusal::within_mismatch),
+    }
 }
 
-impl Base {
-    fn of(within: Option<&Within>) -> Result<Base, Refusal> {
-        let Some(within) = within else {
-            return Ok(Base::Root);
-        };
-        let mismatch = || {
-            Refusal::new(
-                ErrorCode::Denied,
-                "\"within\" does not name the directory the client holds",
-            )
-        };
-        let dir = safe_open::locate(&within.path.path).map_err(|_| mismatch())?;
-        if dir.facts.kind != FileKind::Directory
-            || (dir.facts.dev, dir.facts.ino) != (within.dev, within.ino)
-        {
-            return Err(mismatch());
-        }
-        Ok(Base::Within {
-            dir,
-            requested: within.path.path.clone(),
-        })
-    }
+/// Finding a request's final name from its base.
+trait Entries {
+    fn entry(&self, path: &Path) -> Result<Entry, Refusal>;
+}
 
-    fn locate(&self, path: &Path) -> Result<Located, OpenError> {
-        match self {
-            Base::Root => safe_open::locate(path),
-            Base::Within { dir, requested } => dir.locate_below(requested, path),
-        }
-    }
-
+impl Entries for Base {
     /// The parent of `path`, resolved, and its entry, not followed.
     fn entry(&self, path: &Path) -> Result<Entry, Refusal> {
         let (Some(parent_path), Some(name)) = (path.parent(), path.file_name()) else {

@@ -462,11 +462,13 @@ impl TreeReply {
     pub fn parse(request: &TreeRequest, line: &[u8]) -> Result<TreeReply, Error> {
         let wire: WireReply = serde_json::from_slice(line)
             .map_err(|e| Error::Protocol(format!("bad response line: {e}")))?;
-        if !wire.ok {
-            return Err(Error::Refused(required("error", wire.error)?));
-        }
+        // First: whatever else it says, a descriptor must be taken off the
+        // FIFO (Client::receive_tree does, on this error).
         if wire.fd {
             return Err(Error::Protocol("a tree answer carried a descriptor".into()));
+        }
+        if !wire.ok {
+            return Err(Error::Refused(required("error", wire.error)?));
         }
         let path = || exact("path", wire.path.clone(), wire.path_b64.clone()).map(PathBuf::from);
         Ok(match request.op {

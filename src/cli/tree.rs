@@ -20,7 +20,8 @@ use crate::protocol::{json_path, parse_perm};
 
 #[derive(Debug, Subcommand)]
 pub enum TreeCommand {
-    /// Show a file's metadata, as stat(1) does.
+    /// Show a file's metadata in stat(1)'s layout; a final symlink is
+    /// followed unless --nofollow (stat(1)'s default is the other way).
     Stat {
         path: PathBuf,
         /// Describe a final symlink itself, not the file it points to.

@@ -470,10 +470,12 @@ fn absolute(path: PathBuf) -> PathBuf {
 fn error_exit_code(e: &Error) -> i32 {
     match e {
         Error::Refused(_) => exit::REFUSED,
-        Error::Connect { .. } | Error::Io(_) | Error::Protocol(_) | Error::OutOfStep => {
-            exit::UNREACHABLE
-        }
-        Error::RelativePath(_) | Error::NoSocket(_) => exit::USAGE,
+        Error::Connect { .. }
+        | Error::Io(_)
+        | Error::Protocol(_)
+        | Error::OutOfStep
+        | Error::Lost => exit::UNREACHABLE,
+        Error::RelativePath(_) | Error::NoSocket(_) | Error::NoSocketToReconnect => exit::USAGE,
     }
 }
 

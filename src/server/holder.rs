@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -17,7 +17,8 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde_json::value::RawValue;
 use slab::Slab;
 
-use super::held::{Entry, HeldLimits, Key, Kind, Registry, listed_name};
+use super::handover::{Incoming, Outgoing, Unheld};
+use super::held::{Entry, HeldLimits, Key, Kind, Registry, deadline, deadline_at, listed_name};
 use super::watchdog::CallWatch;
 use super::{Shared, failure, lock};
 use crate::audit::{Clock, Record};
@@ -177,7 +178,7 @@ impl Holder {
             return Err((refusal, Some(fd)));
         }
         let mut state = lock(&self.state);
-        self.insert(&mut state, storer, name, fd, kind, expires)?;
+        self.insert(&mut state, storer, name, fd, kind, expires.map(deadline))?;
         drop(state);
         if expires.is_some() {
             // The holder thread may sleep past this expiry otherwise.
@@ -194,12 +195,12 @@ impl Holder {
         name: &str,
         fd: OwnedFd,
         kind: Kind,
-        expires: Option<Duration>,
+        expires: Option<(Instant, SystemTime)>,
     ) -> Result<(), (Refusal, Option<OwnedFd>)> {
         let uid = storer.uid;
         let token = state
             .registry
-            .insert(self.limits, storer, name, fd, kind, expires)
+            .insert_until(self.limits, storer, name, fd, kind, expires)
             .map_err(|(refusal, fd)| (refusal, Some(fd)))?;
         if kind == Kind::Parked {
             let entry = state.registry.get(uid, name).expect("inserted");
@@ -375,6 +376,100 @@ impl Holder {
         {
             let mut event = parked_interest(token);
             let _ = self.epoll.modify(entry.fd.as_fd(), &mut event);
+        }
+    }
+}
+
+/// The holder stopped for a hand-over (SPEC §3.4): nothing is stored,
+/// taken, woken or expired while this lives.
+pub(super) struct Frozen<'a> {
+    holder: &'a Holder,
+    state: MutexGuard<'a, State>,
+}
+
+impl Holder {
+    /// Stops the holder where it is, for [`Frozen::outgoing`].
+    pub fn freeze(&self) -> Frozen<'_> {
+        Frozen {
+            holder: self,
+            state: lock(&self.state),
+        }
+    }
+
+    /// Holds what a previous server handed over, under the limits of
+    /// this one; returns what could not be held, with why (its fd closed).
+    pub fn import(&self, entries: Vec<Incoming>) -> Vec<Unheld> {
+        let mut state = lock(&self.state);
+        let mut refused = Vec::new();
+        for entry in entries {
+            let uid = entry.storer.uid;
+            let storer = Arc::new(entry.storer);
+            let expires = entry.expires.map(deadline_at);
+            if let Err((refusal, _fd)) = self.insert(
+                &mut state,
+                storer,
+                &entry.name,
+                entry.fd,
+                entry.kind,
+                expires,
+            ) {
+                refused.push(Unheld {
+                    name: entry.name,
+                    storer: uid,
+                    why: refusal,
+                });
+            }
+        }
+        drop(state);
+        self.wake();
+        refused
+    }
+}
+
+impl Frozen<'_> {
+    /// Everything held and parked, with what it needs to be held again:
+    /// wake-ups queued for a subscriber and not yet sent count as parked.
+    pub fn outgoing(&self) -> Vec<Outgoing<'_>> {
+        let state = &*self.state;
+        let held = state.registry.entries().map(|(name, entry)| Outgoing {
+            name,
+            kind: entry.kind,
+            storer: &entry.storer,
+            expires: entry.expires.map(|(_, at)| at),
+            fd: entry.fd.as_fd(),
+        });
+        let now = SystemTime::now();
+        let queued = state
+            .subscribers
+            .iter()
+            .flat_map(|(_, sub)| sub.outq.iter())
+            .filter(|queued| queued.sent == 0)
+            .filter_map(move |queued| {
+                let (key, storer, left) = queued.parked.as_ref()?;
+                Some(Outgoing {
+                    name: &key.name,
+                    kind: Kind::Parked,
+                    storer,
+                    expires: left.map(|left| now + left),
+                    fd: queued.fd.as_ref()?.as_fd(),
+                })
+            });
+        held.chain(queued).collect()
+    }
+
+    /// The successor holds everything now: this holder lets go of it all
+    /// without closing (the descriptions live on there; ours close with
+    /// the process) and closes its subscribers, who come back to the
+    /// successor.
+    pub fn hand_off(mut self) {
+        let state = &mut *self.state;
+        std::mem::forget(std::mem::take(&mut state.registry));
+        state.unclaimed.clear();
+        for sub in state.subscribers.drain() {
+            let _ = self.holder.epoll.delete(sub.stream.as_fd());
+            for queued in sub.outq {
+                std::mem::forget(queued.fd);
+            }
         }
     }
 }
@@ -564,7 +659,16 @@ fn run(shared: &Arc<Shared>) {
                 state.retry_at = Some(Instant::now() + AUDIT_RETRY);
             }
         }
+        let full = full_subscribers(state);
         flush_all(holder, state, shared, &mut closing);
+        if full > full_subscribers(state) {
+            // A subscriber that was passed over has room again: what fired
+            // meanwhile gets another look (after an upgrade, a subscriber
+            // that comes back may find more than its queue holds ready).
+            for token in std::mem::take(&mut state.unclaimed) {
+                holder.rearm(state, token);
+            }
+        }
         closing.append(&mut state.closing);
         // Never under the lock, and watched: a close that blocks (a
         // socket with SO_LINGER) stalls no one (SPEC §3.4).
@@ -573,6 +677,15 @@ fn run(shared: &Arc<Shared>) {
             return;
         }
     }
+}
+
+/// Subscribers passed over for now, their queues full.
+fn full_subscribers(state: &State) -> usize {
+    state
+        .subscribers
+        .iter()
+        .filter(|(_, s)| s.outq.len() >= MAX_QUEUED_WAKEUPS)
+        .count()
 }
 
 /// Chooses who gets a fired parked fd and writes the record of it; a
@@ -721,9 +834,14 @@ fn drop_subscriber(holder: &Holder, state: &mut State, key: usize, closing: &mut
     for queued in sub.outq {
         match (queued.fd, queued.parked) {
             (Some(fd), Some((key, storer, left))) if queued.sent == 0 => {
-                if let Err((_, fd)) =
-                    holder.insert(state, storer, &key.name, fd, Kind::Parked, left)
-                {
+                if let Err((_, fd)) = holder.insert(
+                    state,
+                    storer,
+                    &key.name,
+                    fd,
+                    Kind::Parked,
+                    left.map(deadline),
+                ) {
                     closing.extend(fd);
                 }
             }

@@ -116,6 +116,10 @@ pub(super) struct Core {
     listener_rest_until: Option<Instant>,
     last_sweep: Instant,
     stop_deadline: Option<Instant>,
+    /// Stopped from reading and accepting for an upgrade, and the pause
+    /// this lane last said it was quiet in.
+    paused: bool,
+    quiet_in: u64,
 }
 
 impl Core {
@@ -137,6 +141,8 @@ impl Core {
             listener_rest_until: None,
             last_sweep: Instant::now(),
             stop_deadline: None,
+            paused: false,
+            quiet_in: 0,
         }
     }
 }
@@ -217,6 +223,7 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
             }
             core = lock(&lane.core);
         }
+        core.follow_pause(shared);
         if shared.stopping.load(Ordering::SeqCst) && core.ready_to_stop(shared) {
             shared.lane_exited();
             return;
@@ -483,13 +490,7 @@ impl Core {
             if conn.can_answer() {
                 self.pending.push(key);
             }
-            let want = conn.desired_interest();
-            if want != conn.interest {
-                let mut event = EpollEvent::new(want, key as u64);
-                if self.epoll.modify(conn.stream.as_fd(), &mut event).is_ok() {
-                    conn.interest = want;
-                }
-            }
+            set_interest(&self.epoll, key, conn, self.paused);
         }
         self.active = active;
         self.active.clear();
@@ -503,7 +504,8 @@ impl Core {
         std::mem::swap(&mut self.active, &mut self.pending);
         for event in events {
             match event.data() {
-                LISTENER => self.accept_ready(shared),
+                LISTENER if !self.paused => self.accept_ready(shared),
+                LISTENER => {}
                 WAKER => {
                     let lane = &shared.lanes[index];
                     let _ = lane.waker.read();
@@ -512,7 +514,7 @@ impl Core {
                         self.register(shared, stream);
                     }
                 }
-                key => self.on_ready(shared, key as usize, event.events()),
+                key => self.on_ready(shared, key as usize, event.events(), self.paused),
             }
         }
         self.resolve_waiting(shared);
@@ -522,6 +524,7 @@ impl Core {
         {
             self.listener_rest_until = None;
             if !shared.stopping.load(Ordering::SeqCst)
+                && !self.paused
                 && self
                     .epoll
                     .add(shared.listener.as_fd(), listener_event())
@@ -739,7 +742,7 @@ impl Core {
         entry.insert(Connection::new(stream, peer, interest));
     }
 
-    fn on_ready(&mut self, shared: &Shared, key: usize, events: EpollFlags) {
+    fn on_ready(&mut self, shared: &Shared, key: usize, events: EpollFlags, paused: bool) {
         let Some(conn) = self.conns.get_mut(key) else {
             return; // closed earlier in this round
         };
@@ -749,6 +752,7 @@ impl Core {
                 | EpollFlags::EPOLLHUP
                 | EpollFlags::EPOLLERR,
         ) && conn.wants_input()
+            && !paused
             && !conn.has_complete_line()
         {
             conn.read(&mut self.read_buf, &mut self.closing);
@@ -841,6 +845,59 @@ fn finish_caught(
         audit_buf.truncate(audit_mark);
         failure::answer(peer, ts, &mut Recorder::new(audit_buf, &shared.stats))
     })
+}
+
+impl Core {
+    /// Follows an upgrade's pause (SPEC §3.4): stop accepting and
+    /// reading, answer what was read, say so once done; or take up
+    /// serving again.
+    fn follow_pause(&mut self, shared: &Shared) {
+        let on = shared.pause.is_on();
+        if on != self.paused {
+            self.paused = on;
+            let stopping = shared.stopping.load(Ordering::SeqCst);
+            if on && self.listening {
+                let _ = self.epoll.delete(shared.listener.as_fd());
+                self.listening = false;
+                self.listener_rest_until = None;
+            } else if !on && !stopping && !self.listening {
+                self.listening = self
+                    .epoll
+                    .add(shared.listener.as_fd(), listener_event())
+                    .is_ok();
+            }
+            for (key, conn) in self.conns.iter_mut() {
+                set_interest(&self.epoll, key, conn, on);
+                if !on && conn.can_answer() {
+                    self.pending.push(key);
+                }
+            }
+        }
+        let generation = shared.pause.generation();
+        let quiet = self.in_flight.is_none()
+            && self.waiting.is_empty()
+            && self.pending.is_empty()
+            && !self.conns.iter().any(|(_, c)| c.can_answer());
+        if on && quiet && self.quiet_in != generation {
+            self.quiet_in = generation;
+            shared.pause.lane_quiet(generation);
+        }
+    }
+}
+
+/// Watches `conn` for what it needs; while paused, for nothing but
+/// taking the answers already due.
+fn set_interest(epoll: &Epoll, key: usize, conn: &mut Connection, paused: bool) {
+    let mut want = conn.desired_interest();
+    if paused {
+        want &= EpollFlags::EPOLLOUT;
+    }
+    if want != conn.interest {
+        let mut event = EpollEvent::new(want, key as u64);
+        if epoll.modify(conn.stream.as_fd(), &mut event).is_ok() {
+            conn.interest = want;
+        }
+    }
 }
 
 /// A line longer than the limit: framing is lost, so the client gets a

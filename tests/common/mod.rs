@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod as_user;
+pub mod fake_systemd;
 pub mod fuse;
+pub mod upgrade;
 
 use std::fs;
 use std::io::Write;
@@ -102,7 +104,24 @@ impl TestServer {
         Self::launch(dir, policy, extra, launch)
     }
 
+    /// Like [`start_in`], running `program` (a copy of the server, say)
+    /// instead of the one cargo built.
+    pub fn start_program(dir: TempDir, program: &Path, policy: &str, extra: &[&str]) -> TestServer {
+        let program = program.to_str().unwrap();
+        Self::launch_program(dir, program, policy, extra, Launch::default())
+    }
+
     fn launch(dir: TempDir, policy: &str, extra: &[&str], launch: Launch) -> TestServer {
+        Self::launch_program(dir, SERVER, policy, extra, launch)
+    }
+
+    fn launch_program(
+        dir: TempDir,
+        program: &str,
+        policy: &str,
+        extra: &[&str],
+        launch: Launch,
+    ) -> TestServer {
         let policy_path = dir.path().join("policy.json");
         fs::write(&policy_path, policy).unwrap();
         let socket = dir.path().join("fdopen.sock");
@@ -118,7 +137,7 @@ impl TestServer {
             audit.to_str().unwrap().into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let (child, notify) = spawn_notifying(dir.path(), SERVER, &args, &stderr, launch);
+        let (child, notify) = spawn_notifying(dir.path(), program, &args, &stderr, launch);
         TestServer {
             dir,
             socket,
@@ -179,11 +198,16 @@ impl TestServer {
 
     /// Waits for the next notification that starts with `prefix`.
     pub fn wait_notify(&self, prefix: &str) -> String {
-        let mut buf = [0u8; 256];
+        self.wait_notify_any(&[prefix])
+    }
+
+    /// Waits for the next notification that starts with one of `prefixes`.
+    pub fn wait_notify_any(&self, prefixes: &[&str]) -> String {
+        let mut buf = [0u8; 1024];
         loop {
             let n = recv_retrying(&self.notify, &mut buf).expect("server notification");
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if text.starts_with(prefix) {
+            if prefixes.iter().any(|p| text.starts_with(p)) {
                 return text;
             }
         }
@@ -248,14 +272,30 @@ pub fn spawn_notifying(
     stderr: &Path,
     launch: Launch,
 ) -> (Child, UnixDatagram) {
+    let notify = notify_socket(dir);
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let child = spawn_on(cmd, &notify, stderr, launch);
+    (child, notify)
+}
+
+/// A socket in `dir` for a server's sd_notify messages.
+pub fn notify_socket(dir: &Path) -> UnixDatagram {
     let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
     let _ = fs::remove_file(&notify_path);
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut cmd = Command::new(program);
-    cmd.args(args)
+    notify
+}
+
+/// Spawns `cmd` as a server telling `notify` about itself, and waits for
+/// its `READY=1`.
+pub fn spawn_on(mut cmd: Command, notify: &UnixDatagram, stderr: &Path, launch: Launch) -> Child {
+    let notify_path = notify.local_addr().unwrap();
+    let notify_path = notify_path.as_pathname().unwrap().to_owned();
+    cmd
         // Hermetic: nothing from the caller's service manager leaks in.
         .env_remove("JOURNAL_STREAM")
         .env_remove("LISTEN_PID")
@@ -287,7 +327,7 @@ pub fn spawn_notifying(
     }
     let mut child = cmd.spawn().unwrap();
     let mut buf = [0u8; 64];
-    match recv_retrying(&notify, &mut buf) {
+    match recv_retrying(notify, &mut buf) {
         Ok(n) if &buf[..n] == b"READY=1" => {}
         other => {
             let _ = child.kill();
@@ -297,7 +337,7 @@ pub fn spawn_notifying(
             );
         }
     }
-    (child, notify)
+    child
 }
 
 pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {

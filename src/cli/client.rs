@@ -141,7 +141,7 @@ pub fn main() -> i32 {
     crate::logging::set_program("fdopen-client");
     let cli = Cli::parse();
     if let ClientCommand::Completions { shell } = cli.command {
-        super::print_completions::<Cli>(shell, "fdopen-client");
+        super::completions::print::<Cli>(shell, "fdopen-client");
         return exit::OK;
     }
     let defaulted = cli.socket.is_none();

@@ -3,6 +3,7 @@
 //! and completions.
 
 pub mod client;
+pub mod completions;
 pub mod held;
 pub mod prometheus;
 pub mod server;
@@ -43,11 +44,6 @@ fn create_parser() -> impl TypedValueParser<Value = Create> {
         "exclusive" => Create::Exclusive,
         _ => Create::Yes,
     })
-}
-
-/// Writes a completion script for `C` to stdout.
-fn print_completions<C: clap::CommandFactory>(shell: clap_complete::Shell, name: &str) {
-    clap_complete::generate(shell, &mut C::command(), name, &mut std::io::stdout());
 }
 
 /// Exit codes of SPEC §7.

@@ -209,7 +209,7 @@ pub fn main() -> i32 {
         ServerCommand::Explain(args) => explain_command(args),
         ServerCommand::Echo { socket } => echo(socket),
         ServerCommand::Completions { shell } => {
-            super::print_completions::<Cli>(shell, "fdopen-server");
+            super::completions::print::<Cli>(shell, "fdopen-server");
             exit::OK
         }
         ServerCommand::Man { dir } => match write_man_pages(&dir) {

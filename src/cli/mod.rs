@@ -5,6 +5,7 @@
 pub mod client;
 pub mod completions;
 pub mod held;
+pub mod man;
 pub mod prometheus;
 pub mod server;
 

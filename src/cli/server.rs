@@ -92,7 +92,8 @@ pub enum ServerCommand {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Write the man pages of fdopen-server and fdopen-client into DIR.
+    /// Write the man pages of fdopen-server (DIR/man8) and fdopen-client
+    /// (DIR/man1).
     #[command(hide = true)]
     Man { dir: PathBuf },
 }
@@ -237,10 +238,10 @@ pub fn main() -> i32 {
         ServerCommand::Explain(args) => explain_command(args),
         ServerCommand::Echo { socket } => echo(socket),
         ServerCommand::Completions { shell } => {
-            super::print_completions::<Cli>(shell, "fdopen-server");
+            super::completions::print::<Cli>(shell, "fdopen-server");
             exit::OK
         }
-        ServerCommand::Man { dir } => match write_man_pages(&dir) {
+        ServerCommand::Man { dir } => match super::man::write(&dir) {
             Ok(()) => exit::OK,
             Err(e) => {
                 logging::error(format_args!(
@@ -251,24 +252,6 @@ pub fn main() -> i32 {
             }
         },
     }
-}
-
-fn write_man_pages(dir: &Path) -> std::io::Result<()> {
-    use clap::CommandFactory;
-    std::fs::create_dir_all(dir)?;
-    for command in [Cli::command(), super::client::Cli::command()] {
-        let name = command.get_name().to_owned();
-        let mut page = Vec::new();
-        clap_mangen::Man::new(command.clone()).render(&mut page)?;
-        std::fs::write(dir.join(format!("{name}.1")), page)?;
-        for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
-            let sub_name = format!("{name}-{}", sub.get_name());
-            let mut page = Vec::new();
-            clap_mangen::Man::new(sub.clone().name(sub_name.clone())).render(&mut page)?;
-            std::fs::write(dir.join(format!("{sub_name}.1")), page)?;
-        }
-    }
-    Ok(())
 }
 
 fn log(message: impl std::fmt::Display) {

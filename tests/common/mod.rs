@@ -52,6 +52,9 @@ pub struct TestServer {
     pub stderr: PathBuf,
     /// Where the server's sd_notify messages arrive.
     pub notify: UnixDatagram,
+    /// What must go after the server and before its directory: mounts
+    /// inside it (a mounted directory cannot be removed).
+    guards: Vec<Box<dyn std::any::Any>>,
 }
 
 impl TestServer {
@@ -146,7 +149,15 @@ impl TestServer {
             child: Some(child),
             stderr,
             notify,
+            guards: Vec::new(),
         }
+    }
+
+    /// Keeps `guard` (a mount in the server's directory, say) until the
+    /// server has exited, and drops it before the directory is removed;
+    /// guards go in the reverse order of being held, as locals do.
+    pub fn hold(&mut self, guard: impl std::any::Any) {
+        self.guards.push(Box::new(guard));
     }
 
     pub fn pid(&self) -> u32 {
@@ -231,7 +242,22 @@ impl Drop for TestServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+        while let Some(guard) = self.guards.pop() {
+            drop(guard);
+        }
     }
+}
+
+/// A privileged TCP and UDP port free on 127.0.0.1 right now, from
+/// `from` up: never a fixed port, which another program may hold (80,
+/// 443), and each test its own range, as tests run in parallel.
+pub fn free_privileged_port(from: u16) -> u16 {
+    use std::net::{TcpListener, UdpSocket};
+    (from..from + 100)
+        .find(|&p| {
+            TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        })
+        .expect("a free port below 1024")
 }
 
 /// Spawns `program args` with a NOTIFY_SOCKET and waits for `READY=1`.

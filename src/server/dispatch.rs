@@ -383,7 +383,6 @@ pub(super) fn finish(
     ts: &str,
     audit: &mut Recorder<'_>,
 ) -> Outgoing {
-    fault::point(job.op.as_str(), "decided");
     let file = match &job.work {
         Work::File { file, .. } => file,
         Work::Tree(request) => return finish_tree(job, request, outcome, peer, ts, audit),
@@ -395,6 +394,7 @@ pub(super) fn finish(
     // Removed unless the grant stands, whatever happens from here on.
     let created = outcome.as_mut().ok().and_then(|d| d.created.take());
     let created = created.map(CreatedGuard::new);
+    fault::point(job.op.as_str(), "decided");
     let mut bytes = Vec::with_capacity(192);
     let id = job.id.as_deref();
     let mut record = Record::new(peer, ts);

@@ -50,28 +50,24 @@ fn creating_server(env: &[(&str, &str)]) -> TestServer {
     TestServer::start_with_env(dir, &policy, &["--workers", "1"], env)
 }
 
-/// Stores `jobs/a`, then asks for it back with `remove`, which fails
-/// `io_error` (the caller sees to that): then the same connection's
-/// `list` still shows it held. Returns the stored socket's peer.
-fn a_failed_retrieve_keeps_its_fd(s: &TestServer) -> UnixStream {
+/// `op` (`store` or `park`) a socket under `name`, then asks for it back
+/// (with `remove` or not), which fails `io_error` (the caller sees to
+/// that). Returns what the same connection's `list` says next, and the
+/// held socket's peer.
+fn a_failed_retrieve(s: &TestServer, op: &str, name: &str, remove: bool) -> (Value, UnixStream) {
     let (mine, other) = UnixStream::pair().unwrap();
     let stream = s.connect();
     let mut answers = reader(&stream);
-    send(
-        &stream,
-        r#"{"op":"store","name":"jobs/a"}"#,
-        Some(mine.as_fd()),
-    );
+    let hold = json!({"op": op, "name": name}).to_string();
+    send(&stream, &hold, Some(mine.as_fd()));
     assert_eq!(answer(&mut answers)["ok"], true);
-    let retrieve = r#"{"op":"retrieve","name":"jobs/a","remove":true}"#;
-    send(&stream, retrieve, None);
+    let retrieve = json!({"op":"retrieve","name":name,"remove":remove}).to_string();
+    send(&stream, &retrieve, None);
     let (failed, fd) = common::receive(&mut answers);
     assert_eq!(code(&failed), "io_error", "{failed}");
     assert!(fd.is_none());
     send(&stream, r#"{"op":"list"}"#, None);
-    let listed = answer(&mut answers);
-    assert_eq!(names(&listed), ["jobs/a"], "{listed}");
-    other
+    (answer(&mut answers), other)
 }
 
 fn names(listed: &Value) -> Vec<&str> {
@@ -124,7 +120,8 @@ fn a_request_that_panics_is_answered_io_error_and_its_taken_fd_goes_back() {
         &["--workers", "1"],
         &[("FDOPEN_TEST_FAULT", "retrieve:taken:panic")],
     );
-    let mut other = a_failed_retrieve_keeps_its_fd(&s);
+    let (listed, mut other) = a_failed_retrieve(&s, "store", "jobs/a", true);
+    assert_eq!(names(&listed), ["jobs/a"], "{listed}");
     // The thread that served it goes on serving.
     for _ in 0..4 {
         assert_eq!(s.ask(r#"{"op":"hello"}"#).0["ok"], true);
@@ -378,15 +375,24 @@ fn one_uid_may_have_at_most_1024_fds_waiting() {
     }
 }
 
-// Point 7: a failed retrieve with remove keeps the fd.
+// Point 7: a failed retrieve keeps the fd as it was.
 
 #[test]
-fn a_retrieve_with_remove_refused_for_the_audit_log_keeps_the_fd() {
+fn a_retrieve_refused_for_the_audit_log_leaves_the_fd_as_it_was() {
     let dir = scratch();
     // Every write of the audit log fails.
     std::os::unix::fs::symlink("/dev/full", dir.path().join("audit.log")).unwrap();
     let s = TestServer::start_in(dir, HELD_POLICY, &["--workers", "1"]);
-    a_failed_retrieve_keeps_its_fd(&s);
+    let (listed, _peer) = a_failed_retrieve(&s, "store", "jobs/a", true);
+    assert_eq!(names(&listed), ["jobs/a"], "{listed}");
+    // A parked fd that a refused retrieve would unpark stays parked.
+    let (listed, _peer) = a_failed_retrieve(&s, "park", "web/p", false);
+    let parked = &listed["names"][1];
+    assert_eq!(
+        (&parked["name"], &parked["kind"]),
+        (&json!("web/p"), &json!("parked")),
+        "{listed}"
+    );
 }
 
 // Point 8, the server's part: no socket for another network namespace.

@@ -174,13 +174,13 @@ fn an_open_that_panics_removes_the_file_it_created() {
 
 // Point 4: closing never stalls others.
 
-#[test]
-fn closing_a_lingering_socket_at_expiry_stalls_no_one() {
-    let s = TestServer::start(HELD_POLICY, &["--workers", "2"]);
+/// A loopback TCP socket whose close blocks for 20 s: `SO_LINGER` on,
+/// and its send buffer full of data its peer (returned too, to be kept
+/// open) never reads.
+fn lingering_socket() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let lingering = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    // Accepted and never read: what we write stays unsent.
-    let (_silent, _) = listener.accept().unwrap();
+    let (silent, _) = listener.accept().unwrap();
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 20,
@@ -199,7 +199,30 @@ fn closing_a_lingering_socket_at_expiry_stalls_no_one() {
     lingering.set_nonblocking(true).unwrap();
     let chunk = vec![0u8; 65536];
     while (&lingering).write(&chunk).is_ok() {}
+    (lingering, silent)
+}
 
+/// Asks `line` on a new connection, which must be answered within 2 s.
+fn answered_promptly(s: &TestServer, line: &str) {
+    let stream = s.connect();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut client = Client::from_stream(stream);
+    let started = Instant::now();
+    client.send_raw(format!("{line}\n").as_bytes()).unwrap();
+    let answered = client.receive();
+    assert!(
+        answered.is_ok() && started.elapsed() < Duration::from_secs(2),
+        "{line} waited {:?}: {answered:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn closing_a_lingering_socket_at_expiry_stalls_no_one() {
+    let s = TestServer::start(HELD_POLICY, &["--workers", "2"]);
+    let (lingering, _peer) = lingering_socket();
     let stream = s.connect();
     let mut answers = reader(&stream);
     send(
@@ -217,19 +240,7 @@ fn closing_a_lingering_socket_at_expiry_stalls_no_one() {
     let watch_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < watch_until {
         for line in [r#"{"op":"list"}"#, r#"{"op":"hello"}"#] {
-            let other = s.connect();
-            other
-                .set_read_timeout(Some(Duration::from_secs(2)))
-                .unwrap();
-            let mut client = Client::from_stream(other);
-            let started = Instant::now();
-            client.send_raw(format!("{line}\n").as_bytes()).unwrap();
-            let answered = client.receive();
-            assert!(
-                answered.is_ok() && started.elapsed() < Duration::from_secs(2),
-                "{line} waited {:?}: {answered:?}",
-                started.elapsed()
-            );
+            answered_promptly(&s, line);
         }
         // Pacing the observation window, not synchronising anything.
         std::thread::sleep(Duration::from_millis(50));
@@ -373,6 +384,18 @@ fn one_uid_may_have_at_most_1024_fds_waiting() {
         let refused = answer(&mut answers);
         assert_eq!(code(&refused), "bad_request", "{refused}");
     }
+}
+
+#[test]
+fn the_fds_of_a_client_that_hangs_up_are_closed_without_stalling_others() {
+    let s = TestServer::start(HELD_POLICY, &["--workers", "1"]);
+    let (lingering, _peer) = lingering_socket();
+    let leaving = s.connect();
+    // Half a line: its descriptor waits for the rest, which never comes.
+    fdopen::fdpass::send(leaving.as_fd(), br#"{"op":"sto"#, Some(lingering.as_fd())).unwrap();
+    drop((lingering, leaving));
+    // The one worker drops it before it reads a later client's line.
+    answered_promptly(&s, r#"{"op":"hello"}"#);
 }
 
 // Point 7: a failed retrieve keeps the fd as it was.

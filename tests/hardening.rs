@@ -109,6 +109,17 @@ fn expires_is_at_most_ten_years_and_list_keeps_working() {
 }
 
 #[test]
+fn durations_too_long_for_the_clock_on_the_command_line_break_nothing() {
+    let huge = "300000000000y";
+    let flags = ["--workers", "1", "--busy-poll", huge, "--fs-timeout", huge];
+    let s = TestServer::start(HELD_POLICY, &flags);
+    for _ in 0..3 {
+        assert_eq!(s.ask(r#"{"op":"hello"}"#).0["ok"], true);
+    }
+    assert!(!s.stderr_text().contains("panicked"), "{}", s.stderr_text());
+}
+
+#[test]
 fn a_request_that_panics_is_answered_io_error_and_its_taken_fd_goes_back() {
     if !cfg!(debug_assertions) {
         eprintln!("skipped: fault injection exists in debug builds only");

@@ -554,8 +554,11 @@ impl Core {
             }
         };
         let spin = shared.config.busy_poll;
-        if !timeout.is_zero() && !spin.is_zero() {
-            let until = Instant::now() + spin;
+        // A --busy-poll too long for the clock polls not at all.
+        if !timeout.is_zero()
+            && !spin.is_zero()
+            && let Some(until) = Instant::now().checked_add(spin)
+        {
             while Instant::now() < until {
                 let ready = poll(events, EpollTimeout::ZERO);
                 if ready > 0 {

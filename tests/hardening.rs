@@ -398,6 +398,26 @@ fn one_uid_may_have_at_most_1024_fds_waiting() {
 }
 
 #[test]
+fn dropping_a_lingering_socket_stalls_no_one() {
+    let s = TestServer::start(HELD_POLICY, &["--workers", "1"]);
+    let (lingering, _peer) = lingering_socket();
+    let stream = s.connect();
+    let mut answers = reader(&stream);
+    send(
+        &stream,
+        r#"{"op":"store","name":"slow"}"#,
+        Some(lingering.as_fd()),
+    );
+    assert_eq!(answer(&mut answers)["ok"], true);
+    drop(lingering);
+    send(&stream, r#"{"op":"drop","name":"slow"}"#, None);
+    assert_eq!(answer(&mut answers)["ok"], true);
+    // The one worker closed it (or goes on while another thread does).
+    answered_promptly(&s, r#"{"op":"list"}"#);
+    answered_promptly(&s, r#"{"op":"hello"}"#);
+}
+
+#[test]
 fn the_fds_of_a_client_that_hangs_up_are_closed_without_stalling_others() {
     let s = TestServer::start(HELD_POLICY, &["--workers", "1"]);
     let (lingering, _peer) = lingering_socket();

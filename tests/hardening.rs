@@ -19,6 +19,15 @@ const HELD_POLICY: &str = r#"{"rules":[
   {"name":"own","names":["**"],"ops":["store","retrieve","list","drop","park","wake"]}
 ]}"#;
 
+/// Whether the server honours `FDOPEN_TEST_FAULT` (debug builds); says
+/// why a test skips if not.
+fn fault_injection() -> bool {
+    if !cfg!(debug_assertions) {
+        eprintln!("skipped: fault injection exists in debug builds only");
+    }
+    cfg!(debug_assertions)
+}
+
 fn uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
@@ -121,8 +130,7 @@ fn durations_too_long_for_the_clock_on_the_command_line_break_nothing() {
 
 #[test]
 fn a_request_that_panics_is_answered_io_error_and_its_taken_fd_goes_back() {
-    if !cfg!(debug_assertions) {
-        eprintln!("skipped: fault injection exists in debug builds only");
+    if !fault_injection() {
         return;
     }
     let mut s = TestServer::start_with_env(
@@ -163,8 +171,7 @@ fn a_request_that_panics_is_answered_io_error_and_its_taken_fd_goes_back() {
 
 #[test]
 fn an_open_that_panics_removes_the_file_it_created() {
-    if !cfg!(debug_assertions) {
-        eprintln!("skipped: fault injection exists in debug builds only");
+    if !fault_injection() {
         return;
     }
     let s = creating_server(&[("FDOPEN_TEST_FAULT", "open:decided:panic")]);
@@ -213,6 +220,18 @@ fn lingering_socket() -> (TcpStream, TcpStream) {
     (lingering, silent)
 }
 
+/// Stores a [`lingering_socket`] with the `store` line given; the server
+/// then holds its only descriptor. Returns the connection, its answers,
+/// and the socket's peer.
+fn store_lingering(s: &TestServer, store: &str) -> (UnixStream, Client, TcpStream) {
+    let (lingering, peer) = lingering_socket();
+    let stream = s.connect();
+    let mut answers = reader(&stream);
+    send(&stream, store, Some(lingering.as_fd()));
+    assert_eq!(answer(&mut answers)["ok"], true);
+    (stream, answers, peer)
+}
+
 /// Asks `line` on a new connection, which must be answered within 2 s.
 fn answered_promptly(s: &TestServer, line: &str) {
     let stream = s.connect();
@@ -233,16 +252,8 @@ fn answered_promptly(s: &TestServer, line: &str) {
 #[test]
 fn closing_a_lingering_socket_at_expiry_stalls_no_one() {
     let s = TestServer::start(HELD_POLICY, &["--workers", "2"]);
-    let (lingering, _peer) = lingering_socket();
-    let stream = s.connect();
-    let mut answers = reader(&stream);
-    send(
-        &stream,
-        r#"{"op":"store","name":"slow","expires":"1s"}"#,
-        Some(lingering.as_fd()),
-    );
-    assert_eq!(answer(&mut answers)["ok"], true);
-    drop(lingering);
+    let (stream, mut answers, _peer) =
+        store_lingering(&s, r#"{"op":"store","name":"slow","expires":"1s"}"#);
 
     // Await the expiry's record, then watch others being served while the
     // close lingers (20 s if it blocked them).
@@ -262,32 +273,42 @@ fn closing_a_lingering_socket_at_expiry_stalls_no_one() {
 
 // Point 5: fds go to the line whose sendmsg carried them.
 
-#[test]
-fn fds_go_to_their_lines_when_a_busy_server_reads_several_sendmsgs_at_once() {
-    if !cfg!(debug_assertions) {
-        eprintln!("skipped: the gate exists in debug builds only");
-        return;
-    }
+/// A server with one worker that waits at a FIFO gate while it answers a
+/// `stats` (test-only fault injection; debug builds).
+fn gated_server() -> TestServer {
     let dir = scratch();
     let fifo = dir.path().join("gate");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let fault = format!("stats:begin:gate={}", fifo.display());
-    let s = TestServer::start_with_env(
-        dir,
-        HELD_POLICY,
-        &["--workers", "1"],
-        &[("FDOPEN_TEST_FAULT", &fault)],
-    );
+    let env = [("FDOPEN_TEST_FAULT", fault.as_str())];
+    TestServer::start_with_env(dir, HELD_POLICY, &["--workers", "1"], &env)
+}
+
+/// Holds the only worker of a [`gated_server`] busy until the returned
+/// FIFO end is dropped: another client's `stats` takes it to the gate,
+/// and opening the FIFO returns once the server waits on its other end.
+fn hold_the_worker(s: &TestServer) -> (std::fs::File, UnixStream) {
+    let busy = s.connect();
+    send(&busy, r#"{"op":"stats"}"#, None);
+    let gate = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.path("gate"))
+        .unwrap();
+    (gate, busy)
+}
+
+#[test]
+fn fds_go_to_their_lines_when_a_busy_server_reads_several_sendmsgs_at_once() {
+    if !fault_injection() {
+        return;
+    }
+    let s = gated_server();
     let stream = s.connect();
     let mut answers = reader(&stream);
     send(&stream, r#"{"op":"hello"}"#, None);
     assert_eq!(answer(&mut answers)["ok"], true, "connected and served");
 
-    // Another client's `stats` holds the only worker at the gate: opening
-    // the FIFO returns once the server waits on its other end.
-    let busy = s.connect();
-    send(&busy, r#"{"op":"stats"}"#, None);
-    let gate = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let gate = hold_the_worker(&s);
     let (one, mut one_peer) = UnixStream::pair().unwrap();
     let (two, mut two_peer) = UnixStream::pair().unwrap();
     send(&stream, r#"{"op":"hello","id":1}"#, None);
@@ -372,6 +393,27 @@ fn a_connection_with_more_than_253_fds_waiting_is_disconnected() {
 }
 
 #[test]
+fn descriptors_left_unread_on_a_disconnected_client_are_closed_without_stalling() {
+    if !fault_injection() {
+        return;
+    }
+    let s = gated_server();
+    let (lingering, _peer) = lingering_socket();
+    let pinning = s.connect();
+    assert_eq!(s.ask(r#"{"op":"hello"}"#).0["ok"], true);
+    // All three are queued before the worker reads the first: it reads
+    // two, disconnects, and the third goes with the socket, unread.
+    let gate = hold_the_worker(&s);
+    send_many_fds(&pinning, br#"{"op":"sto"#, 253).unwrap();
+    send_many_fds(&pinning, b"re", 253).unwrap();
+    fdopen::fdpass::send(pinning.as_fd(), b"\"", Some(lingering.as_fd())).unwrap();
+    drop(lingering);
+    drop(gate);
+    assert!(disconnected(&pinning), "disconnected");
+    answered_promptly(&s, r#"{"op":"hello"}"#);
+}
+
+#[test]
 fn one_uid_may_have_at_most_1024_fds_waiting() {
     let s = TestServer::start(HELD_POLICY, &["--workers", "1"]);
     let within: Vec<UnixStream> = (0..4)
@@ -400,16 +442,7 @@ fn one_uid_may_have_at_most_1024_fds_waiting() {
 #[test]
 fn dropping_a_lingering_socket_stalls_no_one() {
     let s = TestServer::start(HELD_POLICY, &["--workers", "1"]);
-    let (lingering, _peer) = lingering_socket();
-    let stream = s.connect();
-    let mut answers = reader(&stream);
-    send(
-        &stream,
-        r#"{"op":"store","name":"slow"}"#,
-        Some(lingering.as_fd()),
-    );
-    assert_eq!(answer(&mut answers)["ok"], true);
-    drop(lingering);
+    let (stream, mut answers, _peer) = store_lingering(&s, r#"{"op":"store","name":"slow"}"#);
     send(&stream, r#"{"op":"drop","name":"slow"}"#, None);
     assert_eq!(answer(&mut answers)["ok"], true);
     // The one worker closed it (or goes on while another thread does).

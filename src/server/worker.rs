@@ -205,15 +205,19 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
             }
         }
         core.end_round(shared);
+        // Decided before the closes, so that those of the connections it
+        // ends are made too.
+        let stopped = shared.stopping.load(Ordering::SeqCst) && core.ready_to_stop(shared);
         if !core.closing.is_empty() {
             let closing = std::mem::take(&mut core.closing);
             drop(core);
             if !lane.call.close(&shared.watchdog, closing) {
+                // The thread taking over ends the lane, if it is stopped.
                 return;
             }
             core = lock(&lane.core);
         }
-        if shared.stopping.load(Ordering::SeqCst) && core.ready_to_stop(shared) {
+        if stopped {
             shared.lane_exited();
             return;
         }
@@ -696,6 +700,8 @@ impl Core {
         if clients >= shared.config.max_clients {
             shared.clients.fetch_sub(1, Ordering::Relaxed);
             say_busy(&stream, "too many clients");
+            // Descriptors it sent may be queued on it: closed watched.
+            self.closing.push(stream.into());
             return;
         }
         let lanes = &shared.lanes;
@@ -802,6 +808,9 @@ impl Core {
         shared
             .fd_quota
             .update(conn.peer.uid, &mut conn.fds_counted, 0);
+        // Closing the socket closes the descriptors still queued on it,
+        // unread: watched too.
+        self.closing.push(conn.stream.into());
         shared.forget_client(self.index);
     }
 

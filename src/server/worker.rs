@@ -723,10 +723,13 @@ impl Core {
         let setup = stream
             .set_nonblocking(true)
             .and_then(|()| PeerIdentity::of(&stream));
+        // A client we cannot serve may have sent descriptors already:
+        // its socket is closed watched, like any connection's.
         let peer = match setup {
             Ok(peer) => Arc::new(peer),
             Err(_) => {
                 shared.forget_client(index);
+                self.closing.push(stream.into());
                 return;
             }
         };
@@ -739,6 +742,7 @@ impl Core {
             .is_err()
         {
             shared.forget_client(index);
+            self.closing.push(stream.into());
             return;
         }
         entry.insert(Connection::new(stream, peer, interest));

@@ -19,6 +19,15 @@ const HELD_POLICY: &str = r#"{"rules":[
   {"name":"own","names":["**"],"ops":["store","retrieve","list","drop","park","wake"]}
 ]}"#;
 
+/// Whether the server honours `FDOPEN_TEST_FAULT` (debug builds); says
+/// why a test skips if not.
+fn fault_injection() -> bool {
+    if !cfg!(debug_assertions) {
+        eprintln!("skipped: fault injection exists in debug builds only");
+    }
+    cfg!(debug_assertions)
+}
+
 fn uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
@@ -50,28 +59,24 @@ fn creating_server(env: &[(&str, &str)]) -> TestServer {
     TestServer::start_with_env(dir, &policy, &["--workers", "1"], env)
 }
 
-/// Stores `jobs/a`, then asks for it back with `remove`, which fails
-/// `io_error` (the caller sees to that): then the same connection's
-/// `list` still shows it held. Returns the stored socket's peer.
-fn a_failed_retrieve_keeps_its_fd(s: &TestServer) -> UnixStream {
+/// `op` (`store` or `park`) a socket under `name`, then asks for it back
+/// (with `remove` or not), which fails `io_error` (the caller sees to
+/// that). Returns what the same connection's `list` says next, and the
+/// held socket's peer.
+fn a_failed_retrieve(s: &TestServer, op: &str, name: &str, remove: bool) -> (Value, UnixStream) {
     let (mine, other) = UnixStream::pair().unwrap();
     let stream = s.connect();
     let mut answers = reader(&stream);
-    send(
-        &stream,
-        r#"{"op":"store","name":"jobs/a"}"#,
-        Some(mine.as_fd()),
-    );
+    let hold = json!({"op": op, "name": name}).to_string();
+    send(&stream, &hold, Some(mine.as_fd()));
     assert_eq!(answer(&mut answers)["ok"], true);
-    let retrieve = r#"{"op":"retrieve","name":"jobs/a","remove":true}"#;
-    send(&stream, retrieve, None);
+    let retrieve = json!({"op":"retrieve","name":name,"remove":remove}).to_string();
+    send(&stream, &retrieve, None);
     let (failed, fd) = common::receive(&mut answers);
     assert_eq!(code(&failed), "io_error", "{failed}");
     assert!(fd.is_none());
     send(&stream, r#"{"op":"list"}"#, None);
-    let listed = answer(&mut answers);
-    assert_eq!(names(&listed), ["jobs/a"], "{listed}");
-    other
+    (answer(&mut answers), other)
 }
 
 fn names(listed: &Value) -> Vec<&str> {
@@ -113,9 +118,19 @@ fn expires_is_at_most_ten_years_and_list_keeps_working() {
 }
 
 #[test]
+fn durations_too_long_for_the_clock_on_the_command_line_break_nothing() {
+    let huge = "300000000000y";
+    let flags = ["--workers", "1", "--busy-poll", huge, "--fs-timeout", huge];
+    let s = TestServer::start(HELD_POLICY, &flags);
+    for _ in 0..3 {
+        assert_eq!(s.ask(r#"{"op":"hello"}"#).0["ok"], true);
+    }
+    assert!(!s.stderr_text().contains("panicked"), "{}", s.stderr_text());
+}
+
+#[test]
 fn a_request_that_panics_is_answered_io_error_and_its_taken_fd_goes_back() {
-    if !cfg!(debug_assertions) {
-        eprintln!("skipped: fault injection exists in debug builds only");
+    if !fault_injection() {
         return;
     }
     let mut s = TestServer::start_with_env(
@@ -124,7 +139,8 @@ fn a_request_that_panics_is_answered_io_error_and_its_taken_fd_goes_back() {
         &["--workers", "1"],
         &[("FDOPEN_TEST_FAULT", "retrieve:taken:panic")],
     );
-    let mut other = a_failed_retrieve_keeps_its_fd(&s);
+    let (listed, mut other) = a_failed_retrieve(&s, "store", "jobs/a", true);
+    assert_eq!(names(&listed), ["jobs/a"], "{listed}");
     // The thread that served it goes on serving.
     for _ in 0..4 {
         assert_eq!(s.ask(r#"{"op":"hello"}"#).0["ok"], true);
@@ -155,8 +171,7 @@ fn a_request_that_panics_is_answered_io_error_and_its_taken_fd_goes_back() {
 
 #[test]
 fn an_open_that_panics_removes_the_file_it_created() {
-    if !cfg!(debug_assertions) {
-        eprintln!("skipped: fault injection exists in debug builds only");
+    if !fault_injection() {
         return;
     }
     let s = creating_server(&[("FDOPEN_TEST_FAULT", "open:decided:panic")]);
@@ -177,13 +192,13 @@ fn an_open_that_panics_removes_the_file_it_created() {
 
 // Point 4: closing never stalls others.
 
-#[test]
-fn closing_a_lingering_socket_at_expiry_stalls_no_one() {
-    let s = TestServer::start(HELD_POLICY, &["--workers", "2"]);
+/// A loopback TCP socket whose close blocks for 20 s: `SO_LINGER` on,
+/// and its send buffer full of data its peer (returned too, to be kept
+/// open) never reads.
+fn lingering_socket() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let lingering = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    // Accepted and never read: what we write stays unsent.
-    let (_silent, _) = listener.accept().unwrap();
+    let (silent, _) = listener.accept().unwrap();
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 20,
@@ -202,16 +217,43 @@ fn closing_a_lingering_socket_at_expiry_stalls_no_one() {
     lingering.set_nonblocking(true).unwrap();
     let chunk = vec![0u8; 65536];
     while (&lingering).write(&chunk).is_ok() {}
+    (lingering, silent)
+}
 
+/// Stores a [`lingering_socket`] with the `store` line given; the server
+/// then holds its only descriptor. Returns the connection, its answers,
+/// and the socket's peer.
+fn store_lingering(s: &TestServer, store: &str) -> (UnixStream, Client, TcpStream) {
+    let (lingering, peer) = lingering_socket();
     let stream = s.connect();
     let mut answers = reader(&stream);
-    send(
-        &stream,
-        r#"{"op":"store","name":"slow","expires":"1s"}"#,
-        Some(lingering.as_fd()),
-    );
+    send(&stream, store, Some(lingering.as_fd()));
     assert_eq!(answer(&mut answers)["ok"], true);
-    drop(lingering);
+    (stream, answers, peer)
+}
+
+/// Asks `line` on a new connection, which must be answered within 2 s.
+fn answered_promptly(s: &TestServer, line: &str) {
+    let stream = s.connect();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut client = Client::from_stream(stream);
+    let started = Instant::now();
+    client.send_raw(format!("{line}\n").as_bytes()).unwrap();
+    let answered = client.receive();
+    assert!(
+        answered.is_ok() && started.elapsed() < Duration::from_secs(2),
+        "{line} waited {:?}: {answered:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn closing_a_lingering_socket_at_expiry_stalls_no_one() {
+    let s = TestServer::start(HELD_POLICY, &["--workers", "2"]);
+    let (stream, mut answers, _peer) =
+        store_lingering(&s, r#"{"op":"store","name":"slow","expires":"1s"}"#);
 
     // Await the expiry's record, then watch others being served while the
     // close lingers (20 s if it blocked them).
@@ -220,19 +262,7 @@ fn closing_a_lingering_socket_at_expiry_stalls_no_one() {
     let watch_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < watch_until {
         for line in [r#"{"op":"list"}"#, r#"{"op":"hello"}"#] {
-            let other = s.connect();
-            other
-                .set_read_timeout(Some(Duration::from_secs(2)))
-                .unwrap();
-            let mut client = Client::from_stream(other);
-            let started = Instant::now();
-            client.send_raw(format!("{line}\n").as_bytes()).unwrap();
-            let answered = client.receive();
-            assert!(
-                answered.is_ok() && started.elapsed() < Duration::from_secs(2),
-                "{line} waited {:?}: {answered:?}",
-                started.elapsed()
-            );
+            answered_promptly(&s, line);
         }
         // Pacing the observation window, not synchronising anything.
         std::thread::sleep(Duration::from_millis(50));
@@ -243,32 +273,42 @@ fn closing_a_lingering_socket_at_expiry_stalls_no_one() {
 
 // Point 5: fds go to the line whose sendmsg carried them.
 
-#[test]
-fn fds_go_to_their_lines_when_a_busy_server_reads_several_sendmsgs_at_once() {
-    if !cfg!(debug_assertions) {
-        eprintln!("skipped: the gate exists in debug builds only");
-        return;
-    }
+/// A server with one worker that waits at a FIFO gate while it answers a
+/// `stats` (test-only fault injection; debug builds).
+fn gated_server() -> TestServer {
     let dir = scratch();
     let fifo = dir.path().join("gate");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let fault = format!("stats:begin:gate={}", fifo.display());
-    let s = TestServer::start_with_env(
-        dir,
-        HELD_POLICY,
-        &["--workers", "1"],
-        &[("FDOPEN_TEST_FAULT", &fault)],
-    );
+    let env = [("FDOPEN_TEST_FAULT", fault.as_str())];
+    TestServer::start_with_env(dir, HELD_POLICY, &["--workers", "1"], &env)
+}
+
+/// Holds the only worker of a [`gated_server`] busy until the returned
+/// FIFO end is dropped: another client's `stats` takes it to the gate,
+/// and opening the FIFO returns once the server waits on its other end.
+fn hold_the_worker(s: &TestServer) -> (std::fs::File, UnixStream) {
+    let busy = s.connect();
+    send(&busy, r#"{"op":"stats"}"#, None);
+    let gate = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.path("gate"))
+        .unwrap();
+    (gate, busy)
+}
+
+#[test]
+fn fds_go_to_their_lines_when_a_busy_server_reads_several_sendmsgs_at_once() {
+    if !fault_injection() {
+        return;
+    }
+    let s = gated_server();
     let stream = s.connect();
     let mut answers = reader(&stream);
     send(&stream, r#"{"op":"hello"}"#, None);
     assert_eq!(answer(&mut answers)["ok"], true, "connected and served");
 
-    // Another client's `stats` holds the only worker at the gate: opening
-    // the FIFO returns once the server waits on its other end.
-    let busy = s.connect();
-    send(&busy, r#"{"op":"stats"}"#, None);
-    let gate = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let gate = hold_the_worker(&s);
     let (one, mut one_peer) = UnixStream::pair().unwrap();
     let (two, mut two_peer) = UnixStream::pair().unwrap();
     send(&stream, r#"{"op":"hello","id":1}"#, None);
@@ -353,6 +393,27 @@ fn a_connection_with_more_than_253_fds_waiting_is_disconnected() {
 }
 
 #[test]
+fn descriptors_left_unread_on_a_disconnected_client_are_closed_without_stalling() {
+    if !fault_injection() {
+        return;
+    }
+    let s = gated_server();
+    let (lingering, _peer) = lingering_socket();
+    let pinning = s.connect();
+    assert_eq!(s.ask(r#"{"op":"hello"}"#).0["ok"], true);
+    // All three are queued before the worker reads the first: it reads
+    // two, disconnects, and the third goes with the socket, unread.
+    let gate = hold_the_worker(&s);
+    send_many_fds(&pinning, br#"{"op":"sto"#, 253).unwrap();
+    send_many_fds(&pinning, b"re", 253).unwrap();
+    fdopen::fdpass::send(pinning.as_fd(), b"\"", Some(lingering.as_fd())).unwrap();
+    drop(lingering);
+    drop(gate);
+    assert!(disconnected(&pinning), "disconnected");
+    answered_promptly(&s, r#"{"op":"hello"}"#);
+}
+
+#[test]
 fn one_uid_may_have_at_most_1024_fds_waiting() {
     let s = TestServer::start(HELD_POLICY, &["--workers", "1"]);
     let within: Vec<UnixStream> = (0..4)
@@ -378,15 +439,47 @@ fn one_uid_may_have_at_most_1024_fds_waiting() {
     }
 }
 
-// Point 7: a failed retrieve with remove keeps the fd.
+#[test]
+fn dropping_a_lingering_socket_stalls_no_one() {
+    let s = TestServer::start(HELD_POLICY, &["--workers", "1"]);
+    let (stream, mut answers, _peer) = store_lingering(&s, r#"{"op":"store","name":"slow"}"#);
+    send(&stream, r#"{"op":"drop","name":"slow"}"#, None);
+    assert_eq!(answer(&mut answers)["ok"], true);
+    // The one worker closed it (or goes on while another thread does).
+    answered_promptly(&s, r#"{"op":"list"}"#);
+    answered_promptly(&s, r#"{"op":"hello"}"#);
+}
 
 #[test]
-fn a_retrieve_with_remove_refused_for_the_audit_log_keeps_the_fd() {
+fn the_fds_of_a_client_that_hangs_up_are_closed_without_stalling_others() {
+    let s = TestServer::start(HELD_POLICY, &["--workers", "1"]);
+    let (lingering, _peer) = lingering_socket();
+    let leaving = s.connect();
+    // Half a line: its descriptor waits for the rest, which never comes.
+    fdopen::fdpass::send(leaving.as_fd(), br#"{"op":"sto"#, Some(lingering.as_fd())).unwrap();
+    drop((lingering, leaving));
+    // The one worker drops it before it reads a later client's line.
+    answered_promptly(&s, r#"{"op":"hello"}"#);
+}
+
+// Point 7: a failed retrieve keeps the fd as it was.
+
+#[test]
+fn a_retrieve_refused_for_the_audit_log_leaves_the_fd_as_it_was() {
     let dir = scratch();
     // Every write of the audit log fails.
     std::os::unix::fs::symlink("/dev/full", dir.path().join("audit.log")).unwrap();
     let s = TestServer::start_in(dir, HELD_POLICY, &["--workers", "1"]);
-    a_failed_retrieve_keeps_its_fd(&s);
+    let (listed, _peer) = a_failed_retrieve(&s, "store", "jobs/a", true);
+    assert_eq!(names(&listed), ["jobs/a"], "{listed}");
+    // A parked fd that a refused retrieve would unpark stays parked.
+    let (listed, _peer) = a_failed_retrieve(&s, "park", "web/p", false);
+    let parked = &listed["names"][1];
+    assert_eq!(
+        (&parked["name"], &parked["kind"]),
+        (&json!("web/p"), &json!("parked")),
+        "{listed}"
+    );
 }
 
 // Point 8, the server's part: no socket for another network namespace.

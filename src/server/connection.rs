@@ -12,7 +12,7 @@ use std::time::Instant;
 use nix::sys::epoll::EpollFlags;
 
 use super::dispatch::FilesystemJob;
-use super::undo::{CreatedGuard, TakenGuard};
+use super::undo::{CreatedGuard, HeldGuard};
 use super::watchdog::Delivery;
 use crate::fdpass;
 use crate::peer::PeerIdentity;
@@ -109,19 +109,20 @@ pub(super) struct AfterRecord {
     pub truncate: bool,
     /// The file the request created.
     pub created: Option<CreatedGuard>,
-    /// The held fd a `retrieve` with `remove` took: the one to send.
-    pub taken: Option<TakenGuard>,
+    /// What a `retrieve` did to the held fd; with `remove`, it has the fd
+    /// to send.
+    pub held: Option<HeldGuard>,
 }
 
 impl AfterRecord {
     /// The record is written: what the request did stands. Returns the
     /// taken held fd, to be sent.
     pub fn keep(self) -> Option<File> {
-        let AfterRecord { created, taken, .. } = self;
+        let AfterRecord { created, held, .. } = self;
         if let Some(created) = created {
             created.keep();
         }
-        taken.map(|t| File::from(t.keep()))
+        held.and_then(HeldGuard::keep).map(File::from)
     }
 }
 

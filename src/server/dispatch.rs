@@ -438,7 +438,7 @@ pub(super) fn finish(
         after_record: AfterRecord {
             truncate: granted.truncate,
             created,
-            taken: None,
+            held: None,
         },
         ..Outgoing::new(bytes, granted.file, Some(end))
     }

@@ -8,10 +8,10 @@ use serde_json::value::RawValue;
 
 use super::connection::{AfterRecord, Outgoing, Subscribing};
 use super::fault;
-use super::held::Kind;
+use super::held::{Key, Kind};
 use super::holder::Holder;
 use super::stats::Recorder;
-use super::undo::TakenGuard;
+use super::undo::HeldGuard;
 use crate::audit::Record;
 use crate::decision::Refusal;
 use crate::peer::PeerIdentity;
@@ -61,7 +61,7 @@ pub(super) fn answer(
     });
     closing.append(&mut fds);
     let mut bytes = Vec::with_capacity(128);
-    let (out_fd, rule, taken) = match outcome {
+    let (out_fd, rule, held) = match outcome {
         Ok(Acted::Subscribe(sub)) => {
             record.ok = true;
             audit.append(&record);
@@ -71,9 +71,9 @@ pub(super) fn answer(
             bytes = line;
             (fd, rule, None)
         }
-        Ok(Acted::Taken(line, taken, rule)) => {
+        Ok(Acted::Retrieved(line, fd, held, rule)) => {
             bytes = line;
-            (None, Some(rule), Some(taken))
+            (fd, Some(rule), held)
         }
         Err(refusal) => {
             encode::error(&mut bytes, id, refusal.code, &refusal.message);
@@ -87,10 +87,10 @@ pub(super) fn answer(
     record.rule = rule.as_deref();
     audit.append(&record);
     HeldAnswer::Answered(Outgoing {
-        grants: out_fd.is_some() || taken.is_some(),
-        // A taken fd leaves once its record is written, else goes back.
+        grants: out_fd.is_some() || held.is_some(),
+        // What the retrieve did stands once its record is written.
         after_record: AfterRecord {
-            taken,
+            held,
             ..AfterRecord::default()
         },
         ..Outgoing::new(
@@ -104,9 +104,11 @@ pub(super) fn answer(
 enum Acted {
     /// The response line, the fd it carries, the rule that allowed it.
     Line(Vec<u8>, Option<OwnedFd>, Option<String>),
-    /// A `retrieve` with `remove`: the fd it took, sent once its record
-    /// is written, put back if it is not (SPEC §3.4).
-    Taken(Vec<u8>, TakenGuard, String),
+    /// A `retrieve`: the line, the copy to send, and what it did to the
+    /// held fd, undone if the record is not written (SPEC §3.4): with
+    /// `remove` the fd itself (then the only one to send), or a parked fd
+    /// unparked.
+    Retrieved(Vec<u8>, Option<OwnedFd>, Option<HeldGuard>, String),
     Subscribe(Subscribing),
 }
 
@@ -169,17 +171,21 @@ fn act(
             if request.remove {
                 let taken = holder.take(storer, name)?;
                 let was = taken.kind();
-                let taken = TakenGuard::new(holder.clone(), taken);
+                let taken = HeldGuard::taken(holder.clone(), taken);
                 fault::point("retrieve", "taken");
                 let line = line(Some(name), true, Some(was.as_str()));
-                return Ok(Acted::Taken(line, taken, rule));
+                return Ok(Acted::Retrieved(line, None, Some(taken), rule));
             }
-            let (fd, was) = holder.retrieve(storer, name)?;
-            Ok(Acted::Line(
-                line(Some(name), true, Some(was.as_str())),
-                Some(fd),
-                Some(rule),
-            ))
+            let (fd, was, token) = holder.retrieve(storer, name)?;
+            let unparked = (was == Kind::Parked).then(|| {
+                let key = Key {
+                    storer,
+                    name: name.to_owned(),
+                };
+                HeldGuard::unparked(holder.clone(), key, token)
+            });
+            let line = line(Some(name), true, Some(was.as_str()));
+            Ok(Acted::Retrieved(line, Some(fd), unparked, rule))
         }
         HeldOp::Drop => {
             let name = request.name.as_deref().expect("validated");

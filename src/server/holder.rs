@@ -213,10 +213,10 @@ impl Holder {
         Ok(())
     }
 
-    /// `retrieve` without `remove`: a duplicate of the held fd, and
-    /// whether it was parked. A parked fd is unparked: it stays held, but
-    /// no longer watched.
-    pub fn retrieve(&self, storer: u32, name: &str) -> Result<(OwnedFd, Kind), Refusal> {
+    /// `retrieve` without `remove`: a duplicate of the held fd, whether
+    /// it was parked, and its token. A parked fd is unparked: it stays
+    /// held, but no longer watched.
+    pub fn retrieve(&self, storer: u32, name: &str) -> Result<(OwnedFd, Kind, u64), Refusal> {
         let mut state = lock(&self.state);
         let entry = state
             .registry
@@ -231,7 +231,25 @@ impl Holder {
             .fd
             .try_clone()
             .map_err(|e| Refusal::new(ErrorCode::Busy, format!("cannot duplicate it: {e}")))?;
-        Ok((copy, was))
+        Ok((copy, was, entry.token))
+    }
+
+    /// Parks again an fd a failed `retrieve` unparked, if it is still the
+    /// same entry (`token`) and still held.
+    pub fn repark(&self, key: &Key, token: u64) {
+        let mut state = lock(&self.state);
+        let Some(entry) = state.registry.get_mut(key.storer, &key.name) else {
+            return;
+        };
+        if entry.token == token
+            && entry.kind == Kind::Held
+            && self
+                .epoll
+                .add(entry.fd.as_fd(), parked_interest(token))
+                .is_ok()
+        {
+            entry.kind = Kind::Parked;
+        }
     }
 
     /// `drop`: the fd, no longer held, for the caller to close.

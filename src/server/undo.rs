@@ -1,12 +1,13 @@
 //! What a request did that its failure must undo (SPEC §2, §3.2, §3.4):
-//! a file it created is removed, a held fd it took is put back. Both
-//! happen when the guard is dropped without [`kept`](CreatedGuard::keep),
-//! so a refused audit record and a panic unwinding through the request
-//! undo them alike.
+//! a file it created is removed, a held fd it took is put back, a parked
+//! fd it unparked is parked again. Each happens when its guard is dropped
+//! without being kept, so a refused audit record and a panic unwinding
+//! through the request undo it alike.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use super::held::Key;
 use super::holder::{Holder, Taken};
 use crate::safe_open::CreatedFile;
 
@@ -33,37 +34,51 @@ impl Drop for CreatedGuard {
     }
 }
 
-/// A held fd this request took out of the holder (`retrieve` with
-/// `remove`).
-pub(super) struct TakenGuard {
+/// What a `retrieve` did to a held fd.
+pub(super) struct HeldGuard {
     holder: Arc<Holder>,
-    taken: Option<Taken>,
+    undo: Option<HeldUndo>,
 }
 
-impl TakenGuard {
-    pub fn new(holder: Arc<Holder>, taken: Taken) -> TakenGuard {
-        TakenGuard {
-            holder,
-            taken: Some(taken),
+enum HeldUndo {
+    /// With `remove`, it took the fd out of the holder.
+    PutBack(Taken),
+    /// It unparked a parked fd (the key and the entry's token).
+    Repark(Key, u64),
+}
+
+impl HeldGuard {
+    pub fn taken(holder: Arc<Holder>, taken: Taken) -> HeldGuard {
+        let undo = Some(HeldUndo::PutBack(taken));
+        HeldGuard { holder, undo }
+    }
+
+    pub fn unparked(holder: Arc<Holder>, key: Key, token: u64) -> HeldGuard {
+        let undo = Some(HeldUndo::Repark(key, token));
+        HeldGuard { holder, undo }
+    }
+
+    /// The request stands. Returns the fd it took, the caller's to send.
+    pub fn keep(mut self) -> Option<OwnedFd> {
+        match self.undo.take() {
+            Some(HeldUndo::PutBack(taken)) => Some(taken.into_fd()),
+            Some(HeldUndo::Repark(..)) | None => None,
         }
     }
-
-    /// The request stands: the fd is the caller's to send.
-    pub fn keep(mut self) -> OwnedFd {
-        self.taken.take().expect("kept once").into_fd()
-    }
 }
 
-impl Drop for TakenGuard {
+impl Drop for HeldGuard {
     fn drop(&mut self) {
-        if let Some(taken) = self.taken.take() {
-            self.holder.put_back(taken);
+        match self.undo.take() {
+            Some(HeldUndo::PutBack(taken)) => self.holder.put_back(taken),
+            Some(HeldUndo::Repark(key, token)) => self.holder.repark(&key, token),
+            None => {}
         }
     }
 }
 
-impl std::fmt::Debug for TakenGuard {
+impl std::fmt::Debug for HeldGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TakenGuard").finish_non_exhaustive()
+        f.debug_struct("HeldGuard").finish_non_exhaustive()
     }
 }

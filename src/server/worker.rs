@@ -215,16 +215,20 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
             }
         }
         core.end_round(shared);
+        core.follow_pause(shared);
+        // Decided before the closes, so that those of the connections it
+        // ends are made too.
+        let stopped = shared.stopping.load(Ordering::SeqCst) && core.ready_to_stop(shared);
         if !core.closing.is_empty() {
             let closing = std::mem::take(&mut core.closing);
             drop(core);
             if !lane.call.close(&shared.watchdog, closing) {
+                // The thread taking over ends the lane, if it is stopped.
                 return;
             }
             core = lock(&lane.core);
         }
-        core.follow_pause(shared);
-        if shared.stopping.load(Ordering::SeqCst) && core.ready_to_stop(shared) {
+        if stopped {
             shared.lane_exited();
             return;
         }
@@ -561,8 +565,11 @@ impl Core {
             }
         };
         let spin = shared.config.busy_poll;
-        if !timeout.is_zero() && !spin.is_zero() {
-            let until = Instant::now() + spin;
+        // A --busy-poll too long for the clock polls not at all.
+        if !timeout.is_zero()
+            && !spin.is_zero()
+            && let Some(until) = Instant::now().checked_add(spin)
+        {
             while Instant::now() < until {
                 let ready = poll(events, EpollTimeout::ZERO);
                 if ready > 0 {
@@ -700,6 +707,8 @@ impl Core {
         if clients >= shared.config.max_clients {
             shared.clients.fetch_sub(1, Ordering::Relaxed);
             say_busy(&stream, "too many clients");
+            // Descriptors it sent may be queued on it: closed watched.
+            self.closing.push(stream.into());
             return;
         }
         let lanes = &shared.lanes;
@@ -721,10 +730,13 @@ impl Core {
         let setup = stream
             .set_nonblocking(true)
             .and_then(|()| PeerIdentity::of(&stream));
+        // A client we cannot serve may have sent descriptors already:
+        // its socket is closed watched, like any connection's.
         let peer = match setup {
             Ok(peer) => Arc::new(peer),
             Err(_) => {
                 shared.forget_client(index);
+                self.closing.push(stream.into());
                 return;
             }
         };
@@ -737,6 +749,7 @@ impl Core {
             .is_err()
         {
             shared.forget_client(index);
+            self.closing.push(stream.into());
             return;
         }
         entry.insert(Connection::new(stream, peer, interest));
@@ -807,6 +820,9 @@ impl Core {
         shared
             .fd_quota
             .update(conn.peer.uid, &mut conn.fds_counted, 0);
+        // Closing the socket closes the descriptors still queued on it,
+        // unread: watched too.
+        self.closing.push(conn.stream.into());
         shared.forget_client(self.index);
     }
 

@@ -39,6 +39,8 @@ pub mod peer;
 #[cfg(feature = "server")]
 pub mod policy;
 #[cfg(feature = "server")]
+pub mod resources;
+#[cfg(feature = "server")]
 pub mod safe_open;
 #[cfg(feature = "server")]
 pub mod server;
@@ -55,7 +57,8 @@ pub mod echo;
 #[cfg(feature = "cli")]
 pub mod run;
 
-pub use client::{BindOptions, Client, Error, OpenOptions, WakeEvent, Wakeups, Woken};
+pub use client::{
+    BindOptions, Client, DirEntry, DirPage, Error, FileType, Metadata, OpenOptions, ReadDir,
+    Reconnect, Timestamp, TreeReply, TreeRequest, WakeEvent, Wakeups, Within, Woken,
+};
 pub use protocol::{Create, ErrorCode, Grant, Mode, ServerError, ServerInfo};
-
-pub use client::Reconnect;

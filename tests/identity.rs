@@ -163,15 +163,21 @@ fn a_client_that_moves_after_connecting_keeps_the_identity_it_had() {
         return;
     };
     let s = identity_server();
-    // Connects from app.service, moves to other.service, then asks.
+    // Connects from app.service, moves to other.service, then asks. The
+    // hello answered before the move proves the server has accepted (and
+    // so read the identity): connect alone returns once the kernel queues
+    // the connection, which may be before the accept.
     let program = r#"
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
+answers = s.makefile()
+s.sendall(b'{"op": "hello"}\n')
+assert json.loads(answers.readline())["ok"]
 with open(sys.argv[2], "w") as procs:
     procs.write("0")
 s.sendall(json.dumps({"op": "check", "path": sys.argv[3]}).encode() + b"\n")
-print(s.makefile().readline(), end="")
+print(answers.readline(), end="")
 "#;
     let mut cmd = Command::new("python3");
     cmd.args(["-c", program])
@@ -251,6 +257,7 @@ fn scope_lists_what_the_rules_for_this_client_could_grant() {
     let policy = json!({"rules": [
         {"name": "mine", "paths": [format!("{d}/mine/**")], "modes": ["read", "append"], "users": [me]},
         {"name": "uploads", "paths": [format!("{d}/up/*")], "modes": ["write"], "create": true},
+        {"name": "tree", "paths": [format!("{d}/t/**")], "modes": ["list", "mkdir", "delete"]},
         {"name": "web", "binds": ["tcp:*:8443"]},
         {"name": "someone-else", "paths": ["/srv/**"], "users": [me.wrapping_add(1)]},
         {"name": "no-keys", "effect": "deny", "paths": ["/**/*.key"]}
@@ -267,8 +274,10 @@ fn scope_lists_what_the_rules_for_this_client_could_grant() {
     assert_eq!(
         v["paths"],
         json!([
-            {"glob": format!("{d}/mine/**"), "modes": ["read", "append"], "create": false},
-            {"glob": format!("{d}/up/*"), "modes": ["write"], "create": true}
+            // stat comes with any mode (SPEC §5).
+            {"glob": format!("{d}/mine/**"), "modes": ["read", "append", "stat"], "create": false},
+            {"glob": format!("{d}/up/*"), "modes": ["write", "stat"], "create": true},
+            {"glob": format!("{d}/t/**"), "modes": ["stat", "list", "mkdir", "delete"], "create": false}
         ]),
         "{v}"
     );

@@ -95,7 +95,8 @@ pub enum ServerCommand {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Write the man pages of fdopen-server and fdopen-client into DIR.
+    /// Write the man pages of fdopen-server (DIR/man8) and fdopen-client
+    /// (DIR/man1).
     #[command(hide = true)]
     Man { dir: PathBuf },
 }
@@ -121,6 +122,11 @@ pub struct ServeArgs {
     /// Append audit records to FILE instead of stderr.
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Record stat, readlink, xattr and readdir requests (a program under
+    /// `run` may make thousands); opens, changes, binds and held
+    /// descriptors are always recorded.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"], value_name = "on|off")]
+    pub audit_metadata: String,
     /// Longest request line in bytes, newline included.
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(64..=16 << 20), value_name = "BYTES")]
     pub max_request: u64,
@@ -235,10 +241,10 @@ pub fn main() -> i32 {
         ServerCommand::Explain(args) => explain_command(args),
         ServerCommand::Echo { socket } => echo(socket),
         ServerCommand::Completions { shell } => {
-            super::print_completions::<Cli>(shell, "fdopen-server");
+            super::completions::print::<Cli>(shell, "fdopen-server");
             exit::OK
         }
-        ServerCommand::Man { dir } => match write_man_pages(&dir) {
+        ServerCommand::Man { dir } => match super::man::write(&dir) {
             Ok(()) => exit::OK,
             Err(e) => {
                 logging::error(format_args!(
@@ -249,24 +255,6 @@ pub fn main() -> i32 {
             }
         },
     }
-}
-
-fn write_man_pages(dir: &Path) -> std::io::Result<()> {
-    use clap::CommandFactory;
-    std::fs::create_dir_all(dir)?;
-    for command in [Cli::command(), super::client::Cli::command()] {
-        let name = command.get_name().to_owned();
-        let mut page = Vec::new();
-        clap_mangen::Man::new(command.clone()).render(&mut page)?;
-        std::fs::write(dir.join(format!("{name}.1")), page)?;
-        for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
-            let sub_name = format!("{name}-{}", sub.get_name());
-            let mut page = Vec::new();
-            clap_mangen::Man::new(sub.clone().name(sub_name.clone())).render(&mut page)?;
-            std::fs::write(dir.join(format!("{sub_name}.1")), page)?;
-        }
-    }
-    Ok(())
 }
 
 fn log(message: impl std::fmt::Display) {
@@ -299,6 +287,13 @@ fn check(path: &Path, strict: bool) -> i32 {
     warnings.extend(lint::lint(&policy, true).iter().map(ToString::to_string));
     for w in &warnings {
         logging::warn(format_args!("{w}"));
+    }
+    let own = lint::self_grants(&policy);
+    for e in &own {
+        logging::error(format_args!("{e}"));
+    }
+    if !own.is_empty() {
+        return exit::REFUSED;
     }
     if strict && !warnings.is_empty() {
         logging::error(format_args!(
@@ -365,6 +360,9 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
     for warning in lint::policy_warnings(&policy) {
         logging::warn(format_args!("{warning}"));
     }
+    for warning in lint::self_grants(&policy) {
+        logging::warn(format_args!("{warning}"));
+    }
     let group = args
         .socket_group
         .as_deref()
@@ -405,6 +403,7 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
         fs_timeout: args.fs_timeout,
         insecure_policy_permissions: args.insecure_policy_permissions,
         stats_group: stats_group.map(|g| g.as_raw()),
+        audit_metadata: args.audit_metadata == "on",
         held: crate::server::HeldLimits {
             total: args.max_held,
             per_uid: args.max_held_per_uid,
@@ -720,6 +719,8 @@ fn explained_client(args: &ExplainArgs) -> Result<PeerIdentity, String> {
                 gid: user.gid.as_raw(),
                 groups: groups.into_iter().map(|g| g.as_raw()).collect(),
                 cgroup: None,
+                foreign_net: false,
+                connection: 0,
             }
         }
         (None, Some(uid)) if args.gid.is_empty() => {

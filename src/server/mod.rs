@@ -11,16 +11,18 @@
 
 mod connection;
 mod dispatch;
+mod failure;
+mod fault;
+pub mod handover;
 mod held;
 mod held_ops;
 mod holder;
+mod quota;
 mod stats;
+mod undo;
+pub mod upgrade;
 mod watchdog;
 mod worker;
-
-// Restarts and upgrades keep held and parked fds (SPEC §3.4).
-pub mod handover;
-pub mod upgrade;
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -62,6 +64,8 @@ pub struct ServerConfig {
     pub held: HeldLimits,
     /// Members may ask for `stats` (SPEC §3.5), besides root and our uid.
     pub stats_group: Option<u32>,
+    /// Record `stat`, `readlink`, `xattr` and `readdir` (`--audit-metadata`, SPEC §6).
+    pub audit_metadata: bool,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +82,7 @@ impl Default for ServerConfig {
             insecure_policy_permissions: false,
             held: HeldLimits::default(),
             stats_group: None,
+            audit_metadata: true,
         }
     }
 }
@@ -91,8 +96,6 @@ struct Shared {
     listener: UnixListener,
     clients: AtomicUsize,
     stopping: AtomicBool,
-    /// Lanes stopped from reading for an upgrade.
-    pause: upgrade::Pause,
     lanes: Vec<Lane>,
     /// Kept open so that, out of descriptors, a client can still be
     /// accepted and told `busy`; its lock also serialises accepts.
@@ -104,8 +107,14 @@ struct Shared {
     audit_failures_log: RateLimited,
     fd_exhaustion_log: RateLimited,
     /// Held and parked descriptors, and `wake` subscribers (SPEC §3.4).
-    holder: Holder,
+    holder: Arc<Holder>,
+    /// Received descriptors waiting per uid (SPEC §2).
+    fd_quota: quota::FdQuota,
     stats: stats::Stats,
+    /// The server's own files, which no policy can change (SPEC §3.6).
+    protected: crate::resources::protected::Protected,
+    /// Lanes stopped from reading for an upgrade.
+    pause: upgrade::Pause,
 }
 
 impl Shared {
@@ -159,6 +168,20 @@ impl Server {
         listener.set_nonblocking(true)?;
         crate::safe_open::prepare();
         let config_limits = config.held;
+        let protected = crate::resources::protected::Protected::new(
+            &policy_path,
+            audit
+                .path()
+                .map(ToOwned::to_owned)
+                .into_iter()
+                .chain(
+                    listener
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| a.as_pathname().map(ToOwned::to_owned)),
+                )
+                .chain(std::fs::read_link("/proc/self/exe").ok()),
+        );
         let lanes = (0..config.workers.max(1))
             .map(|index| Lane::new(index, &listener))
             .collect::<io::Result<Vec<_>>>()?;
@@ -171,22 +194,20 @@ impl Server {
             listener,
             clients: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
-            pause: upgrade::Pause::default(),
             running: Mutex::new(lanes.len()),
             lanes,
             spare_fd: Mutex::new(std::fs::File::open("/dev/null").ok().map(OwnedFd::from)),
             lane_done: Condvar::new(),
             audit_failures_log: RateLimited::default(),
             fd_exhaustion_log: RateLimited::default(),
-            holder: Holder::new(config_limits)?,
+            holder: Arc::new(Holder::new(config_limits)?),
+            fd_quota: quota::FdQuota::default(),
             stats: stats::Stats::new(),
+            protected,
+            pause: upgrade::Pause::default(),
         });
         let refused = shared.holder.import(handed.entries);
-        let holding = shared.clone();
-        std::thread::Builder::new()
-            .name("fdopen-holder".into())
-            .stack_size(256 * 1024)
-            .spawn(move || holder::run(&holding))?;
+        holder::spawn(shared.clone())?;
         for index in 0..shared.lanes.len() {
             spawn_lane(shared.clone(), index, None)?;
         }
@@ -285,11 +306,23 @@ impl Server {
 }
 
 /// The watchdog thread: a lane whose thread was abandoned in a hung call
-/// gets a new thread. It runs for the life of the process, so a lane stuck
-/// during shutdown is still taken over and can finish.
+/// gets a new thread, and so does the holder, stuck in a close. It runs
+/// for the life of the process, so a lane stuck during shutdown is still
+/// taken over and can finish.
 fn run_watchdog(shared: &Arc<Shared>) {
-    let calls: Vec<_> = shared.lanes.iter().map(|lane| &lane.call).collect();
+    let mut calls: Vec<_> = shared.lanes.iter().map(|lane| &lane.call).collect();
+    // Last: the holder's closes.
+    calls.push(&shared.holder.call);
     shared.watchdog.run(&calls, |lane, delivery| {
+        if lane == shared.lanes.len() {
+            logging::warn(format_args!(
+                "the holder is stuck closing a descriptor; it goes on in a new thread"
+            ));
+            if let Err(e) = holder::spawn(shared.clone()) {
+                logging::error(format_args!("cannot start a holder thread: {e}"));
+            }
+            return;
+        }
         logging::warn(format_args!(
             "a filesystem call of uid {} is stuck; worker {lane} goes on in a new thread ({} calls stuck)",
             delivery.uid,

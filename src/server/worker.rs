@@ -27,7 +27,7 @@ use super::dispatch::{self, Begun, FilesystemJob};
 use super::holder::Subscription;
 use super::stats::Recorder;
 use super::watchdog::{CallWatch, Delivery, Polled, Watched};
-use super::{Shared, lock};
+use super::{Shared, failure, lock};
 use crate::audit::Clock;
 use crate::decision::{Refusal, Scratch};
 use crate::logging;
@@ -42,9 +42,6 @@ pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Out of descriptors with no spare to answer `busy` with: how long the
 /// listener rests before the next try, instead of waking us in a spin.
 const LISTENER_REST: Duration = Duration::from_millis(5);
-/// Closing descriptors is watched too (a FUSE file's flush can hang); the
-/// closes of a round are charged to no client.
-const CLOSER_UID: u32 = u32::MAX;
 
 const LISTENER: u64 = u64::MAX;
 const WAKER: u64 = u64::MAX - 1;
@@ -84,21 +81,6 @@ impl Lane {
 
 fn listener_event() -> EpollEvent {
     EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, LISTENER)
-}
-
-/// Watches `conn` for what it needs; while paused, for nothing but
-/// taking the answers already due.
-fn set_interest(epoll: &Epoll, key: usize, conn: &mut Connection, paused: bool) {
-    let mut want = conn.desired_interest();
-    if paused {
-        want &= EpollFlags::EPOLLOUT;
-    }
-    if want != conn.interest {
-        let mut event = EpollEvent::new(want, key as u64);
-        if epoll.modify(conn.stream.as_fd(), &mut event).is_ok() {
-            conn.interest = want;
-        }
-    }
 }
 
 /// The request whose filesystem call runs while the core is unlocked:
@@ -175,7 +157,14 @@ pub(super) fn spawn_lane(
     std::thread::Builder::new()
         .name(format!("fdopen-worker-{index}"))
         .stack_size(256 * 1024)
-        .spawn(move || serve_lane(&shared, index, taking_over))
+        .spawn(move || {
+            let mut taking_over = taking_over;
+            // Requests catch their own failures; this is for the rest of
+            // the loop: the lane is served on, never left with clients.
+            while failure::catch(|| serve_lane(&shared, index, taking_over.take())).is_err() {
+                logging::error(format_args!("worker {index} failed; it starts over"));
+            }
+        })
         .map(drop)
 }
 
@@ -187,10 +176,9 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
     let mut events = vec![EpollEvent::empty(); 512];
     let mut core = lock(&lane.core);
     if let Some(delivery) = taking_over {
-        core.take_over(delivery);
+        core.take_over(delivery, shared.config.audit_metadata);
     }
     loop {
-        core.follow_pause(shared);
         // Answer, running each filesystem call with the core unlocked.
         // The round's requests are decided under the policy it began with.
         let policy = shared.policy.load_full();
@@ -198,7 +186,14 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
             core.answer_until_filesystem(shared, &policy, &mut scratch)
         {
             drop(core);
-            let run = || job.run(&policy, &peer, &mut scratch);
+            let env = dispatch::JobEnv {
+                audit: &shared.audit,
+                protected: &shared.protected,
+            };
+            let run = || {
+                failure::catch(|| job.run(&policy, &peer, &mut scratch, &env))
+                    .unwrap_or_else(|failure::Panicked| Err(failure::refusal()))
+            };
             match lane.call.run(&shared.watchdog, peer.uid, run) {
                 Watched::Finished(outcome) => {
                     core = lock(&lane.core);
@@ -209,7 +204,7 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
                     // Too late: the client was told io_error, so nothing
                     // it created stays; dropping the file closes it here.
                     if let Some(Ok(late)) = delivery.deliver(outcome)
-                        && let Some(created) = &late.created
+                        && let Some(created) = late.created()
                     {
                         created.remove();
                     }
@@ -220,19 +215,20 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
             }
         }
         core.end_round(shared);
+        core.follow_pause(shared);
+        // Decided before the closes, so that those of the connections it
+        // ends are made too.
+        let stopped = shared.stopping.load(Ordering::SeqCst) && core.ready_to_stop(shared);
         if !core.closing.is_empty() {
             let closing = std::mem::take(&mut core.closing);
             drop(core);
-            if let Watched::Abandoned(_, delivery) =
-                lane.call
-                    .run(&shared.watchdog, CLOSER_UID, || drop(closing))
-            {
-                shared.watchdog.stuck.remove(delivery.uid);
+            if !lane.call.close(&shared.watchdog, closing) {
+                // The thread taking over ends the lane, if it is stopped.
                 return;
             }
             core = lock(&lane.core);
         }
-        if shared.stopping.load(Ordering::SeqCst) && core.ready_to_stop(shared) {
+        if stopped {
             shared.lane_exited();
             return;
         }
@@ -247,7 +243,7 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
 impl Core {
     /// A new thread found the lane as an abandoned one left it: the
     /// request in flight gets a slot that waits for its outcome.
-    fn take_over(&mut self, delivery: Arc<Delivery>) {
+    fn take_over(&mut self, delivery: Arc<Delivery>, audit_metadata: bool) {
         // None: the abandoned call was closing descriptors.
         let Some(InFlight { key, start, end }) = self.in_flight.take() else {
             return;
@@ -257,7 +253,7 @@ impl Core {
         };
         let parsed = parse_request(&conn.inbuf[start..end]);
         let job = match parsed.request {
-            Ok(request) => dispatch::rebuild_job(request, parsed.id),
+            Ok(request) => dispatch::rebuild_job(request, parsed.id, audit_metadata),
             Err(_) => None,
         };
         match job {
@@ -299,6 +295,7 @@ impl Core {
                             max_request,
                             self.clock.now(),
                             &mut Recorder::new(&mut self.audit_buf, &shared.stats),
+                            &mut self.closing,
                         );
                         break;
                     }
@@ -307,17 +304,25 @@ impl Core {
                     let attachment =
                         conn.attachment_for((start, end), dispatch::takes_fd, &mut self.closing);
                     let line = &conn.inbuf[start..end];
-                    let begun = dispatch::begin(
-                        policy,
-                        shared,
-                        &conn.peer,
-                        line,
-                        attachment,
-                        scratch,
-                        ts,
-                        &mut Recorder::new(&mut self.audit_buf, &shared.stats),
-                        &mut self.closing,
-                    );
+                    let audit_mark = self.audit_buf.len();
+                    let begun = failure::catch(|| {
+                        dispatch::begin(
+                            policy,
+                            shared,
+                            &conn.peer,
+                            line,
+                            attachment,
+                            scratch,
+                            ts,
+                            &mut Recorder::new(&mut self.audit_buf, &shared.stats),
+                            &mut self.closing,
+                        )
+                    })
+                    .unwrap_or_else(|failure::Panicked| {
+                        self.audit_buf.truncate(audit_mark);
+                        let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
+                        Begun::Answered(failure::answer(&conn.peer, ts, &mut audit))
+                    });
                     match begun {
                         Begun::Answered(out) => conn.outq.push_back(out),
                         Begun::Subscribe(sub) => {
@@ -346,7 +351,8 @@ impl Core {
                 }
                 if conn.overlong_partial_line(max_request) {
                     let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
-                    refuse_oversized_line(conn, max_request, self.clock.now(), &mut audit);
+                    let ts = self.clock.now();
+                    refuse_oversized_line(conn, max_request, ts, &mut audit, &mut self.closing);
                 }
             }
             self.cursor += 1;
@@ -360,20 +366,19 @@ impl Core {
         shared: &Shared,
         key: usize,
         job: &FilesystemJob,
-        outcome: Result<crate::decision::Decision, Refusal>,
+        outcome: dispatch::Outcome,
     ) {
         let ts = self.clock.now();
         match self.conns.get_mut(key) {
             Some(conn) => {
-                let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
-                let out = dispatch::finish(job, outcome, &conn.peer, ts, &mut audit);
+                let out = finish_caught(&mut self.audit_buf, shared, job, outcome, &conn.peer, ts);
                 conn.outq.push_back(out);
             }
             None => {
                 // The client left meanwhile (only a sweep can do that, and
                 // sweeps wait for the lock): close what it was granted.
                 if let Ok(granted) = outcome {
-                    self.closing.extend(granted.file.map(OwnedFd::from));
+                    self.closing.extend(granted.into_file().map(OwnedFd::from));
                 }
             }
         }
@@ -410,8 +415,7 @@ impl Core {
                     }
                 };
                 let ts = self.clock.now();
-                let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
-                *out = dispatch::finish(job, outcome, &conn.peer, ts, &mut audit);
+                *out = finish_caught(&mut self.audit_buf, shared, job, outcome, &conn.peer, ts);
             }
             if still_waiting {
                 self.waiting.push(key);
@@ -445,11 +449,9 @@ impl Core {
                 };
                 let after = std::mem::take(&mut out.after_record);
                 if end > kept && out.grants {
-                    // No grant leaves without its record in the log, and
-                    // what it created goes with it.
-                    if let Some(created) = &after.created {
-                        created.remove();
-                    }
+                    // No grant leaves without its record in the log: what
+                    // it created goes, what it took goes back.
+                    drop(after);
                     let refused = Outgoing::error(
                         ErrorCode::IoError,
                         "the audit log cannot be written; nothing is granted until it can",
@@ -457,7 +459,13 @@ impl Core {
                     );
                     let granted = std::mem::replace(out, refused);
                     self.closing.extend(granted.fd.map(OwnedFd::from));
-                } else if after.truncate
+                    continue;
+                }
+                let truncate = after.truncate;
+                if let Some(taken) = after.keep() {
+                    out.fd = Some(taken);
+                }
+                if truncate
                     && let Some(file) = &out.fd
                     && let Err(e) = file.set_len(0)
                 {
@@ -471,6 +479,10 @@ impl Core {
             conn.flush(&mut self.closing);
             let trailing = conn.answered < conn.inbuf.len();
             conn.drop_answered_lines(&mut self.closing);
+            let waiting = conn.waiting_fds();
+            shared
+                .fd_quota
+                .update(conn.peer.uid, &mut conn.fds_counted, waiting);
             if conn.subscription.is_some() && conn.outq.is_empty() {
                 self.hand_to_holder(shared, key, trailing);
                 continue;
@@ -496,7 +508,7 @@ impl Core {
         std::mem::swap(&mut self.active, &mut self.pending);
         for event in events {
             match event.data() {
-                LISTENER if !shared.pause.is_on() => self.accept_ready(shared),
+                LISTENER if !self.paused => self.accept_ready(shared),
                 LISTENER => {}
                 WAKER => {
                     let lane = &shared.lanes[index];
@@ -506,7 +518,7 @@ impl Core {
                         self.register(shared, stream);
                     }
                 }
-                key => self.on_ready(key as usize, event.events()),
+                key => self.on_ready(shared, key as usize, event.events(), self.paused),
             }
         }
         self.resolve_waiting(shared);
@@ -516,7 +528,7 @@ impl Core {
         {
             self.listener_rest_until = None;
             if !shared.stopping.load(Ordering::SeqCst)
-                && !shared.pause.is_on()
+                && !self.paused
                 && self
                     .epoll
                     .add(shared.listener.as_fd(), listener_event())
@@ -553,8 +565,11 @@ impl Core {
             }
         };
         let spin = shared.config.busy_poll;
-        if !timeout.is_zero() && !spin.is_zero() {
-            let until = Instant::now() + spin;
+        // A --busy-poll too long for the clock polls not at all.
+        if !timeout.is_zero()
+            && !spin.is_zero()
+            && let Some(until) = Instant::now().checked_add(spin)
+        {
             while Instant::now() < until {
                 let ready = poll(events, EpollTimeout::ZERO);
                 if ready > 0 {
@@ -581,10 +596,6 @@ impl Core {
         }
         if let Some(until) = self.listener_rest_until {
             timeout = timeout.min(until.saturating_duration_since(now));
-        }
-        if shared.pause.is_on() && self.quiet_in != shared.pause.generation() {
-            // An upgrade waits to hear that this lane is quiet.
-            timeout = timeout.min(Duration::from_millis(1));
         }
         for &key in &self.waiting {
             let deadlines = self.conns.get(key).into_iter().flat_map(|c| {
@@ -680,6 +691,179 @@ impl Core {
         }
     }
 
+    fn rest_listener(&mut self, shared: &Shared) {
+        if self.listening && self.epoll.delete(shared.listener.as_fd()).is_ok() {
+            self.listening = false;
+            self.listener_rest_until = Some(Instant::now() + LISTENER_REST);
+        }
+    }
+
+    /// Counts a new client in, then serves it here or, if another lane
+    /// has fewer clients, hands it over: whichever lane the kernel woke
+    /// to accept, connections spread evenly.
+    fn admit(&mut self, shared: &Shared, stream: UnixStream) {
+        let index = self.index;
+        let clients = shared.clients.fetch_add(1, Ordering::Relaxed);
+        if clients >= shared.config.max_clients {
+            shared.clients.fetch_sub(1, Ordering::Relaxed);
+            say_busy(&stream, "too many clients");
+            // Descriptors it sent may be queued on it: closed watched.
+            self.closing.push(stream.into());
+            return;
+        }
+        let lanes = &shared.lanes;
+        let target = (0..lanes.len())
+            .min_by_key(|&i| (lanes[i].load.load(Ordering::Relaxed), i != index))
+            .unwrap_or(index);
+        lanes[target].load.fetch_add(1, Ordering::Relaxed);
+        if target == index {
+            self.register(shared, stream);
+        } else {
+            lock(&lanes[target].inbox).push(stream);
+            lanes[target].wake();
+        }
+    }
+
+    /// Starts serving a counted-in client on this lane.
+    fn register(&mut self, shared: &Shared, stream: UnixStream) {
+        let index = self.index;
+        let setup = stream
+            .set_nonblocking(true)
+            .and_then(|()| PeerIdentity::of(&stream));
+        // A client we cannot serve may have sent descriptors already:
+        // its socket is closed watched, like any connection's.
+        let peer = match setup {
+            Ok(peer) => Arc::new(peer),
+            Err(_) => {
+                shared.forget_client(index);
+                self.closing.push(stream.into());
+                return;
+            }
+        };
+        let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if self
+            .epoll
+            .add(stream.as_fd(), EpollEvent::new(interest, key as u64))
+            .is_err()
+        {
+            shared.forget_client(index);
+            self.closing.push(stream.into());
+            return;
+        }
+        entry.insert(Connection::new(stream, peer, interest));
+    }
+
+    fn on_ready(&mut self, shared: &Shared, key: usize, events: EpollFlags, paused: bool) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return; // closed earlier in this round
+        };
+        if events.intersects(
+            EpollFlags::EPOLLIN
+                | EpollFlags::EPOLLRDHUP
+                | EpollFlags::EPOLLHUP
+                | EpollFlags::EPOLLERR,
+        ) && conn.wants_input()
+            && !paused
+            && !conn.has_complete_line()
+        {
+            conn.read(&mut self.read_buf, &mut self.closing);
+            let waiting = conn.waiting_fds();
+            if !shared
+                .fd_quota
+                .update(conn.peer.uid, &mut conn.fds_counted, waiting)
+            {
+                // More descriptors waiting than allowed: disconnected, and
+                // they are closed (watched) with the round's others.
+                conn.abandon_output(&mut self.closing);
+                shared
+                    .fd_quota
+                    .update(conn.peer.uid, &mut conn.fds_counted, 0);
+            }
+        }
+        if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+            // Nobody is left to read the answers.
+            conn.abandon_output(&mut self.closing);
+        }
+        self.active.push(key);
+    }
+
+    /// A connection whose `wake` was accepted, with every earlier response
+    /// sent, leaves the lane for the holder; it stays counted as a client.
+    fn hand_to_holder(&mut self, shared: &Shared, key: usize, trailing: bool) {
+        let mut conn = self.conns.remove(key);
+        let _ = self.epoll.delete(conn.stream.as_fd());
+        conn.release_fds(&mut self.closing);
+        shared
+            .fd_quota
+            .update(conn.peer.uid, &mut conn.fds_counted, 0);
+        shared.lanes[self.index]
+            .load
+            .fetch_sub(1, Ordering::Relaxed);
+        let sub = conn.subscription.expect("checked by the caller");
+        shared.holder.subscribe(Subscription {
+            stream: conn.stream,
+            peer: conn.peer,
+            prefix: sub.prefix,
+            storer: sub.storer,
+            id: sub.id,
+            trailing: trailing || !conn.inbuf.is_empty(),
+        });
+    }
+
+    fn close(&mut self, shared: &Shared, key: usize) {
+        let mut conn = self.conns.remove(key);
+        let _ = self.epoll.delete(conn.stream.as_fd());
+        conn.abandon_output(&mut self.closing);
+        // Abandoned slots hold nothing to close until they are answered.
+        shared
+            .fd_quota
+            .update(conn.peer.uid, &mut conn.fds_counted, 0);
+        // Closing the socket closes the descriptors still queued on it,
+        // unread: watched too.
+        self.closing.push(conn.stream.into());
+        shared.forget_client(self.index);
+    }
+
+    /// Disconnects clients idle or stuck mid-line for longer than the timeout.
+    fn sweep_idle(&mut self, shared: &Shared) {
+        let now = Instant::now();
+        self.last_sweep = now;
+        let timeout = shared.config.idle_timeout;
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now.duration_since(c.last_active) > timeout)
+            .map(|(k, _)| k)
+            .collect();
+        for key in idle {
+            self.close(shared, key);
+        }
+    }
+}
+
+/// [`dispatch::finish`], whose panic fails its request alone (SPEC §2).
+fn finish_caught(
+    audit_buf: &mut Vec<u8>,
+    shared: &Shared,
+    job: &FilesystemJob,
+    outcome: dispatch::Outcome,
+    peer: &PeerIdentity,
+    ts: &str,
+) -> Outgoing {
+    let audit_mark = audit_buf.len();
+    failure::catch(|| {
+        let mut audit = Recorder::new(audit_buf, &shared.stats);
+        dispatch::finish(job, outcome, peer, ts, &mut audit)
+    })
+    .unwrap_or_else(|failure::Panicked| {
+        audit_buf.truncate(audit_mark);
+        failure::answer(peer, ts, &mut Recorder::new(audit_buf, &shared.stats))
+    })
+}
+
+impl Core {
     /// Follows an upgrade's pause (SPEC §3.4): stop accepting and
     /// reading, answer what was read, say so once done; or take up
     /// serving again.
@@ -715,127 +899,19 @@ impl Core {
             shared.pause.lane_quiet(generation);
         }
     }
+}
 
-    fn rest_listener(&mut self, shared: &Shared) {
-        if self.listening && self.epoll.delete(shared.listener.as_fd()).is_ok() {
-            self.listening = false;
-            self.listener_rest_until = Some(Instant::now() + LISTENER_REST);
-        }
+/// Watches `conn` for what it needs; while paused, for nothing but
+/// taking the answers already due.
+fn set_interest(epoll: &Epoll, key: usize, conn: &mut Connection, paused: bool) {
+    let mut want = conn.desired_interest();
+    if paused {
+        want &= EpollFlags::EPOLLOUT;
     }
-
-    /// Counts a new client in, then serves it here or, if another lane
-    /// has fewer clients, hands it over: whichever lane the kernel woke
-    /// to accept, connections spread evenly.
-    fn admit(&mut self, shared: &Shared, stream: UnixStream) {
-        let index = self.index;
-        let clients = shared.clients.fetch_add(1, Ordering::Relaxed);
-        if clients >= shared.config.max_clients {
-            shared.clients.fetch_sub(1, Ordering::Relaxed);
-            say_busy(&stream, "too many clients");
-            return;
-        }
-        let lanes = &shared.lanes;
-        let target = (0..lanes.len())
-            .min_by_key(|&i| (lanes[i].load.load(Ordering::Relaxed), i != index))
-            .unwrap_or(index);
-        lanes[target].load.fetch_add(1, Ordering::Relaxed);
-        if target == index {
-            self.register(shared, stream);
-        } else {
-            lock(&lanes[target].inbox).push(stream);
-            lanes[target].wake();
-        }
-    }
-
-    /// Starts serving a counted-in client on this lane.
-    fn register(&mut self, shared: &Shared, stream: UnixStream) {
-        let index = self.index;
-        let setup = stream
-            .set_nonblocking(true)
-            .and_then(|()| PeerIdentity::of(&stream));
-        let peer = match setup {
-            Ok(peer) => Arc::new(peer),
-            Err(_) => {
-                shared.forget_client(index);
-                return;
-            }
-        };
-        let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        if self
-            .epoll
-            .add(stream.as_fd(), EpollEvent::new(interest, key as u64))
-            .is_err()
-        {
-            shared.forget_client(index);
-            return;
-        }
-        entry.insert(Connection::new(stream, peer, interest));
-    }
-
-    fn on_ready(&mut self, key: usize, events: EpollFlags) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return; // closed earlier in this round
-        };
-        if events.intersects(
-            EpollFlags::EPOLLIN
-                | EpollFlags::EPOLLRDHUP
-                | EpollFlags::EPOLLHUP
-                | EpollFlags::EPOLLERR,
-        ) && conn.wants_input()
-            && !conn.has_complete_line()
-        {
-            conn.read(&mut self.read_buf);
-        }
-        if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
-            // Nobody is left to read the answers.
-            conn.abandon_output();
-        }
-        self.active.push(key);
-    }
-
-    /// A connection whose `wake` was accepted, with every earlier response
-    /// sent, leaves the lane for the holder; it stays counted as a client.
-    fn hand_to_holder(&mut self, shared: &Shared, key: usize, trailing: bool) {
-        let conn = self.conns.remove(key);
-        let _ = self.epoll.delete(conn.stream.as_fd());
-        shared.lanes[self.index]
-            .load
-            .fetch_sub(1, Ordering::Relaxed);
-        let sub = conn.subscription.expect("checked by the caller");
-        shared.holder.subscribe(Subscription {
-            stream: conn.stream,
-            peer: conn.peer,
-            prefix: sub.prefix,
-            storer: sub.storer,
-            id: sub.id,
-            trailing: trailing || !conn.inbuf.is_empty(),
-        });
-    }
-
-    fn close(&mut self, shared: &Shared, key: usize) {
-        let conn = self.conns.remove(key);
-        let _ = self.epoll.delete(conn.stream.as_fd());
-        for out in conn.outq {
-            self.closing.extend(out.fd.map(OwnedFd::from));
-        }
-        shared.forget_client(self.index);
-    }
-
-    /// Disconnects clients idle or stuck mid-line for longer than the timeout.
-    fn sweep_idle(&mut self, shared: &Shared) {
-        let now = Instant::now();
-        self.last_sweep = now;
-        let timeout = shared.config.idle_timeout;
-        let idle: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now.duration_since(c.last_active) > timeout)
-            .map(|(k, _)| k)
-            .collect();
-        for key in idle {
-            self.close(shared, key);
+    if want != conn.interest {
+        let mut event = EpollEvent::new(want, key as u64);
+        if epoll.modify(conn.stream.as_fd(), &mut event).is_ok() {
+            conn.interest = want;
         }
     }
 }
@@ -847,12 +923,13 @@ fn refuse_oversized_line(
     max_request: usize,
     ts: &str,
     audit: &mut Recorder<'_>,
+    closing: &mut Vec<OwnedFd>,
 ) {
     let message = format!("request line longer than {max_request} bytes; closing the connection");
     let end = dispatch::record_bad_request(&conn.peer, ts, audit);
     conn.outq
         .push_back(Outgoing::error(ErrorCode::BadRequest, &message, Some(end)));
-    conn.stop_reading();
+    conn.stop_reading(closing);
 }
 
 fn open_spare() -> Option<OwnedFd> {

@@ -16,11 +16,9 @@ use crate::logging::{self, Level};
 use crate::peer::PeerIdentity;
 use crate::policy::{Policy, PolicyErrors};
 use crate::protocol::{Create, FileRequest, Mode, json_path, normalize_path};
-use crate::server::{Server, ServerConfig};
-use crate::{lint, socket_path, systemd};
-
-use crate::server::handover;
 use crate::server::upgrade::{self, Binary, Inherited};
+use crate::server::{Server, ServerConfig, handover};
+use crate::{lint, socket_path, systemd};
 
 /// Policy-gated file-open broker: opens the files a policy grants and hands
 /// the descriptors to clients over a Unix socket.

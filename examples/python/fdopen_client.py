@@ -13,7 +13,8 @@ As a library:
             print(f.read())
 
 Responses can arrive several to one recvmsg, so received descriptors wait in
-a FIFO and each response with "fd": true takes the oldest (SPEC section 2).
+a FIFO and each response with "fd": true takes the oldest (FRAMING in
+fdopen-protocol(7)).
 """
 import argparse
 import base64
@@ -25,7 +26,7 @@ import sys
 
 
 class FdopenError(Exception):
-    """The server refused: `code` is one of the SPEC section 4 codes."""
+    """The server refused: `code` is one of the ERRORS of fdopen-protocol(7)."""
 
     def __init__(self, code, message):
         super().__init__(f"{code}: {message}")

@@ -451,8 +451,10 @@ fn echo(socket: Option<PathBuf>) -> i32 {
             let _ = systemd::notify("READY=1");
             let signal = signals.wait();
             let _ = std::fs::remove_file(&path);
+            // The signal's name, never wait's Result (it said `Ok(SIGINT)`).
+            let signal = signal.map_or("a signal", |s| s.as_str());
             log(format_args!(
-                "{signal:?}: stopped, {} removed",
+                "{signal}: stopped, {} removed",
                 path.display()
             ));
             exit::OK
@@ -486,7 +488,7 @@ fn explain_command(args: ExplainArgs) -> i32 {
         let storer = args.storer.unwrap_or(client.uid);
         return explain_held(&policy, name, op, storer, &client);
     }
-    let raw = args.path.as_deref().unwrap_or(Path::new(""));
+    let raw = args.path.clone().map(super::absolute).unwrap_or_default();
     let path = match normalize_path(raw.as_os_str().as_bytes()) {
         Ok(p) => p,
         Err(e) => {

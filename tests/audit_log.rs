@@ -11,37 +11,6 @@ use std::process::Command;
 use common::*;
 use serde_json::{Value, json};
 
-/// A tmpfs of `size`, unmounted when dropped.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &Path, size: &str) -> Result<SmallDisk, String> {
-        fs::create_dir_all(at).map_err(|e| e.to_string())?;
-        let status = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0755"),
-                "tmpfs",
-            ])
-            .arg(at)
-            .status()
-            .map_err(|e| e.to_string())?;
-        if status.success() {
-            Ok(SmallDisk(at.to_owned()))
-        } else {
-            Err(format!("mount -t tmpfs failed: {status}"))
-        }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// Sends `count` requests at once, every third a `check`, cycling over
 /// `files`; returns each answer as (ok, error code, an fd came or, for a
 /// check, none was due).
@@ -90,7 +59,7 @@ fn a_full_disk_never_tears_a_record_nor_lets_an_unrecorded_grant_out() {
         return;
     }
     let dir = scratch();
-    let disk = match SmallDisk::mount(&dir.path().join("disk"), "64k") {
+    let disk = match common::SmallDisk::mount(&dir.path().join("disk"), "64k") {
         Ok(disk) => disk,
         Err(e) => {
             eprintln!("skipped: {e}");

@@ -736,3 +736,46 @@ fn an_empty_policy_or_directory_is_a_warning() {
         "{said}"
     );
 }
+
+/// A granted file that then cannot be written (its disk is full) is the
+/// file's failure, not the server's: the client names the file and exits
+/// 1, as for the server's io_error, never "connection to the server
+/// failed" and 3.
+#[test]
+fn a_copy_that_fails_names_the_file_not_the_connection() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = scratch();
+    let disk = match SmallDisk::mount(&dir.path().join("disk"), "64k") {
+        Ok(disk) => disk,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let target = disk.0.join("big.log");
+    let policy = json!({"rules": [{"name": "disk", "paths": [format!("{}/*", glob(&disk.0))],
+        "modes": ["write"], "create": true}]})
+    .to_string();
+    let mut s = TestServer::start_in(dir, &policy, &[]);
+    s.hold(disk);
+    let out = run_client(
+        &s.socket,
+        &[
+            "open",
+            "--mode",
+            "write",
+            "--create",
+            target.to_str().unwrap(),
+        ],
+        &vec![b'x'; 1 << 20],
+    );
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("big.log") && !said.contains("connection to the server"),
+        "{said}"
+    );
+}

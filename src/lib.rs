@@ -61,6 +61,9 @@ pub mod path_index;
 pub mod peer;
 #[cfg(feature = "server")]
 #[doc(hidden)]
+pub mod resources;
+#[cfg(feature = "server")]
+#[doc(hidden)]
 pub mod safe_open;
 #[cfg(feature = "server")]
 #[doc(hidden)]
@@ -80,5 +83,8 @@ pub mod echo;
 #[doc(hidden)]
 pub mod run;
 
-pub use client::{BindOptions, Client, Error, OpenOptions, WakeEvent, Wakeups, Woken};
+pub use client::{
+    BindOptions, Client, DirEntry, DirPage, Error, FileType, Metadata, OpenOptions, ReadDir,
+    Reconnect, Timestamp, TreeReply, TreeRequest, WakeEvent, Wakeups, Within, Woken,
+};
 pub use protocol::{Create, ErrorCode, Grant, Mode, ServerError, ServerInfo};

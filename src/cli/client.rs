@@ -126,6 +126,8 @@ pub enum ClientCommand {
         json: bool,
     },
     #[command(flatten)]
+    Tree(super::tree::TreeCommand),
+    #[command(flatten)]
     Held(super::held::HeldCommand),
     /// Line-echo demo: the server passes you its standard output; each
     /// line of your standard input is written to it (fdopen-protocol(7),
@@ -264,6 +266,7 @@ fn run(client: &mut Client, command: ClientCommand) -> Result<i32, Error> {
             }
             Ok(exit::OK)
         }
+        ClientCommand::Tree(tree) => super::tree::run(client, tree),
         ClientCommand::Held(held) => super::held::run(client, held),
         ClientCommand::Stats { prometheus } => {
             let stats = client.stats()?;
@@ -485,10 +488,12 @@ fn split_number(spec: &str) -> Result<(i32, &str), String> {
 fn error_exit_code(e: &Error) -> i32 {
     match e {
         Error::Refused(_) => exit::REFUSED,
-        Error::Connect { .. } | Error::Io(_) | Error::Protocol(_) | Error::OutOfStep => {
-            exit::UNREACHABLE
-        }
-        Error::RelativePath(_) | Error::NoSocket(_) => exit::USAGE,
+        Error::Connect { .. }
+        | Error::Io(_)
+        | Error::Protocol(_)
+        | Error::OutOfStep
+        | Error::Lost => exit::UNREACHABLE,
+        Error::RelativePath(_) | Error::NoSocket(_) | Error::NoSocketToReconnect => exit::USAGE,
     }
 }
 
@@ -515,6 +520,7 @@ impl CreateArgs {
             create: self.flags.create.unwrap_or_default(),
             perm: self.perm,
             truncate: self.flags.truncate,
+            ..OpenOptions::default()
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod held;
 pub mod man;
 pub mod prometheus;
 pub mod server;
+pub mod tree;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 

@@ -16,7 +16,8 @@ use crate::logging::{self, Level};
 use crate::peer::PeerIdentity;
 use crate::policy::{Policy, PolicyErrors};
 use crate::protocol::{Create, FileRequest, Mode, json_path, normalize_path};
-use crate::server::{Server, ServerConfig};
+use crate::server::upgrade::{self, Binary, Inherited};
+use crate::server::{Server, ServerConfig, handover};
 use crate::{lint, socket_path, systemd};
 
 /// Policy-gated file-open broker: opens the files a policy grants and hands
@@ -44,7 +45,29 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
     /// Serve requests on a Unix socket until SIGTERM or SIGINT; SIGHUP
-    /// reloads the policy and reopens the audit log.
+    /// reloads the policy and reopens the audit log; SIGUSR2 upgrades in
+    /// place.
+    ///
+    /// Upgrades and restarts keep held and parked descriptors.
+    /// SIGUSR2 answers what was read, stops reading, and runs the binary
+    /// this server was started from (the path recorded at start, which
+    /// with its directories must belong to root or the server's user and
+    /// be writable by no one else) with the same arguments, handing it the
+    /// listening socket, never closed, so no client is refused, and every
+    /// held and parked descriptor with its name, kind, storer and expiry.
+    /// Once the new process is ready, this one exits 0; if it is missing,
+    /// not executable, or exits or hangs before it is ready, this one serves
+    /// on with everything it had, and logs why. To upgrade: install the new
+    /// binary over the old path, then kill -USR2 the server (under systemd:
+    /// systemctl kill --kill-whom=main -s USR2 fdopen).
+    ///
+    /// Under systemd (NOTIFY_SOCKET set), SIGTERM puts every held and parked
+    /// descriptor, behind one socket named fdopen-held, into the unit's fd
+    /// store, and the next start takes them back from LISTEN_FDS: they
+    /// survive systemctl restart, and stop + start with
+    /// FileDescriptorStorePreserve=yes. Without systemd SIGTERM drops them;
+    /// a crash, SIGKILL or reboot always does. Client connections are closed
+    /// across either; clients reconnect.
     Serve(ServeArgs),
     /// Validate a policy: exit 0, or 1 with every error located. Also warns
     /// about rules that can never match or that a deny rule cancels.
@@ -96,6 +119,11 @@ pub struct ServeArgs {
     /// Append audit records to FILE instead of stderr.
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Record stat, readlink, xattr and readdir requests (a program under
+    /// `run` may make thousands); opens, changes, binds and held
+    /// descriptors are always recorded.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"], value_name = "on|off")]
+    pub audit_metadata: String,
     /// Longest request line in bytes, newline included.
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(64..=16 << 20), value_name = "BYTES")]
     pub max_request: u64,
@@ -257,6 +285,13 @@ fn check(path: &Path, strict: bool) -> i32 {
     for w in &warnings {
         logging::warn(format_args!("{w}"));
     }
+    let own = lint::self_grants(&policy);
+    for e in &own {
+        logging::error(format_args!("{e}"));
+    }
+    if !own.is_empty() {
+        return exit::REFUSED;
+    }
     if strict && !warnings.is_empty() {
         logging::error(format_args!(
             "{}: {} warnings, fatal with --strict",
@@ -285,7 +320,26 @@ fn serve(args: ServeArgs) -> i32 {
 }
 
 fn try_serve(args: ServeArgs) -> Result<(), String> {
-    let activated = systemd::take_listener();
+    // Taken first: the environment is edited before other threads exist.
+    let inherited = Inherited::take()?;
+    let passed = match inherited {
+        Some(_) => systemd::Passed::default(),
+        None => systemd::take(handover::FDNAME),
+    };
+    // Recorded at start: what SIGUSR2 runs again (SPEC §3.4).
+    let binary = Binary::current().map_err(|e| format!("cannot tell which binary this is: {e}"))?;
+    // Signals are taken synchronously by this thread; workers and the
+    // hand-over inherit the mask. Blocked first, so a SIGUSR2 arriving
+    // early waits for us instead of killing a server just upgraded.
+    let signals = SigSet::from_iter([
+        Signal::SIGHUP,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGUSR2,
+    ]);
+    signals
+        .thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
     let (policy, exposures) = Policy::load_trusted(
         &args.policy,
         nix::unistd::geteuid().as_raw(),
@@ -303,6 +357,9 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
     for warning in lint::policy_warnings(&policy) {
         logging::warn(format_args!("{warning}"));
     }
+    for warning in lint::self_grants(&policy) {
+        logging::warn(format_args!("{warning}"));
+    }
     let group = args
         .socket_group
         .as_deref()
@@ -315,20 +372,26 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
         None => AuditLog::stderr(),
     };
     raise_fd_limit();
-    let (listener, owned_path) = match activated {
-        Some(listener) => (listener, None),
-        None => {
+    let (handover, inherited_listener) = match inherited {
+        Some(i) => (Some(i.handover), Some((i.listener, i.owns_socket))),
+        None => (None, None),
+    };
+    let (listener, owned_path) = match (inherited_listener, passed.listener) {
+        (Some((listener, owns_socket)), _) => {
+            let path = owns_socket
+                .then(|| socket_path::resolve(args.socket.clone()))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            (listener, path)
+        }
+        (None, Some(listener)) => (listener, None),
+        (None, None) => {
             let path = socket_path::resolve(args.socket).map_err(|e| e.to_string())?;
             let listener =
                 socket_path::bind(&path, args.socket_mode, group).map_err(|e| e.to_string())?;
             (listener, Some(path))
         }
     };
-    // Signals are taken synchronously by this thread; workers inherit the mask.
-    let signals = SigSet::from_iter([Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT]);
-    signals
-        .thread_block()
-        .map_err(|e| format!("cannot block signals: {e}"))?;
     let mut config = ServerConfig {
         max_request: args.max_request as usize,
         idle_timeout: args.idle_timeout,
@@ -337,6 +400,7 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
         fs_timeout: args.fs_timeout,
         insecure_policy_permissions: args.insecure_policy_permissions,
         stats_group: stats_group.map(|g| g.as_raw()),
+        audit_metadata: args.audit_metadata == "on",
         held: crate::server::HeldLimits {
             total: args.max_held,
             per_uid: args.max_held_per_uid,
@@ -346,10 +410,18 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
     if let Some(workers) = args.workers {
         config.workers = workers as usize;
     }
+    let handed = take_back(handover.as_ref(), &passed.named)?;
     let rules = policy.rules.len();
     let workers = config.workers;
-    let server = Server::start(listener, policy, args.policy.clone(), audit, config)
-        .map_err(|e| format!("cannot start: {e}"))?;
+    let (server, refused) =
+        Server::start_holding(listener, policy, args.policy.clone(), audit, config, handed)
+            .map_err(|e| format!("cannot start: {e}"))?;
+    for unheld in refused {
+        logging::error(format_args!(
+            "{:?} of uid {} was handed over but cannot be held again: {}",
+            unheld.name, unheld.storer, unheld.why.message
+        ));
+    }
     let place = owned_path
         .as_ref()
         .map_or("the socket systemd passed".to_owned(), |p| {
@@ -363,7 +435,19 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
             "this kernel has no SO_PEERPIDFD (Linux 6.5+): clients' cgroups are unknown, so rules with cgroups or units never grant"
         ));
     }
-    let _ = systemd::notify("READY=1");
+    match handover {
+        // The predecessor tells the service manager, with our pid.
+        Some(handover) => handover
+            .ready()
+            .map_err(|e| format!("cannot tell the previous server we are ready: {e}"))?,
+        None => {
+            let _ = systemd::notify("READY=1");
+        }
+    }
+    if !passed.named.is_empty() {
+        // Read back and serving: the store's copy is spent.
+        let _ = systemd::notify(&format!("FDSTOREREMOVE=1\nFDNAME={}", handover::FDNAME));
+    }
     loop {
         match signals.wait() {
             Ok(Signal::SIGHUP) => {
@@ -385,12 +469,35 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
                 }
                 let _ = systemd::notify("READY=1");
             }
+            Ok(Signal::SIGUSR2) => {
+                let (held, parked) = server.held_counts();
+                log(format_args!(
+                    "SIGUSR2: upgrading in place to {} ({held} held, {parked} parked)",
+                    binary.path.display()
+                ));
+                match server.upgrade(&binary, owned_path.is_some()) {
+                    Ok(successor) => {
+                        log(format_args!(
+                            "upgraded: pid {} serves now with {} descriptors; this process stops",
+                            successor.pid, successor.handed
+                        ));
+                        let _ = systemd::notify(&format!("MAINPID={}\nREADY=1", successor.pid));
+                        server.shutdown();
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        logging::error(format_args!("{e}; this server serves on"));
+                        let _ = systemd::notify(&format!("STATUS={e}; this server serves on"));
+                    }
+                }
+            }
             Ok(signal) => {
                 log(format_args!(
                     "{signal}: finishing responses in flight and stopping"
                 ));
                 let _ = systemd::notify("STOPPING=1");
                 server.shutdown();
+                store_held(&server);
                 if let Some(path) = owned_path {
                     let _ = std::fs::remove_file(path);
                 }
@@ -398,6 +505,67 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
             }
             Err(e) => return Err(format!("waiting for signals failed: {e}")),
         }
+    }
+}
+
+/// What a previous server handed over: by an upgrade, or through the
+/// service manager's fd store (SPEC §3.4). A store's sockets are emptied
+/// here, so they leave the store too.
+fn take_back(
+    handover: Option<&upgrade::Handover>,
+    stored: &[std::os::fd::OwnedFd],
+) -> Result<handover::Received, String> {
+    let mut handed = match handover {
+        Some(handover) => handover
+            .receive()
+            .map_err(|e| format!("cannot take over from the previous server: {e}"))?,
+        None => handover::Received::default(),
+    };
+    for socket in stored {
+        match handover::read(socket, None) {
+            Ok(received) => handed.merge(received),
+            Err(e) => logging::error(format_args!(
+                "cannot read the fd store's {}: {e}",
+                handover::FDNAME
+            )),
+        }
+    }
+    if handover.is_some() || !stored.is_empty() {
+        log(format_args!(
+            "took over {} held and parked descriptors",
+            handed.len()
+        ));
+    }
+    if handed.damaged > 0 || !handed.complete {
+        logging::error(format_args!(
+            "the hand-over was cut short or damaged ({} entries unreadable): what it lacks is lost",
+            handed.damaged
+        ));
+    }
+    Ok(handed)
+}
+
+/// Stopping under a service manager: every held and parked fd goes into
+/// its fd store, through one socket (SPEC §3.4). Without one, or with
+/// nothing held, there is nothing to keep.
+fn store_held(server: &Server) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    match server.hand_over_to_store() {
+        Ok(None) => {}
+        Ok(Some((socket, count))) => {
+            let state = format!("FDSTORE=1\nFDNAME={}", handover::FDNAME);
+            match systemd::notify_with_fd(&state, Some(std::os::fd::AsFd::as_fd(&socket))) {
+                Ok(_) => log(format_args!(
+                    "{count} held and parked descriptors are in the service manager's fd store"
+                )),
+                Err(e) => logging::error(format_args!(
+                    "cannot store the held descriptors with the service manager: {e}; they are lost"
+                )),
+            }
+        }
+        Err(e) => logging::error(format_args!("{e}; the held descriptors are lost")),
     }
 }
 
@@ -538,6 +706,8 @@ fn explained_client(args: &ExplainArgs) -> Result<PeerIdentity, String> {
                 gid: user.gid.as_raw(),
                 groups: groups.into_iter().map(|g| g.as_raw()).collect(),
                 cgroup: None,
+                foreign_net: false,
+                connection: 0,
             }
         }
         (None, Some(uid)) if args.gid.is_empty() => {

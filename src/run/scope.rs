@@ -12,7 +12,7 @@ use crate::protocol::{Mode, Scope};
 
 struct PathGrant {
     glob: GlobMatcher,
-    modes: Vec<Mode>,
+    modes: Vec<crate::protocol::PathMode>,
     create: bool,
 }
 
@@ -65,9 +65,9 @@ impl BrokerScope {
         {
             return false;
         }
-        self.paths
-            .iter()
-            .any(|p| p.modes.contains(&mode) && (p.create || !create) && p.glob.is_match(path))
+        self.paths.iter().any(|p| {
+            p.modes.contains(&mode.into()) && (p.create || !create) && p.glob.is_match(path)
+        })
     }
 
     pub fn covers_bind(&self, address: &BindAddress) -> bool {
@@ -84,7 +84,7 @@ mod tests {
         Scope {
             paths: vec![ScopePath {
                 glob: "/srv/**".into(),
-                modes: vec![Mode::Read, Mode::Append],
+                modes: vec![Mode::Read.into(), Mode::Append.into()],
                 create: false,
             }],
             binds: vec!["tcp:*:80".into()],

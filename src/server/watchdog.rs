@@ -12,13 +12,14 @@
 //! and beyond the caps new filesystem requests are answered `busy`.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use super::dispatch::Outcome;
 use super::lock;
-use crate::decision::{Decision, Refusal};
 
 /// Abandoned calls one uid may have at once; beyond, its filesystem
 /// requests are `busy`.
@@ -46,6 +47,9 @@ pub(super) struct CallWatch {
     /// a lane's later calls can be abandoned before an earlier one returns.
     deliveries: Mutex<Vec<(u64, Arc<Delivery>)>>,
 }
+
+/// Closes are charged to no client.
+const CLOSER_UID: u32 = u32::MAX;
 
 /// What became of a watched call.
 pub(super) enum Watched<T> {
@@ -84,6 +88,21 @@ impl CallWatch {
     }
 }
 
+impl CallWatch {
+    /// Closes `fds`, watched: a close can block (a FUSE file's flush, a
+    /// socket with `SO_LINGER`). False when the thread was abandoned in
+    /// it: the thread must then end, another serves in its place.
+    pub fn close(&self, watchdog: &Watchdog, fds: Vec<OwnedFd>) -> bool {
+        match self.run(watchdog, CLOSER_UID, || drop(fds)) {
+            Watched::Finished(()) => true,
+            Watched::Abandoned((), delivery) => {
+                watchdog.stuck.remove(delivery.uid);
+                false
+            }
+        }
+    }
+}
+
 /// The outcome of a request whose thread was abandoned, on its way to the
 /// lane that now serves the client.
 #[derive(Debug)]
@@ -97,7 +116,7 @@ pub(super) struct Delivery {
 #[derive(Debug)]
 enum DeliveryState {
     Waiting,
-    Arrived(Result<Decision, Refusal>),
+    Arrived(Outcome),
     /// Past the deadline and answered; a late outcome is dropped.
     Expired,
     Taken,
@@ -105,7 +124,7 @@ enum DeliveryState {
 
 impl Delivery {
     /// Hands over the outcome; gives it back when it came too late.
-    pub fn deliver(&self, outcome: Result<Decision, Refusal>) -> Option<Result<Decision, Refusal>> {
+    pub fn deliver(&self, outcome: Outcome) -> Option<Outcome> {
         let mut state = lock(&self.outcome);
         if matches!(*state, DeliveryState::Waiting) {
             *state = DeliveryState::Arrived(outcome);
@@ -135,7 +154,7 @@ impl Delivery {
 
 /// What [`Delivery::poll`] found.
 pub(super) enum Polled {
-    Arrived(Result<Decision, Refusal>),
+    Arrived(Outcome),
     TimedOut,
     Waiting,
 }
@@ -262,8 +281,10 @@ impl Watchdog {
     fn abandon(&self, call: &CallWatch, state: u64, started: u64) -> Option<Arc<Delivery>> {
         let uid = call.uid.load(Ordering::Relaxed);
         let started_at = self.epoch + Duration::from_micros(started);
+        // An --fs-timeout too long for the clock means "never".
+        let far = started_at + Duration::from_secs(100 * 365 * 86400);
         let delivery = Arc::new(Delivery {
-            deadline: started_at + self.fs_timeout,
+            deadline: started_at.checked_add(self.fs_timeout).unwrap_or(far),
             uid,
             outcome: Mutex::new(DeliveryState::Waiting),
         });

@@ -54,17 +54,9 @@ fn grants(records: &[Value]) -> usize {
 
 #[test]
 fn a_full_disk_never_tears_a_record_nor_lets_an_unrecorded_grant_out() {
-    if !is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
     let dir = scratch();
-    let disk = match common::SmallDisk::mount(&dir.path().join("disk"), "64k") {
-        Ok(disk) => disk,
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            return;
-        }
+    let Some(disk) = common::SmallDisk::in_or_skip(dir.path()) else {
+        return;
     };
     let files: Vec<PathBuf> = (0..10)
         .map(|i| {

@@ -743,17 +743,9 @@ fn an_empty_policy_or_directory_is_a_warning() {
 /// failed" and 3.
 #[test]
 fn a_copy_that_fails_names_the_file_not_the_connection() {
-    if !is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
     let dir = scratch();
-    let disk = match SmallDisk::mount(&dir.path().join("disk"), "64k") {
-        Ok(disk) => disk,
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            return;
-        }
+    let Some(disk) = SmallDisk::in_or_skip(dir.path()) else {
+        return;
     };
     let target = disk.0.join("big.log");
     let policy = json!({"rules": [{"name": "disk", "paths": [format!("{}/*", glob(&disk.0))],

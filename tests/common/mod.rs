@@ -425,6 +425,18 @@ pub fn run_client(socket: &Path, args: &[&str], stdin: &[u8]) -> Output {
 pub struct SmallDisk(pub PathBuf);
 
 impl SmallDisk {
+    /// A 64 KiB disk at `DIR/disk`, or `None` with the reason printed
+    /// (not root, or no tmpfs here).
+    pub fn in_or_skip(dir: &Path) -> Option<SmallDisk> {
+        if !is_root() {
+            eprintln!("skipped: mounting a small tmpfs needs root");
+            return None;
+        }
+        SmallDisk::mount(&dir.join("disk"), "64k")
+            .map_err(|e| eprintln!("skipped: {e}"))
+            .ok()
+    }
+
     pub fn mount(at: &Path, size: &str) -> Result<SmallDisk, String> {
         fs::create_dir_all(at).map_err(|e| e.to_string())?;
         let status = Command::new("mount")

@@ -62,6 +62,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --lib --no-default-features -- -D warnings
+	# The API's documentation, with and without the server: no broken links.
+	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --locked --no-deps --no-default-features
+	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --locked --no-deps
 
 # Coverage-guided fuzzing with afl.rs on the stable toolchain: both targets
 # side by side for FUZZ_SECONDS (default 10 minutes), then a summary.

@@ -36,6 +36,8 @@ pub enum Mismatch {
     IdentityUnknown,
     /// The path matches, but the file it leads to (through symlinks) does not.
     RealPath,
+    /// The rule has no `paths` at all (a `binds` or `names` rule).
+    NoPaths,
     File(FileMismatch),
 }
 
@@ -59,6 +61,7 @@ impl fmt::Display for Mismatch {
                 f.write_str("the real path (after symlinks) matches none of its globs")
             }
             Mismatch::File(m) => write!(f, "{}", m.describe()),
+            Mismatch::NoPaths => f.write_str("it has no paths (only binds or names)"),
         }
     }
 }
@@ -919,7 +922,9 @@ pub fn explain<'a>(
         .rules
         .iter()
         .map(|rule| {
-            let mismatch = if !rule.matches_path(path) {
+            let mismatch = if rule.paths.is_empty() {
+                Some(Mismatch::NoPaths)
+            } else if !rule.matches_path(path) {
                 Some(Mismatch::Path)
             } else if let Err(m) = rule.check_request(client, &Wants::of(request)) {
                 Some(m)

@@ -48,7 +48,7 @@ pub enum ServerCommand {
     /// reloads the policy and reopens the audit log; SIGUSR2 upgrades in
     /// place.
     ///
-    /// Upgrades and restarts keep held and parked descriptors (SPEC §3.4).
+    /// Upgrades and restarts keep held and parked descriptors.
     /// SIGUSR2 answers what was read, stops reading, and runs the binary
     /// this server was started from (the path recorded at start, which
     /// with its directories must belong to root or the server's user and
@@ -632,8 +632,10 @@ fn echo(socket: Option<PathBuf>) -> i32 {
             let _ = systemd::notify("READY=1");
             let signal = signals.wait();
             let _ = std::fs::remove_file(&path);
+            // The signal's name, never wait's Result (it said `Ok(SIGINT)`).
+            let signal = signal.map_or("a signal", |s| s.as_str());
             log(format_args!(
-                "{signal:?}: stopped, {} removed",
+                "{signal}: stopped, {} removed",
                 path.display()
             ));
             exit::OK
@@ -667,7 +669,7 @@ fn explain_command(args: ExplainArgs) -> i32 {
         let storer = args.storer.unwrap_or(client.uid);
         return explain_held(&policy, name, op, storer, &client);
     }
-    let raw = args.path.as_deref().unwrap_or(Path::new(""));
+    let raw = args.path.clone().map(super::absolute).unwrap_or_default();
     let path = match normalize_path(raw.as_os_str().as_bytes()) {
         Ok(p) => p,
         Err(e) => {

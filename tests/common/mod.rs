@@ -428,6 +428,59 @@ pub fn run_client(socket: &Path, args: &[&str], stdin: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// A tmpfs of `size`, unmounted when dropped.
+pub struct SmallDisk(pub PathBuf);
+
+impl SmallDisk {
+    /// A 64 KiB disk at `DIR/disk`, or `None` with the reason printed
+    /// (not root, or no tmpfs here).
+    pub fn in_or_skip(dir: &Path) -> Option<SmallDisk> {
+        if !is_root() {
+            eprintln!("skipped: mounting a small tmpfs needs root");
+            return None;
+        }
+        SmallDisk::mount(&dir.join("disk"), "64k")
+            .map_err(|e| eprintln!("skipped: {e}"))
+            .ok()
+    }
+
+    pub fn mount(at: &Path, size: &str) -> Result<SmallDisk, String> {
+        fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(SmallDisk(at.to_owned()))
+        } else {
+            Err(format!("mount -t tmpfs failed: {status}"))
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Panics, showing its stderr, unless the command succeeded.
+pub fn assert_succeeded(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Count of open descriptors of a process.
 pub fn fd_count(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()

@@ -19,6 +19,7 @@ mod broker;
 mod filter;
 mod listener;
 mod open_call;
+mod process;
 mod scope;
 mod target;
 
@@ -87,6 +88,17 @@ pub enum RunError {
     },
     #[error("cannot run {program}: {source}")]
     Spawn { program: String, source: io::Error },
+}
+
+impl RunError {
+    /// `run`'s exit code for this error: 127 or 126 for a command that
+    /// could not be started, as shells say it (SPEC §8); `None` otherwise.
+    pub fn command_exit_code(&self) -> Option<i32> {
+        match self {
+            RunError::Spawn { program, source } => Some(process::spawn_exit_code(program, source)),
+            _ => None,
+        }
+    }
 }
 
 fn setup(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
@@ -194,6 +206,8 @@ fn spawn_trapped(command: &[OsString]) -> Result<(Pid, OwnedFd), RunError> {
 /// Passes signals on and reaps children until no task that could trap is
 /// left; returns how the command itself ended.
 fn supervise(child: Pid, listener: &Listener, signals: &SignalFd) -> Result<WaitStatus, RunError> {
+    // Opened before the command can be reaped, so it is the command's.
+    let command = process::Pidfd::open(child.as_raw()).ok();
     let mut status = None;
     loop {
         // Events 0 on the listener: only POLLHUP (no task left that holds
@@ -218,8 +232,7 @@ fn supervise(child: Pid, listener: &Listener, signals: &SignalFd) -> Result<Wait
                 if signal == libc::SIGCHLD {
                     reap(child, &mut status);
                 } else if info.ssi_code != SI_KERNEL {
-                    // SAFETY: kill with integer arguments.
-                    unsafe { libc::kill(child.as_raw(), signal) };
+                    forward(&command, signal);
                 }
             }
         }
@@ -231,6 +244,16 @@ fn supervise(child: Pid, listener: &Listener, signals: &SignalFd) -> Result<Wait
     match status {
         Some(status) => Ok(status),
         None => waitpid(child, None).map_err(|e| setup("waiting for the command")(e.into())),
+    }
+}
+
+/// Passes on a signal sent to `run`: those that stop a job go to every
+/// supervised process, the others to the command alone.
+fn forward(command: &Option<process::Pidfd>, signal: i32) {
+    if process::reaches_every_process(signal) {
+        process::signal_descendants(std::process::id() as i32, signal);
+    } else if let Some(command) = command {
+        let _ = command.signal(signal);
     }
 }
 

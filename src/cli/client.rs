@@ -125,6 +125,8 @@ pub enum ClientCommand {
         json: bool,
     },
     #[command(flatten)]
+    Tree(super::tree::TreeCommand),
+    #[command(flatten)]
     Held(super::held::HeldCommand),
     /// Line-echo demo: the server passes you its standard output; each
     /// line of your standard input is written to it (SPEC §9).
@@ -248,6 +250,7 @@ fn run(client: &mut Client, command: ClientCommand) -> Result<i32, Error> {
             }
             Ok(exit::OK)
         }
+        ClientCommand::Tree(tree) => super::tree::run(client, tree),
         ClientCommand::Held(held) => super::held::run(client, held),
         ClientCommand::Stats { prometheus } => {
             let stats = client.stats()?;
@@ -497,6 +500,7 @@ impl CreateArgs {
             create: self.flags.create.unwrap_or_default(),
             perm: self.perm,
             truncate: self.flags.truncate,
+            ..OpenOptions::default()
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod client;
 pub mod held;
 pub mod prometheus;
 pub mod server;
+pub mod tree;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 

@@ -12,8 +12,15 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+mod errno;
 mod held;
+mod tree;
+pub use errno::errno_number;
 pub use held::{WakeEvent, Wakeups, Woken};
+pub use tree::{
+    DirEntry, DirPage, FileType, MAX_DIR_ENTRIES, Metadata, ReadDir, Timestamp, TreeOp, TreeReply,
+    TreeRequest, Within, is_dot, major_minor,
+};
 
 use crate::fdpass;
 use crate::protocol::{
@@ -333,7 +340,21 @@ impl Client {
             truncate: options.truncate.then_some(true),
             ..WireRequest::new(op)
         };
-        self.send_request(&request)
+        if !options.nofollow && options.within.is_none() {
+            return self.send_request(&request);
+        }
+        // The v3 fields (SPEC §3.1), added to the v2 line.
+        let mut value =
+            serde_json::to_value(&request).map_err(|e| Error::Protocol(e.to_string()))?;
+        if options.nofollow {
+            value["nofollow"] = true.into();
+        }
+        if let Some(within) = &options.within {
+            value["within"] = within.to_json()?;
+        }
+        let mut line = serde_json::to_vec(&value).map_err(|e| Error::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.send_raw(&line)
     }
 
     /// What the server's allow rules could grant this client (SPEC §3.5).
@@ -647,6 +668,11 @@ pub struct OpenOptions {
     /// the rule's `create_perm` masks them).
     pub perm: Option<u32>,
     pub truncate: bool,
+    /// A final symlink is refused (`not_regular`, `ELOOP`), not followed
+    /// (`O_NOFOLLOW`, SPEC §3.6).
+    pub nofollow: bool,
+    /// The path lies below this directory the caller holds (SPEC §3.1).
+    pub within: Option<Within>,
 }
 
 impl OpenOptions {
@@ -693,6 +719,30 @@ impl OpenOptions {
     /// ```
     pub fn truncate(mut self, truncate: bool) -> OpenOptions {
         self.truncate = truncate;
+        self
+    }
+
+    ///
+    /// ```no_run
+    /// let options = fdopen::OpenOptions::new(fdopen::Mode::Read).nofollow(true);
+    /// assert!(options.nofollow);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
+    pub fn nofollow(mut self, nofollow: bool) -> OpenOptions {
+        self.nofollow = nofollow;
+        self
+    }
+
+    ///
+    /// ```no_run
+    /// let dir = std::fs::File::open("/srv/app")?;
+    /// let within = fdopen::Within::of_file("/srv/app", &dir)?;
+    /// let options = fdopen::OpenOptions::new(fdopen::Mode::Read).within(within);
+    /// assert!(options.within.is_some());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn within(mut self, within: Within) -> OpenOptions {
+        self.within = Some(within);
         self
     }
 }

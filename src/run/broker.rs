@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use super::bind_call::{BindArgs, ProgramSocket, copy_options};
 use super::listener::{Install, Listener, Notification, target_gone};
-use super::open_call::{Brokerable, OpenArgs, absolute_path};
+use super::open_call::{Brokerable, OpenArgs, OpenPath, absolute_path};
 use super::scope::BrokerScope;
 use super::target::{Identity, Target};
+use super::within::Within;
 use crate::address::BindAddress;
 use crate::client::{BindOptions, Client};
 
@@ -77,30 +78,73 @@ impl Broker {
         {
             return Err(Untouched);
         }
-        target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
+        let tgid = target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
+        let within = match base {
+            Some(base) => Some(Within::prove(target, tgid, args.dirfd, base).ok_or(Untouched)?),
+            None => None,
+        };
+        let call_path = OpenPath { path, within };
         let umask = if wanted.create.is_requested() {
             target.umask().ok_or(Untouched)?
         } else {
             0
         };
+        // A file the server creates stays created: only ask when the fd
+        // can be installed (the kernel itself checks the table before it
+        // creates anything).
+        if wanted.create.is_requested() && target.has_free_fd() != Some(true) {
+            return Err(Untouched);
+        }
         // Everything above was read from the task that trapped, not from
         // a recycled tid, only if its notification is still pending.
         if !self.listener.still_valid(call.id) {
             return Err(Untouched);
         }
         let options = wanted.options(umask);
-        let (file, _) = ask(client, &self.socket, |c| c.open_with(&path, &options))?;
+        // Truncation cannot be undone: the server is asked whether it
+        // would truncate, opens without, and the supervisor truncates
+        // once the fd is the program's.
+        if options.truncate {
+            ask(client, &self.socket, |c| {
+                c.check_with(&call_path.path, &options)
+            })?;
+        }
+        let without_truncate = options.clone().truncate(false);
+        let (file, _) = ask(client, &self.socket, |c| {
+            c.open_with(&call_path.path, &without_truncate)
+        })?;
         if wanted.status_flags != 0 {
             set_status_flags(&file, wanted.status_flags)?;
         }
-        let how = Install::AsResult {
+        if !options.truncate {
+            let how = Install::AsResult {
+                cloexec: wanted.cloexec,
+            };
+            return match self.listener.install(call.id, file.as_raw_fd(), how) {
+                Ok(_) => Ok(()),
+                Err(e) if target_gone(&e) => Ok(()),
+                Err(_) => Err(Untouched),
+            };
+        }
+        let how = Install::Pending {
             cloexec: wanted.cloexec,
         };
-        match self.listener.install(call.id, file.as_raw_fd(), how) {
-            Ok(_) => Ok(()),
-            Err(e) if target_gone(&e) => Ok(()),
-            Err(_) => Err(Untouched),
+        let fd = match self.listener.install(call.id, file.as_raw_fd(), how) {
+            Ok(fd) => fd,
+            Err(e) if target_gone(&e) => return Ok(()),
+            Err(_) => return Err(Untouched),
+        };
+        // The program is still waiting: it cannot write before this.
+        match file.set_len(0) {
+            Ok(()) => self.listener.answer(call.id, i64::from(fd)),
+            // The fd is in the program's table already and cannot be
+            // taken back; the open fails as a kernel open whose O_TRUNC
+            // failed would, leaving the file as it was.
+            Err(e) => self
+                .listener
+                .fail(call.id, e.raw_os_error().unwrap_or(libc::EIO)),
         }
+        Ok(())
     }
 
     fn bind(

@@ -12,6 +12,7 @@
 //! Layout: `filter` builds and installs the filter, `listener` speaks
 //! the notification ioctls, `target` reads the trapped task,
 //! `open_call` and `bind_call` decode the two kinds of call,
+//! `within` proves the directory a relative call starts from,
 //! `scope` decides which are worth asking, `broker` answers one.
 
 mod bind_call;
@@ -27,6 +28,7 @@ mod scope;
 mod target;
 #[allow(dead_code)]
 mod tree_call;
+mod within;
 
 use std::ffi::OsString;
 use std::io;

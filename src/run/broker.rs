@@ -11,6 +11,7 @@ use super::listener::{Install, Listener, Notification, target_gone};
 use super::open_call::{Brokerable, OpenArgs, OpenPath, absolute_path};
 use super::scope::BrokerScope;
 use super::target::{Identity, Target};
+use super::tree_call::TreeCall;
 use super::within::Within;
 use crate::address::BindAddress;
 use crate::client::{BindOptions, Client};
@@ -33,7 +34,7 @@ pub struct Broker {
 }
 
 /// Something that stops a call from being brokered; it then continues.
-struct Untouched;
+pub(super) struct Untouched;
 
 impl Broker {
     /// Answers trapped syscalls until the listener fails (it never does
@@ -54,6 +55,9 @@ impl Broker {
             let unprivileged_start = self.privileged_below.ok_or(Untouched)?;
             let args = BindArgs::decode(call, &target, unprivileged_start).ok_or(Untouched)?;
             return self.bind(call, &target, args, client);
+        }
+        if let Some(tree) = TreeCall::decode(call) {
+            return self.tree(call, &target, tree, client);
         }
         let args = OpenArgs::decode(call, &target).ok_or(Untouched)?;
         self.open(call, &target, args, client)
@@ -198,12 +202,21 @@ fn ask<T>(
     socket: &PathBuf,
     request: impl FnOnce(&mut Client) -> Result<T, crate::client::Error>,
 ) -> Result<T, Untouched> {
+    ask_for_errno(client, socket, request).map_err(|_| Untouched)
+}
+
+/// [`ask`], telling a refusal's errno (SPEC §4), if the server gave one.
+pub(super) fn ask_for_errno<T>(
+    client: &mut Option<Client>,
+    socket: &PathBuf,
+    request: impl FnOnce(&mut Client) -> Result<T, crate::client::Error>,
+) -> Result<T, Option<i32>> {
     if client.is_none() {
-        let mut fresh = Client::connect(socket).map_err(|_| Untouched)?;
+        let mut fresh = Client::connect(socket).map_err(|_| None)?;
         fresh
             .stream()
             .set_read_timeout(Some(SERVER_PATIENCE))
-            .map_err(|_| Untouched)?;
+            .map_err(|_| None)?;
         // The trapped task waits on this answer with its CPU idle: polling
         // for it saves the wake-up that dominates a brokered call.
         fresh.set_busy_poll(SERVER_BUSY_POLL);
@@ -212,10 +225,10 @@ fn ask<T>(
     let connection = client.as_mut().expect("connected above");
     match request(connection) {
         Ok(value) => Ok(value),
-        Err(crate::client::Error::Refused(_)) => Err(Untouched),
+        Err(crate::client::Error::Refused(e)) => Err(e.raw_os_error()),
         Err(_) => {
             *client = None;
-            Err(Untouched)
+            Err(None)
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The seccomp filter `run` installs in the child before `exec` (SPEC §8):
-//! native `open`, `openat`, `openat2`, `creat` and `bind` go to the
-//! supervisor as user notifications; everything else, and every syscall of
+//! native `open`, `openat`, `openat2`, `creat`, `bind` and the tree calls
+//! that name a path (`stat`, `mkdir`, `rename`, ...) go to the supervisor
+//! as user notifications; everything else, and every syscall of
 //! a foreign architecture (x32, i386 on x86_64), runs untouched.
 //!
 //! Everything here that runs in the child after `fork` is a raw syscall on
@@ -19,6 +20,47 @@ const NATIVE_ARCH: u32 = 0xC000_00B7;
 #[cfg(target_arch = "x86_64")]
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
+/// The tree calls of SPEC §8 (v3) that name a path.
+#[cfg(target_arch = "x86_64")]
+const TREE_CALLS: [libc::c_long; 21] = [
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_access,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_getxattr,
+    libc::SYS_lgetxattr,
+    libc::SYS_listxattr,
+    libc::SYS_llistxattr,
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_rmdir,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+];
+#[cfg(not(target_arch = "x86_64"))]
+const TREE_CALLS: [libc::c_long; 11] = [
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_readlinkat,
+    libc::SYS_getxattr,
+    libc::SYS_lgetxattr,
+    libc::SYS_listxattr,
+    libc::SYS_llistxattr,
+    libc::SYS_mkdirat,
+    libc::SYS_unlinkat,
+    libc::SYS_renameat2,
+];
+
 /// The syscalls the supervisor brokers.
 pub fn trapped_syscalls() -> Vec<u32> {
     let mut nrs = vec![
@@ -28,6 +70,7 @@ pub fn trapped_syscalls() -> Vec<u32> {
     ];
     #[cfg(target_arch = "x86_64")]
     nrs.extend([libc::SYS_open as u32, libc::SYS_creat as u32]);
+    nrs.extend(TREE_CALLS.iter().map(|&nr| nr as u32));
     nrs
 }
 

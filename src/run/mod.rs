@@ -19,14 +19,12 @@ mod bind_call;
 mod broker;
 mod filter;
 mod listener;
-// Used by the broker's tree arms, which need the client's tree API (SPEC §3.6).
-#[allow(dead_code)]
 mod memory;
 mod open_call;
 mod process;
 mod scope;
 mod target;
-#[allow(dead_code)]
+mod tree_broker;
 mod tree_call;
 mod within;
 

@@ -346,7 +346,7 @@ pub fn stat_bytes(stx: &libc::statx) -> Vec<u8> {
     as_bytes(&st).to_vec()
 }
 
-fn as_bytes<T>(value: &T) -> &[u8] {
+pub fn as_bytes<T>(value: &T) -> &[u8] {
     // SAFETY: used only on the kernel's plain-old-data structs, zeroed
     // before filling, so padding bytes are initialised too.
     unsafe { std::slice::from_raw_parts((value as *const T).cast(), size_of::<T>()) }

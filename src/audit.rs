@@ -91,6 +91,11 @@ impl AuditLog {
         Ok(())
     }
 
+    /// The log file, when records go to one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
     /// Batches that failed to be written whole since start.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
@@ -244,10 +249,18 @@ impl Clock {
     }
 }
 
+/// The next `seq`: a number unique to its request within the server's
+/// run (SPEC §6).
+pub fn next_seq() -> u64 {
+    static SEQ: AtomicU64 = AtomicU64::new(1);
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
 /// One decision, as logged.
 #[derive(Debug, Serialize)]
 pub struct Record<'a> {
     pub ts: &'a str,
+    pub seq: u64,
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
@@ -268,6 +281,15 @@ pub struct Record<'a> {
     pub real_path: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub real_path_b64: Option<String>,
+    /// A `rename`'s destination, as requested and, where it differs, real.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_b64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real_to: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real_to_b64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<&'a str>,
     pub ok: bool,
@@ -275,6 +297,9 @@ pub struct Record<'a> {
     pub rule: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<&'a str>,
+    /// The kernel's error that decided a refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<&'a str>,
     /// The address a `bind` asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<&'a str>,
@@ -296,6 +321,7 @@ impl<'a> Record<'a> {
     pub fn new(client: &'a PeerIdentity, ts: &'a str) -> Record<'a> {
         Record {
             ts,
+            seq: next_seq(),
             pid: client.pid,
             uid: client.uid,
             gid: client.gid,
@@ -306,10 +332,15 @@ impl<'a> Record<'a> {
             path_b64: None,
             real_path: None,
             real_path_b64: None,
+            to: None,
+            to_b64: None,
+            real_to: None,
+            real_to_b64: None,
             mode: None,
             ok: false,
             rule: None,
             code: None,
+            errno: None,
             address: None,
             created: false,
             name: None,
@@ -330,6 +361,20 @@ impl<'a> Record<'a> {
         let (text, b64) = json_path(path);
         self.real_path = Some(text);
         self.real_path_b64 = b64;
+    }
+
+    /// Sets `to` (and `to_b64` when it is not UTF-8).
+    pub fn set_to(&mut self, path: &'a Path) {
+        let (text, b64) = json_path(path);
+        self.to = Some(text);
+        self.to_b64 = b64;
+    }
+
+    /// Sets `real_to` (and `real_to_b64` when it is not UTF-8).
+    pub fn set_real_to(&mut self, path: &'a Path) {
+        let (text, b64) = json_path(path);
+        self.real_to = Some(text);
+        self.real_to_b64 = b64;
     }
 
     /// Appends the record as one line to `out`.

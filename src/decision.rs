@@ -13,14 +13,17 @@ use std::time::SystemTime;
 use crate::address::BindAddress;
 use crate::peer::PeerIdentity;
 use crate::policy::{Age, ByteSize, Effect, Owner, Policy, Rule};
-use crate::protocol::{Create, ErrorCode, FileRequest, Grant, HeldOp, Mode, json_path};
+use crate::protocol::{Create, ErrorCode, FileRequest, Grant, HeldOp, Mode, PathMode, json_path};
 use crate::safe_open::{self, CreatedFile, FileFacts, FileKind, Located, OpenError};
+
+pub mod tree;
+pub use tree::PathGrant;
 
 /// Why a rule does not apply to a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mismatch {
     Path,
-    Mode(Mode),
+    Mode(PathMode),
     /// The request may create the file; the rule does not cover that.
     Create,
     /// The request truncates; the rule does not cover that.
@@ -108,7 +111,11 @@ impl Rule {
     /// no file.
     pub fn check_request(&self, client: &PeerIdentity, request: &Wants) -> Result<(), Mismatch> {
         let mode = request.mode;
-        if self.modes & mode.bit() == 0 {
+        // Metadata comes with access (SPEC §5): an allow rule that grants
+        // any mode on a path grants `stat` on it.
+        let covered =
+            (self.effect == Effect::Allow && mode == PathMode::Stat) || self.has_mode(mode);
+        if !covered {
             return Err(Mismatch::Mode(mode));
         }
         // An allow rule's `create`/`truncate` permits them (and does not
@@ -190,7 +197,7 @@ impl Rule {
 /// What a file request asks for, as rules see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Wants {
-    pub mode: Mode,
+    pub mode: PathMode,
     /// It may create the file (`create` true or exclusive).
     pub create: bool,
     pub truncate: bool,
@@ -202,19 +209,25 @@ impl From<Mode> for Wants {
     }
 }
 
+impl From<PathMode> for Wants {
+    fn from(mode: PathMode) -> Wants {
+        Wants::mode(mode)
+    }
+}
+
 impl Wants {
     pub fn of(request: &FileRequest) -> Wants {
         Wants {
-            mode: request.mode,
+            mode: request.mode.into(),
             create: request.create.is_requested(),
             truncate: request.truncate,
         }
     }
 
     /// A plain read, write, ... with no create or truncate.
-    pub fn mode(mode: Mode) -> Wants {
+    pub fn mode(mode: impl Into<PathMode>) -> Wants {
         Wants {
-            mode,
+            mode: mode.into(),
             create: false,
             truncate: false,
         }
@@ -228,6 +241,11 @@ pub struct Refusal {
     pub code: ErrorCode,
     pub message: String,
     pub rule: Option<String>,
+    /// The kernel's error that decided it, for the client (SPEC §4).
+    pub errno: Option<nix::errno::Errno>,
+    /// Its audit record is written already (a tree change that failed
+    /// after it was recorded, SPEC §6).
+    pub recorded: bool,
 }
 
 impl Refusal {
@@ -236,6 +254,8 @@ impl Refusal {
             code,
             message: message.into(),
             rule: None,
+            errno: None,
+            recorded: false,
         }
     }
 
@@ -244,12 +264,39 @@ impl Refusal {
         Refusal::new(ErrorCode::Busy, message)
     }
 
-    fn denied_by(rule: &Rule) -> Refusal {
+    pub(crate) fn denied_by(rule: &Rule) -> Refusal {
         Refusal {
             code: ErrorCode::Denied,
             message: format!("denied by rule {}", rule.name),
             rule: Some(rule.name.clone()),
+            errno: None,
+            recorded: false,
         }
+    }
+
+    /// `within` names another directory than the client holds (SPEC §3.1).
+    pub fn within_mismatch() -> Refusal {
+        Refusal::new(
+            ErrorCode::Denied,
+            "\"within\" does not name the directory the client holds",
+        )
+    }
+
+    /// A refusal the kernel's `errno` decided.
+    pub fn with_errno(
+        code: ErrorCode,
+        errno: nix::errno::Errno,
+        message: impl Into<String>,
+    ) -> Refusal {
+        Refusal {
+            errno: Some(errno),
+            ..Refusal::new(code, message)
+        }
+    }
+
+    /// The kernel's name for its errno (`"ENOENT"`), as responses carry it.
+    pub fn errno_name(&self) -> Option<String> {
+        self.errno.map(|e| format!("{e:?}"))
     }
 }
 
@@ -262,9 +309,16 @@ impl From<OpenError> for Refusal {
             // so not even the message tells that something is missing.
             OpenError::Dangling => return leads_elsewhere(Refusal::new(ErrorCode::Denied, "")),
             OpenError::OutOfFds => ErrorCode::Busy,
-            OpenError::Io { .. } => ErrorCode::IoError,
+            OpenError::Io { errno, .. } => {
+                return Refusal::with_errno(ErrorCode::IoError, errno, e.to_string());
+            }
         };
-        Refusal::new(code, e.to_string())
+        match code {
+            ErrorCode::NotFound => {
+                Refusal::with_errno(code, nix::errno::Errno::ENOENT, e.to_string())
+            }
+            _ => Refusal::new(code, e.to_string()),
+        }
     }
 }
 
@@ -482,6 +536,11 @@ impl Scratch {
     pub fn requested(&mut self) -> &mut Candidates {
         &mut self.requested
     }
+
+    /// Room for the rules of the requested path and of the real one.
+    pub fn both(&mut self) -> (&mut Candidates, &mut Candidates) {
+        (&mut self.requested, &mut self.real)
+    }
 }
 
 /// What a granted request is for.
@@ -536,11 +595,22 @@ pub fn decide_on_filesystem(
     intent: Intent,
     scratch: &mut Scratch,
 ) -> Result<Decision, Refusal> {
+    let base = base_of(request)?;
     if request.create.is_requested() {
-        return decide_create(policy, request, client, intent, scratch);
+        return decide_create(policy, request, client, intent, scratch, &base);
     }
     let path = request.path.path.as_path();
-    let located = match safe_open::locate(path) {
+    let located = match (request.nofollow, path.parent(), path.file_name()) {
+        // O_NOFOLLOW: the final name itself, pinned, never followed.
+        (true, Some(parent), Some(name)) => base.locate(parent).and_then(|dir| {
+            if dir.facts.kind != FileKind::Directory {
+                return Err(OpenError::NotFound);
+            }
+            dir.entry(name)
+        }),
+        _ => base.locate(path),
+    };
+    let located = match located {
         Ok(located) => located,
         Err(OpenError::Dangling) => {
             return Err(refuse_missing(policy, request, client, scratch));
@@ -548,6 +618,17 @@ pub fn decide_on_filesystem(
         Err(e) => return Err(e.into()),
     };
     decide_existing(policy, request, client, intent, scratch, located)
+}
+
+/// Where the request's path is looked up from: `/`, or its `within`
+/// directory if that is the one the client holds (SPEC §3.1).
+fn base_of(request: &FileRequest) -> Result<safe_open::Base, Refusal> {
+    match &request.within {
+        None => Ok(safe_open::Base::Root),
+        Some(w) => {
+            safe_open::Base::within(&w.path.path, w.dev, w.ino).ok_or_else(Refusal::within_mismatch)
+        }
+    }
 }
 
 /// The decision on a file that exists, located (SPEC §5).
@@ -567,10 +648,17 @@ fn decide_existing(
             .map_err(leads_elsewhere)?;
     }
     if located.facts.kind != FileKind::Regular {
-        return Err(Refusal::new(
-            ErrorCode::NotRegular,
-            format!("not a regular file: a {}", located.facts.kind.describe()),
-        ));
+        let message = format!("not a regular file: a {}", located.facts.kind.describe());
+        // Only a final symlink with nofollow gets here as a symlink.
+        return Err(match located.facts.kind {
+            FileKind::Symlink => {
+                Refusal::with_errno(ErrorCode::NotRegular, nix::errno::Errno::ELOOP, message)
+            }
+            FileKind::Directory => {
+                Refusal::with_errno(ErrorCode::NotRegular, nix::errno::Errno::EISDIR, message)
+            }
+            _ => Refusal::new(ErrorCode::NotRegular, message),
+        });
     }
     if request.path.directory {
         return Err(Refusal::new(
@@ -618,6 +706,7 @@ fn decide_create(
     client: &PeerIdentity,
     intent: Intent,
     scratch: &mut Scratch,
+    base: &safe_open::Base,
 ) -> Result<Decision, Refusal> {
     let path = request.path.path.as_path();
     let (Some(parent_path), Some(name)) = (path.parent(), path.file_name()) else {
@@ -632,7 +721,7 @@ fn decide_create(
             "the path ends in /: a directory cannot be created",
         ));
     }
-    let parent = match safe_open::locate(parent_path) {
+    let parent = match base.locate(parent_path) {
         Ok(parent) => parent,
         Err(OpenError::Dangling) => {
             return Err(refuse_missing(policy, request, client, scratch));
@@ -754,11 +843,13 @@ fn grant_of(real_path: &Path, facts: &FileFacts, rule: &Rule, created: bool) -> 
 }
 
 /// A symlink led to a real path the policy does not grant this client.
-fn leads_elsewhere(refusal: Refusal) -> Refusal {
+pub(crate) fn leads_elsewhere(refusal: Refusal) -> Refusal {
     Refusal {
         code: ErrorCode::Denied,
         message: "the path leads to a file the policy does not allow".into(),
         rule: refusal.rule,
+        errno: None,
+        recorded: false,
     }
 }
 
@@ -856,11 +947,11 @@ pub fn explain<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn policy(text: &str) -> Policy {
+    pub(crate) fn policy(text: &str) -> Policy {
         Policy::from_str(Path::new("t.json"), text).unwrap()
     }
 
@@ -871,6 +962,7 @@ mod tests {
             gid,
             groups: groups.to_vec(),
             cgroup: None,
+            connection: 0,
         }
     }
 
@@ -903,7 +995,7 @@ mod tests {
             .map_err(|r| r.code)
     }
 
-    const ROOT: fn() -> PeerIdentity = || client(0, 0, &[]);
+    pub(crate) const ROOT: fn() -> PeerIdentity = || client(0, 0, &[]);
 
     #[test]
     fn held_ops_follow_names_ops_and_stored_by() {

@@ -39,6 +39,8 @@ pub mod peer;
 #[cfg(feature = "server")]
 pub mod policy;
 #[cfg(feature = "server")]
+pub mod resources;
+#[cfg(feature = "server")]
 pub mod safe_open;
 #[cfg(feature = "server")]
 pub mod server;

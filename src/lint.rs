@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::path_index::{is_literal, literal_prefix};
 use crate::policy::{Effect, Policy, Rule, compile_glob};
-use crate::protocol::Mode;
+use crate::protocol::{Mode, PathMode};
 
 /// One suspicious rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +80,9 @@ pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {
         }
         if rule.effect == Effect::Allow
             && rule.create == Some(true)
-            && rule.modes().all(|m| m == Mode::Read)
+            && rule
+                .modes()
+                .all(|m| m.open_mode().is_none_or(|m| m == Mode::Read))
         {
             warn(
                 "\"create\" can never be used: a creating request needs mode write, readwrite or append"
@@ -91,7 +93,7 @@ pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {
             && rule.truncate == Some(true)
             && !rule
                 .modes()
-                .any(|m| matches!(m, Mode::Write | Mode::ReadWrite))
+                .any(|m| matches!(m, PathMode::Write | PathMode::ReadWrite))
         {
             warn("\"truncate\" can never be used: truncating needs mode write or readwrite".into());
         }
@@ -156,7 +158,7 @@ pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {
                 let modes: Vec<&str> = allow
                     .modes()
                     .filter(|m| !rule.modes().any(|d| d == *m))
-                    .map(Mode::as_str)
+                    .map(PathMode::as_str)
                     .collect();
                 if !modes.is_empty() && paths_may_overlap(rule, allow) {
                     warn(left_out("modes", "mode", "paths", &modes, allow));

@@ -21,6 +21,10 @@ pub struct PeerIdentity {
     /// read; `None` otherwise, and then `cgroups`/`units` allow rules never
     /// match (SPEC §1).
     pub cgroup: Option<String>,
+    /// A number unique to this connection within the server's run (0
+    /// outside a server): what ties a `readdir` cursor to the connection
+    /// that was given it (SPEC §3.6).
+    pub connection: u64,
 }
 
 impl PeerIdentity {
@@ -33,6 +37,11 @@ impl PeerIdentity {
             gid: creds.gid(),
             groups: peer_groups(socket.as_fd().as_raw_fd())?,
             cgroup: pinned_cgroup(socket.as_fd().as_raw_fd(), creds.pid()),
+            connection: {
+                static CONNECTIONS: std::sync::atomic::AtomicU64 =
+                    std::sync::atomic::AtomicU64::new(1);
+                CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         })
     }
 
@@ -51,6 +60,7 @@ impl PeerIdentity {
                 .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
                 .unwrap_or_default(),
             cgroup: None,
+            connection: 0,
         }
     }
 

@@ -12,7 +12,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde_json::value::RawValue;
 
 use crate::path_index::PathIndex;
-use crate::protocol::Mode;
+use crate::protocol::PathMode;
 
 /// Whether a rule grants or forbids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -298,11 +298,13 @@ struct RuleSpec {
     stored_by: Option<Vec<IdSpec>>,
     /// Absent: `["read"]` for an allow rule, every mode for a deny rule
     /// (deny rules fail closed, SPEC §5).
-    modes: Option<Vec<Mode>>,
+    modes: Option<Vec<PathMode>>,
     /// May the request create the file / truncate it (SPEC §3.2).
     create: Option<bool>,
     truncate: Option<bool>,
     create_perm: Option<String>,
+    /// The most permission bits a directory made by `mkdir` gets.
+    dir_perm: Option<String>,
     owner: Option<Owner>,
     users: Option<Vec<IdSpec>>,
     groups: Option<Vec<IdSpec>>,
@@ -417,8 +419,11 @@ pub struct Rule {
     pub stored_by: StoredBy,
     /// The rule's own globs, for `explain`; the server uses the policy-wide set.
     pub(crate) matcher: GlobSet,
-    /// One bit per [`Mode`].
+    /// One bit per [`PathMode`].
     pub(crate) modes: u8,
+    /// Directories this rule implies `stat` on, from its globs' text alone
+    /// (SPEC §5).
+    pub(crate) implied: Vec<ImpliedStat>,
     /// Whether the rule covers requests that may create / truncate. An
     /// allow rule leaves them out unless it says so; a deny rule that says
     /// nothing covers both kinds of request (it fails closed).
@@ -426,6 +431,8 @@ pub struct Rule {
     pub truncate: Option<bool>,
     /// The most permission bits a file created under this rule gets.
     pub create_perm: u32,
+    /// The most permission bits a directory made by `mkdir` gets.
+    pub dir_perm: u32,
     pub owner: Owner,
     pub users: Option<Vec<u32>>,
     pub groups: Option<Vec<u32>>,
@@ -438,8 +445,22 @@ pub struct Rule {
 }
 
 impl Rule {
-    pub fn modes(&self) -> impl Iterator<Item = Mode> + '_ {
-        Mode::ALL.into_iter().filter(|m| self.modes & m.bit() != 0)
+    pub fn modes(&self) -> impl Iterator<Item = PathMode> + '_ {
+        PathMode::ALL
+            .into_iter()
+            .filter(|m| self.modes & m.bit() != 0)
+    }
+
+    /// The rule covers `mode` (as listed, or by default).
+    pub fn has_mode(&self, mode: PathMode) -> bool {
+        self.modes & mode.bit() != 0
+    }
+
+    /// `stat` on `path` is implied by a glob's literal prefix (SPEC §5):
+    /// granted on a directory only, which the caller checks.
+    pub fn implies_stat(&self, path: &Path) -> bool {
+        let path = path.as_os_str().as_encoded_bytes();
+        self.implied.iter().any(|i| i.covers(path))
     }
 
     pub fn ops(&self) -> impl Iterator<Item = crate::protocol::HeldOp> + '_ {
@@ -461,6 +482,46 @@ impl Rule {
     /// True when the rule has size or age conditions, which need the file.
     pub fn has_file_conditions(&self) -> bool {
         !self.size.is_unbounded() || !self.age.is_unbounded()
+    }
+}
+
+/// Permission bits a directory made by `mkdir` gets at most, unless the
+/// rule says otherwise (SPEC §5).
+pub const DEFAULT_DIR_PERM: u32 = 0o700;
+
+/// The directories one glob implies `stat` on (SPEC §5), from its text
+/// alone: each directory of its literal prefix and, when `**` follows
+/// that prefix at once, every directory below it. Never by looking at the
+/// disk, so nothing a client creates can widen it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ImpliedStat {
+    prefix: String,
+    /// `**` follows the prefix: every directory below it too.
+    below: bool,
+}
+
+impl ImpliedStat {
+    fn of(glob: &str) -> ImpliedStat {
+        let prefix = crate::path_index::literal_prefix(glob);
+        let rest = &glob[prefix.len()..];
+        let double_star = rest == "/**" || rest.starts_with("/**/");
+        ImpliedStat {
+            prefix: prefix.to_owned(),
+            // A prefix of `/` alone implies nothing beyond `/`.
+            below: double_star && prefix != "/",
+        }
+    }
+
+    /// `path` (normalised, absolute) is a directory of the prefix, or
+    /// below it where `**` follows.
+    fn covers(&self, path: &[u8]) -> bool {
+        let prefix = self.prefix.as_bytes();
+        let is_ancestor_or_self = |above: &[u8], below: &[u8]| {
+            above == below
+                || above == b"/"
+                || (below.starts_with(above) && below.get(above.len()) == Some(&b'/'))
+        };
+        is_ancestor_or_self(path, prefix) || (self.below && is_ancestor_or_self(prefix, path))
     }
 }
 
@@ -724,6 +785,7 @@ fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<P
             ("create", spec.create.is_some()),
             ("truncate", spec.truncate.is_some()),
             ("create_perm", spec.create_perm.is_some()),
+            ("dir_perm", spec.dir_perm.is_some()),
             ("owner", spec.owner.is_some()),
             ("min_size", spec.min_size.is_some()),
             ("max_size", spec.max_size.is_some()),
@@ -773,6 +835,16 @@ fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<P
             0
         }
     };
+    let dir_perm = match spec.dir_perm.as_deref().map(crate::protocol::parse_perm) {
+        None => DEFAULT_DIR_PERM,
+        Some(Ok(bits)) => bits,
+        Some(Err(why)) => {
+            problems.push(PolicyErrorKind::BadPermission(format!(
+                "\"dir_perm\": {why}"
+            )));
+            0
+        }
+    };
     let mut identity_globs = |globs: Option<Vec<String>>, separator: bool| {
         globs.and_then(|g| match IdentityGlobs::compile(g, separator) {
             Ok(compiled) => Some(compiled),
@@ -803,7 +875,12 @@ fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<P
     if !problems.is_empty() {
         return Err((spec.name, problems));
     }
+    let implied = match spec.effect {
+        Effect::Allow => spec.paths.iter().map(|g| ImpliedStat::of(g)).collect(),
+        Effect::Deny => Vec::new(),
+    };
     Ok(Rule {
+        implied,
         name: spec.name,
         effect: spec.effect,
         paths: spec.paths,
@@ -827,8 +904,8 @@ fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<P
         stored_by,
         modes: match (&spec.modes, spec.effect) {
             (Some(modes), _) => modes.iter().fold(0, |bits, m| bits | m.bit()),
-            (None, Effect::Allow) => Mode::Read.bit(),
-            (None, Effect::Deny) => Mode::ALL.iter().fold(0, |bits, m| bits | m.bit()),
+            (None, Effect::Allow) => PathMode::Read.bit(),
+            (None, Effect::Deny) => PathMode::ALL.iter().fold(0, |bits, m| bits | m.bit()),
         },
         create: match spec.effect {
             Effect::Allow => Some(spec.create.unwrap_or(false)),
@@ -839,6 +916,7 @@ fn compile_rule(spec: RuleSpec, origin: Location) -> Result<Rule, (String, Vec<P
             Effect::Deny => spec.truncate,
         },
         create_perm,
+        dir_perm,
         owner: spec.owner.unwrap_or_default(),
         users,
         groups,
@@ -963,12 +1041,12 @@ mod tests {
         assert_eq!(p.rule("no-keys").unwrap().effect, Effect::Deny);
         assert_eq!(
             p.rule("no-keys").unwrap().modes().collect::<Vec<_>>(),
-            Mode::ALL.to_vec(),
+            PathMode::ALL.to_vec(),
             "a deny rule without modes covers every mode"
         );
         assert_eq!(
             p.rule("recent-logs").unwrap().modes().collect::<Vec<_>>(),
-            vec![Mode::Read]
+            vec![PathMode::Read]
         );
     }
 

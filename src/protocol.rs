@@ -17,10 +17,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub mod held;
+pub mod tree;
 pub use held::{HeldOp, HeldRequest, ListedName, Storer};
+pub use tree::{TreeOp, TreeRequest, Within};
 
 /// The protocol version announced by `hello`.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Longest path a request may name; the kernel refuses longer ones anyway.
 pub const MAX_PATH_LEN: usize = 4095;
@@ -56,12 +58,6 @@ impl Mode {
             Mode::Append => "append",
         }
     }
-
-    /// A bit of its own, so a rule's set of modes is one `u8`.
-    #[cfg(feature = "server")]
-    pub(crate) fn bit(self) -> u8 {
-        1 << (self as u8)
-    }
 }
 
 impl fmt::Display for Mode {
@@ -79,6 +75,109 @@ impl FromStr for Mode {
             .find(|m| m.as_str() == s)
             .ok_or_else(|| {
                 format!("unknown mode {s:?} (expected read, write, readwrite or append)")
+            })
+    }
+}
+
+/// What a policy rule's `modes` can name (SPEC §5): the four ways of
+/// opening a file, and the tree operations of SPEC §3.6.
+///
+/// ```
+/// let m: fdopen::protocol::PathMode = serde_json::from_str("\"delete\"").unwrap();
+/// assert_eq!(m, fdopen::protocol::PathMode::Delete);
+/// assert_eq!(fdopen::protocol::PathMode::from(fdopen::Mode::Append).as_str(), "append");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathMode {
+    Read,
+    Write,
+    #[serde(rename = "readwrite")]
+    ReadWrite,
+    Append,
+    /// Metadata: `stat`, `readlink`, `xattr`.
+    Stat,
+    /// `readdir`.
+    List,
+    Mkdir,
+    /// `unlink`, `rmdir`, a `rename`'s source and a replaced `to`.
+    Delete,
+}
+
+impl PathMode {
+    pub const ALL: [PathMode; 8] = [
+        PathMode::Read,
+        PathMode::Write,
+        PathMode::ReadWrite,
+        PathMode::Append,
+        PathMode::Stat,
+        PathMode::List,
+        PathMode::Mkdir,
+        PathMode::Delete,
+    ];
+
+    /// The modes v3 added: a v2 deny rule that lists the four open modes
+    /// does not cover them.
+    pub const TREE: [PathMode; 4] = [
+        PathMode::Stat,
+        PathMode::List,
+        PathMode::Mkdir,
+        PathMode::Delete,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathMode::Read => "read",
+            PathMode::Write => "write",
+            PathMode::ReadWrite => "readwrite",
+            PathMode::Append => "append",
+            PathMode::Stat => "stat",
+            PathMode::List => "list",
+            PathMode::Mkdir => "mkdir",
+            PathMode::Delete => "delete",
+        }
+    }
+
+    /// The open mode this is, if it is one.
+    pub fn open_mode(self) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| PathMode::from(*m) == self)
+    }
+
+    /// A bit of its own, so a rule's set of modes is one `u8`.
+    #[cfg(feature = "server")]
+    pub(crate) fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl From<Mode> for PathMode {
+    fn from(mode: Mode) -> PathMode {
+        match mode {
+            Mode::Read => PathMode::Read,
+            Mode::Write => PathMode::Write,
+            Mode::ReadWrite => PathMode::ReadWrite,
+            Mode::Append => PathMode::Append,
+        }
+    }
+}
+
+impl fmt::Display for PathMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PathMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PathMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown mode {s:?} (expected read, write, readwrite, append, stat, list, mkdir or delete)"
+                )
             })
     }
 }
@@ -160,6 +259,14 @@ impl fmt::Display for ErrorCode {
 pub enum Op {
     Open,
     Check,
+    Stat,
+    Readlink,
+    Xattr,
+    Readdir,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Rename,
     Hello,
     Bind,
     Scope,
@@ -173,9 +280,17 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 12] = [
+    pub const ALL: [Op; 20] = [
         Op::Open,
         Op::Check,
+        Op::Stat,
+        Op::Readlink,
+        Op::Xattr,
+        Op::Readdir,
+        Op::Mkdir,
+        Op::Unlink,
+        Op::Rmdir,
+        Op::Rename,
         Op::Hello,
         Op::Bind,
         Op::Scope,
@@ -192,6 +307,14 @@ impl Op {
         match self {
             Op::Open => "open",
             Op::Check => "check",
+            Op::Stat => "stat",
+            Op::Readlink => "readlink",
+            Op::Xattr => "xattr",
+            Op::Readdir => "readdir",
+            Op::Mkdir => "mkdir",
+            Op::Unlink => "unlink",
+            Op::Rmdir => "rmdir",
+            Op::Rename => "rename",
             Op::Hello => "hello",
             Op::Bind => "bind",
             Op::Scope => "scope",
@@ -326,6 +449,43 @@ pub struct WireRequest<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub storer: Option<Storer>,
+    /// Tree operations (SPEC §3.6) and `within` (§3.1).
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub to: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub to_b64: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub nofollow: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub noreplace: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cursor: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub within: Option<tree::WireWithin>,
     /// Kept as raw JSON so it is echoed byte for byte, `null` included.
     #[serde(
         default,
@@ -357,6 +517,12 @@ impl WireRequest<'_> {
             expires: None,
             remove: None,
             storer: None,
+            to: None,
+            to_b64: None,
+            nofollow: None,
+            noreplace: None,
+            cursor: None,
+            within: None,
             id: None,
         }
     }
@@ -409,6 +575,10 @@ pub struct FileRequest {
     pub perm: u32,
     /// Truncate the file (after its grant is recorded).
     pub truncate: bool,
+    /// Refuse a final symlink (`O_NOFOLLOW`, SPEC §3.6).
+    pub nofollow: bool,
+    /// The directory the client holds that the path lies below (§3.1).
+    pub within: Option<Within>,
 }
 
 impl FileRequest {
@@ -420,6 +590,8 @@ impl FileRequest {
             create: Create::No,
             perm: DEFAULT_PERM,
             truncate: false,
+            nofollow: false,
+            within: None,
         }
     }
 }
@@ -507,6 +679,7 @@ pub enum Request {
     Bind(crate::address::BindRequest),
     Scope,
     Held(HeldRequest),
+    Tree(TreeRequest),
     Stats,
 }
 
@@ -519,6 +692,7 @@ impl Request {
             Request::Bind(_) => Op::Bind,
             Request::Scope => Op::Scope,
             Request::Stats => Op::Stats,
+            Request::Tree(tree) => tree.op.op(),
             Request::Held(held) => match held.op {
                 HeldOp::Store => Op::Store,
                 HeldOp::Retrieve => Op::Retrieve,
@@ -620,6 +794,16 @@ impl WireRequest<'_> {
             || self.reuseport.is_some()
             || self.v6only.is_some()
             || self.listen.is_some()
+            || self.has_tree_fields()
+    }
+
+    fn has_tree_fields(&self) -> bool {
+        self.to.is_some()
+            || self.to_b64.is_some()
+            || self.nofollow.is_some()
+            || self.noreplace.is_some()
+            || self.cursor.is_some()
+            || self.within.is_some()
     }
 
     fn has_held_fields(&self) -> bool {
@@ -635,6 +819,26 @@ fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
     let op = wire.op;
     if let Some(held) = op.held() {
         return held::validate(wire, held).map(Request::Held);
+    }
+    if let Some(tree) = TreeOp::of(op) {
+        if wire.has_held_fields() && !(tree == TreeOp::Xattr && only_name(&wire)) {
+            return Err(RequestError::BadOption(format!(
+                "{} takes no prefix, expires, remove or storer",
+                op.as_str()
+            )));
+        }
+        return tree::validate(wire, tree).map(Request::Tree);
+    }
+    let tree_fields = wire.to.is_some()
+        || wire.to_b64.is_some()
+        || wire.noreplace.is_some()
+        || wire.cursor.is_some();
+    let open_fields = wire.nofollow.is_some() || wire.within.is_some();
+    if tree_fields || (open_fields && !matches!(op, Op::Open | Op::Check)) {
+        return Err(RequestError::BadOption(format!(
+            "{} takes no to, noreplace, cursor, nofollow or within",
+            op.as_str()
+        )));
     }
     if wire.has_held_fields() {
         return Err(RequestError::BadOption(format!(
@@ -698,7 +902,21 @@ fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
             "stats takes no fields but id".into(),
         )),
         Op::Stats => Ok(Request::Stats),
-        Op::Bind | Op::Store | Op::Retrieve | Op::List | Op::Drop | Op::Park | Op::Wake => {
+        Op::Bind
+        | Op::Store
+        | Op::Retrieve
+        | Op::List
+        | Op::Drop
+        | Op::Park
+        | Op::Wake
+        | Op::Stat
+        | Op::Readlink
+        | Op::Xattr
+        | Op::Readdir
+        | Op::Mkdir
+        | Op::Unlink
+        | Op::Rmdir
+        | Op::Rename => {
             unreachable!("handled above")
         }
         Op::Open | Op::Check => {
@@ -728,12 +946,16 @@ fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
                 Some(Ok(perm)) => perm,
                 Some(Err(why)) => return bad(&why),
             };
+            let path = normalize_owned(raw)?;
+            let within = tree::parse_within(wire.within, &[&path])?;
             let file = FileRequest {
-                path: normalize_owned(raw)?,
+                path,
                 mode,
                 create,
                 perm,
                 truncate,
+                nofollow: wire.nofollow.unwrap_or(false),
+                within,
             };
             Ok(if op == Op::Open {
                 Request::Open(file)
@@ -742,6 +964,14 @@ fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
             })
         }
     }
+}
+
+/// Of the held fields, only `name` is set (an `xattr` name).
+fn only_name(wire: &WireRequest<'_>) -> bool {
+    wire.prefix.is_none()
+        && wire.expires.is_none()
+        && wire.remove.is_none()
+        && wire.storer.is_none()
 }
 
 /// [`normalize_path`] that keeps the bytes when they are already normal,
@@ -906,6 +1136,8 @@ pub mod encode {
     #[derive(Serialize)]
     struct ErrorBody<'a> {
         code: ErrorCode,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        errno: Option<&'a str>,
         message: &'a str,
     }
 
@@ -925,6 +1157,10 @@ pub mod encode {
         server: &'a str,
         version: &'a str,
         protocol: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mnt_ns: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        root: Option<[u64; 2]>,
     }
 
     fn finish(out: &mut Vec<u8>, line: &impl Serialize) {
@@ -991,21 +1227,55 @@ pub mod encode {
     }
 
     pub fn error(out: &mut Vec<u8>, id: Option<&RawValue>, code: ErrorCode, message: &str) {
+        error_with_errno(out, id, code, None, message);
+    }
+
+    /// An error that carries the kernel's name for what decided it (SPEC
+    /// §4): only with `not_found`, `not_regular`, `exists` and `io_error`.
+    pub fn error_with_errno(
+        out: &mut Vec<u8>,
+        id: Option<&RawValue>,
+        code: ErrorCode,
+        errno: Option<&str>,
+        message: &str,
+    ) {
+        let errno = errno.filter(|_| {
+            matches!(
+                code,
+                ErrorCode::NotFound
+                    | ErrorCode::NotRegular
+                    | ErrorCode::Exists
+                    | ErrorCode::IoError
+            )
+        });
         let line = ErrorLine {
             id,
             ok: false,
-            error: ErrorBody { code, message },
+            error: ErrorBody {
+                code,
+                errno,
+                message,
+            },
         };
         finish(out, &line);
     }
 
-    pub fn hello(out: &mut Vec<u8>, id: Option<&RawValue>) {
+    /// `hello` (SPEC §3.5), with the server's mount namespace inode and
+    /// the `st_dev`/`st_ino` of its `/` where known.
+    pub fn hello(
+        out: &mut Vec<u8>,
+        id: Option<&RawValue>,
+        mnt_ns: Option<u64>,
+        root: Option<[u64; 2]>,
+    ) {
         let line = HelloLine {
             id,
             ok: true,
             server: "fdopen",
             version: env!("CARGO_PKG_VERSION"),
             protocol: PROTOCOL_VERSION,
+            mnt_ns,
+            root,
         };
         finish(out, &line);
     }
@@ -1023,7 +1293,7 @@ pub mod encode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScopePath {
     pub glob: String,
-    pub modes: Vec<Mode>,
+    pub modes: Vec<PathMode>,
     pub create: bool,
 }
 
@@ -1080,6 +1350,11 @@ pub struct ResponseLine {
     pub version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<u32>,
+    /// `hello` (v3): the server's mount namespace and its `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mnt_ns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<[u64; 2]>,
     /// Held descriptors (SPEC §3.4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,

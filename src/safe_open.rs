@@ -196,12 +196,18 @@ fn proc_fd_dir() -> Option<BorrowedFd<'static>> {
 /// symlinks are followed, but never magic links such as `/proc/self/fd/N`,
 /// which would name the server's own descriptors.
 pub fn locate(path: &Path) -> Result<Located, OpenError> {
-    let cwd = nix::fcntl::AT_FDCWD;
+    locate_from(nix::fcntl::AT_FDCWD, Path::new("/"), path)
+}
+
+/// [`locate`] for `rel` looked up from the directory `dir`, whose real
+/// path is `base` (an absolute `rel` ignores both).
+fn locate_from(dir: BorrowedFd<'_>, base: &Path, rel: &Path) -> Result<Located, OpenError> {
     let (handle, real_path) =
-        match nix::fcntl::openat2(cwd, path, how(ResolveFlag::RESOLVE_NO_SYMLINKS)) {
-            Ok(fd) => (fd, path.to_owned()),
+        match nix::fcntl::openat2(dir, rel, how(ResolveFlag::RESOLVE_NO_SYMLINKS)) {
+            Ok(fd) if rel == Path::new(".") => (fd, base.to_owned()),
+            Ok(fd) => (fd, base.join(rel)),
             Err(Errno::ELOOP) => {
-                let fd = nix::fcntl::openat2(cwd, path, how(ResolveFlag::RESOLVE_NO_MAGICLINKS))
+                let fd = nix::fcntl::openat2(dir, rel, how(ResolveFlag::RESOLVE_NO_MAGICLINKS))
                     .map_err(|e| match OpenError::from_errno(e, "cannot resolve path") {
                         OpenError::NotFound => OpenError::Dangling,
                         other => other,
@@ -254,6 +260,48 @@ impl Located {
     }
 }
 
+/// Where a request's paths are looked up from: `/`, or a directory the
+/// client holds (SPEC §3.1 `within`), checked to be that very one.
+#[derive(Debug)]
+pub enum Base {
+    Root,
+    Within { dir: Located, requested: PathBuf },
+}
+
+impl Base {
+    /// The directory at `path` if it is the one with `dev` and `ino`;
+    /// `None` otherwise (it was renamed, swapped or mounted over).
+    pub fn within(path: &Path, dev: u64, ino: u64) -> Option<Base> {
+        let dir = locate(path).ok()?;
+        (dir.facts.kind == FileKind::Directory && (dir.facts.dev, dir.facts.ino) == (dev, ino))
+            .then(|| Base::Within {
+                dir,
+                requested: path.to_owned(),
+            })
+    }
+
+    /// Resolves `path` as [`locate`] does, from this base.
+    pub fn locate(&self, path: &Path) -> Result<Located, OpenError> {
+        match self {
+            Base::Root => locate(path),
+            Base::Within { dir, requested } => dir.locate_below(requested, path),
+        }
+    }
+}
+
+/// Opens the located directory for reading its entries, on the pinned
+/// inode itself. The descriptor stays in the server (SPEC §3.6).
+pub fn reopen_directory(located: &Located) -> Result<OwnedFd, OpenError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    match proc_fd_dir() {
+        Some(dir) => {
+            nix::fcntl::openat(dir, fd_name(&located.handle).as_str(), flags, Perm::empty())
+        }
+        None => nix::fcntl::open(proc_fd_path(&located.handle).as_str(), flags, Perm::empty()),
+    }
+    .map_err(|e| OpenError::from_errno(e, "cannot open directory"))
+}
+
 /// A file this request created: its directory and name, so that it can be
 /// removed again if the grant cannot go out (SPEC §3.2).
 #[derive(Debug)]
@@ -284,6 +332,25 @@ impl CreatedFile {
 }
 
 impl Located {
+    /// Resolves `path`, which lies below (or is) this directory's
+    /// `requested` path, starting from this very directory.
+    pub fn locate_below(&self, requested: &Path, path: &Path) -> Result<Located, OpenError> {
+        // Lookups start at this very directory (SPEC §3.1 `within`),
+        // whatever has been renamed or mounted over since.
+        let rel = path.strip_prefix(requested).unwrap_or(path);
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        locate_from(self.handle.as_fd(), &self.real_path, rel)
+    }
+
+    /// The `O_PATH` handle that pins the inode.
+    pub fn handle(&self) -> BorrowedFd<'_> {
+        self.handle.as_fd()
+    }
+
     /// The entry `name` of this directory, not following it if it is a
     /// symlink (the symlink itself is returned, of kind `Symlink`).
     pub fn entry(&self, name: &OsStr) -> Result<Located, OpenError> {

@@ -54,7 +54,9 @@ fn hello_announces_server_version_and_protocol() {
     assert_eq!(v["id"], "h");
     assert_eq!(v["ok"], true);
     assert_eq!(v["server"], "fdopen");
-    assert_eq!(v["protocol"], 2);
+    assert_eq!(v["protocol"], 3);
+    assert!(v["mnt_ns"].as_u64().is_some(), "{v}");
+    assert_eq!(v["root"].as_array().map(Vec::len), Some(2), "{v}");
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
 }
 
@@ -142,7 +144,7 @@ fn every_refusal_code() {
             "bad_request",
         ),
         (r#"{"op":"open"}"#.to_string(), "bad_request"),
-        (r#"{"op":"unlink","path":"/x"}"#.to_string(), "bad_request"),
+        (r#"{"op":"chmod","path":"/x"}"#.to_string(), "bad_request"),
         (
             r#"{"op":"open","path":"/x","flags":1}"#.to_string(),
             "bad_request",

@@ -95,6 +95,11 @@ pub struct ServeArgs {
     /// Append audit records to FILE instead of stderr.
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Record stat, readlink, xattr and readdir requests (a program under
+    /// `run` may make thousands); opens, changes, binds and held
+    /// descriptors are always recorded.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"], value_name = "on|off")]
+    pub audit_metadata: String,
     /// Longest request line in bytes, newline included.
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(64..=16 << 20), value_name = "BYTES")]
     pub max_request: u64,
@@ -354,6 +359,7 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
         fs_timeout: args.fs_timeout,
         insecure_policy_permissions: args.insecure_policy_permissions,
         stats_group: stats_group.map(|g| g.as_raw()),
+        audit_metadata: args.audit_metadata == "on",
         held: crate::server::HeldLimits {
             total: args.max_held,
             per_uid: args.max_held_per_uid,
@@ -553,6 +559,7 @@ fn explained_client(args: &ExplainArgs) -> Result<PeerIdentity, String> {
                 gid: user.gid.as_raw(),
                 groups: groups.into_iter().map(|g| g.as_raw()).collect(),
                 cgroup: None,
+                connection: 0,
             }
         }
         (None, Some(uid)) if args.gid.is_empty() => {

@@ -15,7 +15,7 @@ struct PathGrant {
     /// The glob's text up to its first wildcard: the directories on the
     /// way there may be `stat`ed (SPEC §5, implied stat).
     literal: String,
-    modes: Vec<Mode>,
+    modes: Vec<crate::protocol::PathMode>,
     create: bool,
 }
 
@@ -69,9 +69,9 @@ impl BrokerScope {
         {
             return false;
         }
-        self.paths
-            .iter()
-            .any(|p| p.modes.contains(&mode) && (p.create || !create) && p.glob.is_match(path))
+        self.paths.iter().any(|p| {
+            p.modes.contains(&mode.into()) && (p.create || !create) && p.glob.is_match(path)
+        })
     }
 
     /// Whether a tree call on `path` is worth asking: some grant's glob
@@ -116,7 +116,7 @@ mod tests {
         Scope {
             paths: vec![ScopePath {
                 glob: "/srv/**".into(),
-                modes: vec![Mode::Read, Mode::Append],
+                modes: vec![Mode::Read.into(), Mode::Append.into()],
                 create: false,
             }],
             binds: vec!["tcp:*:80".into()],

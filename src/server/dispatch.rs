@@ -17,20 +17,69 @@ use super::connection::{AfterRecord, Attachment, Outgoing, Subscribing};
 use super::held_ops::{self, HeldAnswer};
 use super::stats::Now;
 use super::stats::Recorder;
-use crate::audit::Record;
+use crate::audit::{AuditLog, Record};
 use crate::decision::{self, Decision, Intent, Refusal, Scratch, Wants};
 use crate::peer::PeerIdentity;
 use crate::policy::Policy;
-use crate::protocol::{ErrorCode, FileRequest, Op, Request, RequestError, encode, parse_request};
+use crate::protocol::{
+    ErrorCode, FileRequest, Op, PathMode, Request, RequestError, TreeOp, TreeRequest, encode,
+    parse_request,
+};
+use crate::resources::protected::Protected;
+use crate::resources::tree::{ChangeLog, Tree, TreeDone};
 use crate::sockets::{self, BindError, BindRequest};
 
 /// A request whose answer needs the filesystem.
 #[derive(Debug)]
 pub(super) struct FilesystemJob {
     pub op: Op,
-    pub intent: Intent,
-    pub file: FileRequest,
+    pub work: Work,
     pub id: Option<Box<RawValue>>,
+    /// Record metadata requests (`--audit-metadata on`, SPEC §6).
+    pub audit_metadata: bool,
+}
+
+/// What a filesystem job does.
+#[derive(Debug)]
+pub(super) enum Work {
+    /// `open` or `check` of a file.
+    File { intent: Intent, file: FileRequest },
+    /// A tree operation (SPEC §3.6).
+    Tree(TreeRequest),
+}
+
+/// What a filesystem job granted.
+#[derive(Debug)]
+pub(super) enum Done {
+    File(Decision),
+    Tree(TreeDone),
+}
+
+impl Done {
+    /// A file this request created, to remove if its answer cannot go out.
+    pub fn created(&self) -> Option<&crate::safe_open::CreatedFile> {
+        match self {
+            Done::File(decision) => decision.created.as_ref(),
+            Done::Tree(_) => None,
+        }
+    }
+
+    /// The descriptor it would send.
+    pub fn into_file(self) -> Option<std::fs::File> {
+        match self {
+            Done::File(decision) => decision.file,
+            Done::Tree(_) => None,
+        }
+    }
+}
+
+/// The outcome of a filesystem job.
+pub(super) type Outcome = Result<Done, Refusal>;
+
+/// What a filesystem job may need of the server besides the policy.
+pub(super) struct JobEnv<'a> {
+    pub audit: &'a AuditLog,
+    pub protected: &'a Protected,
 }
 
 impl FilesystemJob {
@@ -41,9 +90,106 @@ impl FilesystemJob {
         policy: &Policy,
         peer: &PeerIdentity,
         scratch: &mut Scratch,
-    ) -> Result<Decision, Refusal> {
-        decision::decide_on_filesystem(policy, &self.file, peer, self.intent, scratch)
+        env: &JobEnv<'_>,
+    ) -> Outcome {
+        match &self.work {
+            Work::File { intent, file } => {
+                decision::decide_on_filesystem(policy, file, peer, *intent, scratch).map(Done::File)
+            }
+            Work::Tree(request) => {
+                let mut log = AuditedChange {
+                    audit: env.audit,
+                    peer,
+                    request,
+                    seq: None,
+                };
+                let mut tree = Tree {
+                    policy,
+                    client: peer,
+                    protected: env.protected,
+                    scratch,
+                };
+                tree.run(request, &mut log).map(Done::Tree)
+            }
+        }
     }
+}
+
+/// Writes a tree change's record straight to the log before the change
+/// is made, and its failure record after (SPEC §6).
+struct AuditedChange<'a> {
+    audit: &'a AuditLog,
+    peer: &'a PeerIdentity,
+    request: &'a TreeRequest,
+    /// The `seq` of the record written before the change.
+    seq: Option<u64>,
+}
+
+impl AuditedChange<'_> {
+    fn write(&mut self, record: &Record<'_>) -> Result<(), Refusal> {
+        let mut line = Vec::with_capacity(256);
+        record.append_to(&mut line);
+        self.audit.write(&line).map_err(|e| {
+            Refusal::new(
+                ErrorCode::IoError,
+                format!(
+                    "the audit log cannot be written, so nothing was changed: {}",
+                    e.source
+                ),
+            )
+        })
+    }
+}
+
+impl ChangeLog for AuditedChange<'_> {
+    fn before(
+        &mut self,
+        real: &std::path::Path,
+        to: Option<&std::path::Path>,
+        rule: &str,
+    ) -> Result<(), Refusal> {
+        let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let mut record = tree_record(self.peer, &ts, self.request);
+        if real != self.request.path.path {
+            record.set_real_path(real);
+        }
+        if let Some(to) = to
+            && Some(to) != self.request.to.as_ref().map(|t| t.path.as_path())
+        {
+            record.set_real_to(to);
+        }
+        record.ok = true;
+        record.rule = Some(rule);
+        let seq = record.seq;
+        self.write(&record)?;
+        self.seq = Some(seq);
+        Ok(())
+    }
+
+    fn failed(&mut self, mut refusal: Refusal) -> Refusal {
+        let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let mut record = tree_record(self.peer, &ts, self.request);
+        record.seq = self.seq.unwrap_or(record.seq);
+        record.code = Some(refusal.code.as_str());
+        let errno = refusal.errno_name();
+        record.errno = errno.as_deref();
+        // The change was recorded as made; this says it was not. Should
+        // even this fail, the client still hears of the failure.
+        let _ = self.write(&record);
+        refusal.recorded = true;
+        refusal
+    }
+}
+
+/// The record of a tree request: its op, path and `to`.
+fn tree_record<'a>(peer: &'a PeerIdentity, ts: &'a str, request: &'a TreeRequest) -> Record<'a> {
+    let mut record = Record::new(peer, ts);
+    record.op = Some(request.op.op().as_str());
+    record.set_path(&request.path.path);
+    if let Some(to) = &request.to {
+        record.set_to(&to.path);
+    }
+    record
 }
 
 /// How far [`begin`] got.
@@ -89,8 +235,12 @@ pub(super) fn begin(
     };
     let (op, file, intent) = match request {
         // Not a decision: nothing to audit.
+        Ok(Request::Tree(tree)) => {
+            return begin_tree(policy, shared, peer, tree, parsed.id, scratch, ts, audit);
+        }
         Ok(Request::Hello) => {
-            encode::hello(&mut bytes, parsed.id);
+            let (mnt_ns, root) = where_we_are();
+            encode::hello(&mut bytes, parsed.id, mnt_ns, root);
             return Begun::Answered(Outgoing::new(bytes, None, None));
         }
         Err(e) => {
@@ -121,56 +271,114 @@ pub(super) fn begin(
         Ok(Request::Open(file)) => (Op::Open, file, Intent::Open),
         Ok(Request::Check(file)) => (Op::Check, file, Intent::Check),
     };
+    // Refused on the requested path alone: the filesystem is never asked.
+    let first = policy.candidates(&file.path.path, peer, Wants::of(&file), scratch.requested());
     let job = FilesystemJob {
         op,
-        intent,
-        file,
+        work: Work::File { intent, file },
         id: parsed.id.map(ToOwned::to_owned),
+        audit_metadata: shared.config.audit_metadata,
     };
-    // Refused on the requested path alone: the filesystem is never asked.
-    match policy.candidates(
-        &job.file.path.path,
-        peer,
-        Wants::of(&job.file),
-        scratch.requested(),
-    ) {
+    match first {
         Ok(()) => Begun::NeedsFilesystem(job),
+        Err(refusal) => Begun::Answered(finish(&job, Err(refusal), peer, ts, audit)),
+    }
+}
+
+/// A tree request (SPEC §3.6): refused at once if the requested path is
+/// not granted its op's mode, else handed to the filesystem.
+#[allow(clippy::too_many_arguments)]
+fn begin_tree(
+    policy: &Policy,
+    shared: &Shared,
+    peer: &PeerIdentity,
+    request: TreeRequest,
+    id: Option<&RawValue>,
+    scratch: &mut Scratch,
+    ts: &str,
+    audit: &mut Recorder<'_>,
+) -> Begun {
+    let mode = match request.op {
+        TreeOp::Stat | TreeOp::Readlink | TreeOp::Xattr => PathMode::Stat,
+        TreeOp::Readdir => PathMode::List,
+        TreeOp::Mkdir => PathMode::Mkdir,
+        TreeOp::Unlink | TreeOp::Rmdir | TreeOp::Rename => PathMode::Delete,
+    };
+    let first = policy.decide_tree_path(
+        &request.path.path,
+        peer,
+        Wants::mode(mode),
+        scratch.requested(),
+    );
+    let job = FilesystemJob {
+        op: request.op.op(),
+        work: Work::Tree(request),
+        id: id.map(ToOwned::to_owned),
+        audit_metadata: shared.config.audit_metadata,
+    };
+    match first {
+        Ok(_) => Begun::NeedsFilesystem(job),
         Err(refusal) => Begun::Answered(finish(&job, Err(refusal), peer, ts, audit)),
     }
 }
 
 /// The job a request line made, made again from the parsed line (by a
 /// thread taking over a lane whose request was in flight).
-pub(super) fn rebuild_job(request: Request, id: Option<&RawValue>) -> Option<FilesystemJob> {
-    let (op, intent, file) = match request {
-        Request::Open(file) => (Op::Open, Intent::Open, file),
-        Request::Check(file) => (Op::Check, Intent::Check, file),
+pub(super) fn rebuild_job(
+    request: Request,
+    id: Option<&RawValue>,
+    audit_metadata: bool,
+) -> Option<FilesystemJob> {
+    let (op, work) = match request {
+        Request::Open(file) => (
+            Op::Open,
+            Work::File {
+                intent: Intent::Open,
+                file,
+            },
+        ),
+        Request::Check(file) => (
+            Op::Check,
+            Work::File {
+                intent: Intent::Check,
+                file,
+            },
+        ),
+        Request::Tree(tree) => (tree.op.op(), Work::Tree(tree)),
         Request::Hello | Request::Bind(_) | Request::Scope | Request::Held(_) | Request::Stats => {
             return None;
         }
     };
     Some(FilesystemJob {
         op,
-        intent,
-        file,
+        work,
         id: id.map(ToOwned::to_owned),
+        audit_metadata,
     })
 }
 
 /// The response and audit record of a job's outcome.
 pub(super) fn finish(
     job: &FilesystemJob,
-    outcome: Result<Decision, Refusal>,
+    outcome: Outcome,
     peer: &PeerIdentity,
     ts: &str,
     audit: &mut Recorder<'_>,
 ) -> Outgoing {
+    let file = match &job.work {
+        Work::File { file, .. } => file,
+        Work::Tree(request) => return finish_tree(job, request, outcome, peer, ts, audit),
+    };
+    let outcome = outcome.map(|done| match done {
+        Done::File(decision) => decision,
+        Done::Tree(_) => unreachable!("a file job decides a file"),
+    });
     let mut bytes = Vec::with_capacity(192);
     let id = job.id.as_deref();
     let mut record = Record::new(peer, ts);
     record.op = Some(job.op.as_str());
-    record.set_path(&job.file.path.path);
-    record.mode = Some(job.file.mode.as_str());
+    record.set_path(&file.path.path);
+    record.mode = Some(file.mode.as_str());
     match &outcome {
         Ok(granted) => {
             encode::grant(&mut bytes, id, &granted.grant, job.op == Op::Open);
@@ -182,7 +390,14 @@ pub(super) fn finish(
             }
         }
         Err(refusal) => {
-            encode::error(&mut bytes, id, refusal.code, &refusal.message);
+            let errno = refusal.errno_name();
+            encode::error_with_errno(
+                &mut bytes,
+                id,
+                refusal.code,
+                errno.as_deref(),
+                &refusal.message,
+            );
             record.code = Some(refusal.code.as_str());
             record.rule = refusal.rule.as_deref();
         }
@@ -200,6 +415,59 @@ pub(super) fn finish(
         },
         ..Outgoing::new(bytes, granted.file, Some(end))
     }
+}
+
+/// The response and audit record of a tree request (SPEC §3.6, §6): a
+/// change was recorded before it was made, so only refusals before it
+/// are recorded here; metadata requests as `--audit-metadata` says.
+fn finish_tree(
+    job: &FilesystemJob,
+    request: &TreeRequest,
+    outcome: Outcome,
+    peer: &PeerIdentity,
+    ts: &str,
+    audit: &mut Recorder<'_>,
+) -> Outgoing {
+    let mut bytes = Vec::with_capacity(256);
+    let id = job.id.as_deref();
+    let mut record = tree_record(peer, ts, request);
+    let recorded = match &outcome {
+        Ok(Done::Tree(done)) => {
+            crate::protocol::tree::encode_answer(
+                &mut bytes,
+                id,
+                &done.path,
+                &done.rule,
+                &done.answer,
+            );
+            record.ok = true;
+            record.rule = Some(&done.rule);
+            if done.path != request.path.path {
+                record.set_real_path(&done.path);
+            }
+            done.recorded
+        }
+        Ok(Done::File(_)) => unreachable!("a tree job does no open"),
+        Err(refusal) => {
+            let errno = refusal.errno_name();
+            encode::error_with_errno(
+                &mut bytes,
+                id,
+                refusal.code,
+                errno.as_deref(),
+                &refusal.message,
+            );
+            record.code = Some(refusal.code.as_str());
+            record.rule = refusal.rule.as_deref();
+            refusal.recorded
+        }
+    };
+    let quiet = !request.op.changes() && !job.audit_metadata;
+    if recorded || quiet {
+        return Outgoing::new(bytes, None, None);
+    }
+    let end = audit.append(&record);
+    Outgoing::new(bytes, None, Some(end))
 }
 
 /// Decides and makes a bind (SPEC §3.3), with its audit record.
@@ -314,4 +582,19 @@ pub(super) fn record_bad_request(peer: &PeerIdentity, ts: &str, audit: &mut Reco
     let mut record = Record::new(peer, ts);
     record.code = Some(ErrorCode::BadRequest.as_str());
     audit.append(&record)
+}
+
+/// The server's mount namespace inode and the `st_dev`/`st_ino` of its
+/// `/` (SPEC §3.5), read once: `run` compares them with the program's.
+fn where_we_are() -> (Option<u64>, Option<[u64; 2]>) {
+    static ONCE: std::sync::OnceLock<(Option<u64>, Option<[u64; 2]>)> = std::sync::OnceLock::new();
+    *ONCE.get_or_init(|| {
+        let mnt_ns = nix::sys::stat::stat("/proc/self/ns/mnt")
+            .ok()
+            .map(|st| st.st_ino);
+        let root = nix::sys::stat::stat("/")
+            .ok()
+            .map(|st| [st.st_dev, st.st_ino]);
+        (mnt_ns, root)
+    })
 }

@@ -213,6 +213,7 @@ mod tests {
             gid: uid,
             groups: vec![],
             cgroup: None,
+            connection: 0,
         })
     }
 

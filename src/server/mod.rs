@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub held: HeldLimits,
     /// Members may ask for `stats` (SPEC §3.5), besides root and our uid.
     pub stats_group: Option<u32>,
+    /// Record `stat`, `readlink`, `xattr` and `readdir` (`--audit-metadata`, SPEC §6).
+    pub audit_metadata: bool,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +76,7 @@ impl Default for ServerConfig {
             insecure_policy_permissions: false,
             held: HeldLimits::default(),
             stats_group: None,
+            audit_metadata: true,
         }
     }
 }
@@ -100,6 +103,8 @@ struct Shared {
     /// Held and parked descriptors, and `wake` subscribers (SPEC §3.4).
     holder: Holder,
     stats: stats::Stats,
+    /// The server's own files, which no policy can change (SPEC §3.6).
+    protected: crate::resources::protected::Protected,
 }
 
 impl Shared {
@@ -138,6 +143,20 @@ impl Server {
         listener.set_nonblocking(true)?;
         crate::safe_open::prepare();
         let config_limits = config.held;
+        let protected = crate::resources::protected::Protected::new(
+            &policy_path,
+            audit
+                .path()
+                .map(ToOwned::to_owned)
+                .into_iter()
+                .chain(
+                    listener
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| a.as_pathname().map(ToOwned::to_owned)),
+                )
+                .chain(std::fs::read_link("/proc/self/exe").ok()),
+        );
         let lanes = (0..config.workers.max(1))
             .map(|index| Lane::new(index, &listener))
             .collect::<io::Result<Vec<_>>>()?;
@@ -158,6 +177,7 @@ impl Server {
             fd_exhaustion_log: RateLimited::default(),
             holder: Holder::new(config_limits)?,
             stats: stats::Stats::new(),
+            protected,
         });
         let holding = shared.clone();
         std::thread::Builder::new()

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use super::dispatch::Outcome;
 use super::lock;
-use crate::decision::{Decision, Refusal};
 
 /// Abandoned calls one uid may have at once; beyond, its filesystem
 /// requests are `busy`.
@@ -97,7 +97,7 @@ pub(super) struct Delivery {
 #[derive(Debug)]
 enum DeliveryState {
     Waiting,
-    Arrived(Result<Decision, Refusal>),
+    Arrived(Outcome),
     /// Past the deadline and answered; a late outcome is dropped.
     Expired,
     Taken,
@@ -105,7 +105,7 @@ enum DeliveryState {
 
 impl Delivery {
     /// Hands over the outcome; gives it back when it came too late.
-    pub fn deliver(&self, outcome: Result<Decision, Refusal>) -> Option<Result<Decision, Refusal>> {
+    pub fn deliver(&self, outcome: Outcome) -> Option<Outcome> {
         let mut state = lock(&self.outcome);
         if matches!(*state, DeliveryState::Waiting) {
             *state = DeliveryState::Arrived(outcome);
@@ -135,7 +135,7 @@ impl Delivery {
 
 /// What [`Delivery::poll`] found.
 pub(super) enum Polled {
-    Arrived(Result<Decision, Refusal>),
+    Arrived(Outcome),
     TimedOut,
     Waiting,
 }

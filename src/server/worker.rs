@@ -166,7 +166,7 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
     let mut events = vec![EpollEvent::empty(); 512];
     let mut core = lock(&lane.core);
     if let Some(delivery) = taking_over {
-        core.take_over(delivery);
+        core.take_over(delivery, shared.config.audit_metadata);
     }
     loop {
         // Answer, running each filesystem call with the core unlocked.
@@ -176,7 +176,11 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
             core.answer_until_filesystem(shared, &policy, &mut scratch)
         {
             drop(core);
-            let run = || job.run(&policy, &peer, &mut scratch);
+            let env = dispatch::JobEnv {
+                audit: &shared.audit,
+                protected: &shared.protected,
+            };
+            let run = || job.run(&policy, &peer, &mut scratch, &env);
             match lane.call.run(&shared.watchdog, peer.uid, run) {
                 Watched::Finished(outcome) => {
                     core = lock(&lane.core);
@@ -187,7 +191,7 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
                     // Too late: the client was told io_error, so nothing
                     // it created stays; dropping the file closes it here.
                     if let Some(Ok(late)) = delivery.deliver(outcome)
-                        && let Some(created) = &late.created
+                        && let Some(created) = late.created()
                     {
                         created.remove();
                     }
@@ -225,7 +229,7 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
 impl Core {
     /// A new thread found the lane as an abandoned one left it: the
     /// request in flight gets a slot that waits for its outcome.
-    fn take_over(&mut self, delivery: Arc<Delivery>) {
+    fn take_over(&mut self, delivery: Arc<Delivery>, audit_metadata: bool) {
         // None: the abandoned call was closing descriptors.
         let Some(InFlight { key, start, end }) = self.in_flight.take() else {
             return;
@@ -235,7 +239,7 @@ impl Core {
         };
         let parsed = parse_request(&conn.inbuf[start..end]);
         let job = match parsed.request {
-            Ok(request) => dispatch::rebuild_job(request, parsed.id),
+            Ok(request) => dispatch::rebuild_job(request, parsed.id, audit_metadata),
             Err(_) => None,
         };
         match job {
@@ -338,7 +342,7 @@ impl Core {
         shared: &Shared,
         key: usize,
         job: &FilesystemJob,
-        outcome: Result<crate::decision::Decision, Refusal>,
+        outcome: dispatch::Outcome,
     ) {
         let ts = self.clock.now();
         match self.conns.get_mut(key) {
@@ -351,7 +355,7 @@ impl Core {
                 // The client left meanwhile (only a sweep can do that, and
                 // sweeps wait for the lock): close what it was granted.
                 if let Ok(granted) = outcome {
-                    self.closing.extend(granted.file.map(OwnedFd::from));
+                    self.closing.extend(granted.into_file().map(OwnedFd::from));
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! wait for its readiness notification (never a sleep), and talk to it.
 #![allow(dead_code)]
 
+pub mod as_user;
 pub mod fuse;
 
 use std::fs;

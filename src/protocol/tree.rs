@@ -1,0 +1,392 @@
+//! Tree operations on the wire (SPEC §3.6): `stat`, `readlink`, `xattr`,
+//! `readdir`, `mkdir`, `unlink`, `rmdir`, `rename`, the `within` field
+//! every path-taking op accepts (§3.1), and the lines that answer them.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{Op, RequestError, RequestPath, WireRequest, json_path, normalize_owned, parse_perm};
+
+/// Permission bits of a directory `mkdir` makes when the request names none.
+pub const DEFAULT_DIR_PERM: u32 = 0o700;
+
+/// Most entries one `readdir` answer carries (SPEC §3.6).
+pub const MAX_ENTRIES: usize = 1000;
+
+/// The tree ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TreeOp {
+    Stat,
+    Readlink,
+    Xattr,
+    Readdir,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Rename,
+}
+
+impl TreeOp {
+    pub fn op(self) -> Op {
+        match self {
+            TreeOp::Stat => Op::Stat,
+            TreeOp::Readlink => Op::Readlink,
+            TreeOp::Xattr => Op::Xattr,
+            TreeOp::Readdir => Op::Readdir,
+            TreeOp::Mkdir => Op::Mkdir,
+            TreeOp::Unlink => Op::Unlink,
+            TreeOp::Rmdir => Op::Rmdir,
+            TreeOp::Rename => Op::Rename,
+        }
+    }
+
+    pub fn of(op: Op) -> Option<TreeOp> {
+        Some(match op {
+            Op::Stat => TreeOp::Stat,
+            Op::Readlink => TreeOp::Readlink,
+            Op::Xattr => TreeOp::Xattr,
+            Op::Readdir => TreeOp::Readdir,
+            Op::Mkdir => TreeOp::Mkdir,
+            Op::Unlink => TreeOp::Unlink,
+            Op::Rmdir => TreeOp::Rmdir,
+            Op::Rename => TreeOp::Rename,
+            _ => return None,
+        })
+    }
+
+    /// It changes the tree: recorded before it is made, never resent.
+    pub fn changes(self) -> bool {
+        matches!(
+            self,
+            TreeOp::Mkdir | TreeOp::Unlink | TreeOp::Rmdir | TreeOp::Rename
+        )
+    }
+
+    /// The fields this op takes besides `path` (or `path_b64`), `within`
+    /// and `id`.
+    fn fields(self) -> &'static [&'static str] {
+        match self {
+            TreeOp::Stat => &["nofollow"],
+            TreeOp::Readlink | TreeOp::Unlink | TreeOp::Rmdir => &[],
+            TreeOp::Xattr => &["nofollow", "name"],
+            TreeOp::Readdir => &["cursor"],
+            TreeOp::Mkdir => &["perm"],
+            TreeOp::Rename => &["to", "noreplace"],
+        }
+    }
+}
+
+/// `within` (SPEC §3.1): the request's paths lie below this directory,
+/// which the client holds open with this `st_dev` and `st_ino`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Within {
+    pub path: RequestPath,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// `within` as it travels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireWithin {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_b64: Option<String>,
+    pub id: [u64; 2],
+}
+
+impl WireWithin {
+    /// `within` for a directory at `path` with `dev` and `ino`.
+    pub fn new(path: &Path, dev: u64, ino: u64) -> WireWithin {
+        let (text, b64) = json_path(path);
+        WireWithin {
+            path: b64.is_none().then(|| text.into_owned()),
+            path_b64: b64,
+            id: [dev, ino],
+        }
+    }
+}
+
+/// A checked tree request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeRequest {
+    pub op: TreeOp,
+    pub path: RequestPath,
+    /// `rename`'s destination.
+    pub to: Option<RequestPath>,
+    /// `stat`, `xattr`: do not follow a final symlink.
+    pub nofollow: bool,
+    /// `rename`: never replace an existing `to`.
+    pub noreplace: bool,
+    /// `mkdir`: permission bits, before the rule's `dir_perm`.
+    pub perm: u32,
+    /// `xattr`: the attribute to read; none lists them.
+    pub name: Option<Vec<u8>>,
+    /// `readdir`: where the last answer stopped.
+    pub cursor: Option<String>,
+    pub within: Option<Within>,
+}
+
+impl TreeRequest {
+    /// A request for `op` on `path` with every option at its default.
+    pub fn new(op: TreeOp, path: RequestPath) -> TreeRequest {
+        TreeRequest {
+            op,
+            path,
+            to: None,
+            nofollow: false,
+            noreplace: false,
+            perm: DEFAULT_DIR_PERM,
+            name: None,
+            cursor: None,
+            within: None,
+        }
+    }
+}
+
+/// Decodes one of a `path`/`path_b64` pair: exactly one must be given.
+pub(super) fn path_bytes(
+    text: Option<String>,
+    b64: Option<String>,
+    field: &'static str,
+) -> Result<Option<Vec<u8>>, RequestError> {
+    match (text, b64) {
+        (Some(text), None) => Ok(Some(text.into_bytes())),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(Some)
+            .map_err(|_| RequestError::BadBase64),
+        (Some(_), Some(_)) => Err(RequestError::BadOption(format!(
+            "give \"{field}\" or \"{field}_b64\", not both"
+        ))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Checks `within` against the request's paths: it must be a leading part
+/// of each (SPEC §3.6), else `bad_request`.
+pub(super) fn parse_within(
+    wire: Option<WireWithin>,
+    paths: &[&RequestPath],
+) -> Result<Option<Within>, RequestError> {
+    let Some(wire) = wire else {
+        return Ok(None);
+    };
+    let raw = path_bytes(wire.path, wire.path_b64, "within.path")?
+        .ok_or_else(|| RequestError::BadOption("\"within\" needs a \"path\"".into()))?;
+    let path = normalize_owned(raw)?;
+    for requested in paths {
+        if !requested.path.starts_with(&path.path) {
+            return Err(RequestError::BadOption(
+                "\"within\" must be a leading part of the request's path (and \"to\")".into(),
+            ));
+        }
+    }
+    Ok(Some(Within {
+        path,
+        dev: wire.id[0],
+        ino: wire.id[1],
+    }))
+}
+
+/// Checks the fields of a tree op.
+pub(super) fn validate(wire: WireRequest<'_>, op: TreeOp) -> Result<TreeRequest, RequestError> {
+    let present = [
+        ("nofollow", wire.nofollow.is_some()),
+        ("name", wire.name.is_some()),
+        ("cursor", wire.cursor.is_some()),
+        ("perm", wire.perm.is_some()),
+        ("to", wire.to.is_some() || wire.to_b64.is_some()),
+        ("noreplace", wire.noreplace.is_some()),
+        ("mode", wire.mode.is_some()),
+        ("create", wire.create.is_some()),
+        ("truncate", wire.truncate.is_some()),
+    ];
+    let allowed = op.fields();
+    if let Some((field, _)) = present
+        .iter()
+        .find(|(field, set)| *set && !allowed.contains(field))
+    {
+        return Err(RequestError::BadOption(format!(
+            "{} takes no \"{field}\"",
+            op.op().as_str()
+        )));
+    }
+    let raw = path_bytes(wire.path, wire.path_b64, "path")?
+        .ok_or(RequestError::MissingPath(op.op().as_str()))?;
+    let mut request = TreeRequest::new(op, normalize_owned(raw)?);
+    if let Some(to) = path_bytes(wire.to, wire.to_b64, "to")? {
+        request.to = Some(normalize_owned(to)?);
+    } else if op == TreeOp::Rename {
+        return Err(RequestError::BadOption(
+            "rename needs a \"to\" (or \"to_b64\")".into(),
+        ));
+    }
+    request.nofollow = wire.nofollow.unwrap_or(false);
+    request.noreplace = wire.noreplace.unwrap_or(false);
+    if let Some(perm) = wire.perm.as_deref() {
+        request.perm = parse_perm(perm).map_err(RequestError::BadOption)?;
+    }
+    request.name = wire.name.map(String::into_bytes);
+    if request.name.as_ref().is_some_and(|n| n.is_empty()) {
+        return Err(RequestError::BadOption("\"name\" is empty".into()));
+    }
+    request.cursor = wire.cursor;
+    let mut paths = vec![&request.path];
+    paths.extend(request.to.as_ref());
+    request.within = parse_within(wire.within, &paths)?;
+    Ok(request)
+}
+
+/// What `stat` reports of an inode (SPEC §3.6), from `statx`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatInfo {
+    pub dev: u64,
+    pub ino: u64,
+    /// File type bits included.
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: u64,
+    pub blksize: u64,
+    pub blocks: u64,
+    pub atime: (i64, u32),
+    pub mtime: (i64, u32),
+    pub ctime: (i64, u32),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub btime: Option<(i64, u32)>,
+}
+
+/// One `readdir` entry as it travels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireEntry {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_b64: Option<String>,
+    /// `file dir symlink fifo socket char block unknown`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub ino: u64,
+}
+
+impl WireEntry {
+    pub fn new(name: &[u8], kind: &str, ino: u64) -> WireEntry {
+        let (text, b64) = json_path(Path::new(OsStr::from_bytes(name)));
+        WireEntry {
+            name: text.into_owned(),
+            name_b64: b64,
+            kind: kind.to_owned(),
+            ino,
+        }
+    }
+}
+
+/// What a granted tree request answers besides `path` and `rule`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeAnswer {
+    Stat(StatInfo),
+    Link(Vec<u8>),
+    XattrNames(Vec<Vec<u8>>),
+    XattrValue(Vec<u8>),
+    Dir {
+        entries: Vec<WireEntry>,
+        cursor: Option<String>,
+    },
+    /// `mkdir`.
+    Created,
+    /// `unlink`, `rmdir`, `rename` (with its real `to`).
+    Done {
+        to: Option<std::path::PathBuf>,
+    },
+}
+
+/// Writes the answer line of a granted tree request.
+pub fn encode_answer(
+    out: &mut Vec<u8>,
+    id: Option<&RawValue>,
+    path: &Path,
+    rule: &str,
+    answer: &TreeAnswer,
+) {
+    let (path, path_b64) = json_path(path);
+    let mut line = serde_json::Map::new();
+    line.insert("ok".into(), true.into());
+    line.insert("path".into(), path.into_owned().into());
+    if let Some(b64) = path_b64 {
+        line.insert("path_b64".into(), b64.into());
+    }
+    let bytes_field =
+        |line: &mut serde_json::Map<String, serde_json::Value>, field: &str, bytes: &[u8]| {
+            let (text, b64) = json_path(Path::new(OsStr::from_bytes(bytes)));
+            line.insert(field.into(), text.into_owned().into());
+            if let Some(b64) = b64 {
+                line.insert(format!("{field}_b64"), b64.into());
+            }
+        };
+    match answer {
+        TreeAnswer::Stat(stat) => {
+            line.insert(
+                "stat".into(),
+                serde_json::to_value(stat).unwrap_or_default(),
+            );
+        }
+        TreeAnswer::Link(target) => bytes_field(&mut line, "target", target),
+        TreeAnswer::XattrNames(names) => {
+            let text: Vec<String> = names
+                .iter()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .collect();
+            line.insert("names".into(), text.into());
+            // Any name that is not UTF-8: every name's exact bytes too.
+            if names.iter().any(|n| std::str::from_utf8(n).is_err()) {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let exact: Vec<String> = names.iter().map(|n| b64.encode(n)).collect();
+                line.insert("names_b64".into(), exact.into());
+            }
+        }
+        TreeAnswer::XattrValue(value) => {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+            line.insert("value_b64".into(), b64.into());
+        }
+        TreeAnswer::Dir { entries, cursor } => {
+            line.insert(
+                "entries".into(),
+                serde_json::to_value(entries).unwrap_or_default(),
+            );
+            if let Some(cursor) = cursor {
+                line.insert("cursor".into(), cursor.clone().into());
+            }
+        }
+        TreeAnswer::Created => {
+            line.insert("created".into(), true.into());
+        }
+        TreeAnswer::Done { to } => {
+            if let Some(to) = to {
+                let (text, b64) = json_path(to);
+                line.insert("to".into(), text.into_owned().into());
+                if let Some(b64) = b64 {
+                    line.insert("to_b64".into(), b64.into());
+                }
+            }
+        }
+    }
+    line.insert("rule".into(), rule.into());
+    // The id goes first, byte for byte as the client sent it.
+    out.push(b'{');
+    if let Some(id) = id {
+        out.extend_from_slice(b"\"id\":");
+        out.extend_from_slice(id.get().as_bytes());
+        out.push(b',');
+    }
+    let body = serde_json::to_vec(&line).expect("answer serialises");
+    out.extend_from_slice(&body[1..]);
+    out.push(b'\n');
+}

@@ -1,0 +1,85 @@
+//! The server's own files (SPEC §3.6, self-protection): whatever the
+//! policy says, nothing but `read`, `stat` and `list` is granted on the
+//! policy files, anything in or above the policy directory, the audit log,
+//! the socket and the server's binary. A policy that granted `delete` on
+//! `/etc/**` must not let a client remove the policy, the log of what it
+//! did, or the binary the next upgrade re-executes.
+
+use std::path::{Path, PathBuf};
+
+/// The paths a running server protects.
+#[derive(Debug, Clone, Default)]
+pub struct Protected {
+    /// The policy file or directory: it, everything in it, and every
+    /// directory above it.
+    policy: Option<PathBuf>,
+    /// Single files: the audit log, the socket, the binary.
+    files: Vec<PathBuf>,
+}
+
+impl Protected {
+    /// Protects `policy` (and what it contains and lies in) and `files`,
+    /// each both as given and as its real path, where that can be read.
+    pub fn new(policy: &Path, files: impl IntoIterator<Item = PathBuf>) -> Protected {
+        let real = |p: &Path| std::fs::canonicalize(p).ok();
+        let mut all: Vec<PathBuf> = Vec::new();
+        for file in files {
+            all.extend(real(&file));
+            all.push(file);
+        }
+        let mut protected = Protected {
+            policy: Some(real(policy).unwrap_or_else(|| policy.to_owned())),
+            files: all,
+        };
+        if real(policy).as_deref() != Some(policy) {
+            // The path as given, too: a symlink to the policy lies above it.
+            protected.files.push(policy.to_owned());
+            protected
+                .files
+                .extend(policy.ancestors().map(Path::to_owned));
+        }
+        protected
+    }
+
+    /// True when changing `path` (an absolute, normalised path, requested
+    /// or real) could change the server's own files.
+    pub fn covers(&self, path: &Path) -> bool {
+        if self.files.iter().any(|f| f == path) {
+            return true;
+        }
+        self.policy
+            .as_deref()
+            .is_some_and(|policy| path.starts_with(policy) || policy.starts_with(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_what_is_in_it_and_above_it_and_the_named_files() {
+        let p = Protected::new(
+            Path::new("/nonexistent/fdopen/policy.d"),
+            [PathBuf::from("/var/log/fdopen.log")],
+        );
+        for yes in [
+            "/nonexistent/fdopen/policy.d",
+            "/nonexistent/fdopen/policy.d/new.json",
+            "/nonexistent/fdopen",
+            "/nonexistent",
+            "/",
+            "/var/log/fdopen.log",
+        ] {
+            assert!(p.covers(Path::new(yes)), "{yes}");
+        }
+        for no in [
+            "/nonexistent/fdopen/other",
+            "/nonexistent/fdopen/policy.d2",
+            "/var/log/other.log",
+            "/var/log",
+        ] {
+            assert!(!p.covers(Path::new(no)), "{no}");
+        }
+    }
+}

@@ -5,15 +5,18 @@
 
 mod common;
 
+use std::fs;
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{CLIENT, TestServer, is_root, wait_timeout};
 
 const NOBODY: u32 = 65534;
+const PYTHON: &str = "/usr/bin/python3";
 
 /// A root server on a scratch tree, and a copy of fdopen-client that
 /// `nobody` can execute wherever the build tree lives.
@@ -28,7 +31,13 @@ impl Setup {
             eprintln!("skipped: run tests need root (a root server, a nobody client)");
             return None;
         }
-        let server = TestServer::start(policy, &["--socket-mode", "0666"]);
+        Some(Setup::with_server(TestServer::start(
+            policy,
+            &["--socket-mode", "0666"],
+        )))
+    }
+
+    fn with_server(server: TestServer) -> Setup {
         // Copied by another process, so that no fork of a parallel test
         // inherits a descriptor open for writing on it (ETXTBSY).
         let client = server.path("fdopen-client");
@@ -38,7 +47,7 @@ impl Setup {
             .status()
             .unwrap();
         assert!(copied.success());
-        Some(Setup { server, client })
+        Setup { server, client }
     }
 
     /// `fdopen-client run -- program args`, as nobody, from `/`.
@@ -108,4 +117,162 @@ fn sigterm_to_run_reaches_every_supervised_process() {
             .expect("run ended with the processes it supervises");
         assert_eq!(status.signal(), Some(signal));
     }
+}
+
+/// A fresh root-only tree in the server's scratch directory: `data/`
+/// (0700: `secret` 0600, `sub/` 0700 with `inner`, `link` -> `secret`)
+/// that the policy lets be read, stat'ed and listed, and `work/` (0700)
+/// where directories and files may also be made, renamed and removed.
+struct Tree {
+    setup: Setup,
+    data: PathBuf,
+    work: PathBuf,
+}
+
+impl Tree {
+    fn new() -> Option<Tree> {
+        let scratch = common::scratch();
+        let data = scratch.path().join("data");
+        let work = scratch.path().join("work");
+        let d = common::glob(&data);
+        let w = common::glob(&work);
+        let policy = format!(
+            r#"{{"rules":[
+              {{"name":"data","effect":"allow","paths":["{d}","{d}/**"],"modes":["read","stat","list"]}},
+              {{"name":"work","effect":"allow","paths":["{w}","{w}/**"],
+                "modes":["read","write","stat","list","mkdir","delete"],"create":true}}]}}"#
+        );
+        if !is_root() {
+            eprintln!("skipped: run tests need root (a root server, a nobody client)");
+            return None;
+        }
+        fs::create_dir(&data).unwrap();
+        fs::write(data.join("secret"), "secret-data\n").unwrap();
+        fs::create_dir(data.join("sub")).unwrap();
+        fs::write(data.join("sub/inner"), "inner-data\n").unwrap();
+        std::os::unix::fs::symlink("secret", data.join("link")).unwrap();
+        fs::create_dir(&work).unwrap();
+        fs::write(work.join("file"), "work-data\n").unwrap();
+        for (path, mode) in [
+            (data.join("secret"), 0o600),
+            (data.join("sub/inner"), 0o600),
+            (data.join("sub"), 0o700),
+            (data.clone(), 0o700),
+            (work.join("file"), 0o600),
+            (work.clone(), 0o700),
+        ] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let server = TestServer::start_in(scratch, &policy, &["--socket-mode", "0666"]);
+        let setup = Setup::with_server(server);
+        Some(Tree { setup, data, work })
+    }
+
+    fn data(&self, name: &str) -> String {
+        self.data.join(name).to_str().unwrap().to_owned()
+    }
+
+    fn work(&self, name: &str) -> String {
+        self.work.join(name).to_str().unwrap().to_owned()
+    }
+
+    /// The program as nobody under `run`; its output, which must equal
+    /// what root gets without `run`, and that nobody alone fails.
+    #[track_caller]
+    fn same_as_root(&self, program: &[&str]) -> String {
+        let root = Command::new(program[0])
+            .args(&program[1..])
+            .output()
+            .unwrap();
+        assert!(root.status.success(), "as root: {root:?}");
+        let with = self.setup.run(program).output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&with.stdout),
+            String::from_utf8_lossy(&root.stdout),
+            "{program:?} under run; stderr: {}",
+            String::from_utf8_lossy(&with.stderr)
+        );
+        assert_eq!(with.status.code(), root.status.code(), "{program:?}");
+        String::from_utf8_lossy(&root.stdout).into_owned()
+    }
+}
+
+#[test]
+fn stat_readlink_and_the_stat_family_see_what_root_sees() {
+    let Some(t) = Tree::new() else { return };
+    let (secret, sub, link) = (t.data("secret"), t.data("sub"), t.data("link"));
+    // stat(1) uses statx, without following the link.
+    let format = "%n|%s|%a|%u|%g|%i|%h|%F|%Y|%W|%d|%t";
+    let out = t.same_as_root(&["/usr/bin/stat", "-c", format, &secret, &sub, &link]);
+    assert!(out.contains("symbolic link"), "{out}");
+    // And following it; and the plain struct stat of `ls -l`.
+    t.same_as_root(&["/usr/bin/stat", "-L", "-c", format, &link]);
+    t.same_as_root(&[
+        "/usr/bin/ls",
+        "-ldn",
+        "--time-style=+%s",
+        &secret,
+        &sub,
+        &link,
+    ]);
+    t.same_as_root(&["/usr/bin/readlink", &link]);
+    // Nobody alone can do none of it.
+    let alone = Command::new("/usr/bin/stat")
+        .arg(&secret)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert!(!alone.status.success());
+}
+
+#[test]
+fn python_exists_access_and_a_missing_name_in_a_0700_directory() {
+    let Some(t) = Tree::new() else { return };
+    let script = format!(
+        r#"
+import os, errno
+print(os.path.exists({secret:?}), os.path.exists({missing:?}), os.path.isdir({sub:?}))
+print(os.access({secret:?}, os.R_OK), os.access({missing:?}, os.F_OK), os.access({file:?}, os.W_OK))
+try:
+    os.stat({missing:?})
+except OSError as e:
+    print(errno.errorcode[e.errno])
+print(os.lstat({link:?}).st_size, os.readlink({link:?}))
+"#,
+        secret = t.data("secret"),
+        missing = t.data("missing"),
+        sub = t.data("sub"),
+        link = t.data("link"),
+        file = t.work("file"),
+    );
+    let out = t.same_as_root(&[PYTHON, "-c", &script]);
+    assert_eq!(out, "True False True\nTrue False True\nENOENT\n6 secret\n");
+}
+
+#[test]
+fn mkdir_mv_rm_and_rmdir_change_a_root_only_tree() {
+    let Some(t) = Tree::new() else { return };
+    let (a, b) = (t.work("a"), t.work("a/b"));
+    let (file, moved) = (t.work("file"), t.work("a/moved"));
+    let script = format!(
+        "set -e; mkdir {a}; mkdir {b}; mv {file} {moved}; rmdir {b}; \
+         mkdir {b}; rm {moved}; echo done"
+    );
+    let out = t.setup.run(&["/bin/sh", "-c", &script]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "done\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &str| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!((mode(&a), mode(&b)), (0o700, 0o700));
+    assert!(!Path::new(&file).exists() && !Path::new(&moved).exists());
+    // A name that is taken: EEXIST, as the kernel says it.
+    let again = t.setup.run(&["/bin/mkdir", &a]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("File exists"),
+        "{again:?}"
+    );
 }

@@ -5,150 +5,72 @@
 //! with and without `run`, and checks what is left on disk. Root only.
 
 mod common;
+#[path = "common/supervised.rs"]
+mod supervised;
 
 use std::fs;
+use std::net::{Ipv6Addr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
-use common::{CLIENT, TestServer, glob, is_root};
+use common::glob;
+use supervised::{NOBODY, Supervised, as_user, direct, stdout};
 
-const NOBODY: u32 = 65534;
 /// The other unprivileged user of the confused-deputy test.
 const DAEMON: u32 = 1;
 const PYTHON: &str = "/usr/bin/python3";
 
 /// A root server whose policy lets anyone write, truncate and create in
-/// the root-only `w/`, only write in `nt/`, and read and truncate in
-/// `pub/sub/`.
-struct Setup {
-    server: TestServer,
-    /// A copy of fdopen-client that `nobody` can execute.
-    client: PathBuf,
+/// the root-only `w/`, only write in `nt/`, read and truncate in
+/// `pub/sub/`, and, given a port, bind it on 127.0.0.1 and ::1.
+fn start(port: Option<u16>) -> Option<Supervised> {
+    let dir = common::scratch();
+    let root = dir.path();
+    let w = root.join("w");
+    fs::create_dir(&w).unwrap();
+    let sub = root.join("pub/sub");
+    fs::create_dir_all(&sub).unwrap();
+    let nt = root.join("nt");
+    fs::create_dir(&nt).unwrap();
+    let policy = format!(
+        r#"{{"rules":[
+          {{"name":"w","effect":"allow","paths":["{w}/*"],"modes":["write","readwrite"],
+            "create":true,"truncate":true,"create_perm":"0644"}},
+          {{"name":"nt","effect":"allow","paths":["{nt}/*"],"modes":["write"]}},
+          {{"name":"pub","effect":"allow","paths":["{sub}/*"],"modes":["read","write"],
+            "truncate":true}}{web}]}}"#,
+        w = glob(&w),
+        nt = glob(&nt),
+        sub = glob(&sub),
+        web = port.map_or(String::new(), |port| format!(
+            r#",{{"name":"web","effect":"allow","binds":["tcp:127.0.0.1:{port}","tcp:[::1]:{port}"]}}"#
+        )),
+    );
+    Supervised::start(dir, &policy)
 }
 
-impl Setup {
-    fn new() -> Option<Setup> {
-        if !is_root() {
-            eprintln!("skipped: run tests need root (a root server, a nobody client)");
-            return None;
-        }
-        let dir = common::scratch();
-        let root = dir.path();
-        let w = root.join("w");
-        fs::create_dir(&w).unwrap();
-        let sub = root.join("pub/sub");
-        fs::create_dir_all(&sub).unwrap();
-        let nt = root.join("nt");
-        fs::create_dir(&nt).unwrap();
-        let policy = format!(
-            r#"{{"rules":[
-              {{"name":"w","effect":"allow","paths":["{w}/*"],"modes":["write","readwrite"],
-                "create":true,"truncate":true,"create_perm":"0644"}},
-              {{"name":"nt","effect":"allow","paths":["{nt}/*"],"modes":["write"]}},
-              {{"name":"pub","effect":"allow","paths":["{sub}/*"],"modes":["read","write"],
-                "truncate":true}}]}}"#,
-            w = glob(&w),
-            nt = glob(&nt),
-            sub = glob(&sub),
-        );
-        let server = TestServer::start_in(dir, &policy, &["--socket-mode", "0666"]);
-        // Copied by another process, so that no fork of a parallel test
-        // inherits a descriptor open for writing on it (ETXTBSY).
-        let client = server.path("fdopen-client");
-        let copied = Command::new("install")
-            .args(["-m", "0755", CLIENT])
-            .arg(&client)
-            .status()
-            .unwrap();
-        assert!(copied.success());
-        Some(Setup { server, client })
-    }
-
-    /// A root-only file (0600) with `content`.
-    fn file(&self, name: &str, content: &str) -> PathBuf {
-        let path = self.server.path(name);
-        fs::write(&path, content).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        path
-    }
-
-    /// `fdopen-client run -- program`, as nobody.
-    fn run_command(&self, program: &[&str]) -> Command {
-        let mut cmd = as_user(self.client.to_str().unwrap(), NOBODY);
-        cmd.arg("--socket")
-            .arg(&self.server.socket)
-            .arg("run")
-            .arg("--")
-            .args(program);
-        cmd
-    }
-
-    fn run(&self, program: &[&str]) -> Output {
-        self.run_command(program).output().unwrap()
-    }
-
-    /// Builds `tests/programs/NAME.c`; `None` (said why) without a compiler.
-    fn build(&self, name: &str) -> Option<String> {
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/programs/{name}.c"));
-        let binary = self.server.path(name);
-        match Command::new("cc")
-            .arg("-O")
-            .arg("-o")
-            .arg(&binary)
-            .arg(&source)
-            .output()
-        {
-            Ok(out) if out.status.success() => Some(binary.to_str().unwrap().to_owned()),
-            Ok(out) => {
-                eprintln!(
-                    "skipped: cc failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("skipped: no C compiler: {e}");
-                None
-            }
-        }
-    }
+/// A setup with `tests/programs/NAME.c` built; `None` (said why) to skip.
+fn with_program(name: &str) -> Option<(Supervised, String)> {
+    let s = start(None)?;
+    let program = s.build(name, &[])?;
+    Some((s, program))
 }
 
-/// `program` to be run as `uid` (its group too, no supplementary ones).
-fn as_user(program: &str, uid: u32) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.current_dir("/");
-    // SAFETY: only async-signal-safe calls; groups first, uid last.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setgroups(&[])?;
-            nix::unistd::setgid(nix::unistd::Gid::from_raw(uid))?;
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
-            Ok(())
-        });
-    }
-    cmd
-}
-
-/// The same program as nobody, without `run`.
-fn direct(program: &[&str]) -> Output {
-    as_user(program[0], NOBODY)
-        .args(&program[1..])
-        .output()
-        .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// A root-only file (0600) with `content`.
+fn root_file(s: &Supervised, name: &str, content: &str) -> PathBuf {
+    let path = s.server.path(name);
+    fs::write(&path, content).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    path
 }
 
 /// `fullopen ARGS` with and without `run`: both must print `expected`.
 #[track_caller]
-fn same_result(s: &Setup, fullopen: &str, args: &[&str], expected: &str) {
+fn same_result(s: &Supervised, fullopen: &str, args: &[&str], expected: &str) {
     let mut program = vec![fullopen];
     program.extend_from_slice(args);
     let without = direct(&program);
@@ -159,11 +81,10 @@ fn same_result(s: &Setup, fullopen: &str, args: &[&str], expected: &str) {
 
 #[test]
 fn a_full_descriptor_table_truncates_nothing() {
-    let Some(s) = Setup::new() else { return };
-    let Some(fullopen) = s.build("fullopen") else {
+    let Some((s, fullopen)) = with_program("fullopen") else {
         return;
     };
-    let file = s.file("w/precious", "precious-data\n");
+    let file = root_file(&s, "w/precious", "precious-data\n");
     let path = file.to_str().unwrap();
     same_result(
         &s,
@@ -183,8 +104,7 @@ fn a_full_descriptor_table_truncates_nothing() {
 
 #[test]
 fn a_full_descriptor_table_creates_nothing() {
-    let Some(s) = Setup::new() else { return };
-    let Some(fullopen) = s.build("fullopen") else {
+    let Some((s, fullopen)) = with_program("fullopen") else {
         return;
     };
     let file = s.server.path("w/new");
@@ -202,11 +122,10 @@ fn a_full_descriptor_table_creates_nothing() {
 
 #[test]
 fn noatime_on_a_file_of_another_owner_truncates_nothing() {
-    let Some(s) = Setup::new() else { return };
-    let Some(fullopen) = s.build("fullopen") else {
+    let Some((s, fullopen)) = with_program("fullopen") else {
         return;
     };
-    let file = s.file("w/owned-by-root", "precious-data\n");
+    let file = root_file(&s, "w/owned-by-root", "precious-data\n");
     let args = [file.to_str().unwrap(), "wronly", "trunc", "noatime"];
     same_result(&s, &fullopen, &args, "EACCES\n");
     assert_eq!(fs::read_to_string(&file).unwrap(), "precious-data\n");
@@ -214,11 +133,10 @@ fn noatime_on_a_file_of_another_owner_truncates_nothing() {
 
 #[test]
 fn a_brokered_truncation_comes_before_the_program_writes() {
-    let Some(s) = Setup::new() else { return };
-    let Some(fullopen) = s.build("fullopen") else {
+    let Some((s, fullopen)) = with_program("fullopen") else {
         return;
     };
-    let file = s.file("w/log", "a much longer old content\n");
+    let file = root_file(&s, "w/log", "a much longer old content\n");
     let path = file.to_str().unwrap();
     for _ in 0..20 {
         let out = s.run(&[&fullopen, path, "wronly", "trunc", "--write", "new\n"]);
@@ -229,13 +147,12 @@ fn a_brokered_truncation_comes_before_the_program_writes() {
 
 #[test]
 fn truncation_stays_the_servers_to_grant() {
-    let Some(s) = Setup::new() else { return };
-    let Some(fullopen) = s.build("fullopen") else {
+    let Some((s, fullopen)) = with_program("fullopen") else {
         return;
     };
     // `nt/` may be written, not truncated: asking without `truncate` and
     // truncating its own copy must not let the supervisor do more.
-    let file = s.file("nt/kept", "kept-data\n");
+    let file = root_file(&s, "nt/kept", "kept-data\n");
     let path = file.to_str().unwrap();
     same_result(&s, &fullopen, &[path, "wronly", "trunc"], "EACCES\n");
     assert_eq!(fs::read_to_string(&file).unwrap(), "kept-data\n");
@@ -258,7 +175,7 @@ impl Drop for Overmounted {
     }
 }
 
-fn overmount(s: &Setup) -> Option<Overmounted> {
+fn overmount(s: &Supervised) -> Option<Overmounted> {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let public = s.server.path("pub");
     let script = format!(
@@ -314,8 +231,8 @@ fn with_fd_3(cmd: &mut Command, fd: BorrowedFd<'_>) {
 
 #[test]
 fn a_directory_fd_from_another_mount_namespace_is_not_the_path_it_shows() {
-    let Some(s) = Setup::new() else { return };
-    let data = s.file("pub/sub/data.txt", "real-data\n");
+    let Some(s) = start(None) else { return };
+    let data = root_file(&s, "pub/sub/data.txt", "real-data\n");
     let Some(over) = overmount(&s) else { return };
     // Relative to fd 3, then relative to the cwd after fchdir to it; the
     // real file's content, were it read, and the errno otherwise.
@@ -338,7 +255,7 @@ for flags in [os.O_RDONLY, os.O_WRONLY | os.O_TRUNC]:
     let without = without.output().unwrap();
     let enoent = format!("{}\n", libc::ENOENT).repeat(4);
     assert_eq!(stdout(&without), enoent, "{without:?}");
-    let mut with = s.run_command(&[PYTHON, "-c", script]);
+    let mut with = s.run_command(&[], &[PYTHON, "-c", script]);
     with_fd_3(&mut with, over.fd.as_fd());
     let with = with.output().unwrap();
     assert_eq!(stdout(&with), enoent, "{with:?}");
@@ -346,7 +263,7 @@ for flags in [os.O_RDONLY, os.O_WRONLY | os.O_TRUNC]:
     drop(over);
     // The same calls on the real directory are brokered.
     let real = OwnedFd::from(fs::File::open(s.server.path("pub/sub")).unwrap());
-    let mut again = s.run_command(&[PYTHON, "-c", script]);
+    let mut again = s.run_command(&[], &[PYTHON, "-c", script]);
     with_fd_3(&mut again, real.as_fd());
     let again = again.output().unwrap();
     assert_eq!(
@@ -354,4 +271,108 @@ for flags in [os.O_RDONLY, os.O_WRONLY | os.O_TRUNC]:
         "b'real-data\\n'\nopened\nb''\nopened\n",
         "{again:?}"
     );
+}
+
+/// A privileged port free on 127.0.0.1 and ::1 right now, from `from`
+/// up: each test has a range of its own, as tests run in parallel.
+fn free_privileged_port(from: u16) -> Option<u16> {
+    let port = (from..from + 30).find(|&p| {
+        TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && TcpListener::bind((Ipv6Addr::LOCALHOST, p)).is_ok()
+    });
+    if port.is_none() {
+        eprintln!("skipped: no free port in {from}..{}", from + 30);
+    }
+    port
+}
+
+/// For bind tests: a setup granting a privileged port found free from
+/// `from` up, `binder` built, and the port as text.
+fn binding(from: u16) -> Option<(Supervised, String, String)> {
+    let port = free_privileged_port(from)?;
+    let s = start(Some(port))?;
+    let binder = s.build("binder", &[])?;
+    Some((s, binder, port.to_string()))
+}
+
+/// `binder ARGS` under run and without: (with, without).
+fn bind_both(s: &Supervised, binder: &str, args: &[&str]) -> (String, String) {
+    let mut program = vec![binder];
+    program.extend_from_slice(args);
+    (stdout(&s.run(&program)), stdout(&direct(&program)))
+}
+
+#[test]
+fn a_socket_bound_to_a_device_or_filtered_stays_so() {
+    let Some((s, binder, port)) = binding(900) else {
+        return;
+    };
+    let (with, without) = bind_both(&s, &binder, &["4", &port, "16", "device"]);
+    assert_eq!(without, "EACCES\n");
+    assert_eq!(
+        with,
+        format!("bound port={port} device=lo filter=0 locked=0\n")
+    );
+    let (with, _) = bind_both(&s, &binder, &["4", &port, "16"]);
+    assert_eq!(
+        with,
+        format!("bound port={port} device= filter=0 locked=0\n")
+    );
+    // Some kernels refuse SO_ATTACH_FILTER to an unprivileged socket;
+    // the supervisor, with the program's rights, could not copy it then.
+    let (with, without) = bind_both(&s, &binder, &["4", "0", "16", "filter"]);
+    if !without.starts_with("bound") {
+        eprintln!("skipped the filter: nobody cannot attach one here");
+        return;
+    }
+    assert!(with.starts_with("bound"), "{with}");
+    let (with, _) = bind_both(&s, &binder, &["4", &port, "16", "device", "filter"]);
+    assert_eq!(
+        with,
+        format!("bound port={port} device=lo filter=1 locked=1\n")
+    );
+}
+
+#[test]
+fn an_rfc2133_ipv6_address_is_brokered_like_a_full_one() {
+    let Some((s, binder, port)) = binding(930) else {
+        return;
+    };
+    for len in ["24", "28"] {
+        let (with, without) = bind_both(&s, &binder, &["6", &port, len]);
+        assert_eq!(without, "EACCES\n", "{len}");
+        assert_eq!(
+            with,
+            format!("bound port={port} device= filter=0 locked=0\n"),
+            "{len}"
+        );
+    }
+}
+
+#[test]
+fn an_address_length_the_kernel_refuses_gets_its_einval() {
+    let Some((s, binder, port)) = binding(960) else {
+        return;
+    };
+    for (family, len) in [
+        ("4", "129"),
+        ("4", "-1"),
+        ("4", "15"),
+        ("6", "23"),
+        ("6", "129"),
+    ] {
+        let (with, without) = bind_both(&s, &binder, &[family, &port, len]);
+        assert_eq!(
+            (with.as_str(), without.as_str()),
+            ("EINVAL\n", "EINVAL\n"),
+            "{family} {len}"
+        );
+    }
+    let granted: Vec<_> = s
+        .server
+        .audit_lines()
+        .into_iter()
+        .filter(|r| r["op"] == "bind")
+        .collect();
+    assert!(granted.is_empty(), "asked the server: {granted:?}");
 }

@@ -4,6 +4,9 @@
 //! behaviour (exit codes, signals). Root only; each test says why it skips.
 
 mod common;
+#[allow(dead_code)]
+#[path = "common/supervised.rs"]
+mod supervised;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -13,74 +16,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{CLIENT, TestServer, is_root, wait_timeout};
+use common::{is_root, wait_timeout};
+use supervised::{NOBODY, Supervised};
 
-const NOBODY: u32 = 65534;
 const PYTHON: &str = "/usr/bin/python3";
-
-/// A root server on a scratch tree, and a copy of fdopen-client that
-/// `nobody` can execute wherever the build tree lives.
-struct Setup {
-    server: TestServer,
-    client: PathBuf,
-}
-
-impl Setup {
-    fn new(policy: &str) -> Option<Setup> {
-        if !is_root() {
-            eprintln!("skipped: run tests need root (a root server, a nobody client)");
-            return None;
-        }
-        Some(Setup::with_server(TestServer::start(
-            policy,
-            &["--socket-mode", "0666"],
-        )))
-    }
-
-    fn with_server(server: TestServer) -> Setup {
-        // Copied by another process, so that no fork of a parallel test
-        // inherits a descriptor open for writing on it (ETXTBSY).
-        let client = server.path("fdopen-client");
-        let copied = Command::new("install")
-            .args(["-m", "0755", CLIENT])
-            .arg(&client)
-            .status()
-            .unwrap();
-        assert!(copied.success());
-        Setup { server, client }
-    }
-
-    /// `fdopen-client run -- program args`, as nobody, from `/`.
-    fn run(&self, program: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.client);
-        cmd.current_dir("/")
-            .arg("--socket")
-            .arg(&self.server.socket)
-            .arg("run")
-            .arg("--")
-            .args(program);
-        // SAFETY: only async-signal-safe calls; groups first, uid last.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setgroups(&[])?;
-                nix::unistd::setgid(nix::unistd::Gid::from_raw(NOBODY))?;
-                nix::unistd::setuid(nix::unistd::Uid::from_raw(NOBODY))?;
-                Ok(())
-            });
-        }
-        cmd
-    }
-}
 
 const EMPTY_POLICY: &str = r#"{"rules":[]}"#;
 
 #[test]
 fn a_command_not_found_is_127_and_one_not_executable_is_126() {
-    let Some(s) = Setup::new(EMPTY_POLICY) else {
+    let Some(s) = Supervised::start(common::scratch(), EMPTY_POLICY) else {
         return;
     };
     let status = |program: &str| {
-        let out = s.run(&[program]).output().unwrap();
+        let out = s.run(&[program]);
         assert!(!out.stderr.is_empty(), "{program}: run says why");
         out.status.code()
     };
@@ -93,7 +42,7 @@ fn a_command_not_found_is_127_and_one_not_executable_is_126() {
 
 #[test]
 fn sigterm_to_run_reaches_every_supervised_process() {
-    let Some(s) = Setup::new(EMPTY_POLICY) else {
+    let Some(s) = Supervised::start(common::scratch(), EMPTY_POLICY) else {
         return;
     };
     for signal in [libc::SIGTERM, libc::SIGHUP] {
@@ -102,7 +51,7 @@ fn sigterm_to_run_reaches_every_supervised_process() {
         // (which stays while any supervised process is left) would wait
         // five minutes.
         let mut run = s
-            .run(&["/bin/sh", "-c", "sleep 300 & echo $!; wait"])
+            .run_command(&[], &["/bin/sh", "-c", "sleep 300 & echo $!; wait"])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -124,7 +73,7 @@ fn sigterm_to_run_reaches_every_supervised_process() {
 /// that the policy lets be read, stat'ed and listed, and `work/` (0700)
 /// where directories and files may also be made, renamed and removed.
 struct Tree {
-    setup: Setup,
+    setup: Supervised,
     data: PathBuf,
     work: PathBuf,
 }
@@ -163,8 +112,7 @@ impl Tree {
         ] {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
         }
-        let server = TestServer::start_in(scratch, &policy, &["--socket-mode", "0666"]);
-        let setup = Setup::with_server(server);
+        let setup = Supervised::start(scratch, &policy)?;
         Some(Tree { setup, data, work })
     }
 
@@ -185,7 +133,7 @@ impl Tree {
             .output()
             .unwrap();
         assert!(root.status.success(), "as root: {root:?}");
-        let with = self.setup.run(program).output().unwrap();
+        let with = self.setup.run(program);
         assert_eq!(
             String::from_utf8_lossy(&with.stdout),
             String::from_utf8_lossy(&root.stdout),
@@ -259,7 +207,7 @@ fn mkdir_mv_rm_and_rmdir_change_a_root_only_tree() {
         "set -e; mkdir {a}; mkdir {b}; mv {file} {moved}; rmdir {b}; \
          mkdir {b}; rm {moved}; echo done"
     );
-    let out = t.setup.run(&["/bin/sh", "-c", &script]).output().unwrap();
+    let out = t.setup.run(&["/bin/sh", "-c", &script]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "done\n",
@@ -270,7 +218,7 @@ fn mkdir_mv_rm_and_rmdir_change_a_root_only_tree() {
     assert_eq!((mode(&a), mode(&b)), (0o700, 0o700));
     assert!(!Path::new(&file).exists() && !Path::new(&moved).exists());
     // A name that is taken: EEXIST, as the kernel says it.
-    let again = t.setup.run(&["/bin/mkdir", &a]).output().unwrap();
+    let again = t.setup.run(&["/bin/mkdir", &a]);
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("File exists"),
         "{again:?}"

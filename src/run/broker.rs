@@ -179,6 +179,10 @@ impl Broker {
         };
         let (granted, _) = ask(client, &self.socket, |c| c.bind_with(&address, &options))?;
         copy_options(theirs.as_fd(), granted.as_fd(), socket.transport).map_err(|_| Untouched)?;
+        socket
+            .narrowing
+            .apply(granted.as_fd())
+            .map_err(|_| Untouched)?;
         let how = Install::At {
             fd: args.sockfd,
             cloexec,

@@ -12,6 +12,7 @@
 //! Layout: `filter` builds and installs the filter, `listener` speaks
 //! the notification ioctls, `target` reads the trapped task,
 //! `open_call` and `bind_call` decode the two kinds of call,
+//! `narrowing` carries what confines the program's socket to the granted one,
 //! `within` proves the directory a relative call starts from,
 //! `scope` decides which are worth asking, `broker` answers one.
 
@@ -20,6 +21,7 @@ mod broker;
 mod filter;
 mod listener;
 mod memory;
+mod narrowing;
 mod open_call;
 mod process;
 mod scope;

@@ -89,7 +89,7 @@ impl Tree {
             r#"{{"rules":[
               {{"name":"data","effect":"allow","paths":["{d}","{d}/**"],"modes":["read","stat","list"]}},
               {{"name":"work","effect":"allow","paths":["{w}","{w}/**"],
-                "modes":["read","write","stat","list","mkdir","delete"],"create":true}}]}}"#
+                "modes":["read","write","stat","list","mkdir","delete"],"create":true,"truncate":true}}]}}"#
         );
         if !is_root() {
             eprintln!("skipped: run tests need root (a root server, a nobody client)");
@@ -199,6 +199,33 @@ print(os.lstat({link:?}).st_size, os.readlink({link:?}))
 }
 
 #[test]
+fn o_nofollow_opens_are_asked_as_nofollow() {
+    let Some(t) = Tree::new() else { return };
+    // As tar opens: a 0600 file with O_NOFOLLOW; and a final symlink,
+    // which the kernel refuses with ELOOP.
+    let script = format!(
+        r#"
+import os
+fd = os.open({secret:?}, os.O_RDONLY | os.O_NOFOLLOW)
+print(os.read(fd, 64).decode(), end="")
+try:
+    os.open({link:?}, os.O_RDONLY | os.O_NOFOLLOW)
+except OSError as e:
+    print(os.strerror(e.errno))
+"#,
+        secret = t.data("secret"),
+        link = t.data("link"),
+    );
+    let out = t.same_as_root(&[PYTHON, "-c", &script]);
+    assert_eq!(out, format!("secret-data\n{}\n", io_error(libc::ELOOP)));
+}
+
+fn io_error(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    text[..text.find(" (os error").unwrap()].to_owned()
+}
+
+#[test]
 fn mkdir_mv_rm_and_rmdir_change_a_root_only_tree() {
     let Some(t) = Tree::new() else { return };
     let (a, b) = (t.work("a"), t.work("a/b"));
@@ -223,4 +250,81 @@ fn mkdir_mv_rm_and_rmdir_change_a_root_only_tree() {
         String::from_utf8_lossy(&again.stderr).contains("File exists"),
         "{again:?}"
     );
+}
+
+#[test]
+fn tree_walkers_list_a_0700_tree_as_root_does() {
+    let Some(t) = Tree::new() else { return };
+    let data = t.data("");
+    let data = data.trim_end_matches('/');
+    t.same_as_root(&["/usr/bin/ls", "-la", "--time-style=+%s", data]);
+    t.same_as_root(&["/usr/bin/ls", "-lRn", "--time-style=+%s", data]);
+    let found = t.same_as_root(&["/usr/bin/find", data, "-printf", "%p %y %m %s\n"]);
+    assert!(found.contains("/sub/inner f 600"), "{found}");
+    t.same_as_root(&["/usr/bin/du", "-a", data]);
+    let grep = t.same_as_root(&["/usr/bin/grep", "-r", "data", data]);
+    assert!(grep.contains("inner-data"), "{grep}");
+    t.same_as_root(&["/usr/bin/grep", "-R", "data", data]);
+    let script = format!(
+        "import os\nprint(sorted(os.listdir({data:?})), sorted(os.listdir({data:?} + '/sub')))\n\
+         print(open({data:?} + '/sub/inner').read(), end='')"
+    );
+    t.same_as_root(&[PYTHON, "-c", &script]);
+}
+
+#[test]
+fn tar_czf_of_a_0700_tree_and_tar_xzf_of_it_match_roots() {
+    let Some(t) = Tree::new() else { return };
+    let parent = t.data.parent().unwrap().to_str().unwrap().to_owned();
+    // Listed from the archive, so gzip's timestamps do not matter.
+    let archive = t.work("backup.tgz");
+    let out = t
+        .setup
+        .run(&["/usr/bin/tar", "czf", &archive, "-C", &parent, "data"]);
+    assert!(out.status.success(), "{out:?}");
+    let list = |archive: &str| {
+        let out = Command::new("/usr/bin/tar")
+            .args(["tzvf", archive, "--numeric-owner"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let root_archive = t.setup.server.path("root.tgz");
+    let root = Command::new("/usr/bin/tar")
+        .args(["czf"])
+        .arg(&root_archive)
+        .args(["-C", &parent, "data"])
+        .status()
+        .unwrap();
+    assert!(root.success());
+    let ours = list(&archive);
+    assert_eq!(ours, list(root_archive.to_str().unwrap()));
+    assert!(ours.contains("data/sub/inner"), "{ours}");
+    // And root's archive (root-only, in a 0700 directory) back out into
+    // a directory of nobody's: the same files as root extracts.
+    let extract = |into: &Path, under_run: bool| {
+        fs::create_dir(into).unwrap();
+        std::os::unix::fs::chown(into, Some(NOBODY), Some(NOBODY)).unwrap();
+        let args = [
+            "xzf",
+            root_archive.to_str().unwrap(),
+            "-C",
+            into.to_str().unwrap(),
+        ];
+        let out = if under_run {
+            t.setup.run(&[&["/usr/bin/tar"][..], &args].concat())
+        } else {
+            Command::new("/usr/bin/tar").args(args).output().unwrap()
+        };
+        assert!(out.status.success(), "{out:?}");
+        let listed = Command::new("/usr/bin/find")
+            .arg(into)
+            .args(["-printf", "%P %y %m %s %l\n"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&listed.stdout).into_owned()
+    };
+    let ours = extract(&t.setup.server.path("by-nobody"), true);
+    assert_eq!(ours, extract(&t.setup.server.path("by-root"), false));
+    assert!(ours.contains("data/sub/inner f 600 11"), "{ours}");
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::bind_call::{BindArgs, ProgramSocket, copy_options};
+use super::dir_stream::{DirStreams, wants_directory};
 use super::listener::{Install, Listener, Notification, target_gone};
 use super::open_call::{Brokerable, OpenArgs, OpenPath, absolute_path};
 use super::scope::BrokerScope;
@@ -31,6 +32,8 @@ pub struct Broker {
     pub socket: PathBuf,
     /// `net.ipv4.ip_unprivileged_port_start`; `None` with `--no-bind`.
     pub privileged_below: Option<u16>,
+    /// The placeholders handed out for directory streams (SPEC §8, v3).
+    pub dir_streams: DirStreams,
 }
 
 /// Something that stops a call from being brokered; it then continues.
@@ -70,12 +73,23 @@ impl Broker {
         args: OpenArgs,
         client: &mut Option<Client>,
     ) -> Result<(), Untouched> {
+        if wants_directory(args.flags) {
+            return self.open_directory(call, target, args.path_arg(), args.flags, client);
+        }
         let wanted = Brokerable::from_flags(args.flags, args.mode).ok_or(Untouched)?;
         let raw_path = target.read_c_string(args.path_addr).ok_or(Untouched)?;
-        let base = (raw_path.first() != Some(&b'/'))
-            .then(|| target.base_directory(args.dirfd))
-            .flatten();
-        let path = absolute_path(&raw_path, base.as_deref()).ok_or(Untouched)?;
+        let (base, placeholder) = if raw_path.first() == Some(&b'/') {
+            (None, None)
+        } else {
+            match target.base_directory(args.dirfd) {
+                Some(base) => (Some(base), None),
+                None => (None, Some(self.placeholder(target, args.dirfd)?.1)),
+            }
+        };
+        let from = base
+            .as_deref()
+            .or(placeholder.as_ref().map(|p| p.path.as_path()));
+        let path = absolute_path(&raw_path, from).ok_or(Untouched)?;
         if !self
             .scope
             .covers_path(&path, wanted.mode, wanted.create.is_requested())
@@ -85,7 +99,7 @@ impl Broker {
         let tgid = target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
         let within = match base {
             Some(base) => Some(Within::prove(target, tgid, args.dirfd, base).ok_or(Untouched)?),
-            None => None,
+            None => placeholder,
         };
         let call_path = OpenPath { path, within };
         let umask = if wanted.create.is_requested() {
@@ -108,15 +122,24 @@ impl Broker {
         // Truncation cannot be undone: the server is asked whether it
         // would truncate, opens without, and the supervisor truncates
         // once the fd is the program's.
-        if options.truncate {
-            ask(client, &self.socket, |c| {
+        if options.truncate
+            && let Err(errno) = ask_for_errno(client, &self.socket, |c| {
                 c.check_with(&call_path.path, &options)
-            })?;
+            })
+        {
+            return self.open_refused(call, &wanted, errno);
         }
         let without_truncate = options.clone().truncate(false);
-        let (file, _) = ask(client, &self.socket, |c| {
+        let (file, _) = match ask_for_errno(client, &self.socket, |c| {
             c.open_with(&call_path.path, &without_truncate)
-        })?;
+        }) {
+            Ok(granted) => granted,
+            // A directory opened for reading gets a directory stream.
+            Err(Some(libc::EISDIR)) if wanted.mode == crate::protocol::Mode::Read => {
+                return self.open_directory(call, target, args.path_arg(), args.flags, client);
+            }
+            Err(errno) => return self.open_refused(call, &wanted, errno),
+        };
         if wanted.status_flags != 0 {
             set_status_flags(&file, wanted.status_flags)?;
         }
@@ -149,6 +172,23 @@ impl Broker {
                 .fail(call.id, e.raw_os_error().unwrap_or(libc::EIO)),
         }
         Ok(())
+    }
+
+    /// A refused open: the server's errno where the open can fail with it
+    /// (SPEC §8), else the open continues with the program's rights.
+    fn open_refused(
+        &self,
+        call: &Notification,
+        wanted: &Brokerable,
+        errno: Option<i32>,
+    ) -> Result<(), Untouched> {
+        match errno {
+            Some(errno) if wanted.can_fail_with(errno) => {
+                self.listener.fail(call.id, errno);
+                Ok(())
+            }
+            _ => Err(Untouched),
+        }
     }
 
     fn bind(

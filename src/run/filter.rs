@@ -20,9 +20,9 @@ const NATIVE_ARCH: u32 = 0xC000_00B7;
 #[cfg(target_arch = "x86_64")]
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
-/// The tree calls of SPEC §8 (v3) that name a path.
+/// The tree calls of SPEC §8 (v3), and the calls on directory streams.
 #[cfg(target_arch = "x86_64")]
-const TREE_CALLS: [libc::c_long; 21] = [
+const TREE_CALLS: [libc::c_long; 25] = [
     libc::SYS_stat,
     libc::SYS_lstat,
     libc::SYS_newfstatat,
@@ -44,9 +44,15 @@ const TREE_CALLS: [libc::c_long; 21] = [
     libc::SYS_rename,
     libc::SYS_renameat,
     libc::SYS_renameat2,
+    // Directory streams: answered for placeholders only, one `fstat` of
+    // the fd telling them apart once the first placeholder exists.
+    libc::SYS_fstat,
+    libc::SYS_lseek,
+    libc::SYS_getdents64,
+    libc::SYS_getdents,
 ];
 #[cfg(not(target_arch = "x86_64"))]
-const TREE_CALLS: [libc::c_long; 11] = [
+const TREE_CALLS: [libc::c_long; 14] = [
     libc::SYS_newfstatat,
     libc::SYS_statx,
     libc::SYS_faccessat,
@@ -59,6 +65,9 @@ const TREE_CALLS: [libc::c_long; 11] = [
     libc::SYS_mkdirat,
     libc::SYS_unlinkat,
     libc::SYS_renameat2,
+    libc::SYS_fstat,
+    libc::SYS_lseek,
+    libc::SYS_getdents64,
 ];
 
 /// The syscalls the supervisor brokers.

@@ -18,6 +18,7 @@
 
 mod bind_call;
 mod broker;
+mod dir_stream;
 mod filter;
 mod listener;
 mod memory;
@@ -145,6 +146,7 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
         own,
         socket: socket.to_owned(),
         privileged_below,
+        dir_streams: Default::default(),
     });
     for _ in 0..BROKER_THREADS {
         let broker = Arc::clone(&broker);

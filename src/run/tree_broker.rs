@@ -10,17 +10,18 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use std::os::fd::AsRawFd;
+
 use super::broker::{Broker, Untouched, ask_for_errno};
-use super::listener::Notification;
+use super::listener::{Install, Notification, target_gone};
 use super::memory::TargetMemory;
-use super::open_call::absolute_path;
 use super::target::Target;
 use super::tree_call::{
     AccessCheck, PathArg, StatLayout, TreeCall, readlink_answer, stat_bytes, statx_bytes,
     xattr_answer, xattr_name_list,
 };
 use super::within::Within;
-use crate::client::{Client, Metadata, OpenOptions, TreeReply, TreeRequest};
+use crate::client::{Client, DirEntry, Metadata, OpenOptions, TreeReply, TreeRequest};
 use crate::protocol::Mode;
 
 /// Longest xattr name the kernel takes (`XATTR_NAME_MAX`).
@@ -39,25 +40,41 @@ enum Answer {
 struct Resolved {
     path: PathBuf,
     within: Option<Within>,
+    /// The call named it with a trailing `/`: a directory or `ENOTDIR`.
+    dir_only: bool,
 }
 
-/// A path argument made absolute, not yet proved: the directory fd and
-/// the path its `/proc` link showed, for a relative one.
+/// A path argument made absolute, not yet proved.
 struct Named {
     path: PathBuf,
-    base: Option<(i32, PathBuf)>,
+    base: Base,
+    /// It ended in `/` or `/.`: it must name a directory.
+    dir_only: bool,
+}
+
+/// Where a path argument starts from.
+enum Base {
+    Absolute,
+    /// A directory fd or the cwd, and the path its `/proc` link showed.
+    Held(i32, PathBuf),
+    /// A placeholder's real directory, known by its device and inode.
+    Placeholder(Within),
 }
 
 impl Named {
     /// Proves the directory a relative path started from (`within`).
     fn prove(self, target: &Target, tgid: i32) -> Result<Resolved, Untouched> {
         let within = match self.base {
-            Some((dirfd, base)) => Some(Within::prove(target, tgid, dirfd, base).ok_or(Untouched)?),
-            None => None,
+            Base::Absolute => None,
+            Base::Held(dirfd, base) => {
+                Some(Within::prove(target, tgid, dirfd, base).ok_or(Untouched)?)
+            }
+            Base::Placeholder(real) => Some(real),
         };
         Ok(Resolved {
             path: self.path,
             within,
+            dir_only: self.dir_only,
         })
     }
 }
@@ -75,29 +92,37 @@ impl Broker {
             TreeCall::Stat {
                 path,
                 nofollow,
+                empty_path,
                 out,
                 layout,
-                ..
             } => {
-                let (resolved, memory) = self.prepare(call, target, path, true)?;
-                let request = with(TreeRequest::stat(&resolved.path), &resolved).nofollow(nofollow);
-                self.on_reply(client, &tree, &request, |reply| match reply {
-                    TreeReply::Stat { stat, .. } => {
-                        let bytes = match layout {
-                            StatLayout::Stat => stat_bytes(&statx_of(&stat)),
-                            StatLayout::Statx => statx_bytes(&statx_of(&stat)),
-                        };
-                        write(memory.as_ref(), out, &bytes, 0)
-                    }
-                    _ => None,
-                })?
+                if empty_path && target.read_c_string(path.addr).ok_or(Untouched)?.is_empty() {
+                    self.placeholder_stat(call, target, path.dirfd, out, layout, client)?
+                } else {
+                    let (resolved, memory) = self.prepare(call, target, path, true, true)?;
+                    let request =
+                        with(TreeRequest::stat(&resolved.path), &resolved).nofollow(nofollow);
+                    self.on_reply(client, &tree, &request, |reply| match reply {
+                        TreeReply::Stat { stat, .. } if resolved.dir_only && !stat.is_dir() => {
+                            Some(Answer::Errno(libc::ENOTDIR))
+                        }
+                        TreeReply::Stat { stat, .. } => {
+                            let bytes = match layout {
+                                StatLayout::Stat => stat_bytes(&statx_of(&stat)),
+                                StatLayout::Statx => statx_bytes(&statx_of(&stat)),
+                            };
+                            write(memory.as_ref(), out, &bytes, 0)
+                        }
+                        _ => None,
+                    })?
+                }
             }
             TreeCall::Access {
                 path,
                 check,
                 nofollow,
             } => {
-                let (resolved, _) = self.prepare(call, target, path, false)?;
+                let (resolved, _) = self.prepare(call, target, path, false, false)?;
                 let mode = match check {
                     AccessCheck::Exists => None,
                     AccessCheck::Read => Some(Mode::Read),
@@ -125,7 +150,7 @@ impl Broker {
                 }
             }
             TreeCall::ReadLink { path, buf, size } => {
-                let (resolved, memory) = self.prepare(call, target, path, true)?;
+                let (resolved, memory) = self.prepare(call, target, path, true, false)?;
                 let request = with(TreeRequest::readlink(&resolved.path), &resolved);
                 self.on_reply(client, &tree, &request, |reply| match reply {
                     TreeReply::Link { target, .. } => {
@@ -152,7 +177,7 @@ impl Broker {
                 {
                     return Err(Untouched);
                 }
-                let (resolved, memory) = self.prepare(call, target, path, true)?;
+                let (resolved, memory) = self.prepare(call, target, path, true, false)?;
                 let request = match &name {
                     Some(name) => TreeRequest::xattr(&resolved.path, OsStr::from_bytes(name)),
                     None => TreeRequest::xattr_names(&resolved.path),
@@ -178,12 +203,12 @@ impl Broker {
                     return Err(Untouched);
                 }
                 let umask = target.umask().ok_or(Untouched)?;
-                let (resolved, _) = self.prepare(call, target, path, false)?;
+                let (resolved, _) = self.prepare(call, target, path, false, true)?;
                 let request = with(TreeRequest::mkdir(&resolved.path, mode & !umask), &resolved);
                 self.on_reply(client, &tree, &request, |_| Some(Answer::Value(0)))?
             }
             TreeCall::Remove { path, dir } => {
-                let (resolved, _) = self.prepare(call, target, path, false)?;
+                let (resolved, _) = self.prepare(call, target, path, false, dir)?;
                 let request = if dir {
                     TreeRequest::rmdir(&resolved.path)
                 } else {
@@ -203,8 +228,22 @@ impl Broker {
                 self.on_reply(client, &tree, &request, |_| Some(Answer::Value(0)))?
             }
             // Directory streams: answered only for placeholders.
-            TreeCall::Fstat { .. } | TreeCall::Getdents { .. } | TreeCall::Lseek { .. } => {
-                return Err(Untouched);
+            TreeCall::Fstat { fd, out } => {
+                self.placeholder_stat(call, target, fd, out, StatLayout::Stat, client)?
+            }
+            TreeCall::Getdents {
+                fd,
+                buf,
+                count,
+                wide,
+            } => self.placeholder_read(call, target, fd, buf, count, wide, client)?,
+            TreeCall::Lseek { fd, offset, whence } => {
+                let (key, _) = self.placeholder(target, fd)?;
+                if !self.listener.still_valid(call.id) {
+                    return Err(Untouched);
+                }
+                let moved = self.dir_streams.with(key, |s| s.seek(offset, whence));
+                Answer::Value(moved.flatten().ok_or(Untouched)?)
             }
         };
         match answer {
@@ -224,8 +263,12 @@ impl Broker {
         target: &Target,
         arg: PathArg,
         writes_memory: bool,
+        dir_only_ok: bool,
     ) -> Result<(Resolved, Option<TargetMemory>), Untouched> {
         let named = self.resolve(target, arg)?;
+        if named.dir_only && !dir_only_ok {
+            return Err(Untouched);
+        }
         let tgid = target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
         let resolved = named.prove(target, tgid)?;
         let memory = if writes_memory {
@@ -249,6 +292,9 @@ impl Broker {
         to: PathArg,
     ) -> Result<(Resolved, PathBuf), Untouched> {
         let (from, to) = (self.resolve(target, from)?, self.resolve(target, to)?);
+        if from.dir_only || to.dir_only {
+            return Err(Untouched);
+        }
         let tgid = target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
         let (from, to) = (from.prove(target, tgid)?, to.prove(target, tgid)?);
         if from.within != to.within {
@@ -269,18 +315,178 @@ impl Broker {
             return Err(Untouched);
         }
         let base = if raw.first() == Some(&b'/') {
-            None
+            Base::Absolute
+        } else if let Some(held) = target.base_directory(arg.dirfd) {
+            Base::Held(arg.dirfd, held)
         } else {
-            Some(target.base_directory(arg.dirfd).ok_or(Untouched)?)
+            Base::Placeholder(self.placeholder(target, arg.dirfd)?.1)
         };
-        let path = absolute_path(&raw, base.as_deref()).ok_or(Untouched)?;
+        let (path, dir_only) = match &base {
+            Base::Absolute => lexical_path(&raw, None),
+            Base::Held(_, dir) => lexical_path(&raw, Some(dir)),
+            Base::Placeholder(real) => lexical_path(&raw, Some(&real.path)),
+        }
+        .ok_or(Untouched)?;
         if own_proc(&path) || !self.scope.covers_tree_path(&path) {
             return Err(Untouched);
         }
         Ok(Named {
             path,
-            base: base.map(|base| (arg.dirfd, base)),
+            base,
+            dir_only,
         })
+    }
+
+    /// The placeholder the task holds as `fd` (or as its cwd), with its
+    /// real directory; only for a task with our identity.
+    pub(super) fn placeholder(
+        &self,
+        target: &Target,
+        fd: i32,
+    ) -> Result<((u64, u64), Within), Untouched> {
+        if !self.dir_streams.any() {
+            return Err(Untouched);
+        }
+        let tgid = target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
+        let key = self.dir_streams.key_of(target, tgid, fd).ok_or(Untouched)?;
+        Ok((key, self.dir_streams.real(key).ok_or(Untouched)?))
+    }
+
+    /// `fstat` (or a stat call with an empty path and `AT_EMPTY_PATH`) of
+    /// a placeholder: `stat` of the real directory, if it still is the
+    /// one the placeholder stands for.
+    fn placeholder_stat(
+        &self,
+        call: &Notification,
+        target: &Target,
+        fd: i32,
+        out: u64,
+        layout: StatLayout,
+        client: &mut Option<Client>,
+    ) -> Result<Answer, Untouched> {
+        let (_, real) = self.placeholder(target, fd)?;
+        let memory = TargetMemory::open(target.tid).map_err(|_| Untouched)?;
+        if !self.listener.still_valid(call.id) {
+            return Err(Untouched);
+        }
+        let request = TreeRequest::stat(&real.path).within(client_within(&real));
+        match ask_for_errno(client, &self.socket, |c| c.tree(&request)) {
+            Ok(TreeReply::Stat { stat, .. }) if (stat.dev, stat.ino) == (real.dev, real.ino) => {
+                let stx = statx_of(&stat);
+                let bytes = match layout {
+                    StatLayout::Stat => stat_bytes(&stx),
+                    StatLayout::Statx => statx_bytes(&stx),
+                };
+                write(Some(&memory), out, &bytes, 0).ok_or(Untouched)
+            }
+            _ => Err(Untouched),
+        }
+    }
+
+    /// `getdents64`/`getdents` on a placeholder: the real directory's
+    /// entries, listed (every page) on the first read or after a rewind.
+    #[allow(clippy::too_many_arguments)]
+    fn placeholder_read(
+        &self,
+        call: &Notification,
+        target: &Target,
+        fd: i32,
+        buf: u64,
+        count: u64,
+        wide: bool,
+        client: &mut Option<Client>,
+    ) -> Result<Answer, Untouched> {
+        let (key, real) = self.placeholder(target, fd)?;
+        let memory = TargetMemory::open(target.tid).map_err(|_| Untouched)?;
+        if !self.listener.still_valid(call.id) {
+            return Err(Untouched);
+        }
+        let needs = self
+            .dir_streams
+            .with(key, |s| s.needs_listing())
+            .ok_or(Untouched)?;
+        if needs {
+            let entries = self.listing(client, &real).ok_or(Untouched)?;
+            self.dir_streams.with(key, |s| s.set_listing(entries));
+        }
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        match self
+            .dir_streams
+            .with(key, |s| s.read(count, wide))
+            .ok_or(Untouched)?
+        {
+            Ok(records) => {
+                write(Some(&memory), buf, &records, records.len() as i64).ok_or(Untouched)
+            }
+            Err(errno) => Ok(Answer::Errno(errno)),
+        }
+    }
+
+    /// Every entry of the real directory, page after page.
+    fn listing(&self, client: &mut Option<Client>, real: &Within) -> Option<Vec<DirEntry>> {
+        let mut entries = Vec::new();
+        let mut cursor = None;
+        loop {
+            let request =
+                TreeRequest::readdir(&real.path, cursor.take()).within(client_within(real));
+            match ask_for_errno(client, &self.socket, |c| c.tree(&request)).ok()? {
+                TreeReply::Dir(page) => {
+                    entries.extend(page.entries);
+                    match page.cursor {
+                        Some(next) => cursor = Some(next),
+                        None => return Some(entries),
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Opens a directory the program asked for with `O_DIRECTORY` (or a
+    /// read-only open the server answered `EISDIR`): if the server lets it
+    /// be stat'ed and listed, the program gets a placeholder for it.
+    pub(super) fn open_directory(
+        &self,
+        call: &Notification,
+        target: &Target,
+        path: PathArg,
+        flags: i32,
+        client: &mut Option<Client>,
+    ) -> Result<(), Untouched> {
+        let (resolved, _) = self.prepare(call, target, path, false, true)?;
+        let nofollow = flags & libc::O_NOFOLLOW != 0;
+        let request = with(TreeRequest::stat(&resolved.path), &resolved).nofollow(nofollow);
+        let (real_path, stat) = match ask_for_errno(client, &self.socket, |c| c.tree(&request)) {
+            Ok(TreeReply::Stat { path, stat, .. }) if stat.is_dir() => (path, stat),
+            _ => return Err(Untouched),
+        };
+        let real = Within {
+            path: real_path,
+            dev: stat.dev,
+            ino: stat.ino,
+        };
+        // Listed now, so that a directory `list` does not grant is left
+        // to the program, and the first read costs nothing more.
+        let entries = self.listing(client, &real).ok_or(Untouched)?;
+        let placeholder = self.dir_streams.make(real).map_err(|_| Untouched)?;
+        if let Ok(meta) =
+            std::fs::File::from(placeholder.try_clone().map_err(|_| Untouched)?).metadata()
+        {
+            use std::os::unix::fs::MetadataExt;
+            self.dir_streams
+                .with((meta.dev(), meta.ino()), |s| s.set_listing(entries));
+        }
+        let how = Install::AsResult {
+            cloexec: flags & libc::O_CLOEXEC != 0,
+        };
+        match self.listener.install(call.id, placeholder.as_raw_fd(), how) {
+            Ok(_) => Ok(()),
+            Err(e) if target_gone(&e) => Ok(()),
+            Err(_) => {
+                self.dir_streams.forget(&placeholder);
+                Err(Untouched)
+            }
+        }
     }
 
     /// Sends `request`; a reply becomes what `answer` makes of it (`None`:
@@ -333,6 +539,46 @@ fn write(memory: Option<&TargetMemory>, addr: u64, bytes: &[u8], value: i64) -> 
         Err(e) if e.raw_os_error() == Some(libc::EFAULT) => Some(Answer::Errno(libc::EFAULT)),
         Err(_) => None,
     }
+}
+
+/// `path` made absolute against `base`, `.` components and repeated `/`
+/// removed, and whether it ended in `/` or `/.` (a directory is meant).
+/// A `..` leaves the component before it, which must then be a real
+/// directory, not a symlink (whose `..` is its target's parent): checked
+/// with our own `lstat`, and left to the kernel where we cannot tell.
+fn lexical_path(raw: &[u8], base: Option<&Path>) -> Option<(PathBuf, bool)> {
+    if raw.is_empty() {
+        return None;
+    }
+    let dir_only = raw == b"." || raw.ends_with(b"/") || raw.ends_with(b"/.");
+    let mut out: Vec<u8> = if raw[0] == b'/' {
+        Vec::new()
+    } else {
+        let base = base?.as_os_str().as_bytes();
+        base.strip_suffix(b"/").unwrap_or(base).to_vec()
+    };
+    for part in raw.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                if !out.is_empty() {
+                    let left = std::fs::symlink_metadata(OsStr::from_bytes(&out)).ok()?;
+                    if !left.is_dir() {
+                        return None;
+                    }
+                    out.truncate(out.iter().rposition(|&b| b == b'/')?);
+                }
+            }
+            name => {
+                out.push(b'/');
+                out.extend_from_slice(name);
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    Some((PathBuf::from(OsStr::from_bytes(&out)), dir_only))
 }
 
 /// `/proc/self`, `/proc/thread-self` and `/proc/PID` name the program's
@@ -469,6 +715,27 @@ mod tests {
             assert_eq!(ours[..atime], theirs[..atime], "{path}");
             assert_eq!(ours[after..], theirs[after..], "{path}");
         }
+    }
+
+    #[test]
+    fn paths_are_made_absolute_and_dot_dot_leaves_only_real_directories() {
+        let lex = |raw: &str, base: Option<&str>| {
+            lexical_path(raw.as_bytes(), base.map(Path::new))
+                .map(|(p, d)| (p.to_str().unwrap().to_owned(), d))
+        };
+        let p = |s: &str, d| Some((s.to_owned(), d));
+        assert_eq!(lex("a//./b", Some("/x")), p("/x/a/b", false));
+        assert_eq!(lex("b/", Some("/")), p("/b", true));
+        assert_eq!(lex(".", Some("/x/y")), p("/x/y", true));
+        assert_eq!(lex("/tmp/..", None), p("/", false));
+        assert_eq!(lex("/..", None), p("/", false));
+        assert_eq!(lex("rel", None), None);
+        assert_eq!(lex("", Some("/x")), None);
+        // A symlink's `..` is its target's parent: not ours to say.
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/usr/bin", dir.path().join("link")).unwrap();
+        let through = format!("{}/link/..", dir.path().display());
+        assert_eq!(lex(&through, None), None);
     }
 
     #[test]

@@ -507,7 +507,11 @@ impl Policy {
             for glob in &rule.paths {
                 scope.paths.push(crate::protocol::ScopePath {
                     glob: glob.clone(),
-                    modes: rule.modes().collect(),
+                    // Metadata comes with any access (SPEC §5).
+                    modes: PathMode::ALL
+                        .into_iter()
+                        .filter(|m| rule.has_mode(*m) || *m == PathMode::Stat)
+                        .collect(),
                     create: rule.create == Some(true),
                 });
             }

@@ -97,6 +97,23 @@ pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {
         {
             warn("\"truncate\" can never be used: truncating needs mode write or readwrite".into());
         }
+        if rule.effect == Effect::Deny && lists_only_open_modes(rule) {
+            warn(
+                "this deny rule lists read, write, readwrite and append, so it does not cover the v3 modes stat, list, mkdir and delete: add them to \"modes\", or leave \"modes\" out to deny every mode"
+                    .into(),
+            );
+        }
+        if rule.effect == Effect::Allow && rule.has_mode(PathMode::Delete) {
+            for glob in rule
+                .paths
+                .iter()
+                .filter(|g| reaches_sticky_dir(g, fs_checks))
+            {
+                warn(format!(
+                    "\"delete\" on {glob:?} reaches into a world-writable sticky directory (such as /tmp): the server deletes and renames other users' files there when the policy says so"
+                ));
+            }
+        }
         if rule.create_perm & !0o666 != 0 {
             warn(format!(
                 "\"create_perm\" {:04o} lets clients create executable files; 0666 is the widest most policies need",
@@ -305,6 +322,71 @@ fn literal_suffix(glob: &str) -> Option<&str> {
     (!tail.is_empty() && !tail.contains('/')).then_some(tail)
 }
 
+/// A v2 deny rule: it names the four open modes and none of v3's.
+fn lists_only_open_modes(rule: &Rule) -> bool {
+    Mode::ALL.iter().all(|m| rule.has_mode((*m).into()))
+        && !PathMode::TREE.iter().any(|m| rule.has_mode(*m))
+}
+
+/// World-writable sticky directories every system has.
+const STICKY_DIRS: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+
+/// A glob that can match paths in a world-writable sticky directory: it
+/// lies in one of [`STICKY_DIRS`] or above them with a leading `**`, or
+/// (with `fs_checks`) a directory on its literal prefix is one.
+fn reaches_sticky_dir(glob: &str, fs_checks: bool) -> bool {
+    let prefix = Path::new(literal_prefix(glob));
+    let below_prefix = &glob[literal_prefix(glob).len()..];
+    let open_below = below_prefix.starts_with("/**") || (prefix == Path::new("/") && glob != "/");
+    let known = STICKY_DIRS.iter().any(|dir| {
+        let dir = Path::new(dir);
+        prefix.starts_with(dir) || (open_below && dir.starts_with(prefix))
+    });
+    known
+        || (fs_checks
+            && prefix.ancestors().any(|dir| {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.mode() & 0o1002 == 0o1002)
+            }))
+}
+
+/// Errors `check` reports, and `serve` warns about: allow rules that would
+/// grant more than read, stat and list on the policy's own files (SPEC
+/// §3.6). The server refuses such grants whatever the policy says.
+pub fn self_grants(policy: &Policy) -> Vec<Warning> {
+    let source = &policy.source;
+    let mut own: Vec<std::path::PathBuf> = source.ancestors().map(Path::to_owned).collect();
+    if source.is_dir() {
+        own.push(source.join("new.json"));
+        if let Ok(entries) = std::fs::read_dir(source) {
+            own.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    let changes = [
+        PathMode::Write,
+        PathMode::ReadWrite,
+        PathMode::Append,
+        PathMode::Mkdir,
+        PathMode::Delete,
+    ];
+    policy
+        .rules
+        .iter()
+        .filter(|r| r.effect == Effect::Allow && changes.iter().any(|m| r.has_mode(*m)))
+        .filter_map(|rule| {
+            let hit = own.iter().find(|p| rule.matches_path(p))?;
+            Some(Warning {
+                rule: rule.name.clone(),
+                location: rule.origin.to_string(),
+                message: format!(
+                    "grants more than read, stat and list on the policy's own {} (the server refuses it whatever the policy says)",
+                    hit.display()
+                ),
+            })
+        })
+        .collect()
+}
+
 /// True when `deny` refuses everything `allow` would grant. Conservative:
 /// only claims it when the deny rule has no conditions of its own beyond
 /// paths and modes, covers all the allow rule's modes, and each allow glob
@@ -365,6 +447,58 @@ mod tests {
                 {"name":"no","effect":"deny","names":["db/**"],"ops":["park"]}]}"#,
         );
         assert!(quiet.iter().all(|w| !w.contains("leave out")), "{quiet:?}");
+    }
+
+    #[test]
+    fn a_v2_deny_rule_listing_the_open_modes_is_told_it_misses_the_tree_modes() {
+        let w = warnings(
+            r#"{"rules":[{"name":"a","paths":["/srv/**"],"modes":["read","delete"]},
+                {"name":"old","effect":"deny","paths":["/srv/x"],"modes":["read","write","readwrite","append"]}]}"#,
+        );
+        assert!(w.iter().any(|w| w.contains("v3 modes")), "{w:?}");
+        for quiet in [
+            r#"{"rules":[{"name":"new","effect":"deny","paths":["/srv/x"]}]}"#,
+            r#"{"rules":[{"name":"new","effect":"deny","paths":["/srv/x"],"modes":["read","write","readwrite","append","delete"]}]}"#,
+        ] {
+            let w = warnings(quiet);
+            assert!(w.iter().all(|w| !w.contains("v3 modes")), "{w:?}");
+        }
+    }
+
+    #[test]
+    fn delete_reaching_into_a_sticky_world_writable_directory_is_flagged() {
+        for glob in ["/tmp/app/*", "/var/tmp/**", "/**/*.lock", "/*/x"] {
+            let w = warnings(&format!(
+                r#"{{"rules":[{{"name":"d","paths":["{glob}"],"modes":["delete"]}}]}}"#
+            ));
+            assert!(w.iter().any(|w| w.contains("sticky")), "{glob}: {w:?}");
+        }
+        for glob in ["/srv/app/*", "/srv/**"] {
+            let w = warnings(&format!(
+                r#"{{"rules":[{{"name":"d","paths":["{glob}"],"modes":["delete"]}}]}}"#
+            ));
+            assert!(w.iter().all(|w| !w.contains("sticky")), "{glob}: {w:?}");
+        }
+        // Only delete: reading /tmp is no such risk.
+        let w = warnings(r#"{"rules":[{"name":"r","paths":["/tmp/*"]}]}"#);
+        assert!(w.iter().all(|w| !w.contains("sticky")), "{w:?}");
+    }
+
+    #[test]
+    fn rules_that_could_change_the_policy_itself_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.json");
+        let d = globset::escape(dir.path().to_str().unwrap());
+        std::fs::write(
+            &file,
+            format!(
+                r#"{{"rules":[{{"name":"all","paths":["{d}/*"],"modes":["read","delete"]}},{{"name":"ro","paths":["{d}/*"],"modes":["read","stat","list"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        let p = Policy::load(&file).unwrap();
+        let own: Vec<String> = self_grants(&p).iter().map(|w| w.rule.clone()).collect();
+        assert_eq!(own, vec!["all".to_owned()]);
     }
 
     #[test]

@@ -251,6 +251,7 @@ fn scope_lists_what_the_rules_for_this_client_could_grant() {
     let policy = json!({"rules": [
         {"name": "mine", "paths": [format!("{d}/mine/**")], "modes": ["read", "append"], "users": [me]},
         {"name": "uploads", "paths": [format!("{d}/up/*")], "modes": ["write"], "create": true},
+        {"name": "tree", "paths": [format!("{d}/t/**")], "modes": ["list", "mkdir", "delete"]},
         {"name": "web", "binds": ["tcp:*:8443"]},
         {"name": "someone-else", "paths": ["/srv/**"], "users": [me.wrapping_add(1)]},
         {"name": "no-keys", "effect": "deny", "paths": ["/**/*.key"]}
@@ -267,8 +268,10 @@ fn scope_lists_what_the_rules_for_this_client_could_grant() {
     assert_eq!(
         v["paths"],
         json!([
-            {"glob": format!("{d}/mine/**"), "modes": ["read", "append"], "create": false},
-            {"glob": format!("{d}/up/*"), "modes": ["write"], "create": true}
+            // stat comes with any mode (SPEC §5).
+            {"glob": format!("{d}/mine/**"), "modes": ["read", "append", "stat"], "create": false},
+            {"glob": format!("{d}/up/*"), "modes": ["write", "stat"], "create": true},
+            {"glob": format!("{d}/t/**"), "modes": ["stat", "list", "mkdir", "delete"], "create": false}
         ]),
         "{v}"
     );

@@ -526,9 +526,13 @@ fn the_servers_own_files_and_pseudo_filesystems_are_not_changed() {
         let v = c.ask(&req("unlink", path));
         assert_eq!(refusal(&v), ("denied", None), "{}: {v}", path.display());
         assert!(path.exists());
-        // Reading and stat stay as the policy says.
+        // Reading and stat stay as the policy says; opening to write does not.
         assert_eq!(c.ask(&req("stat", path))["ok"], true);
+        let v = c.ask(&json!({"op": "check", "path": path, "mode": "write"}));
+        assert_eq!(refusal(&v), ("denied", None), "{}: {v}", path.display());
     }
+    let v = c.ask(&json!({"op": "check", "path": s.policy}));
+    assert_eq!(v["ok"], true, "read stays: {v}");
     let v = c.ask(&json!({"op": "rename", "path": t.path("x"), "to": s.policy}));
     assert_eq!(code(&v), "denied", "{v}");
     let v = c.ask(&req("rmdir", s.dir.path()));

@@ -103,13 +103,14 @@ class FdopenClient:
 
         create: False, True or "exclusive"; perm: octal string such as
         "0640" for a created file; truncate: bool; nofollow: refuse a
-        final symlink; within: (dir_path, st_dev, st_ino). Paths (also a
-        "to" among fields) that are not UTF-8 travel as _b64."""
+        final symlink; within: (dir_path, st_dev, st_ino). Paths (also "to"
+        and an xattr "name" among fields) that are not UTF-8 travel as _b64."""
         req = {"op": op}
         if path is not None:
             put_path(req, "path", path)
-        if fields.get("to") is not None:
-            put_path(req, "to", fields.pop("to"))
+        for key in ("to", "name"):
+            if fields.get(key) is not None:
+                put_path(req, key, fields.pop(key))
         req.update({k: v for k, v in fields.items() if v is not None})
         if mode is not None:
             req["mode"] = mode
@@ -188,8 +189,10 @@ class FdopenClient:
         return exact(self.ask("readlink", path, within=within), "target")
 
     def listxattr(self, path, nofollow=False, within=None):
-        names = self.ask("xattr", path, nofollow=nofollow, within=within)["names"]
-        return [n if isinstance(n, str) else exact(n, "name") for n in names]
+        response = self.ask("xattr", path, nofollow=nofollow, within=within)
+        if "names_b64" in response:  # some name is not UTF-8: every name's bytes
+            return [os.fsdecode(base64.b64decode(n)) for n in response["names_b64"]]
+        return response["names"]
 
     def getxattr(self, path, name, nofollow=False, within=None):
         response = self.ask("xattr", path, name=name, nofollow=nofollow, within=within)

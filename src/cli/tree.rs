@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
@@ -20,7 +20,8 @@ use crate::protocol::{json_path, parse_perm};
 
 #[derive(Debug, Subcommand)]
 pub enum TreeCommand {
-    /// Show a file's metadata, as stat(1) does.
+    /// Show a file's metadata in stat(1)'s layout; a final symlink is
+    /// followed unless --nofollow (stat(1)'s default is the other way).
     Stat {
         path: PathBuf,
         /// Describe a final symlink itself, not the file it points to.
@@ -72,7 +73,7 @@ pub enum TreeCommand {
 /// to report (exit 1), except with `--json`, which prints it.
 pub fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
     let mut out = io::stdout().lock();
-    let written = match command {
+    match command {
         TreeCommand::Stat {
             path,
             nofollow,
@@ -81,7 +82,7 @@ pub fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
             let request = TreeRequest::stat(absolute(&path)).nofollow(nofollow);
             let reply = client.tree(&request);
             if json {
-                return print_json(&mut out, reply.map(|r| reply_json(&r)));
+                return print_json(&mut out, reply.map(|r| (reply_json(&r), exit::OK)));
             }
             let TreeReply::Stat { stat, .. } = reply? else {
                 return Err(Error::Protocol("stat answered without metadata".into()));
@@ -91,18 +92,19 @@ pub fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
             } else {
                 None
             };
-            let text = stat_text(
-                path.as_os_str(),
-                target.as_deref(),
-                &stat,
-                &mut System::new(),
-            );
-            out.write_all(&text)
+            let mut names = System::new();
+            emit(
+                &mut out,
+                &stat_text(path.as_os_str(), target.as_deref(), &stat, &mut names),
+            )?;
         }
         TreeCommand::Readlink { path } => {
-            let target = client.read_link(absolute(&path))?;
-            out.write_all(target.as_os_str().as_bytes())
-                .and_then(|()| out.write_all(b"\n"))
+            let mut target = client
+                .read_link(absolute(&path))?
+                .into_os_string()
+                .into_vec();
+            target.push(b'\n');
+            emit(&mut out, &target)?;
         }
         TreeCommand::Ls {
             dir,
@@ -112,8 +114,14 @@ pub fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
         } => {
             let dir = absolute(&dir);
             let listing = list(client, &dir, all, long);
+            // Like ls: an entry that could not be looked at makes the exit
+            // status 1 (and is said on stderr, or in the JSON).
+            let code = |listing: &Listing| match listing.refused().next() {
+                Some(_) => exit::REFUSED,
+                None => exit::OK,
+            };
             if json {
-                return print_json(&mut out, listing.map(|l| l.to_json()));
+                return print_json(&mut out, listing.map(|l| (l.to_json(), code(&l))));
             }
             let listing = listing?;
             let text = if long {
@@ -121,31 +129,16 @@ pub fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
             } else {
                 listing.names()
             };
-            out.write_all(&text).and_then(|()| out.flush())?;
-            // Like ls: what could not be looked at is said on stderr, and
-            // makes the exit status 1.
-            let mut refused = false;
-            for listed in &listing.entries {
-                if let Some(Err(e)) = &listed.stat {
-                    refused = true;
-                    let path = dir.join(&listed.entry.name);
-                    crate::logging::error(format_args!("cannot stat {}: {e}", path.display()));
-                }
+            emit(&mut out, &text)?;
+            for (name, e) in listing.refused() {
+                let path = dir.join(name);
+                crate::logging::error(format_args!("cannot stat {}: {e}", path.display()));
             }
-            return Ok(if refused { exit::REFUSED } else { exit::OK });
+            return Ok(code(&listing));
         }
-        TreeCommand::Mkdir { path, perm } => {
-            client.create_dir(absolute(&path), perm)?;
-            Ok(())
-        }
-        TreeCommand::Rm { path } => {
-            client.remove_file(absolute(&path))?;
-            Ok(())
-        }
-        TreeCommand::Rmdir { path } => {
-            client.remove_dir(absolute(&path))?;
-            Ok(())
-        }
+        TreeCommand::Mkdir { path, perm } => client.create_dir(absolute(&path), perm)?,
+        TreeCommand::Rm { path } => client.remove_file(absolute(&path))?,
+        TreeCommand::Rmdir { path } => client.remove_dir(absolute(&path))?,
         TreeCommand::Mv {
             old,
             new,
@@ -153,13 +146,17 @@ pub fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
         } => {
             let request = TreeRequest::rename(absolute(&old), absolute(&new)).noreplace(no_replace);
             client.tree(&request)?;
-            Ok(())
         }
-    };
-    match written.and_then(|()| out.flush()) {
-        // `| head` closing the pipe early is not a failure.
+    }
+    Ok(exit::OK)
+}
+
+/// Writes all of `bytes`; `| head` closing the pipe early is not a
+/// failure.
+fn emit(out: &mut impl Write, bytes: &[u8]) -> Result<(), Error> {
+    match out.write_all(bytes).and_then(|()| out.flush()) {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(Error::Io(e)),
-        _ => Ok(exit::OK),
+        _ => Ok(()),
     }
 }
 
@@ -167,14 +164,16 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
-/// Prints an answer or a refusal as JSON; exit 1 for a refusal.
-fn print_json(out: &mut impl Write, value: Result<Value, Error>) -> Result<i32, Error> {
-    let (value, code) = match value {
-        Ok(value) => (value, exit::OK),
+/// Prints an answer (with its exit code) or a refusal (exit 1) as JSON.
+fn print_json(out: &mut impl Write, answer: Result<(Value, i32), Error>) -> Result<i32, Error> {
+    let (value, code) = match answer {
+        Ok(answer) => answer,
         Err(Error::Refused(e)) => (json!({"ok": false, "error": e}), exit::REFUSED),
         Err(e) => return Err(e),
     };
-    writeln!(out, "{value}")?;
+    let mut line = value.to_string().into_bytes();
+    line.push(b'\n');
+    emit(out, &line)?;
     Ok(code)
 }
 
@@ -561,6 +560,14 @@ fn stat_all(client: &mut Client, dir: &Path, entries: &mut [Listed]) -> Result<(
 }
 
 impl Listing {
+    /// The entries whose `stat` was refused, with the refusal.
+    fn refused(&self) -> impl Iterator<Item = (&OsStr, &Error)> {
+        self.entries.iter().filter_map(|l| match &l.stat {
+            Some(Err(e)) => Some((l.entry.name.as_os_str(), e)),
+            _ => None,
+        })
+    }
+
     /// One name a line, as `ls` writes to a pipe.
     fn names(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -597,9 +604,14 @@ impl Listing {
     }
 }
 
+/// The major and minor numbers of a character or block device.
+fn device_numbers(stat: &Metadata) -> Option<(u32, u32)> {
+    matches!(stat.file_type(), FileType::Char | FileType::Block).then(|| major_minor(stat.rdev))
+}
+
 /// `ls -l`: a `total` line, then one aligned row per entry.
 fn long_listing(listing: &Listing, names: &mut impl Names) -> Vec<u8> {
-    let rows: Vec<[String; 6]> = listing
+    let mut rows: Vec<[String; 6]> = listing
         .entries
         .iter()
         .map(|listed| match &listed.stat {
@@ -610,13 +622,8 @@ fn long_listing(listing: &Listing, names: &mut impl Names) -> Vec<u8> {
                 names
                     .group(stat.gid)
                     .unwrap_or_else(|| stat.gid.to_string()),
-                match stat.file_type() {
-                    FileType::Char | FileType::Block => {
-                        let (major, minor) = major_minor(stat.rdev);
-                        format!("{major}, {minor}")
-                    }
-                    _ => stat.size.to_string(),
-                },
+                // A device's numbers are filled in below, aligned.
+                device_numbers(stat).map_or_else(|| stat.size.to_string(), |_| String::new()),
                 ls_time(stat.mtime, names),
             ],
             _ => [
@@ -633,6 +640,24 @@ fn long_listing(listing: &Listing, names: &mut impl Names) -> Vec<u8> {
     let mut widths: Vec<usize> = (0..6).map(width).collect();
     // A `?` date takes a date's width, as in ls.
     widths[5] = widths[5].max("Jan  1 00:00".len());
+    // Devices show `MAJOR, MINOR` in the size column, each number aligned
+    // in its own sub-column, as ls does.
+    let devices: Vec<(usize, (u32, u32))> = listing
+        .entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| Some((i, device_numbers(l.stat.as_ref()?.as_ref().ok()?)?)))
+        .collect();
+    let digits = |n: u32| n.to_string().len();
+    let major_width = devices.iter().map(|(_, (m, _))| digits(*m)).max();
+    let minor_width = devices.iter().map(|(_, (_, m))| digits(*m)).max();
+    if let (Some(major_width), Some(minor_width)) = (major_width, minor_width) {
+        widths[4] = widths[4].max(major_width + 2 + minor_width);
+        let major_width = widths[4] - 2 - minor_width;
+        for (i, (major, minor)) in devices {
+            rows[i][4] = format!("{major:>major_width$}, {minor:>minor_width$}");
+        }
+    }
     let total: u64 = listing
         .entries
         .iter()
@@ -862,6 +887,33 @@ mod tests {
             String::from_utf8_lossy(&expected)
         );
         assert_eq!(listing.names(), b"alpha\nbeta\ndelta\ngamma\n");
+    }
+
+    #[test]
+    fn devices_align_like_coreutils_ls() {
+        let dev = Path::new("/dev");
+        let Ok(read) = std::fs::read_dir(dev) else {
+            return;
+        };
+        let entries = read
+            .map(|e| {
+                let name = e.unwrap().file_name();
+                let name = name.to_str().unwrap();
+                listed(dev, name, Some(metadata_of(&dev.join(name))))
+            })
+            .filter(|l| !l.entry.name.as_bytes().starts_with(b"."))
+            .collect();
+        let listing = Listing {
+            path: dev.into(),
+            entries: sort_like_ls(entries),
+        };
+        let Some(expected) = coreutils("ls", &[OsStr::new("-l"), dev.as_os_str()]) else {
+            return;
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&long_listing(&listing, &mut System::new())),
+            String::from_utf8_lossy(&expected)
+        );
     }
 
     #[test]

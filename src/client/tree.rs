@@ -18,10 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Client, Error, absolute};
-use crate::protocol::{ServerError, json_path};
-
-/// Most entries one `readdir` answer carries (SPEC §3.6).
-pub const MAX_DIR_ENTRIES: usize = 1000;
+use crate::protocol::tree::{WireEntry, WireWithin};
+use crate::protocol::{ServerError, TreeOp, json_path};
 
 /// A directory the client holds open (SPEC §3.1 `within`): the server
 /// checks that `path` still is that very directory (`st_dev`, `st_ino`)
@@ -59,11 +57,8 @@ impl Within {
 
     /// The wire form: `{"path":..,"id":[DEV,INO]}` (`path_b64` for bytes
     /// that are not UTF-8).
-    pub(super) fn to_json(&self) -> Result<Value, Error> {
-        let mut object = Map::new();
-        put_path(&mut object, "path", absolute(&self.path)?);
-        object.insert("id".into(), serde_json::json!([self.dev, self.ino]));
-        Ok(Value::Object(object))
+    pub(super) fn to_wire(&self) -> Result<WireWithin, Error> {
+        Ok(WireWithin::new(absolute(&self.path)?, self.dev, self.ino))
     }
 }
 
@@ -182,6 +177,12 @@ impl FileType {
         }
     }
 
+    /// The type a `readdir` entry names; one this version does not know
+    /// is [`FileType::Unknown`].
+    pub fn from_name(name: &str) -> FileType {
+        serde_json::from_value(Value::String(name.to_owned())).unwrap_or(FileType::Unknown)
+    }
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -206,43 +207,14 @@ pub struct DirEntry {
     pub ino: u64,
 }
 
-/// One `readdir` answer: at most [`MAX_DIR_ENTRIES`] entries, in the
-/// kernel's order, and the cursor for the next page while more remain.
+/// One `readdir` answer: at most 1000 entries
+/// ([`crate::protocol::tree::MAX_ENTRIES`]), in the kernel's order, and the cursor for the next page while more remain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirPage {
     /// The directory's real path.
     pub path: PathBuf,
     pub entries: Vec<DirEntry>,
     pub cursor: Option<String>,
-}
-
-/// Which tree operation a [`TreeRequest`] asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TreeOp {
-    Stat,
-    Readlink,
-    Xattr,
-    Readdir,
-    Mkdir,
-    Unlink,
-    Rmdir,
-    Rename,
-}
-
-impl TreeOp {
-    /// The wire name of the op.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TreeOp::Stat => "stat",
-            TreeOp::Readlink => "readlink",
-            TreeOp::Xattr => "xattr",
-            TreeOp::Readdir => "readdir",
-            TreeOp::Mkdir => "mkdir",
-            TreeOp::Unlink => "unlink",
-            TreeOp::Rmdir => "rmdir",
-            TreeOp::Rename => "rename",
-        }
-    }
 }
 
 /// One tree request (SPEC §3.6), built then sent with [`Client::tree`].
@@ -377,7 +349,7 @@ impl TreeRequest {
     /// server accepts for its op.
     pub fn to_line(&self) -> Result<Vec<u8>, Error> {
         let mut object = Map::new();
-        object.insert("op".into(), self.op.as_str().into());
+        object.insert("op".into(), self.op.op().as_str().into());
         put_path(&mut object, "path", absolute(&self.path)?);
         if let Some(to) = &self.to {
             put_path(&mut object, "to", absolute(to)?);
@@ -398,7 +370,9 @@ impl TreeRequest {
             object.insert("noreplace".into(), true.into());
         }
         if let Some(within) = &self.within {
-            object.insert("within".into(), within.to_json()?);
+            let within = serde_json::to_value(within.to_wire()?)
+                .map_err(|e| Error::Protocol(e.to_string()))?;
+            object.insert("within".into(), within);
         }
         let mut line = serde_json::to_vec(&object).map_err(|e| Error::Protocol(e.to_string()))?;
         line.push(b'\n');
@@ -456,48 +430,27 @@ struct WireReply {
     stat: Option<Metadata>,
     target: Option<String>,
     target_b64: Option<String>,
-    names: Option<Vec<WireName>>,
+    names: Option<Vec<String>>,
+    /// Every name's exact bytes, sent when any name is not UTF-8.
+    names_b64: Option<Vec<String>>,
     value_b64: Option<String>,
     entries: Option<Vec<WireEntry>>,
     cursor: Option<String>,
 }
 
-/// An attribute name: text, or `{"name":..,"name_b64":..}` for bytes
-/// that are not UTF-8.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum WireName {
-    Text(String),
-    Exact {
-        name: Option<String>,
-        name_b64: Option<String>,
-    },
-}
-
-#[derive(Debug, Deserialize)]
-struct WireEntry {
-    name: Option<String>,
-    name_b64: Option<String>,
-    #[serde(rename = "type", default = "unknown_type")]
-    file_type: FileType,
-    #[serde(default)]
-    ino: u64,
-}
-
-fn unknown_type() -> FileType {
-    FileType::Unknown
-}
-
 /// The exact bytes of a text field and its `_b64` twin: the twin wins.
 fn exact(what: &str, text: Option<String>, b64: Option<String>) -> Result<OsString, Error> {
     match (b64, text) {
-        (Some(b64), _) => base64::engine::general_purpose::STANDARD
-            .decode(b64.as_bytes())
-            .map(OsString::from_vec)
-            .map_err(|e| Error::Protocol(format!("{what}_b64 is not base64: {e}"))),
+        (Some(b64), _) => decode_b64(&format!("{what}_b64"), &b64).map(OsString::from_vec),
         (None, Some(text)) => Ok(text.into()),
         (None, None) => Err(Error::Protocol(format!("answer without {what}"))),
     }
+}
+
+fn decode_b64(field: &str, b64: &str) -> Result<Vec<u8>, Error> {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .map_err(|e| Error::Protocol(format!("{field} is not base64: {e}")))
 }
 
 fn required<T>(what: &str, value: Option<T>) -> Result<T, Error> {
@@ -510,11 +463,13 @@ impl TreeReply {
     pub fn parse(request: &TreeRequest, line: &[u8]) -> Result<TreeReply, Error> {
         let wire: WireReply = serde_json::from_slice(line)
             .map_err(|e| Error::Protocol(format!("bad response line: {e}")))?;
-        if !wire.ok {
-            return Err(Error::Refused(required("error", wire.error)?));
-        }
+        // First: whatever else it says, a descriptor must be taken off the
+        // FIFO (Client::receive_tree does, on this error).
         if wire.fd {
             return Err(Error::Protocol("a tree answer carried a descriptor".into()));
+        }
+        if !wire.ok {
+            return Err(Error::Refused(required("error", wire.error)?));
         }
         let path = || exact("path", wire.path.clone(), wire.path_b64.clone()).map(PathBuf::from);
         Ok(match request.op {
@@ -529,29 +484,26 @@ impl TreeReply {
             },
             TreeOp::Xattr if request.name.is_some() => {
                 let b64 = required("value_b64", wire.value_b64)?;
-                TreeReply::XattrValue(
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b64.as_bytes())
-                        .map_err(|e| Error::Protocol(format!("value_b64 is not base64: {e}")))?,
-                )
+                TreeReply::XattrValue(decode_b64("value_b64", &b64)?)
             }
-            TreeOp::Xattr => TreeReply::XattrNames(
-                required("names", wire.names)?
-                    .into_iter()
-                    .map(|name| match name {
-                        WireName::Text(text) => Ok(text.into()),
-                        WireName::Exact { name, name_b64 } => exact("name", name, name_b64),
-                    })
+            TreeOp::Xattr => TreeReply::XattrNames(match wire.names_b64 {
+                Some(exact) => exact
+                    .iter()
+                    .map(|b64| decode_b64("names_b64", b64).map(OsString::from_vec))
                     .collect::<Result<_, _>>()?,
-            ),
+                None => required("names", wire.names)?
+                    .into_iter()
+                    .map(OsString::from)
+                    .collect(),
+            }),
             TreeOp::Readdir => TreeReply::Dir(DirPage {
                 path: path()?,
                 entries: required("entries", wire.entries)?
                     .into_iter()
                     .map(|e| {
                         Ok(DirEntry {
-                            name: exact("name", e.name, e.name_b64)?,
-                            file_type: e.file_type,
+                            name: exact("name", Some(e.name), e.name_b64)?,
+                            file_type: FileType::from_name(&e.kind),
                             ino: e.ino,
                         })
                     })
@@ -972,7 +924,7 @@ mod tests {
     fn xattr_names_and_values() {
         let names = TreeReply::parse(
             &TreeRequest::xattr_names("/f"),
-            br#"{"ok":true,"path":"/f","names":["user.a",{"name":"user.?","name_b64":"dXNlci7/"}]}"#,
+            br#"{"ok":true,"path":"/f","rule":"r","names":["user.a","user.\ufffd"],"names_b64":["dXNlci5h","dXNlci7/"]}"#,
         )
         .unwrap();
         assert_eq!(

@@ -41,6 +41,14 @@ impl Protected {
         protected
     }
 
+    /// The refusal of a change to one of them.
+    pub fn refusal() -> crate::decision::Refusal {
+        crate::decision::Refusal::new(
+            crate::protocol::ErrorCode::Denied,
+            "the server's own files (policy, audit log, socket, binary) are never changed",
+        )
+    }
+
     /// True when changing `path` (an absolute, normalised path, requested
     /// or real) could change the server's own files.
     pub fn covers(&self, path: &Path) -> bool {

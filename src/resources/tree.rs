@@ -484,10 +484,7 @@ impl Tree<'_> {
     /// on a pseudo-filesystem unless the rule's glob is rooted there.
     fn may_change(&self, paths: &[&Path], parent: &Located, rule: &Rule) -> Result<(), Refusal> {
         if paths.iter().any(|p| self.protected.covers(p)) {
-            return Err(Refusal::new(
-                ErrorCode::Denied,
-                "the server's own files (policy, audit log, socket, binary) are never changed",
-            ));
+            return Err(Protected::refusal());
         }
         let fs = filesystem_type(parent.handle());
         if let Some(fs) = fs.filter(|fs| PSEUDO_FILESYSTEMS.contains(fs)) {

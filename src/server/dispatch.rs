@@ -94,7 +94,23 @@ impl FilesystemJob {
     ) -> Outcome {
         match &self.work {
             Work::File { intent, file } => {
-                decision::decide_on_filesystem(policy, file, peer, *intent, scratch).map(Done::File)
+                // Self-protection (SPEC §3.6): only read on the server's own files.
+                let changes = file.mode != crate::protocol::Mode::Read
+                    || file.create.is_requested()
+                    || file.truncate;
+                if changes && env.protected.covers(&file.path.path) {
+                    return Err(Protected::refusal());
+                }
+                let decision =
+                    decision::decide_on_filesystem(policy, file, peer, *intent, scratch)?;
+                let real = decision.real_path.as_deref().unwrap_or(&file.path.path);
+                if changes && env.protected.covers(real) {
+                    if let Some(created) = &decision.created {
+                        created.remove();
+                    }
+                    return Err(Protected::refusal());
+                }
+                Ok(Done::File(decision))
             }
             Work::Tree(request) => {
                 let mut log = AuditedChange {

@@ -303,7 +303,7 @@ fn bind_both(s: &Supervised, binder: &str, args: &[&str]) -> (String, String) {
 }
 
 #[test]
-fn a_socket_bound_to_a_device_or_filtered_stays_so() {
+fn a_socket_bound_to_a_device_filtered_or_with_a_ttl_floor_stays_so() {
     let Some((s, binder, port)) = binding(900) else {
         return;
     };
@@ -311,12 +311,17 @@ fn a_socket_bound_to_a_device_or_filtered_stays_so() {
     assert_eq!(without, "EACCES\n");
     assert_eq!(
         with,
-        format!("bound port={port} device=lo filter=0 locked=0\n")
+        format!("bound port={port} device=lo filter=0 locked=0 minttl=0\n")
+    );
+    let (with, _) = bind_both(&s, &binder, &["6", &port, "28", "minttl"]);
+    assert_eq!(
+        with,
+        format!("bound port={port} device= filter=0 locked=0 minttl=255\n")
     );
     let (with, _) = bind_both(&s, &binder, &["4", &port, "16"]);
     assert_eq!(
         with,
-        format!("bound port={port} device= filter=0 locked=0\n")
+        format!("bound port={port} device= filter=0 locked=0 minttl=0\n")
     );
     // Some kernels refuse SO_ATTACH_FILTER to an unprivileged socket;
     // the supervisor, with the program's rights, could not copy it then.
@@ -329,7 +334,7 @@ fn a_socket_bound_to_a_device_or_filtered_stays_so() {
     let (with, _) = bind_both(&s, &binder, &["4", &port, "16", "device", "filter"]);
     assert_eq!(
         with,
-        format!("bound port={port} device=lo filter=1 locked=1\n")
+        format!("bound port={port} device=lo filter=1 locked=1 minttl=0\n")
     );
 }
 
@@ -343,7 +348,7 @@ fn an_rfc2133_ipv6_address_is_brokered_like_a_full_one() {
         assert_eq!(without, "EACCES\n", "{len}");
         assert_eq!(
             with,
-            format!("bound port={port} device= filter=0 locked=0\n"),
+            format!("bound port={port} device= filter=0 locked=0 minttl=0\n"),
             "{len}"
         );
     }

@@ -238,6 +238,47 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
+    /// `bind(3, addr, len)` trapped in this very process.
+    fn decode(addr: &[u8], len: u64) -> Option<BindArgs> {
+        let call = Notification {
+            id: 0,
+            tid: std::process::id() as i32,
+            nr: libc::SYS_bind,
+            args: [3, addr.as_ptr() as u64, len, 0, 0, 0],
+        };
+        let target = Target { tid: call.tid };
+        BindArgs::decode(&call, &target, 1024)
+    }
+
+    #[test]
+    fn address_lengths_are_the_kernels() {
+        let mut v6 = [0u8; 128];
+        v6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        v6[2..4].copy_from_slice(&80u16.to_be_bytes());
+        v6[23] = 1; // ::1
+        let loopback: SocketAddr = "[::1]:80".parse().unwrap();
+        // RFC 2133's 24 bytes, the full 28, anything up to 128; the
+        // kernel reads the length as an int, so the register's upper half
+        // does not count.
+        for len in [24, 28, 128, (1 << 32) | 28] {
+            assert_eq!(decode(&v6, len).map(|b| b.address), Some(loopback), "{len}");
+        }
+        // The kernel refuses these with EINVAL: the call continues.
+        for len in [23, 129, u64::from(u32::MAX)] {
+            assert_eq!(decode(&v6, len), None, "{len}");
+        }
+        // A scope is read only from an address long enough to hold one.
+        v6[24] = 2;
+        assert_eq!(decode(&v6, 28), None, "scoped");
+        assert_eq!(decode(&v6, 24).map(|b| b.address), Some(loopback));
+        let mut v4 = [0u8; 16];
+        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&80u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        assert!(decode(&v4, 16).is_some());
+        assert_eq!(decode(&v4, 15), None);
+    }
+
     #[test]
     fn sees_an_unbound_tcp_socket_and_its_options() {
         let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

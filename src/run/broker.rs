@@ -2,8 +2,9 @@
 //! exactly one answer: the server's grant installed in the task, or the
 //! syscall continued with the task's own rights (SPEC §8: `run` only adds).
 
+use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::bind_call::{BindArgs, ProgramSocket, copy_options};
@@ -15,7 +16,7 @@ use super::target::{Identity, Target};
 use super::tree_call::TreeCall;
 use super::within::Within;
 use crate::address::BindAddress;
-use crate::client::{BindOptions, Client};
+use crate::client::{BindOptions, Client, OpenOptions};
 
 /// How long a supervisor thread waits for one answer before it gives the
 /// connection up; the server's own `--fs-timeout` answers far sooner.
@@ -109,7 +110,10 @@ impl Broker {
         };
         // A file the server creates stays created: only ask when the fd
         // can be installed (the kernel itself checks the table before it
-        // creates anything).
+        // creates anything). Another thread sharing the table can still
+        // fill it before the install, and the file then stays: ADDFD
+        // cannot reserve a slot, since a placeholder could not be closed
+        // again if the server refuses.
         if wanted.create.is_requested() && target.has_free_fd() != Some(true) {
             return Err(Untouched);
         }
@@ -119,21 +123,8 @@ impl Broker {
             return Err(Untouched);
         }
         let options = wanted.options(umask);
-        // Truncation cannot be undone: the server is asked whether it
-        // would truncate, opens without, and the supervisor truncates
-        // once the fd is the program's.
-        if options.truncate
-            && let Err(errno) = ask_for_errno(client, &self.socket, |c| {
-                c.check_with(&call_path.path, &options)
-            })
-        {
-            return self.open_refused(call, &wanted, errno);
-        }
-        let without_truncate = options.clone().truncate(false);
-        let (file, _) = match ask_for_errno(client, &self.socket, |c| {
-            c.open_with(&call_path.path, &without_truncate)
-        }) {
-            Ok(granted) => granted,
+        let file = match self.request_file(client, &call_path.path, &options) {
+            Ok(file) => file,
             // A directory opened for reading gets a directory stream.
             Err(Some(libc::EISDIR)) if wanted.mode == crate::protocol::Mode::Read => {
                 return self.open_directory(call, target, args.path_arg(), args.flags, client);
@@ -143,33 +134,71 @@ impl Broker {
         if wanted.status_flags != 0 {
             set_status_flags(&file, wanted.status_flags)?;
         }
-        if !options.truncate {
-            let how = Install::AsResult {
-                cloexec: wanted.cloexec,
-            };
-            return match self.listener.install(call.id, file.as_raw_fd(), how) {
-                Ok(_) => Ok(()),
-                Err(e) if target_gone(&e) => Ok(()),
-                Err(_) => Err(Untouched),
-            };
+        self.deliver(call, &file, wanted.cloexec, options.truncate)
+    }
+
+    /// The server's fd for `path`, or the errno of its refusal. Truncation cannot be undone, so it is
+    /// never the server's: the server is asked whether it would
+    /// truncate (`check`), then opens without, and [`Broker::deliver`]
+    /// truncates once the fd is the program's.
+    fn request_file(
+        &self,
+        client: &mut Option<Client>,
+        path: &Path,
+        options: &OpenOptions,
+    ) -> Result<File, Option<i32>> {
+        let truncation = if options.truncate {
+            Some(ask_for_errno(client, &self.socket, |c| {
+                c.check_with(path, options)
+            })?)
+        } else {
+            None
+        };
+        let without_truncate = options.clone().truncate(false);
+        let (file, grant) = ask_for_errno(client, &self.socket, |c| {
+            c.open_with(path, &without_truncate)
+        })?;
+        // The server judged truncation for the same real path it opened
+        // (a symlink changed in between could point elsewhere). Rules are
+        // picked by path, then by the file's size and age: a file of
+        // another size swapped in at that path between the two requests
+        // is the window left.
+        if truncation.is_some_and(|t| (t.path, t.path_b64) != (grant.path, grant.path_b64)) {
+            return Err(None);
         }
-        let how = Install::Pending {
-            cloexec: wanted.cloexec,
+        Ok(file)
+    }
+
+    /// Installs `file` as the result of the call, truncated first if the
+    /// call asked: the syscall stays pending until then, so the program
+    /// cannot write to the file before the truncation.
+    fn deliver(
+        &self,
+        call: &Notification,
+        file: &File,
+        cloexec: bool,
+        truncate: bool,
+    ) -> Result<(), Untouched> {
+        let how = if truncate {
+            Install::Pending { cloexec }
+        } else {
+            Install::AsResult { cloexec }
         };
         let fd = match self.listener.install(call.id, file.as_raw_fd(), how) {
             Ok(fd) => fd,
             Err(e) if target_gone(&e) => return Ok(()),
             Err(_) => return Err(Untouched),
         };
-        // The program is still waiting: it cannot write before this.
-        match file.set_len(0) {
-            Ok(()) => self.listener.answer(call.id, i64::from(fd)),
-            // The fd is in the program's table already and cannot be
-            // taken back; the open fails as a kernel open whose O_TRUNC
-            // failed would, leaving the file as it was.
-            Err(e) => self
-                .listener
-                .fail(call.id, e.raw_os_error().unwrap_or(libc::EIO)),
+        if truncate {
+            match file.set_len(0) {
+                Ok(()) => self.listener.answer(call.id, i64::from(fd)),
+                // The fd is in the program's table already and cannot be
+                // taken back; the open fails as a kernel open whose
+                // O_TRUNC failed would, leaving the file as it was.
+                Err(e) => self
+                    .listener
+                    .fail(call.id, e.raw_os_error().unwrap_or(libc::EIO)),
+            }
         }
         Ok(())
     }

@@ -1,5 +1,7 @@
 //! Options that narrow where a socket listens or what it accepts (SPEC
-//! §8): `SO_BINDTODEVICE` and an attached classic socket filter. A
+//! §8): `SO_BINDTODEVICE`, an attached classic socket filter, and the
+//! least TTL or hop count a packet must arrive with (`IP_MINTTL`,
+//! `IPV6_MINHOPCOUNT`, as BGP speakers set them). A
 //! brokered socket is never more exposed than the one the program made,
 //! so the granted socket gets them too, and a socket with one that cannot
 //! be copied (an eBPF filter, which the kernel does not hand back) is not
@@ -16,6 +18,14 @@ use super::bind_call::{get_int, set_int};
 const SO_BINDTOIFINDEX: i32 = 62;
 const SO_LOCK_FILTER: i32 = 44;
 const SO_NETNS_COOKIE: i32 = 71;
+/// `IP_MINTTL` and `IPV6_MINHOPCOUNT`.
+const IP_MINTTL: i32 = 21;
+const IPV6_MINHOPCOUNT: i32 = 73;
+/// Integer options that drop packets below a floor; 0 is no floor.
+const FLOORS: [(i32, i32, &str); 2] = [
+    (libc::IPPROTO_IP, IP_MINTTL, "IP_MINTTL"),
+    (libc::IPPROTO_IPV6, IPV6_MINHOPCOUNT, "IPV6_MINHOPCOUNT"),
+];
 /// A classic BPF program has at most `BPF_MAXINSNS` instructions.
 const BPF_MAXINSNS: usize = 4096;
 
@@ -27,6 +37,8 @@ pub struct Narrowing {
     filter: Vec<libc::sock_filter>,
     /// `SO_LOCK_FILTER`: the program can no longer change the filter.
     locked: bool,
+    /// The value of each of `FLOORS` (0 where the family lacks it).
+    floors: [i32; FLOORS.len()],
     /// The socket's network namespace; `None` where the kernel cannot
     /// tell (before 5.14).
     netns: Option<u64>,
@@ -38,6 +50,7 @@ impl std::fmt::Debug for Narrowing {
             .field("ifindex", &self.ifindex)
             .field("filter_len", &self.filter.len())
             .field("locked", &self.locked)
+            .field("floors", &self.floors)
             .field("netns", &self.netns)
             .finish()
     }
@@ -63,15 +76,24 @@ impl Narrowing {
     /// What narrows `fd`; an error if something does that cannot be read
     /// back, so could not be copied.
     pub fn read(fd: BorrowedFd<'_>) -> Result<Narrowing, NotCopied> {
-        let ifindex =
-            get_int(fd, libc::SOL_SOCKET, SO_BINDTOIFINDEX).map_err(NotCopied::Unreadable)?;
+        let ifindex = bound_device(fd)?;
         let filter = read_filter(fd)?;
         let locked =
             get_int(fd, libc::SOL_SOCKET, SO_LOCK_FILTER).map_err(NotCopied::Unreadable)? != 0;
+        let ipv6 = get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(NotCopied::Unreadable)?
+            == libc::AF_INET6;
+        let mut floors = [0; FLOORS.len()];
+        for (floor, (level, name, _)) in floors.iter_mut().zip(FLOORS) {
+            // An IPv4 socket has no IPv6 options (an IPv6 one has both).
+            if level == libc::IPPROTO_IP || ipv6 {
+                *floor = get_int(fd, level, name).map_err(NotCopied::Unreadable)?;
+            }
+        }
         Ok(Narrowing {
             ifindex,
             filter,
             locked,
+            floors,
             netns: netns_cookie(fd),
         })
     }
@@ -93,7 +115,41 @@ impl Narrowing {
         if self.locked {
             set_int(to, libc::SOL_SOCKET, SO_LOCK_FILTER, 1).map_err(refused("SO_LOCK_FILTER"))?;
         }
+        for (&floor, (level, name, what)) in self.floors.iter().zip(FLOORS) {
+            if floor != 0 {
+                set_int(to, level, name, floor).map_err(refused(what))?;
+            }
+        }
         Ok(())
+    }
+}
+
+/// The index of the device `fd` is bound to, 0 for none. Kernels before
+/// 5.0 lack `SO_BINDTOIFINDEX`; there an unbound socket (an empty
+/// `SO_BINDTODEVICE` name) is still told apart, and a bound one is not
+/// brokered.
+fn bound_device(fd: BorrowedFd<'_>) -> Result<i32, NotCopied> {
+    let error = match get_int(fd, libc::SOL_SOCKET, SO_BINDTOIFINDEX) {
+        Ok(index) => return Ok(index),
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => e,
+        Err(e) => return Err(NotCopied::Unreadable(e)),
+    };
+    let mut name = [0u8; libc::IFNAMSIZ];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: a buffer of IFNAMSIZ bytes for an interface name.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 && (len == 0 || name[0] == 0) {
+        Ok(0)
+    } else {
+        Err(NotCopied::Unreadable(error))
     }
 }
 
@@ -208,6 +264,27 @@ mod tests {
             get_int(to.as_fd(), libc::SOL_SOCKET, SO_BINDTOIFINDEX).unwrap(),
             0
         );
+    }
+
+    #[test]
+    fn a_ttl_floor_is_copied() {
+        for domain in [libc::AF_INET, libc::AF_INET6] {
+            // SAFETY: fresh sockets we own.
+            let [from, to] = [(); 2].map(|_| unsafe {
+                OwnedFd::from_raw_fd(libc::socket(domain, libc::SOCK_STREAM, 0))
+            });
+            set_int(from.as_fd(), libc::IPPROTO_IP, IP_MINTTL, 255).unwrap();
+            if domain == libc::AF_INET6 {
+                set_int(from.as_fd(), libc::IPPROTO_IPV6, IPV6_MINHOPCOUNT, 200).unwrap();
+            }
+            Narrowing::read(from.as_fd())
+                .unwrap()
+                .apply(to.as_fd())
+                .unwrap();
+            let copied = Narrowing::read(to.as_fd()).unwrap();
+            let hops = if domain == libc::AF_INET6 { 200 } else { 0 };
+            assert_eq!(copied.floors, [255, hops], "{domain}");
+        }
     }
 
     #[test]

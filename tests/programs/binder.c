@@ -1,9 +1,10 @@
 /* One bind(2) of a fresh TCP socket to loopback, with the address length
  * and options named on the command line, and what the socket is after:
- *   binder 4|6 PORT ADDRLEN [device] [filter]
+ *   binder 4|6 PORT ADDRLEN [device] [filter] [minttl]
  * "device" sets SO_BINDTODEVICE=lo, "filter" attaches and locks a classic
- * BPF filter. Prints the errno's name, or "bound port=P device=NAME
- * filter=N locked=L" as getsockname and getsockopt see the socket.
+ * BPF filter, "minttl" sets IP_MINTTL=255. Prints the errno's name, or
+ * "bound port=P device=NAME filter=N locked=L minttl=T" as getsockname
+ * and getsockopt see the socket.
  * Used by tests/run_hardening.rs: a brokered socket is never more
  * exposed than the program's. */
 #define _GNU_SOURCE
@@ -35,6 +36,9 @@ int main(int argc, char **argv) {
             int one = 1;
             if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) != 0) return 5;
             if (setsockopt(fd, SOL_SOCKET, SO_LOCK_FILTER, &one, sizeof one) != 0) return 5;
+        } else if (!strcmp(argv[i], "minttl")) {
+            int ttl = 255;
+            if (setsockopt(fd, IPPROTO_IP, IP_MINTTL, &ttl, sizeof ttl) != 0) return 6;
         } else {
             return 2;
         }
@@ -68,7 +72,10 @@ int main(int argc, char **argv) {
     int locked = 0;
     socklen_t locked_len = sizeof locked;
     getsockopt(fd, SOL_SOCKET, SO_LOCK_FILTER, &locked, &locked_len);
-    printf("bound port=%d device=%s filter=%u locked=%d\n",
-           ntohs(((struct sockaddr_in *)&got)->sin_port), device, (unsigned)blocks, locked);
+    int minttl = 0;
+    socklen_t minttl_len = sizeof minttl;
+    getsockopt(fd, IPPROTO_IP, IP_MINTTL, &minttl, &minttl_len);
+    printf("bound port=%d device=%s filter=%u locked=%d minttl=%d\n",
+           ntohs(((struct sockaddr_in *)&got)->sin_port), device, (unsigned)blocks, locked, minttl);
     return 0;
 }

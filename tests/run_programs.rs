@@ -328,3 +328,38 @@ fn tar_czf_of_a_0700_tree_and_tar_xzf_of_it_match_roots() {
     assert_eq!(ours, extract(&t.setup.server.path("by-root"), false));
     assert!(ours.contains("data/sub/inner f 600 11"), "{ours}");
 }
+
+#[test]
+fn a_server_in_another_mount_namespace_brokers_nothing_and_says_so() {
+    let Some(t) = Tree::new() else { return };
+    // The supervisor (and so the program) in a mount namespace of its
+    // own: the same files, but not the server's tree.
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--"])
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .arg(&t.setup.client)
+        .arg("--socket")
+        .arg(&t.setup.server.socket)
+        .args(["run", "--", "/bin/cat"])
+        .arg(t.data("secret"))
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&out.stderr).contains("unshare failed") {
+        eprintln!("skipped: cannot make a mount namespace here");
+        return;
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another mount namespace"), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(!out.status.success());
+    // The same, sharing the server's namespace, is brokered.
+    assert_eq!(
+        t.same_as_root(&["/bin/cat", &t.data("secret")]),
+        "secret-data\n"
+    );
+}

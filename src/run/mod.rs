@@ -25,6 +25,7 @@ mod memory;
 mod narrowing;
 mod open_call;
 mod process;
+mod same_tree;
 mod scope;
 mod target;
 mod tree_broker;
@@ -116,10 +117,21 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
 /// Runs the command under supervision; returns its exit code. A program
 /// killed by a signal makes `run` die of the same signal.
 pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
-    let scope = Client::connect(socket)?.scope()?;
+    let mut client = Client::connect(socket)?;
+    let ours = same_tree::Place::own().map_err(setup("reading our mount namespace"))?;
+    let shared = same_tree::Place::server(&mut client)?.is_none_or(|theirs| theirs == ours);
+    let scope = if shared {
+        client.scope()?
+    } else {
+        crate::logging::warn(format_args!(
+            "the server is in another mount namespace or root: its answers would be \
+             about another tree, so nothing is brokered"
+        ));
+        Default::default()
+    };
     let scope = BrokerScope::new(&scope, &options.brokers)?;
     let own = Identity::own().map_err(setup("reading our identity"))?;
-    let privileged_below = (!options.no_bind).then(unprivileged_port_start);
+    let privileged_below = (shared && !options.no_bind).then(unprivileged_port_start);
 
     // Blocked before any thread exists, so every thread inherits the mask
     // and the signals wait in the signalfd (the child unblocks them).

@@ -24,14 +24,18 @@ test: test-tools
 	$(CARGO) test --locked
 
 # What the `run` tests drive besides our binaries: a C compiler with a
-# static libc (tests/programs/*.c) and /usr/bin/python3. Installed from
+# static libc (tests/programs/*.c), /usr/bin/python3, and the real
+# programs of tests/run_programs.rs (sqlite3, rsync, nginx, getfattr and
+# setfattr from attr, getfacl and setfacl from acl). Installed from
 # Debian's packages when missing and we are root; otherwise those tests
 # skip with a printed reason.
 test-tools:
-	@if ! { command -v cc && test -e /usr/lib/$$(cc -print-multiarch 2>/dev/null)/libc.a && test -x /usr/bin/python3; } >/dev/null 2>&1; then \
+	@if ! { command -v cc && test -e /usr/lib/$$(cc -print-multiarch 2>/dev/null)/libc.a && test -x /usr/bin/python3 \
+	       && command -v sqlite3 && command -v rsync && test -x /usr/sbin/nginx && command -v setfattr && command -v setfacl; } >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev python3 >/dev/null; \
-	  else echo "note: no cc/static libc/python3; the run tests that need them will skip"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev python3 \
+	      sqlite3 rsync nginx attr acl >/dev/null; \
+	  else echo "note: no cc/static libc/python3/sqlite3/rsync/nginx/attr/acl; the run tests that need them will skip"; fi; \
 	fi
 
 # fdopen-server against the C floor (../shared/bench/refserver.c), with

@@ -89,7 +89,7 @@ impl Tree {
             r#"{{"rules":[
               {{"name":"data","effect":"allow","paths":["{d}","{d}/**"],"modes":["read","stat","list"]}},
               {{"name":"work","effect":"allow","paths":["{w}","{w}/**"],
-                "modes":["read","write","stat","list","mkdir","delete"],"create":true,"truncate":true}}]}}"#
+                "modes":["read","write","readwrite","stat","list","mkdir","delete"],"create":true,"truncate":true}}]}}"#
         );
         if !is_root() {
             eprintln!("skipped: run tests need root (a root server, a nobody client)");
@@ -362,4 +362,138 @@ fn a_server_in_another_mount_namespace_brokers_nothing_and_says_so() {
         t.same_as_root(&["/bin/cat", &t.data("secret")]),
         "secret-data\n"
     );
+}
+
+/// Whether `program` is installed; says so when not (`make test-tools`
+/// installs it where it can).
+fn have(program: &str) -> bool {
+    let found = Path::new(program).exists();
+    if !found {
+        eprintln!("skipped: {program} is not installed (make test-tools installs it)");
+    }
+    found
+}
+
+#[test]
+fn sqlite3_inserts_into_a_root_owned_database_in_a_0700_directory() {
+    let Some(t) = Tree::new() else { return };
+    if !have("/usr/bin/sqlite3") {
+        return;
+    }
+    let (db, copy) = (t.work("app.db"), t.work("copy.db"));
+    for path in [&db, &copy] {
+        let made = Command::new("/usr/bin/sqlite3")
+            .args([path, "create table t(x); insert into t values('root');"])
+            .status()
+            .unwrap();
+        assert!(made.success());
+    }
+    // Root's result, on the copy; then nobody's under run, on the
+    // original: a journal beside it, created and unlinked.
+    let sql = "insert into t values('more'); select * from t;";
+    let root = Command::new("/usr/bin/sqlite3")
+        .args([&copy, sql])
+        .output()
+        .unwrap();
+    let ours = t.setup.run(&["/usr/bin/sqlite3", &db, sql]);
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&root.stdout),
+        "{ours:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&ours.stdout), "root\nmore\n");
+    assert!(!Path::new(&t.work("app.db-journal")).exists());
+    let meta = fs::metadata(&db).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+}
+
+#[test]
+fn mkdir_p_makes_every_missing_directory() {
+    let Some(t) = Tree::new() else { return };
+    // mkdir -p walks by chdir, which no broker can do for a directory the
+    // program cannot search (README): `work` is searchable, not writable,
+    // and what mkdir makes for nobody is nobody's.
+    fs::set_permissions(&t.work, fs::Permissions::from_mode(0o711)).unwrap();
+    let deep = t.work("p/q/r");
+    let out = t.setup.run(&["/bin/mkdir", "-p", &deep]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(fs::metadata(&deep).unwrap().is_dir());
+}
+
+#[test]
+fn cp_a_keeps_modes_xattrs_and_acls_of_a_0700_tree() {
+    let Some(t) = Tree::new() else { return };
+    if !have("/usr/bin/setfattr") || !have("/usr/bin/setfacl") {
+        return;
+    }
+    let inner = t.data("sub/inner");
+    let tagged = Command::new("/usr/bin/setfattr")
+        .args(["-n", "user.origin", "-v", "fdopen", &inner])
+        .status()
+        .unwrap();
+    let acl = Command::new("/usr/bin/setfacl")
+        .args(["-m", "u:65534:r", &t.data("secret")])
+        .status()
+        .unwrap();
+    if !tagged.success() || !acl.success() {
+        eprintln!("skipped: this filesystem takes no user xattrs or ACLs");
+        return;
+    }
+    fs::set_permissions(t.data("sub"), fs::Permissions::from_mode(0o750)).unwrap();
+    let copy = |into: &Path, under_run: bool| -> String {
+        fs::create_dir(into).unwrap();
+        std::os::unix::fs::chown(into, Some(NOBODY), Some(NOBODY)).unwrap();
+        let to = into.join("data");
+        let args = ["/usr/bin/cp", "-a", &t.data(""), to.to_str().unwrap()];
+        let out = if under_run {
+            t.setup.run(&args)
+        } else {
+            Command::new(args[0]).args(&args[1..]).output().unwrap()
+        };
+        assert!(out.status.success(), "{out:?}");
+        let described = Command::new("/bin/sh")
+            .arg("-c")
+            .arg("find . -printf '%P %y %m %s %l\\n' | sort; getfattr -R -d . ; getfacl -R -p . | grep -v '^# owner\\|^# group\\|^user::\\|^group::'")
+            .current_dir(&to)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&described.stdout).into_owned()
+    };
+    let ours = copy(&t.setup.server.path("by-nobody"), true);
+    assert_eq!(ours, copy(&t.setup.server.path("by-root"), false));
+    assert!(ours.contains("sub d 750"), "{ours}");
+    assert!(ours.contains("user.origin=\"fdopen\""), "{ours}");
+    assert!(ours.contains("user:nobody:r--"), "{ours}");
+}
+
+#[test]
+fn rsync_a_copies_a_world_searchable_tree_of_root_only_files() {
+    let Some(t) = Tree::new() else { return };
+    if !have("/usr/bin/rsync") {
+        return;
+    }
+    // World-searchable directories, root-only files.
+    for dir in [t.data(""), t.data("sub")] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    let copy = |into: &Path, under_run: bool| -> String {
+        fs::create_dir(into).unwrap();
+        std::os::unix::fs::chown(into, Some(NOBODY), Some(NOBODY)).unwrap();
+        let args = ["/usr/bin/rsync", "-a", &t.data(""), into.to_str().unwrap()];
+        let out = if under_run {
+            t.setup.run(&args)
+        } else {
+            Command::new(args[0]).args(&args[1..]).output().unwrap()
+        };
+        assert!(out.status.success(), "{out:?}");
+        let listed = Command::new("/usr/bin/find")
+            .arg(into)
+            .args(["-printf", "%P %y %m %s %l %T@\\n"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&listed.stdout).into_owned()
+    };
+    let ours = copy(&t.setup.server.path("by-nobody"), true);
+    assert_eq!(ours, copy(&t.setup.server.path("by-root"), false));
+    assert!(ours.contains("sub/inner f 600 11"), "{ours}");
 }

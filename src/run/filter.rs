@@ -22,7 +22,7 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 /// The tree calls of SPEC §8 (v3), and the calls on directory streams.
 #[cfg(target_arch = "x86_64")]
-const TREE_CALLS: [libc::c_long; 25] = [
+const TREE_CALLS: [libc::c_long; 27] = [
     libc::SYS_stat,
     libc::SYS_lstat,
     libc::SYS_newfstatat,
@@ -36,6 +36,8 @@ const TREE_CALLS: [libc::c_long; 25] = [
     libc::SYS_lgetxattr,
     libc::SYS_listxattr,
     libc::SYS_llistxattr,
+    libc::SYS_fgetxattr,
+    libc::SYS_flistxattr,
     libc::SYS_mkdir,
     libc::SYS_mkdirat,
     libc::SYS_unlink,
@@ -52,7 +54,7 @@ const TREE_CALLS: [libc::c_long; 25] = [
     libc::SYS_getdents,
 ];
 #[cfg(not(target_arch = "x86_64"))]
-const TREE_CALLS: [libc::c_long; 14] = [
+const TREE_CALLS: [libc::c_long; 16] = [
     libc::SYS_newfstatat,
     libc::SYS_statx,
     libc::SYS_faccessat,
@@ -62,6 +64,8 @@ const TREE_CALLS: [libc::c_long; 14] = [
     libc::SYS_lgetxattr,
     libc::SYS_listxattr,
     libc::SYS_llistxattr,
+    libc::SYS_fgetxattr,
+    libc::SYS_flistxattr,
     libc::SYS_mkdirat,
     libc::SYS_unlinkat,
     libc::SYS_renameat2,

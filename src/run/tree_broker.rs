@@ -167,35 +167,35 @@ impl Broker {
                 buf,
                 size,
             } => {
-                let name = match name {
-                    Some(addr) => Some(target.read_c_string(addr).ok_or(Untouched)?),
-                    None => None,
-                };
-                if name
-                    .as_ref()
-                    .is_some_and(|n| n.is_empty() || n.len() > XATTR_NAME_MAX)
-                {
+                let name = xattr_name(target, name)?;
+                let (resolved, memory) = self.prepare(call, target, path, true, false)?;
+                let request =
+                    with(xattr_request(&resolved.path, &name), &resolved).nofollow(nofollow);
+                self.on_reply(client, &tree, &request, |reply| {
+                    xattr_reply(reply, memory.as_ref(), buf, size)
+                })?
+            }
+            TreeCall::FdXattr {
+                fd,
+                name,
+                buf,
+                size,
+            } => {
+                let name = xattr_name(target, name)?;
+                let (path, held) = self.brokered_file(target, fd)?;
+                let memory = TargetMemory::open(target.tid).map_err(|_| Untouched)?;
+                if !self.listener.still_valid(call.id) {
                     return Err(Untouched);
                 }
-                let (resolved, memory) = self.prepare(call, target, path, true, false)?;
-                let request = match &name {
-                    Some(name) => TreeRequest::xattr(&resolved.path, OsStr::from_bytes(name)),
-                    None => TreeRequest::xattr_names(&resolved.path),
-                };
-                let request = with(request, &resolved).nofollow(nofollow);
+                // The path the fd's link shows must still name that file.
+                let stat = TreeRequest::stat(&path).nofollow(true);
+                match ask_for_errno(client, &self.socket, |c| c.tree(&stat)) {
+                    Ok(TreeReply::Stat { stat, .. }) if (stat.dev, stat.ino) == held => {}
+                    _ => return Err(Untouched),
+                }
+                let request = xattr_request(&path, &name).nofollow(true);
                 self.on_reply(client, &tree, &request, |reply| {
-                    let value = match reply {
-                        TreeReply::XattrValue(value) => value,
-                        TreeReply::XattrNames(names) => {
-                            xattr_name_list(names.iter().map(|n| n.as_bytes()))
-                        }
-                        _ => return None,
-                    };
-                    match xattr_answer(&value, size) {
-                        Ok(Some(bytes)) => write(memory.as_ref(), buf, bytes, bytes.len() as i64),
-                        Ok(None) => Some(Answer::Value(value.len() as i64)),
-                        Err(errno) => Some(Answer::Errno(errno)),
-                    }
+                    xattr_reply(reply, Some(&memory), buf, size)
                 })?
             }
             TreeCall::Mkdir { path, mode } => {
@@ -352,6 +352,22 @@ impl Broker {
         Ok((key, self.dir_streams.real(key).ok_or(Untouched)?))
     }
 
+    /// A file the task holds as `fd`, in the scope: the path its `/proc`
+    /// link shows and the device and inode of the file itself.
+    fn brokered_file(&self, target: &Target, fd: i32) -> Result<(PathBuf, (u64, u64)), Untouched> {
+        if fd < 0 {
+            return Err(Untouched);
+        }
+        let path = target.base_directory(fd).ok_or(Untouched)?;
+        if own_proc(&path) || !self.scope.covers_tree_path(&path) {
+            return Err(Untouched);
+        }
+        let tgid = target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
+        let meta = target.held_metadata(tgid, fd).ok_or(Untouched)?;
+        use std::os::unix::fs::MetadataExt;
+        Ok((path, (meta.dev(), meta.ino())))
+    }
+
     /// `fstat` (or a stat call with an empty path and `AT_EMPTY_PATH`) of
     /// a placeholder: `stat` of the real directory, if it still is the
     /// one the placeholder stands for.
@@ -502,6 +518,45 @@ impl Broker {
             Ok(reply) => answer(reply).ok_or(Untouched),
             Err(errno) => refusal(call, errno),
         }
+    }
+}
+
+/// The name an xattr read asks for, `None` for a listing; a name the
+/// kernel would refuse (empty, too long) is the kernel's to refuse.
+fn xattr_name(target: &Target, addr: Option<u64>) -> Result<Option<Vec<u8>>, Untouched> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let name = target.read_c_string(addr).ok_or(Untouched)?;
+    if name.is_empty() || name.len() > XATTR_NAME_MAX {
+        return Err(Untouched);
+    }
+    Ok(Some(name))
+}
+
+fn xattr_request(path: &Path, name: &Option<Vec<u8>>) -> TreeRequest {
+    match name {
+        Some(name) => TreeRequest::xattr(path, OsStr::from_bytes(name)),
+        None => TreeRequest::xattr_names(path),
+    }
+}
+
+/// An xattr answer in the program's buffer of `size` bytes at `buf`.
+fn xattr_reply(
+    reply: TreeReply,
+    memory: Option<&TargetMemory>,
+    buf: u64,
+    size: u64,
+) -> Option<Answer> {
+    let value = match reply {
+        TreeReply::XattrValue(value) => value,
+        TreeReply::XattrNames(names) => xattr_name_list(names.iter().map(|n| n.as_bytes())),
+        _ => return None,
+    };
+    match xattr_answer(&value, size) {
+        Ok(Some(bytes)) => write(memory, buf, bytes, bytes.len() as i64),
+        Ok(None) => Some(Answer::Value(value.len() as i64)),
+        Err(errno) => Some(Answer::Errno(errno)),
     }
 }
 

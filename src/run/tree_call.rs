@@ -81,6 +81,14 @@ pub enum TreeCall {
         buf: u64,
         size: u64,
     },
+    /// `fgetxattr` (with `name`), `flistxattr`: on a file the program
+    /// holds, which it may have from the server.
+    FdXattr {
+        fd: i32,
+        name: Option<u64>,
+        buf: u64,
+        size: u64,
+    },
     Mkdir {
         path: PathArg,
         mode: u32,
@@ -225,6 +233,18 @@ fn decode_common(nr: i64, a: [u64; 6]) -> Option<TreeCall> {
             buf: a[1],
             size: a[2],
         },
+        libc::SYS_fgetxattr => FdXattr {
+            fd: a[0] as i32,
+            name: Some(a[1]),
+            buf: a[2],
+            size: a[3],
+        },
+        libc::SYS_flistxattr => FdXattr {
+            fd: a[0] as i32,
+            name: None,
+            buf: a[1],
+            size: a[2],
+        },
         libc::SYS_mkdirat => Mkdir {
             path: PathArg::at(a[0], a[1]),
             mode: a[2] as u32,
@@ -299,6 +319,8 @@ impl TreeCall {
             TreeCall::ReadLink { .. } => &[EINVAL],
             TreeCall::Xattr { name: Some(_), .. } => &[ENODATA, EOPNOTSUPP, E2BIG],
             TreeCall::Xattr { name: None, .. } => &[EOPNOTSUPP, E2BIG],
+            TreeCall::FdXattr { name: Some(_), .. } => &[ENODATA, EOPNOTSUPP, E2BIG],
+            TreeCall::FdXattr { name: None, .. } => &[EOPNOTSUPP, E2BIG],
             TreeCall::Mkdir { .. } => &[EEXIST, EROFS, ENOSPC, EDQUOT, EMLINK],
             TreeCall::Remove { dir: false, .. } => &[EISDIR, EROFS, EBUSY, EPERM],
             TreeCall::Remove { dir: true, .. } => &[ENOTEMPTY, EROFS, EBUSY, EINVAL],

@@ -497,3 +497,124 @@ fn rsync_a_copies_a_world_searchable_tree_of_root_only_files() {
     assert_eq!(ours, copy(&t.setup.server.path("by-root"), false));
     assert!(ours.contains("sub/inner f 600 11"), "{ours}");
 }
+
+/// A privileged port on 127.0.0.1 that nobody holds now.
+fn free_privileged_port() -> Option<u16> {
+    (600..1000).find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// One HTTP/1.0 GET: the status line and the body.
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn nginx_serves_a_0700_docroot_with_index_and_autoindex_on_a_privileged_port() {
+    if !is_root() {
+        eprintln!("skipped: run tests need root (a root server, a nobody client)");
+        return;
+    }
+    if !have("/usr/sbin/nginx") {
+        return;
+    }
+    let Some(port) = free_privileged_port() else {
+        eprintln!("skipped: no free privileged port on 127.0.0.1");
+        return;
+    };
+    let scratch = common::scratch();
+    let docroot = scratch.path().join("www");
+    fs::create_dir_all(docroot.join("files")).unwrap();
+    fs::write(docroot.join("index.html"), "<p>welcome</p>\n").unwrap();
+    fs::write(docroot.join("files/report.txt"), "numbers\n").unwrap();
+    for (path, mode) in [
+        (docroot.join("index.html"), 0o600),
+        (docroot.join("files/report.txt"), 0o600),
+        (docroot.join("files"), 0o700),
+        (docroot.clone(), 0o700),
+    ] {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    // nginx's own files: nobody's.
+    let prefix = scratch.path().join("nginx");
+    fs::create_dir(&prefix).unwrap();
+    std::os::unix::fs::chown(&prefix, Some(NOBODY), Some(NOBODY)).unwrap();
+    let conf = prefix.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process off; pid {p}/nginx.pid; error_log {p}/error.log;\n\
+             events {{ worker_connections 16; }}\n\
+             http {{ access_log off; client_body_temp_path {p}/body; proxy_temp_path {p}/proxy;\n\
+               fastcgi_temp_path {p}/fcgi; uwsgi_temp_path {p}/uwsgi; scgi_temp_path {p}/scgi;\n\
+               server {{ listen 127.0.0.1:{port}; root {root};\n\
+                 location / {{ index missing.html index.html; }}\n\
+                 location /files/ {{ autoindex on; }} }} }}\n",
+            p = prefix.display(),
+            root = docroot.display(),
+        ),
+    )
+    .unwrap();
+    let d = common::glob(&docroot);
+    let policy = format!(
+        r#"{{"rules":[
+          {{"name":"www","effect":"allow","paths":["{d}","{d}/**"],"modes":["read","stat","list"]}},
+          {{"name":"web","effect":"allow","binds":["tcp:127.0.0.1:{port}"]}}]}}"#
+    );
+    let Some(s) = Supervised::start(scratch, &policy) else {
+        return;
+    };
+    let mut nginx = s
+        .run_command(
+            &[],
+            &[
+                "/usr/sbin/nginx",
+                "-p",
+                prefix.to_str().unwrap(),
+                "-c",
+                conf.to_str().unwrap(),
+            ],
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Ready once it accepts: nginx says so nowhere else.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline || nginx.try_wait().unwrap().is_some() {
+            let _ = nginx.kill();
+            let log = fs::read_to_string(prefix.join("error.log")).unwrap_or_default();
+            panic!(
+                "nginx never listened: {:?}\n{log}",
+                nginx.wait_with_output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let index = http_get(port, "/");
+    let listing = http_get(port, "/files/");
+    let file = http_get(port, "/files/report.txt");
+    let missing = http_get(port, "/nothing-here");
+    // SAFETY: kill with integer arguments, to our own child.
+    unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
+    assert!(wait_timeout(&mut nginx, Duration::from_secs(20)).is_some());
+    let log = fs::read_to_string(prefix.join("error.log")).unwrap_or_default();
+    assert_eq!(
+        index,
+        ("HTTP/1.1 200 OK".into(), "<p>welcome</p>\n".into()),
+        "{log}"
+    );
+    assert!(listing.0.contains("200"), "{listing:?} {log}");
+    assert!(listing.1.contains("report.txt"), "{listing:?}");
+    assert_eq!(file.1, "numbers\n", "{file:?} {log}");
+    // A missing name is 404, not the 403 of a directory nginx cannot search.
+    assert!(missing.0.contains("404"), "{missing:?} {log}");
+}

@@ -273,6 +273,35 @@ fn tree_walkers_list_a_0700_tree_as_root_does() {
 }
 
 #[test]
+fn the_readme_tar_example_backs_up_a_0600_file_and_a_0700_directory() {
+    let Some(t) = Tree::new() else { return };
+    // README: tar czf /backup/etc.tgz /etc/shadow /etc/ssl/private
+    let backup = t.setup.server.path("backup");
+    fs::create_dir(&backup).unwrap();
+    std::os::unix::fs::chown(&backup, Some(NOBODY), Some(NOBODY)).unwrap();
+    let archive = backup.join("etc.tgz");
+    let archive = archive.to_str().unwrap();
+    let (file, dir) = (t.data("secret"), t.data("sub"));
+    let out = t.setup.run(&["/usr/bin/tar", "czf", archive, &file, &dir]);
+    assert!(out.status.success(), "{out:?}");
+    let listed = Command::new("/usr/bin/tar")
+        .args(["tzf", archive])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let strip = |p: &str| p.trim_start_matches('/').to_owned();
+    assert_eq!(
+        listed,
+        format!(
+            "{}\n{}/\n{}/inner\n",
+            strip(&file),
+            strip(&dir),
+            strip(&dir)
+        )
+    );
+}
+
+#[test]
 fn tar_czf_of_a_0700_tree_and_tar_xzf_of_it_match_roots() {
     let Some(t) = Tree::new() else { return };
     let parent = t.data.parent().unwrap().to_str().unwrap().to_owned();

@@ -124,6 +124,32 @@ impl Tree {
         self.work.join(name).to_str().unwrap().to_owned()
     }
 
+    /// `program(into)` run twice, each time into a fresh directory of
+    /// nobody's: as nobody under `run` and as root without. Returns what
+    /// `describe` (a shell line run in `into`) says of each directory:
+    /// nobody's, then root's.
+    fn both_ways(&self, program: impl Fn(&str) -> Vec<String>, describe: &str) -> [String; 2] {
+        [("by-nobody", true), ("by-root", false)].map(|(name, under_run)| {
+            let into = self.setup.server.path(name);
+            fs::create_dir(&into).unwrap();
+            std::os::unix::fs::chown(&into, Some(NOBODY), Some(NOBODY)).unwrap();
+            let args = program(into.to_str().unwrap());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = if under_run {
+                self.setup.run(&args)
+            } else {
+                Command::new(args[0]).args(&args[1..]).output().unwrap()
+            };
+            assert!(out.status.success(), "{name}: {out:?}");
+            let described = Command::new("/bin/sh")
+                .args(["-c", describe])
+                .current_dir(&into)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&described.stdout).into_owned()
+        })
+    }
+
     /// The program as nobody under `run`; its output, which must equal
     /// what root gets without `run`, and that nobody alone fails.
     #[track_caller]
@@ -318,7 +344,8 @@ fn tar_czf_of_a_0700_tree_and_tar_xzf_of_it_match_roots() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let root_archive = t.setup.server.path("root.tgz");
+    let root_archive = t.work("root.tgz");
+    let root_archive = Path::new(&root_archive);
     let root = Command::new("/usr/bin/tar")
         .args(["czf"])
         .arg(&root_archive)
@@ -327,34 +354,28 @@ fn tar_czf_of_a_0700_tree_and_tar_xzf_of_it_match_roots() {
         .unwrap();
     assert!(root.success());
     let ours = list(&archive);
-    assert_eq!(ours, list(root_archive.to_str().unwrap()));
+    assert_eq!(
+        ours,
+        list(root_archive.to_str().unwrap()).replace("root.tgz", "backup.tgz")
+    );
     assert!(ours.contains("data/sub/inner"), "{ours}");
     // And root's archive (root-only, in a 0700 directory) back out into
     // a directory of nobody's: the same files as root extracts.
-    let extract = |into: &Path, under_run: bool| {
-        fs::create_dir(into).unwrap();
-        std::os::unix::fs::chown(into, Some(NOBODY), Some(NOBODY)).unwrap();
-        let args = [
-            "xzf",
-            root_archive.to_str().unwrap(),
-            "-C",
-            into.to_str().unwrap(),
-        ];
-        let out = if under_run {
-            t.setup.run(&[&["/usr/bin/tar"][..], &args].concat())
-        } else {
-            Command::new("/usr/bin/tar").args(args).output().unwrap()
-        };
-        assert!(out.status.success(), "{out:?}");
-        let listed = Command::new("/usr/bin/find")
-            .arg(into)
-            .args(["-printf", "%P %y %m %s %l\n"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&listed.stdout).into_owned()
-    };
-    let ours = extract(&t.setup.server.path("by-nobody"), true);
-    assert_eq!(ours, extract(&t.setup.server.path("by-root"), false));
+    let [ours, roots] = t.both_ways(
+        |into| {
+            [
+                "/usr/bin/tar",
+                "xzf",
+                root_archive.to_str().unwrap(),
+                "-C",
+                into,
+            ]
+            .map(String::from)
+            .to_vec()
+        },
+        "find . -printf '%P %y %m %s %l\\n' | sort",
+    );
+    assert_eq!(ours, roots);
     assert!(ours.contains("data/sub/inner f 600 11"), "{ours}");
 }
 
@@ -469,27 +490,17 @@ fn cp_a_keeps_modes_xattrs_and_acls_of_a_0700_tree() {
         return;
     }
     fs::set_permissions(t.data("sub"), fs::Permissions::from_mode(0o750)).unwrap();
-    let copy = |into: &Path, under_run: bool| -> String {
-        fs::create_dir(into).unwrap();
-        std::os::unix::fs::chown(into, Some(NOBODY), Some(NOBODY)).unwrap();
-        let to = into.join("data");
-        let args = ["/usr/bin/cp", "-a", &t.data(""), to.to_str().unwrap()];
-        let out = if under_run {
-            t.setup.run(&args)
-        } else {
-            Command::new(args[0]).args(&args[1..]).output().unwrap()
-        };
-        assert!(out.status.success(), "{out:?}");
-        let described = Command::new("/bin/sh")
-            .arg("-c")
-            .arg("find . -printf '%P %y %m %s %l\\n' | sort; getfattr -R -d . ; getfacl -R -p . | grep -v '^# owner\\|^# group\\|^user::\\|^group::'")
-            .current_dir(&to)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&described.stdout).into_owned()
-    };
-    let ours = copy(&t.setup.server.path("by-nobody"), true);
-    assert_eq!(ours, copy(&t.setup.server.path("by-root"), false));
+    let [ours, roots] = t.both_ways(
+        |into| {
+            let to = format!("{into}/data");
+            ["/usr/bin/cp", "-a", &t.data(""), &to]
+                .map(String::from)
+                .to_vec()
+        },
+        "cd data && find . -printf '%P %y %m %s %l\\n' | sort; getfattr -R -d . ; \
+         getfacl -R -p . | grep -v '^# owner\\|^# group\\|^user::\\|^group::'",
+    );
+    assert_eq!(ours, roots);
     assert!(ours.contains("sub d 750"), "{ours}");
     assert!(ours.contains("user.origin=\"fdopen\""), "{ours}");
     assert!(ours.contains("user:nobody:r--"), "{ours}");
@@ -505,25 +516,17 @@ fn rsync_a_copies_a_world_searchable_tree_of_root_only_files() {
     for dir in [t.data(""), t.data("sub")] {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o711)).unwrap();
     }
-    let copy = |into: &Path, under_run: bool| -> String {
-        fs::create_dir(into).unwrap();
-        std::os::unix::fs::chown(into, Some(NOBODY), Some(NOBODY)).unwrap();
-        let args = ["/usr/bin/rsync", "-a", &t.data(""), into.to_str().unwrap()];
-        let out = if under_run {
-            t.setup.run(&args)
-        } else {
-            Command::new(args[0]).args(&args[1..]).output().unwrap()
-        };
-        assert!(out.status.success(), "{out:?}");
-        let listed = Command::new("/usr/bin/find")
-            .arg(into)
-            .args(["-printf", "%P %y %m %s %l %T@\\n"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&listed.stdout).into_owned()
-    };
-    let ours = copy(&t.setup.server.path("by-nobody"), true);
-    assert_eq!(ours, copy(&t.setup.server.path("by-root"), false));
+    let [ours, roots] = t.both_ways(
+        |into| {
+            ["/usr/bin/rsync", "-a", &t.data(""), into]
+                .map(String::from)
+                .to_vec()
+        },
+        // Files keep their mtimes; a directory's and a link's are the
+        // copy's own (rsync sets them as it goes), for root too.
+        "find . -printf '%P %y %m %s %l\\n' | sort; find . -type f -printf '%P %T@\\n' | sort",
+    );
+    assert_eq!(ours, roots);
     assert!(ours.contains("sub/inner f 600 11"), "{ours}");
 }
 

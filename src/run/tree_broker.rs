@@ -107,11 +107,7 @@ impl Broker {
                             Some(Answer::Errno(libc::ENOTDIR))
                         }
                         TreeReply::Stat { stat, .. } => {
-                            let bytes = match layout {
-                                StatLayout::Stat => stat_bytes(&statx_of(&stat)),
-                                StatLayout::Statx => statx_bytes(&statx_of(&stat)),
-                            };
-                            write(memory.as_ref(), out, &bytes, 0)
+                            write(memory.as_ref(), out, &laid_out(&stat, layout), 0)
                         }
                         _ => None,
                     })?
@@ -183,10 +179,7 @@ impl Broker {
             } => {
                 let name = xattr_name(target, name)?;
                 let (path, held) = self.brokered_file(target, fd)?;
-                let memory = TargetMemory::open(target.tid).map_err(|_| Untouched)?;
-                if !self.listener.still_valid(call.id) {
-                    return Err(Untouched);
-                }
+                let memory = self.memory(call, target)?;
                 // The path the fd's link shows must still name that file.
                 let stat = TreeRequest::stat(&path).nofollow(true);
                 match ask_for_errno(client, &self.socket, |c| c.tree(&stat)) {
@@ -271,15 +264,23 @@ impl Broker {
         }
         let tgid = target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
         let resolved = named.prove(target, tgid)?;
-        let memory = if writes_memory {
-            Some(TargetMemory::open(target.tid).map_err(|_| Untouched)?)
-        } else {
-            None
-        };
+        if writes_memory {
+            return Ok((resolved, Some(self.memory(call, target)?)));
+        }
         if !self.listener.still_valid(call.id) {
             return Err(Untouched);
         }
-        Ok((resolved, memory))
+        Ok((resolved, None))
+    }
+
+    /// The task's memory, opened, then `ID_VALID` checked: what was read
+    /// came from the task that trapped, and what we write goes to it.
+    fn memory(&self, call: &Notification, target: &Target) -> Result<TargetMemory, Untouched> {
+        let memory = TargetMemory::open(target.tid).map_err(|_| Untouched)?;
+        if !self.listener.still_valid(call.id) {
+            return Err(Untouched);
+        }
+        Ok(memory)
     }
 
     /// [`prepare`] for `rename`'s two paths: one `within` must hold both
@@ -381,19 +382,11 @@ impl Broker {
         client: &mut Option<Client>,
     ) -> Result<Answer, Untouched> {
         let (_, real) = self.placeholder(target, fd)?;
-        let memory = TargetMemory::open(target.tid).map_err(|_| Untouched)?;
-        if !self.listener.still_valid(call.id) {
-            return Err(Untouched);
-        }
+        let memory = self.memory(call, target)?;
         let request = TreeRequest::stat(&real.path).within(client_within(&real));
         match ask_for_errno(client, &self.socket, |c| c.tree(&request)) {
             Ok(TreeReply::Stat { stat, .. }) if (stat.dev, stat.ino) == (real.dev, real.ino) => {
-                let stx = statx_of(&stat);
-                let bytes = match layout {
-                    StatLayout::Stat => stat_bytes(&stx),
-                    StatLayout::Statx => statx_bytes(&stx),
-                };
-                write(Some(&memory), out, &bytes, 0).ok_or(Untouched)
+                write(Some(&memory), out, &laid_out(&stat, layout), 0).ok_or(Untouched)
             }
             _ => Err(Untouched),
         }
@@ -413,10 +406,7 @@ impl Broker {
         client: &mut Option<Client>,
     ) -> Result<Answer, Untouched> {
         let (key, real) = self.placeholder(target, fd)?;
-        let memory = TargetMemory::open(target.tid).map_err(|_| Untouched)?;
-        if !self.listener.still_valid(call.id) {
-            return Err(Untouched);
-        }
+        let memory = self.memory(call, target)?;
         let needs = self
             .dir_streams
             .with(key, |s| s.needs_listing())
@@ -647,6 +637,15 @@ fn own_proc(path: &Path) -> bool {
         Some("self" | "thread-self") => true,
         Some(name) => name.bytes().all(|b| b.is_ascii_digit()),
         None => false,
+    }
+}
+
+/// A `stat` answer in the struct the call wants.
+fn laid_out(stat: &Metadata, layout: StatLayout) -> Vec<u8> {
+    let stx = statx_of(stat);
+    match layout {
+        StatLayout::Stat => stat_bytes(&stx),
+        StatLayout::Statx => statx_bytes(&stx),
     }
 }
 

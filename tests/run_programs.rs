@@ -348,7 +348,7 @@ fn tar_czf_of_a_0700_tree_and_tar_xzf_of_it_match_roots() {
     let root_archive = Path::new(&root_archive);
     let root = Command::new("/usr/bin/tar")
         .args(["czf"])
-        .arg(&root_archive)
+        .arg(root_archive)
         .args(["-C", &parent, "data"])
         .status()
         .unwrap();

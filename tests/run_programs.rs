@@ -208,10 +208,11 @@ fn python_exists_access_and_a_missing_name_in_a_0700_directory() {
 import os, errno
 print(os.path.exists({secret:?}), os.path.exists({missing:?}), os.path.isdir({sub:?}))
 print(os.access({secret:?}, os.R_OK), os.access({missing:?}, os.F_OK), os.access({file:?}, os.W_OK))
-try:
-    os.stat({missing:?})
-except OSError as e:
-    print(errno.errorcode[e.errno])
+for call in (os.stat, open):
+    try:
+        call({missing:?})
+    except OSError as e:
+        print(errno.errorcode[e.errno])
 print(os.lstat({link:?}).st_size, os.readlink({link:?}))
 "#,
         secret = t.data("secret"),
@@ -221,7 +222,10 @@ print(os.lstat({link:?}).st_size, os.readlink({link:?}))
         file = t.work("file"),
     );
     let out = t.same_as_root(&[PYTHON, "-c", &script]);
-    assert_eq!(out, "True False True\nTrue False True\nENOENT\n6 secret\n");
+    assert_eq!(
+        out,
+        "True False True\nTrue False True\nENOENT\nENOENT\n6 secret\n"
+    );
 }
 
 #[test]
@@ -649,4 +653,21 @@ fn nginx_serves_a_0700_docroot_with_index_and_autoindex_on_a_privileged_port() {
     assert_eq!(file.1, "numbers\n", "{file:?} {log}");
     // A missing name is 404, not the 403 of a directory nginx cannot search.
     assert!(missing.0.contains("404"), "{missing:?} {log}");
+}
+
+#[test]
+fn fchdir_to_a_directory_stream_then_relative_calls() {
+    let Some(t) = Tree::new() else { return };
+    let script = format!(
+        r#"
+import os
+fd = os.open({sub:?}, os.O_RDONLY | os.O_DIRECTORY)
+os.fchdir(fd)
+print(sorted(os.listdir(".")), os.stat("inner").st_size, open("inner").read(), end="")
+print(os.path.samestat(os.fstat(fd), os.stat({sub:?})))
+"#,
+        sub = t.data("sub"),
+    );
+    let out = t.same_as_root(&[PYTHON, "-c", &script]);
+    assert_eq!(out, "['inner'] 11 inner-data\nTrue\n");
 }

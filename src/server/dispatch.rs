@@ -480,6 +480,7 @@ fn finish_tree(
     };
     let quiet = !request.op.changes() && !job.audit_metadata;
     if recorded || quiet {
+        audit.count(&record);
         return Outgoing::new(bytes, None, None);
     }
     let end = audit.append(&record);

@@ -122,22 +122,30 @@ fn threads(pid: u32) -> usize {
         .unwrap()
 }
 
-#[test]
-fn a_hung_filesystem_times_out_one_request_and_stalls_nobody() {
+/// A scratch directory holding `local.txt`, with a [`HangingFs`] mounted
+/// at `fuse/`; `None`, the reason printed, where FUSE cannot be mounted.
+fn mount_hanging() -> Option<(tempfile::TempDir, Mounted, Arc<Gate>)> {
     if let Err(why) = common::fuse::available() {
         eprintln!("skipped: {why}");
-        return;
+        return None;
     }
     let dir = scratch();
     fs::write(dir.path().join("local.txt"), "local").unwrap();
     let gate = Arc::new(Gate::default());
     let fs = HangingFs { gate: gate.clone() };
-    let mounted = match Mounted::new(&dir.path().join("fuse"), fs) {
-        Ok(m) => m,
+    match Mounted::new(&dir.path().join("fuse"), fs) {
+        Ok(mounted) => Some((dir, mounted, gate)),
         Err(e) => {
             eprintln!("skipped: cannot mount a FUSE filesystem here: {e}");
-            return;
+            None
         }
+    }
+}
+
+#[test]
+fn a_hung_filesystem_times_out_one_request_and_stalls_nobody() {
+    let Some((dir, mounted, gate)) = mount_hanging() else {
+        return;
     };
     let _release = ReleaseOnDrop(gate.clone());
 
@@ -282,20 +290,8 @@ fn a_hung_filesystem_times_out_one_request_and_stalls_nobody() {
 
 #[test]
 fn tree_requests_on_a_hung_filesystem_time_out_like_opens() {
-    if let Err(why) = common::fuse::available() {
-        eprintln!("skipped: {why}");
+    let Some((dir, mounted, gate)) = mount_hanging() else {
         return;
-    }
-    let dir = scratch();
-    fs::write(dir.path().join("local.txt"), "local").unwrap();
-    let gate = Arc::new(Gate::default());
-    let fs = HangingFs { gate: gate.clone() };
-    let mounted = match Mounted::new(&dir.path().join("fuse"), fs) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("skipped: cannot mount a FUSE filesystem here: {e}");
-            return;
-        }
     };
     let _release = ReleaseOnDrop(gate.clone());
     let d = glob(dir.path());

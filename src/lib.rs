@@ -57,5 +57,8 @@ pub mod echo;
 #[cfg(feature = "cli")]
 pub mod run;
 
-pub use client::{BindOptions, Client, Error, OpenOptions, WakeEvent, Wakeups, Woken};
+pub use client::{
+    BindOptions, Client, DirEntry, DirPage, Error, FileType, Metadata, OpenOptions, ReadDir,
+    Reconnect, Timestamp, TreeReply, TreeRequest, WakeEvent, Wakeups, Within, Woken,
+};
 pub use protocol::{Create, ErrorCode, Grant, Mode, ServerError, ServerInfo};

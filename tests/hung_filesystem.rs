@@ -47,7 +47,7 @@ impl Gate {
     }
 }
 
-/// Lets every lookup go when dropped: declared after the mount, it is
+/// Lets every lookup go when dropped: held after the mount, it is
 /// dropped before it, so a failing test never leaves the filesystem's
 /// thread waiting.
 struct ReleaseOnDrop(Arc<Gate>);
@@ -147,12 +147,12 @@ fn a_hung_filesystem_times_out_one_request_and_stalls_nobody() {
     let Some((dir, mounted, gate)) = mount_hanging() else {
         return;
     };
-    let _release = ReleaseOnDrop(gate.clone());
+    let release = ReleaseOnDrop(gate.clone());
 
     let d = glob(dir.path());
     let policy = json!({"rules": [{"name": "all", "paths": [format!("{d}/**")]}]}).to_string();
     // One worker: the hung request and everyone else share its thread.
-    let s = TestServer::start_in(
+    let mut s = TestServer::start_in(
         dir,
         &policy,
         &[
@@ -166,6 +166,9 @@ fn a_hung_filesystem_times_out_one_request_and_stalls_nobody() {
     );
     let pid = s.pid();
     let hung_file = mounted.point.join("file.txt");
+    // Gone with the server, before its directory: the release first.
+    s.hold(mounted);
+    s.hold(release);
     let local = s.path("local.txt");
 
     // While it answers, the FUSE file is granted like any other.

@@ -26,8 +26,8 @@ use crate::socket_path;
 #[command(after_help = SEE_ALSO)]
 #[command(name = "fdopen-client", version, max_term_width = 100)]
 pub struct Cli {
-    /// Socket of the server [default: /run/fdopen/fdopen.sock as root,
-    /// else $XDG_RUNTIME_DIR/fdopen.sock]
+    /// Socket of the server [default: /run/fdopen/fdopen.sock if it
+    /// exists, else $XDG_RUNTIME_DIR/fdopen.sock]
     #[arg(long, env = "FDOPEN_SOCKET", global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -125,6 +125,8 @@ pub enum ClientCommand {
         json: bool,
     },
     #[command(flatten)]
+    Tree(super::tree::TreeCommand),
+    #[command(flatten)]
     Held(super::held::HeldCommand),
     /// Line-echo demo: the server passes you its standard output; each
     /// line of your standard input is written to it (SPEC §9).
@@ -141,12 +143,13 @@ pub fn main() -> i32 {
     crate::logging::set_program("fdopen-client");
     let cli = Cli::parse();
     if let ClientCommand::Completions { shell } = cli.command {
-        super::print_completions::<Cli>(shell, "fdopen-client");
+        super::completions::print::<Cli>(shell, "fdopen-client");
         return exit::OK;
     }
+    let defaulted = cli.socket.is_none();
     let socket = match socket_path::resolve_for_client(cli.socket) {
         Ok(path) => path,
-        Err(e) => return fail(exit::USAGE, &e),
+        Err(e) => return fail(exit::UNREACHABLE, &e),
     };
     let outcome = match cli.command {
         ClientCommand::Echo => {
@@ -164,7 +167,7 @@ pub fn main() -> i32 {
             };
             return match crate::run::run(&socket, &options) {
                 Ok(code) => code,
-                Err(RunError::Client(e)) => fail(error_exit_code(&e), &e),
+                Err(RunError::Client(e)) => report(e, defaulted),
                 Err(e) => fail(exit::USAGE, &e),
             };
         }
@@ -172,7 +175,19 @@ pub fn main() -> i32 {
     };
     match outcome {
         Ok(code) => code,
-        Err(e) => fail(error_exit_code(&e), &e),
+        Err(e) => report(e, defaulted),
+    }
+}
+
+/// Says what failed and returns the exit code; a server nobody answered
+/// for is named with every path tried and how to start one (SPEC §1).
+fn report(e: Error, defaulted: bool) -> i32 {
+    match e {
+        Error::Connect { path, source } => fail(
+            exit::UNREACHABLE,
+            &socket_path::no_server(path, source, defaulted),
+        ),
+        e => fail(error_exit_code(&e), &e),
     }
 }
 
@@ -248,6 +263,7 @@ fn run(client: &mut Client, command: ClientCommand) -> Result<i32, Error> {
             }
             Ok(exit::OK)
         }
+        ClientCommand::Tree(tree) => super::tree::run(client, tree),
         ClientCommand::Held(held) => super::held::run(client, held),
         ClientCommand::Stats { prometheus } => {
             let stats = client.stats()?;
@@ -467,10 +483,12 @@ fn absolute(path: PathBuf) -> PathBuf {
 fn error_exit_code(e: &Error) -> i32 {
     match e {
         Error::Refused(_) => exit::REFUSED,
-        Error::Connect { .. } | Error::Io(_) | Error::Protocol(_) | Error::OutOfStep => {
-            exit::UNREACHABLE
-        }
-        Error::RelativePath(_) | Error::NoSocket(_) => exit::USAGE,
+        Error::Connect { .. }
+        | Error::Io(_)
+        | Error::Protocol(_)
+        | Error::OutOfStep
+        | Error::Lost => exit::UNREACHABLE,
+        Error::RelativePath(_) | Error::NoSocket(_) | Error::NoSocketToReconnect => exit::USAGE,
     }
 }
 
@@ -497,6 +515,7 @@ impl CreateArgs {
             create: self.flags.create.unwrap_or_default(),
             perm: self.perm,
             truncate: self.flags.truncate,
+            ..OpenOptions::default()
         }
     }
 }

@@ -7,8 +7,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use super::listener::Notification;
+use super::narrowing::Narrowing;
 use super::target::Target;
 use crate::address::Transport;
+
+/// `sizeof(struct sockaddr_storage)`: the longest address `bind` takes.
+const SOCKADDR_STORAGE: usize = 128;
+/// The length of RFC 2133's `sockaddr_in6`, without `sin6_scope_id`.
+const SIN6_LEN_RFC2133: usize = 24;
 
 /// What a trapped `bind` asks for, before the socket itself is looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,9 +34,14 @@ impl BindArgs {
         unprivileged_start: u16,
     ) -> Option<BindArgs> {
         let sockfd = call.args[0] as RawFd;
-        let len = call.args[2].min(128) as usize;
-        let mut raw = [0u8; 128];
-        if len < 2 || target.read_memory(call.args[1], &mut raw[..len]) != len {
+        // The kernel takes the length as an int and refuses (EINVAL) one
+        // below 0 or beyond a sockaddr_storage; the call then continues
+        // so that the program gets that refusal.
+        let len = usize::try_from(call.args[2] as u32 as i32).ok()?;
+        let mut raw = [0u8; SOCKADDR_STORAGE];
+        if !(2..=SOCKADDR_STORAGE).contains(&len)
+            || target.read_memory(call.args[1], &mut raw[..len]) != len
+        {
             return None;
         }
         let family = i32::from(u16::from_ne_bytes([raw[0], raw[1]]));
@@ -39,10 +50,18 @@ impl BindArgs {
             return None;
         }
         let ip = match family {
-            libc::AF_INET if len >= 16 => IpAddr::V4(Ipv4Addr::new(raw[4], raw[5], raw[6], raw[7])),
-            libc::AF_INET6 if len >= 28 => {
+            libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+                IpAddr::V4(Ipv4Addr::new(raw[4], raw[5], raw[6], raw[7]))
+            }
+            // RFC 2133's sockaddr_in6 has no sin6_scope_id; the kernel
+            // accepts it and reads the scope only from a longer one.
+            libc::AF_INET6 if len >= SIN6_LEN_RFC2133 => {
                 let octets: [u8; 16] = raw[8..24].try_into().unwrap();
-                let scope_id = u32::from_ne_bytes(raw[24..28].try_into().unwrap());
+                let scope_id = if len >= size_of::<libc::sockaddr_in6>() {
+                    u32::from_ne_bytes(raw[24..28].try_into().unwrap())
+                } else {
+                    0
+                };
                 let ip = Ipv6Addr::from(octets);
                 if scope_id != 0 || ip.to_ipv4_mapped().is_some() {
                     return None;
@@ -58,7 +77,7 @@ impl BindArgs {
     }
 }
 
-fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
+pub(super) fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
     let mut value: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: an int-sized buffer for an int option.
@@ -77,7 +96,7 @@ fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
     Ok(value)
 }
 
-fn set_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
+pub(super) fn set_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: an int option from an int.
     let rc = unsafe {
         libc::setsockopt(
@@ -95,16 +114,19 @@ fn set_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<
 }
 
 /// The program's socket, as far as the server's `bind` request goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ProgramSocket {
     pub transport: Transport,
     pub reuseport: bool,
     pub v6only: bool,
+    /// What the granted socket must get too, or not be used.
+    pub narrowing: Narrowing,
 }
 
 impl ProgramSocket {
-    /// A TCP or UDP socket of `address`'s family that is not bound yet;
-    /// `None` for anything else.
+    /// A TCP or UDP socket of `address`'s family that is not bound yet
+    /// and has nothing narrowing it that could not be copied; `None` for
+    /// anything else.
     pub fn inspect(fd: BorrowedFd<'_>, address: &SocketAddr) -> Option<ProgramSocket> {
         let domain = get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
         let wanted_domain = if address.is_ipv4() {
@@ -128,6 +150,7 @@ impl ProgramSocket {
             transport,
             reuseport: get_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT).ok()? != 0,
             v6only,
+            narrowing: Narrowing::read(fd).ok()?,
         })
     }
 
@@ -215,13 +238,53 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
+    /// `bind(3, addr, len)` trapped in this very process.
+    fn decode(addr: &[u8], len: u64) -> Option<BindArgs> {
+        let call = Notification {
+            id: 0,
+            tid: std::process::id() as i32,
+            nr: libc::SYS_bind,
+            args: [3, addr.as_ptr() as u64, len, 0, 0, 0],
+        };
+        let target = Target { tid: call.tid };
+        BindArgs::decode(&call, &target, 1024)
+    }
+
+    #[test]
+    fn address_lengths_are_the_kernels() {
+        let mut v6 = [0u8; 128];
+        v6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        v6[2..4].copy_from_slice(&80u16.to_be_bytes());
+        v6[23] = 1; // ::1
+        let loopback: SocketAddr = "[::1]:80".parse().unwrap();
+        // RFC 2133's 24 bytes, the full 28, anything up to 128; the
+        // kernel reads the length as an int, so the register's upper half
+        // does not count.
+        for len in [24, 28, 128, (1 << 32) | 28] {
+            assert_eq!(decode(&v6, len).map(|b| b.address), Some(loopback), "{len}");
+        }
+        // The kernel refuses these with EINVAL: the call continues.
+        for len in [23, 129, u64::from(u32::MAX)] {
+            assert_eq!(decode(&v6, len), None, "{len}");
+        }
+        // A scope is read only from an address long enough to hold one.
+        v6[24] = 2;
+        assert_eq!(decode(&v6, 28), None, "scoped");
+        assert_eq!(decode(&v6, 24).map(|b| b.address), Some(loopback));
+        let mut v4 = [0u8; 16];
+        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&80u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        assert!(decode(&v4, 16).is_some());
+        assert_eq!(decode(&v4, 15), None);
+    }
+
     #[test]
     fn sees_an_unbound_tcp_socket_and_its_options() {
         let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr: SocketAddr = "127.0.0.1:80".parse().unwrap();
-        assert_eq!(
-            ProgramSocket::inspect(s.as_fd(), &addr),
-            None,
+        assert!(
+            ProgramSocket::inspect(s.as_fd(), &addr).is_none(),
             "already bound"
         );
         // SAFETY: a fresh socket.
@@ -233,9 +296,8 @@ mod tests {
         assert_eq!(seen.transport, Transport::Udp);
         assert!(seen.reuseport);
         assert_eq!(seen.address(&v6), "udp:[::1]:53");
-        assert_eq!(
-            ProgramSocket::inspect(fd.as_fd(), &addr),
-            None,
+        assert!(
+            ProgramSocket::inspect(fd.as_fd(), &addr).is_none(),
             "family differs"
         );
     }

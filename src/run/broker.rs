@@ -2,17 +2,19 @@
 //! exactly one answer: the server's grant installed in the task, or the
 //! syscall continued with the task's own rights (SPEC §8: `run` only adds).
 
+use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::bind_call::{BindArgs, ProgramSocket, copy_options};
 use super::listener::{Install, Listener, Notification, target_gone};
-use super::open_call::{Brokerable, OpenArgs, absolute_path};
+use super::open_call::{Brokerable, OpenArgs, OpenPath, absolute_path};
 use super::scope::BrokerScope;
 use super::target::{Identity, Target};
+use super::within::Within;
 use crate::address::BindAddress;
-use crate::client::{BindOptions, Client};
+use crate::client::{BindOptions, Client, OpenOptions};
 
 /// How long a supervisor thread waits for one answer before it gives the
 /// connection up; the server's own `--fs-timeout` answers far sooner.
@@ -77,30 +79,101 @@ impl Broker {
         {
             return Err(Untouched);
         }
-        target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
+        let tgid = target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
+        let within = match base {
+            Some(base) => Some(Within::prove(target, tgid, args.dirfd, base).ok_or(Untouched)?),
+            None => None,
+        };
+        let call_path = OpenPath { path, within };
         let umask = if wanted.create.is_requested() {
             target.umask().ok_or(Untouched)?
         } else {
             0
         };
+        // A file the server creates stays created: only ask when the fd
+        // can be installed (the kernel itself checks the table before it
+        // creates anything). Another thread sharing the table can still
+        // fill it before the install, and the file then stays: ADDFD
+        // cannot reserve a slot, since a placeholder could not be closed
+        // again if the server refuses.
+        if wanted.create.is_requested() && target.has_free_fd() != Some(true) {
+            return Err(Untouched);
+        }
         // Everything above was read from the task that trapped, not from
         // a recycled tid, only if its notification is still pending.
         if !self.listener.still_valid(call.id) {
             return Err(Untouched);
         }
         let options = wanted.options(umask);
-        let (file, _) = ask(client, &self.socket, |c| c.open_with(&path, &options))?;
+        let file = self.request_file(client, &call_path.path, &options)?;
         if wanted.status_flags != 0 {
             set_status_flags(&file, wanted.status_flags)?;
         }
-        let how = Install::AsResult {
-            cloexec: wanted.cloexec,
+        self.deliver(call, &file, wanted.cloexec, options.truncate)
+    }
+
+    /// The server's fd for `path`. Truncation cannot be undone, so it is
+    /// never the server's: the server is asked whether it would
+    /// truncate (`check`), then opens without, and [`Broker::deliver`]
+    /// truncates once the fd is the program's.
+    fn request_file(
+        &self,
+        client: &mut Option<Client>,
+        path: &Path,
+        options: &OpenOptions,
+    ) -> Result<File, Untouched> {
+        let truncation = if options.truncate {
+            Some(ask(client, &self.socket, |c| c.check_with(path, options))?)
+        } else {
+            None
         };
-        match self.listener.install(call.id, file.as_raw_fd(), how) {
-            Ok(_) => Ok(()),
-            Err(e) if target_gone(&e) => Ok(()),
-            Err(_) => Err(Untouched),
+        let without_truncate = options.clone().truncate(false);
+        let (file, grant) = ask(client, &self.socket, |c| {
+            c.open_with(path, &without_truncate)
+        })?;
+        // The server judged truncation for the same real path it opened
+        // (a symlink changed in between could point elsewhere). Rules are
+        // picked by path, then by the file's size and age: a file of
+        // another size swapped in at that path between the two requests
+        // is the window left.
+        if truncation.is_some_and(|t| (t.path, t.path_b64) != (grant.path, grant.path_b64)) {
+            return Err(Untouched);
         }
+        Ok(file)
+    }
+
+    /// Installs `file` as the result of the call, truncated first if the
+    /// call asked: the syscall stays pending until then, so the program
+    /// cannot write to the file before the truncation.
+    fn deliver(
+        &self,
+        call: &Notification,
+        file: &File,
+        cloexec: bool,
+        truncate: bool,
+    ) -> Result<(), Untouched> {
+        let how = if truncate {
+            Install::Pending { cloexec }
+        } else {
+            Install::AsResult { cloexec }
+        };
+        let fd = match self.listener.install(call.id, file.as_raw_fd(), how) {
+            Ok(fd) => fd,
+            Err(e) if target_gone(&e) => return Ok(()),
+            Err(_) => return Err(Untouched),
+        };
+        if truncate {
+            match file.set_len(0) {
+                Ok(()) => self.listener.answer(call.id, i64::from(fd)),
+                // The fd is in the program's table already and cannot be
+                // taken back; the open fails as a kernel open whose
+                // O_TRUNC failed would, leaving the file as it was.
+                Err(e) => self
+                    .listener
+                    .fail(call.id, e.raw_os_error().unwrap_or(libc::EIO)),
+            }
+        }
+        Ok(())
     }
 
     fn bind(
@@ -131,6 +204,10 @@ impl Broker {
         };
         let (granted, _) = ask(client, &self.socket, |c| c.bind_with(&address, &options))?;
         copy_options(theirs.as_fd(), granted.as_fd(), socket.transport).map_err(|_| Untouched)?;
+        socket
+            .narrowing
+            .apply(granted.as_fd())
+            .map_err(|_| Untouched)?;
         let how = Install::At {
             fd: args.sockfd,
             cloexec,

@@ -21,6 +21,10 @@ pub enum Install {
     /// At the lowest free number, answering the syscall with it
     /// (`SECCOMP_ADDFD_FLAG_SEND`).
     AsResult { cloexec: bool },
+    /// At the lowest free number, which `install` returns; the syscall
+    /// stays pending, so the supervisor can finish what the call asked
+    /// (a truncation) before the program can use the fd.
+    Pending { cloexec: bool },
     /// At exactly `fd`, replacing what is there; the syscall stays pending.
     At { fd: RawFd, cloexec: bool },
 }
@@ -139,6 +143,11 @@ impl Listener {
         self.send(id, val, 0, 0);
     }
 
+    /// Fails the syscall with `errno`.
+    pub fn fail(&self, id: u64, errno: i32) {
+        self.send(id, 0, -errno, 0);
+    }
+
     /// Installs a duplicate of `fd` in the target; returns its number there.
     pub fn install(&self, id: u64, fd: RawFd, how: Install) -> io::Result<RawFd> {
         let cloexec_flag = |on: bool| if on { libc::O_CLOEXEC as u32 } else { 0 };
@@ -148,6 +157,7 @@ impl Listener {
                 0,
                 cloexec_flag(cloexec),
             ),
+            Install::Pending { cloexec } => (0, 0, cloexec_flag(cloexec)),
             Install::At { fd, cloexec } => (
                 libc::SECCOMP_ADDFD_FLAG_SETFD as u32,
                 fd as u32,

@@ -12,15 +12,19 @@
 //! Layout: `filter` builds and installs the filter, `listener` speaks
 //! the notification ioctls, `target` reads the trapped task,
 //! `open_call` and `bind_call` decode the two kinds of call,
+//! `narrowing` carries what confines the program's socket to the granted one,
+//! `within` proves the directory a relative call starts from,
 //! `scope` decides which are worth asking, `broker` answers one.
 
 mod bind_call;
 mod broker;
 mod filter;
 mod listener;
+mod narrowing;
 mod open_call;
 mod scope;
 mod target;
+mod within;
 
 use std::ffi::OsString;
 use std::io;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::listener::Notification;
 use super::target::Target;
+use super::within::Within;
 use crate::client::OpenOptions;
 use crate::protocol::{Create, Mode};
 
@@ -84,6 +85,14 @@ fn open_how(target: &Target, addr: u64, size: u64) -> Option<(i32, u32)> {
     Some((flags as i32, mode as u32))
 }
 
+/// Where an open points: the absolute path asked of the server and, for
+/// a relative call, the directory it was proved to start from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenPath {
+    pub path: PathBuf,
+    pub within: Option<Within>,
+}
+
 /// An open the server can do exactly as the program asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Brokerable {
@@ -114,6 +123,13 @@ impl Brokerable {
         if flags & UNTOUCHABLE != 0 {
             return None;
         }
+        // `F_SETFL` may refuse these (`O_NOATIME` on a file the program
+        // does not own, `O_DIRECT` where the filesystem lacks it), and
+        // only once the server has created the file, which would stay.
+        let creating = flags & libc::O_CREAT != 0;
+        if creating && flags & (libc::O_NOATIME | libc::O_DIRECT) != 0 {
+            return None;
+        }
         let append = flags & libc::O_APPEND != 0;
         let mode_wanted = match (flags & libc::O_ACCMODE, append) {
             (libc::O_RDONLY, false) => Mode::Read,
@@ -122,7 +138,7 @@ impl Brokerable {
             (libc::O_RDWR, false) => Mode::ReadWrite,
             _ => return None,
         };
-        let create = match (flags & libc::O_CREAT != 0, flags & libc::O_EXCL != 0) {
+        let create = match (creating, flags & libc::O_EXCL != 0) {
             (false, _) => Create::No,
             (true, false) => Create::Yes,
             (true, true) => Create::Exclusive,
@@ -226,6 +242,12 @@ mod tests {
             Brokerable::from_flags(libc::O_WRONLY | libc::O_CREAT, 0o4755),
             None
         );
+        // F_SETFL could refuse them only after the server created the file.
+        for flag in [libc::O_NOATIME, libc::O_DIRECT] {
+            let creating = libc::O_WRONLY | libc::O_CREAT | flag;
+            assert_eq!(Brokerable::from_flags(creating, 0o644), None, "{flag:o}");
+            assert!(Brokerable::from_flags(libc::O_WRONLY | flag, 0).is_some());
+        }
     }
 
     #[test]

@@ -113,13 +113,7 @@ const PIDFD_GET_INFO: libc::Ioctl =
 /// The task's ids from a thread pidfd, or `None` where the kernel lacks
 /// `PIDFD_THREAD` or `PIDFD_GET_INFO`.
 fn pidfd_credentials(tid: i32) -> Option<Credentials> {
-    // SAFETY: pidfd_open with integer arguments; the result is ours.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) };
-    if pidfd < 0 {
-        return None;
-    }
-    // SAFETY: a fresh descriptor we own.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let pidfd = pidfd_open(tid, PIDFD_THREAD).ok()?;
     let mut info = PidfdInfo {
         mask: PIDFD_INFO_PID | PIDFD_INFO_CREDS,
         ..PidfdInfo::default()
@@ -281,17 +275,16 @@ impl Target {
             .and_then(|v| i32::from_str_radix(v.trim(), 8).ok())
     }
 
-    /// A duplicate of the target's descriptor `fd` (`pidfd_getfd`).
+    /// A duplicate of the target's descriptor `fd` (`pidfd_getfd`), taken
+    /// from the trapped thread's own table where the kernel can name a
+    /// thread (`PIDFD_THREAD`, 6.9+; a thread may have unshared its
+    /// table), else from its thread group's.
     pub fn duplicate_fd(&self, tgid: i32, fd: RawFd) -> io::Result<OwnedFd> {
-        // SAFETY: raw syscalls with integer arguments; the results are
-        // fresh descriptors we own.
+        let pidfd = pidfd_open(self.tid, PIDFD_THREAD).or_else(|_| pidfd_open(tgid, 0))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: a raw syscall with integer arguments; the result is a
+        // fresh descriptor we own.
         unsafe {
-            let pidfd = libc::syscall(libc::SYS_pidfd_open, tgid, 0);
-            if pidfd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let pidfd = OwnedFd::from_raw_fd(pidfd as RawFd);
-            use std::os::fd::AsRawFd;
             let dup = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
             if dup < 0 {
                 return Err(io::Error::last_os_error());
@@ -299,6 +292,74 @@ impl Target {
             Ok(OwnedFd::from_raw_fd(dup as RawFd))
         }
     }
+
+    /// `st_dev` and `st_ino` of the directory the task holds as `dirfd`
+    /// (its cwd for `AT_FDCWD`: `/proc/TID/cwd` opened, then `fstat`);
+    /// `None` for anything that is not a directory.
+    pub fn directory_id(&self, tgid: i32, dirfd: i32) -> Option<(u64, u64)> {
+        let held = if dirfd == libc::AT_FDCWD {
+            use std::os::unix::fs::OpenOptionsExt;
+            let cwd = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(self.proc("cwd"))
+                .ok()?;
+            OwnedFd::from(cwd)
+        } else if dirfd >= 0 {
+            self.duplicate_fd(tgid, dirfd).ok()?
+        } else {
+            return None;
+        };
+        let meta = fs::File::from(held).metadata().ok()?;
+        meta.is_dir().then(|| (meta.dev(), meta.ino()))
+    }
+
+    /// Whether one more descriptor fits in the task's table: fewer open
+    /// fds below its `RLIMIT_NOFILE` soft limit than the limit (the
+    /// kernel hands out the lowest free number, and `EMFILE` if that is
+    /// not below the limit). `None` if either cannot be read. Only a
+    /// snapshot: another thread sharing the table can fill it, or lower
+    /// the limit, before the fd is installed.
+    pub fn has_free_fd(&self) -> Option<bool> {
+        let mut limit = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit64 reads the limit into a struct we own; no new
+        // limit is passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_prlimit64,
+                self.tid,
+                libc::RLIMIT_NOFILE,
+                std::ptr::null::<libc::rlimit64>(),
+                &mut limit,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        let soft = limit.rlim_cur;
+        let mut below = 0u64;
+        for entry in fs::read_dir(self.proc("fd")).ok()? {
+            let name = entry.ok()?.file_name();
+            if name.to_str()?.parse::<u64>().ok()? < soft {
+                below += 1;
+            }
+        }
+        Some(below < soft)
+    }
+}
+
+/// A pidfd for `pid` with `flags`, owned.
+fn pidfd_open(pid: i32, flags: libc::c_uint) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open with integer arguments; the result is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 #[cfg(test)]
@@ -329,6 +390,45 @@ mod tests {
         assert!(me.read_c_string(0).is_none());
         let tgid = me.tgid_if_same_identity(&Identity::own().unwrap());
         assert_eq!(tgid, Some(me.tid));
+    }
+
+    #[test]
+    fn a_table_with_room_has_a_free_fd_and_a_full_one_not() {
+        // A child of our own, so that lowering its limit leaves ours. Its
+        // fds 0, 1 and 2 are open and stay so; what it inherited with
+        // O_CLOEXEC may still be closing as `spawn` returns (the kernel
+        // closes those after the pipe `spawn` waits on), so the test
+        // counts on nothing above 2.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let target = Target {
+            tid: child.id() as i32,
+        };
+        assert_eq!(target.has_free_fd(), Some(true));
+        // Full: the limit at 3, with 0, 1 and 2 taken.
+        let full = libc::rlimit64 {
+            rlim_cur: 3,
+            rlim_max: 3,
+        };
+        // SAFETY: prlimit64 sets the child's limit from a struct we own.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_prlimit64,
+                target.tid,
+                libc::RLIMIT_NOFILE,
+                &full,
+                std::ptr::null_mut::<libc::rlimit64>(),
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        assert_eq!(target.has_free_fd(), Some(false));
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

@@ -23,19 +23,21 @@ test: test-tools
 	$(CARGO) check --locked --lib --no-default-features
 	$(CARGO) test --locked
 
-# What the `run` tests drive besides our binaries: a C compiler with a
-# static libc (tests/programs/*.c), /usr/bin/python3, and the real
-# programs of tests/run_programs.rs (sqlite3, rsync, nginx, getfattr and
-# setfattr from attr, getfacl and setfacl from acl). Installed from
+# What the tests drive besides our binaries: a C compiler with a static
+# libc (tests/programs/*.c), /usr/bin/python3 and the real programs of
+# tests/run_programs.rs (sqlite3, rsync, nginx, getfattr and setfattr from
+# attr, getfacl and setfacl from acl) for `run`; debhelper and lintian for
+# the package, logrotate for the audit log's rotation. Installed from
 # Debian's packages when missing and we are root; otherwise those tests
 # skip with a printed reason.
 test-tools:
 	@if ! { command -v cc && test -e /usr/lib/$$(cc -print-multiarch 2>/dev/null)/libc.a && test -x /usr/bin/python3 \
-	       && command -v sqlite3 && command -v rsync && test -x /usr/sbin/nginx && command -v setfattr && command -v setfacl; } >/dev/null 2>&1; then \
+	    && command -v dh && command -v lintian && command -v logrotate \
+	    && command -v sqlite3 && command -v rsync && test -x /usr/sbin/nginx && command -v setfattr && command -v setfacl; } >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev python3 \
-	      sqlite3 rsync nginx attr acl >/dev/null; \
-	  else echo "note: no cc/static libc/python3/sqlite3/rsync/nginx/attr/acl; the run tests that need them will skip"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      gcc libc6-dev python3 debhelper lintian logrotate sqlite3 rsync nginx attr acl >/dev/null; \
+	  else echo "note: no cc/static libc/python3/debhelper/lintian/logrotate/sqlite3/rsync/nginx/attr/acl; the tests that need them will skip"; fi; \
 	fi
 
 # fdopen-server against the C floor (../shared/bench/refserver.c), with
@@ -91,10 +93,14 @@ clean:
 	rm -f $(SOCKET)
 
 # Install like a daemon (README "Installing"): binaries, man pages (man1
-# generated from the command lines, man5/man7 from doc/),
-# completions, systemd units, sysusers.d/tmpfiles.d, logrotate, and an
-# example policy in /etc/fdopen/policy.d that never replaces one there.
-# `install-files` takes already built binaries from $(BUILD).
+# for the client and man8 for the daemon, generated from the command
+# lines; man5/man7 from doc/), completions, systemd units,
+# sysusers.d/tmpfiles.d, logrotate, the Python client where python3 finds
+# it, and an example policy in /etc/fdopen/policy.d that never replaces one
+# there. Takes the binaries from $(BUILD) and never runs cargo when they
+# are there: `make && sudo make install` works although sudo's PATH has no
+# cargo. Every directory it creates is recorded in $(DIRS_RECORD), so
+# `make uninstall` removes exactly those again.
 PREFIX      ?= /usr/local
 DESTDIR     ?=
 BUILD       ?= target/release
@@ -109,25 +115,39 @@ SYSUSERSDIR  = $(PREFIX)/lib/sysusers.d
 TMPFILESDIR  = $(PREFIX)/lib/tmpfiles.d
 LOGROTATEDIR = $(SYSCONFDIR)/logrotate.d
 POLICYDIR    = $(SYSCONFDIR)/fdopen/policy.d
+# Debian's python3 reads /usr/lib/python3/dist-packages and, for /usr/local,
+# /usr/local/lib/python3.N/dist-packages; empty (no module) without python3.
+PYTHONDIR   ?= $(if $(filter /usr,$(PREFIX)),$(PREFIX)/lib/python3/dist-packages,$(shell python3 -c 'import sys; print("$(PREFIX)/lib/python3.%d/dist-packages" % sys.version_info[1])' 2>/dev/null))
+DIRS_RECORD  = $(PREFIX)/share/fdopen/installed-directories
 UNITS        = fdopen.socket fdopen.service
+INSTALL_DIRS = $(BINDIR) $(MANDIR)/man1 $(MANDIR)/man5 $(MANDIR)/man7 $(MANDIR)/man8 \
+  $(BASHCOMPDIR) $(ZSHCOMPDIR) $(FISHCOMPDIR) $(UNITDIR) $(SYSUSERSDIR) $(TMPFILESDIR) \
+  $(LOGROTATEDIR) $(POLICYDIR) $(PYTHONDIR) $(patsubst %/,%,$(dir $(DIRS_RECORD)))
 
-install: build install-files
+install: install-files
 
-install-files:
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
-	  $(DESTDIR)$(MANDIR)/man7 $(DESTDIR)$(BASHCOMPDIR) \
-	  $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) $(DESTDIR)$(UNITDIR) \
-	  $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(LOGROTATEDIR) \
-	  $(DESTDIR)$(POLICYDIR)
+# Only when there is nothing built yet.
+$(BUILD)/fdopen-server $(BUILD)/fdopen-client:
+	$(CARGO) build --release --locked
+
+install-files: $(BUILD)/fdopen-server $(BUILD)/fdopen-client
+	@created=; for dir in $(INSTALL_DIRS); do \
+	  missing=; d=$$dir; \
+	  while [ "$$d" != / ] && [ ! -d "$(DESTDIR)$$d" ]; do missing="$$d $$missing"; d=$$(dirname "$$d"); done; \
+	  for d in $$missing; do install -d -m 0755 "$(DESTDIR)$$d"; created="$$created $$d"; done; \
+	done; \
+	for d in $$created; do echo "$$d"; done | cat - "$(DESTDIR)$(DIRS_RECORD)" 2>/dev/null | sort -u > "$(DESTDIR)$(DIRS_RECORD).new"; \
+	mv "$(DESTDIR)$(DIRS_RECORD).new" "$(DESTDIR)$(DIRS_RECORD)"; chmod 0644 "$(DESTDIR)$(DIRS_RECORD)"
 	install -m 0755 $(BUILD)/fdopen-server $(BUILD)/fdopen-client $(DESTDIR)$(BINDIR)/
-	$(BUILD)/fdopen-server man $(DESTDIR)$(MANDIR)/man1 >/dev/null
-	chmod 0644 $(DESTDIR)$(MANDIR)/man1/fdopen-*.1
+	$(BUILD)/fdopen-server man $(DESTDIR)$(MANDIR) >/dev/null
+	chmod 0644 $(DESTDIR)$(MANDIR)/man1/fdopen-client*.1 $(DESTDIR)$(MANDIR)/man8/fdopen-server*.8
 	install -m 0644 doc/fdopen-policy.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 0644 doc/fdopen-protocol.7 $(DESTDIR)$(MANDIR)/man7/
 	for bin in fdopen-server fdopen-client; do \
 	  $(BUILD)/$$bin completions bash > $(DESTDIR)$(BASHCOMPDIR)/$$bin; \
 	  $(BUILD)/$$bin completions zsh > $(DESTDIR)$(ZSHCOMPDIR)/_$$bin; \
 	  $(BUILD)/$$bin completions fish > $(DESTDIR)$(FISHCOMPDIR)/$$bin.fish; \
+	  chmod 0644 $(DESTDIR)$(BASHCOMPDIR)/$$bin $(DESTDIR)$(ZSHCOMPDIR)/_$$bin $(DESTDIR)$(FISHCOMPDIR)/$$bin.fish; \
 	done
 	for unit in $(UNITS); do \
 	  sed 's|/usr/local/bin/|$(BINDIR)/|g' examples/systemd/$$unit > $(DESTDIR)$(UNITDIR)/$$unit; \
@@ -136,47 +156,61 @@ install-files:
 	install -m 0644 packaging/sysusers.d/fdopen.conf $(DESTDIR)$(SYSUSERSDIR)/fdopen.conf
 	install -m 0644 packaging/tmpfiles.d/fdopen.conf $(DESTDIR)$(TMPFILESDIR)/fdopen.conf
 	install -m 0644 packaging/logrotate/fdopen $(DESTDIR)$(LOGROTATEDIR)/fdopen
+	$(if $(PYTHONDIR),install -m 0644 examples/python/fdopen_client.py $(DESTDIR)$(PYTHONDIR)/fdopen_client.py)
 	test -e $(DESTDIR)$(POLICYDIR)/00-example.json || \
 	  install -m 0644 packaging/policy.d/00-example.json $(DESTDIR)$(POLICYDIR)/00-example.json
 
-# Removes what install put there; the example policy only if unchanged
-# (an edited policy is the admin's).
+# Removes what install put there: the files, the `systemctl enable`
+# links to the units, and then the directories install created (those
+# still empty). The example policy goes only if unchanged: an edited
+# policy is the admin's, and so is its directory.
 uninstall:
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+	  systemctl disable --now $(UNITS) 2>/dev/null || true; \
+	fi
+	for unit in $(UNITS); do \
+	  for link in $(DESTDIR)$(SYSCONFDIR)/systemd/system/*.wants/$$unit; do \
+	    if [ -L "$$link" ]; then rm -f "$$link"; fi; \
+	  done; \
+	  rm -f $(DESTDIR)$(UNITDIR)/$$unit; \
+	done
 	rm -f $(DESTDIR)$(BINDIR)/fdopen-server $(DESTDIR)$(BINDIR)/fdopen-client
-	rm -f $(DESTDIR)$(MANDIR)/man1/fdopen-server*.1 $(DESTDIR)$(MANDIR)/man1/fdopen-client*.1
+	rm -f $(DESTDIR)$(MANDIR)/man8/fdopen-server*.8 $(DESTDIR)$(MANDIR)/man1/fdopen-client*.1
 	rm -f $(DESTDIR)$(MANDIR)/man5/fdopen-policy.5 $(DESTDIR)$(MANDIR)/man7/fdopen-protocol.7
 	rm -f $(DESTDIR)$(BASHCOMPDIR)/fdopen-server $(DESTDIR)$(BASHCOMPDIR)/fdopen-client
 	rm -f $(DESTDIR)$(ZSHCOMPDIR)/_fdopen-server $(DESTDIR)$(ZSHCOMPDIR)/_fdopen-client
 	rm -f $(DESTDIR)$(FISHCOMPDIR)/fdopen-server.fish $(DESTDIR)$(FISHCOMPDIR)/fdopen-client.fish
-	for unit in $(UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$$unit; done
 	rm -f $(DESTDIR)$(SYSUSERSDIR)/fdopen.conf $(DESTDIR)$(TMPFILESDIR)/fdopen.conf
 	rm -f $(DESTDIR)$(LOGROTATEDIR)/fdopen
+	$(if $(PYTHONDIR),rm -f $(DESTDIR)$(PYTHONDIR)/fdopen_client.py)
 	if cmp -s packaging/policy.d/00-example.json $(DESTDIR)$(POLICYDIR)/00-example.json; then \
 	  rm -f $(DESTDIR)$(POLICYDIR)/00-example.json; \
-	  rmdir $(DESTDIR)$(POLICYDIR) $(DESTDIR)$(SYSCONFDIR)/fdopen 2>/dev/null || true; \
+	fi
+	if [ -f "$(DESTDIR)$(DIRS_RECORD)" ]; then \
+	  dirs=$$(sort -r "$(DESTDIR)$(DIRS_RECORD)"); rm -f "$(DESTDIR)$(DIRS_RECORD)"; \
+	  for d in $$dirs; do rmdir "$(DESTDIR)$$d" 2>/dev/null || true; done; \
 	fi
 
-# A Debian package from the same install recipe: `make install-files`
-# into a staging root with PREFIX=/usr, plus DEBIAN/ from packaging/debian
-# (maintainer scripts create the fdopen-clients group and directories).
+# The Debian package, built the Debian way: debian/rules (debhelper,
+# dh_installsystemd) around `make install-files`, on a copy of the
+# sources in $(DEBDIR)/src so the checkout gets no build files and two
+# builds never share one. Binaries from $(BUILD), built first if absent.
+# Reproducible without SOURCE_DATE_EPOCH: debhelper takes it from
+# debian/changelog. Needs debhelper (`apt-get install debhelper`).
 VERSION  = $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
-HOMEPAGE = $(shell sed -n 's/^repository = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 DEB_ARCH = $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 DEBDIR  ?= $(BUILD)/deb
-DEB_FLAGS ?=
-DEBROOT  = $(DEBDIR)/root
 DEB      = $(DEBDIR)/fdopen_$(VERSION)_$(DEB_ARCH).deb
+DEB_FLAGS ?=
+DEB_SOURCES = Cargo.toml Makefile debian doc examples/systemd examples/python packaging
 
-deb: build deb-files
+deb: deb-files
 
-deb-files:
-	@command -v dpkg-deb >/dev/null || { echo "make deb needs dpkg-deb (apt-get install dpkg)"; exit 1; }
-	rm -rf $(DEBROOT)
-	$(MAKE) -s install-files DESTDIR=$(abspath $(DEBROOT)) PREFIX=/usr SYSCONFDIR=/etc BUILD=$(BUILD)
-	install -d $(DEBROOT)/DEBIAN
-	sed -e 's|@VERSION@|$(VERSION)|' -e 's|@ARCH@|$(DEB_ARCH)|' -e 's|@HOMEPAGE@|$(HOMEPAGE)|' \
-	  packaging/debian/control > $(DEBROOT)/DEBIAN/control
-	install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm $(DEBROOT)/DEBIAN/
-	printf '%s\n' /etc/fdopen/policy.d/00-example.json /etc/logrotate.d/fdopen > $(DEBROOT)/DEBIAN/conffiles
-	dpkg-deb --root-owner-group $(DEB_FLAGS) --build $(DEBROOT) $(DEB) >/dev/null
+deb-files: $(BUILD)/fdopen-server $(BUILD)/fdopen-client
+	@command -v dh >/dev/null || { echo "make deb needs debhelper (apt-get install debhelper)"; exit 1; }
+	rm -rf $(DEBDIR)/src && mkdir -p $(DEBDIR)/src
+	cp -a --parents $(DEB_SOURCES) $(DEBDIR)/src/
+	cd $(DEBDIR)/src && debian/rules binary BUILD=$(abspath $(BUILD)) DEBDIR=$(abspath $(DEBDIR)) \
+	  DEB_FLAGS='$(DEB_FLAGS)' >/dev/null
+	rm -rf $(DEBDIR)/src
 	@echo $(DEB)

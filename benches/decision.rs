@@ -63,6 +63,7 @@ fn main() {
         gid: 1000,
         groups: vec![],
         cgroup: Some("/system.slice/app.service".into()),
+        foreign_net: false,
         connection: 0,
     };
     let now = SystemTime::now();

@@ -10,6 +10,10 @@
 //! "stats" is answered "active=N", the connections holding state now.
 //! It prints "listening on PORT", and "parked NAME" / "woke NAME" as they
 //! happen, to standard output.
+//!
+//! fdopen may be upgraded (`SIGUSR2`) or restarted under systemd while
+//! this runs: parked connections stay parked, the wake subscription
+//! comes back by itself, and the parking client reconnects (SPEC §3.4).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -17,7 +21,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use fdopen::{Client, WakeEvent, Wakeups};
+use fdopen::{Client, ErrorCode, Reconnect, WakeEvent, Wakeups};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 /// What the heavy server keeps for an active connection.
@@ -85,6 +89,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(("127.0.0.1", port.parse::<u16>()?))?;
     listener.set_nonblocking(true)?;
     let mut parker = Client::connect(socket)?;
+    // Across an upgrade or restart of fdopen, it connects again by itself.
+    parker.set_reconnect(Some(Reconnect::default()))?;
+    // A subscription made from a socket path subscribes again by itself.
     let mut wakeups: Wakeups = Client::connect(socket)?.wake("heavy/", None)?;
     let mut out = io::stdout();
     writeln!(out, "listening on {}", listener.local_addr()?.port())?;
@@ -149,10 +156,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for id in idle_ids {
             let session = sessions.remove(&id).expect("listed");
             let name = format!("heavy/{id}");
-            parker.park(&name, session.stream.as_fd(), None)?;
+            park(&mut parker, &name, &session.stream)?;
             writeln!(out, "parked {name}")?;
         }
         out.flush()?;
+    }
+}
+
+/// Parks `stream`. A `park` lost with its connection (fdopen was being
+/// upgraded) may or may not have been carried out; asking again tells.
+fn park(parker: &mut Client, name: &str, stream: &TcpStream) -> Result<(), fdopen::Error> {
+    match parker.park(name, stream.as_fd(), None) {
+        Err(fdopen::Error::Lost) => match parker.park(name, stream.as_fd(), None) {
+            Err(fdopen::Error::Refused(e)) if e.code == ErrorCode::Exists => Ok(()),
+            other => other,
+        },
+        other => other,
     }
 }
 

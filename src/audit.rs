@@ -306,6 +306,10 @@ pub struct Record<'a> {
     /// The request created the file.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub created: bool,
+    /// A `check` that says yes would create the file; it created nothing,
+    /// so its record never says `created` (SPEC §6).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub would_create: bool,
     /// Held descriptors (SPEC §3.4): the name, whose it is, and for
     /// wake-ups, hang-ups and expiries what happened.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -343,6 +347,7 @@ impl<'a> Record<'a> {
             errno: None,
             address: None,
             created: false,
+            would_create: false,
             name: None,
             storer: None,
             event: None,

@@ -966,6 +966,7 @@ pub(crate) mod tests {
             gid,
             groups: groups.to_vec(),
             cgroup: None,
+            foreign_net: false,
             connection: 0,
         }
     }

@@ -59,6 +59,6 @@ pub mod run;
 
 pub use client::{
     BindOptions, Client, DirEntry, DirPage, Error, FileType, Metadata, OpenOptions, ReadDir,
-    Timestamp, TreeReply, TreeRequest, WakeEvent, Wakeups, Within, Woken,
+    Reconnect, Timestamp, TreeReply, TreeRequest, WakeEvent, Wakeups, Within, Woken,
 };
 pub use protocol::{Create, ErrorCode, Grant, Mode, ServerError, ServerInfo};

@@ -21,6 +21,9 @@ pub struct PeerIdentity {
     /// read; `None` otherwise, and then `cgroups`/`units` allow rules never
     /// match (SPEC §1).
     pub cgroup: Option<String>,
+    /// It connected from another network namespace than the server's: a
+    /// socket the server made would escape it (SPEC §3.3).
+    pub foreign_net: bool,
     /// A number unique to this connection within the server's run (0
     /// outside a server): what ties a `readdir` cursor to the connection
     /// that was given it (SPEC §3.6).
@@ -37,6 +40,7 @@ impl PeerIdentity {
             gid: creds.gid(),
             groups: peer_groups(socket.as_fd().as_raw_fd())?,
             cgroup: pinned_cgroup(socket.as_fd().as_raw_fd(), creds.pid()),
+            foreign_net: net_ns::foreign(socket.as_fd(), creds.pid()),
             connection: {
                 static CONNECTIONS: std::sync::atomic::AtomicU64 =
                     std::sync::atomic::AtomicU64::new(1);
@@ -60,6 +64,7 @@ impl PeerIdentity {
                 .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
                 .unwrap_or_default(),
             cgroup: None,
+            foreign_net: false,
             connection: 0,
         }
     }
@@ -67,6 +72,60 @@ impl PeerIdentity {
     /// True when `gid` is the primary or a supplementary group.
     pub fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// Which network namespace a client connected from.
+mod net_ns {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    use std::sync::OnceLock;
+
+    /// `SO_NETNS_COOKIE` (Linux 5.14+; asm-generic value).
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+
+    /// Whether the client at the other end of `socket` (an accepted
+    /// connection) is in another network namespace than ours. The kernel
+    /// makes an accepted Unix socket in the namespace of the socket that
+    /// connected, so its cookie is the client's, and no later `setns` of
+    /// the client changes it. Without the cookie, the namespace of the
+    /// client's pid is compared instead.
+    pub fn foreign(socket: BorrowedFd<'_>, pid: i32) -> bool {
+        match (cookie(socket.as_raw_fd()), ours()) {
+            (Some(theirs), Some(ours)) => theirs != ours,
+            _ => ns_of(&format!("/proc/{pid}/ns/net")) != ns_of("/proc/self/ns/net"),
+        }
+    }
+
+    /// The cookie of the namespace the server makes its sockets in.
+    fn ours() -> Option<u64> {
+        static OURS: OnceLock<Option<u64>> = OnceLock::new();
+        *OURS.get_or_init(|| {
+            let probe = std::os::unix::net::UnixDatagram::unbound().ok()?;
+            cookie(probe.as_raw_fd())
+        })
+    }
+
+    fn cookie(fd: i32) -> Option<u64> {
+        let mut cookie: u64 = 0;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `cookie`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                (&raw mut cookie).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(cookie)
+    }
+
+    /// The namespace file's identity; `None` (never equal to ours when
+    /// ours is known) when it cannot be read.
+    fn ns_of(path: &str) -> Option<(u64, u64)> {
+        let st = nix::sys::stat::stat(path).ok()?;
+        Some((st.st_dev, st.st_ino))
     }
 }
 

@@ -655,17 +655,19 @@ impl<'de> Deserialize<'de> for Create {
     }
 }
 
-/// Parses `"0640"`: octal permission bits, at most `0777` (no set-user-ID,
+/// Parses `"0640"`: three or four octal digits and nothing else (no
+/// `0o`, no sign: SPEC §3.2), at most `0777` (no set-user-ID,
 /// set-group-ID or sticky bit).
 pub fn parse_perm(text: &str) -> Result<u32, String> {
-    let digits = text.strip_prefix("0o").unwrap_or(text);
-    match u32::from_str_radix(digits, 8) {
-        Ok(bits) if !digits.is_empty() && bits <= 0o777 => Ok(bits),
-        Ok(_) => Err(format!(
+    let digits_only =
+        (3..=4).contains(&text.len()) && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    match u32::from_str_radix(text, 8) {
+        Ok(bits) if digits_only && bits <= 0o777 => Ok(bits),
+        Ok(_) if digits_only => Err(format!(
             "permission {text:?} has bits beyond 0777 (set-user-ID, set-group-ID and sticky are not allowed)"
         )),
-        Err(_) => Err(format!(
-            "permission {text:?} is not an octal number such as \"0640\""
+        _ => Err(format!(
+            "permission {text:?} is not three or four octal digits such as \"0640\""
         )),
     }
 }
@@ -1467,6 +1469,11 @@ mod tests {
             r#"{"op":"open","path":"/x","mode":"write","perm":"0600"}"#,
             r#"{"op":"open","path":"/x","mode":"write","create":true,"perm":"4755"}"#,
             r#"{"op":"open","path":"/x","mode":"write","create":true,"perm":"rw"}"#,
+            r#"{"op":"open","path":"/x","mode":"write","create":true,"perm":"0o644"}"#,
+            r#"{"op":"open","path":"/x","mode":"write","create":true,"perm":"+644"}"#,
+            r#"{"op":"open","path":"/x","mode":"write","create":true,"perm":"64"}"#,
+            r#"{"op":"open","path":"/x","mode":"write","create":true,"perm":"00644"}"#,
+            r#"{"op":"open","path":"/x","mode":"write","create":true,"perm":"-644"}"#,
             r#"{"op":"open","path":"/x","mode":"write","create":"yes"}"#,
             r#"{"op":"open","path":"/x","mode":"write","create":null}"#,
             r#"{"op":"open","path":"/x","mode":"write","truncate":null}"#,

@@ -29,6 +29,30 @@ pub enum SocketError {
         "the socket's directory {0} does not exist; create it first (only /run/fdopen is created for you)"
     )]
     NoDirectory(PathBuf),
+    /// A client found no server where it looked (SPEC §1: exit 3).
+    #[error("no server answers: {}; {START_HINT}", tried_list(.0))]
+    NoServer(Vec<Tried>),
+}
+
+/// One place a client looked for a server, and what it found there.
+#[derive(Debug)]
+pub struct Tried {
+    pub path: PathBuf,
+    pub error: io::Error,
+}
+
+/// How a user gets a server to answer: the packaged units, a server of
+/// their own, or the path of one that runs.
+pub const START_HINT: &str = "start one with `systemctl start fdopen.socket` or \
+`fdopen-server serve --socket PATH --policy POLICY`, or name one that runs with --socket or \
+FDOPEN_SOCKET";
+
+fn tried_list(tried: &[Tried]) -> String {
+    let each: Vec<String> = tried
+        .iter()
+        .map(|t| format!("{}: {}", t.path.display(), t.error))
+        .collect();
+    each.join(", ")
 }
 
 /// The default socket path: `/run/fdopen/fdopen.sock` for root, else
@@ -54,7 +78,8 @@ pub const SYSTEM_SOCKET: &str = "/run/fdopen/fdopen.sock";
 
 /// Where a client connects (SPEC §1): `FDOPEN_SOCKET`, else the system
 /// server's socket if it exists (unprivileged clients are its main users),
-/// else `$XDG_RUNTIME_DIR/fdopen.sock`.
+/// else `$XDG_RUNTIME_DIR/fdopen.sock`; with none of them, no server can
+/// answer, which is [`SocketError::NoServer`], not a usage error.
 pub fn client_default() -> Result<PathBuf, SocketError> {
     if let Some(path) = std::env::var_os("FDOPEN_SOCKET").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(path));
@@ -64,8 +89,27 @@ pub fn client_default() -> Result<PathBuf, SocketError> {
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if !dir.is_empty() => Ok(Path::new(&dir).join("fdopen.sock")),
-        _ => Err(SocketError::NoDefault),
+        _ => Err(SocketError::NoServer(vec![system_socket_absent()])),
     }
+}
+
+/// The system socket, which [`client_default`] found missing.
+fn system_socket_absent() -> Tried {
+    Tried {
+        path: PathBuf::from(SYSTEM_SOCKET),
+        error: io::Error::from_raw_os_error(libc::ENOENT),
+    }
+}
+
+/// A client's connection to `path` failed with `error`: every place it
+/// looked, the system socket first when `path` was its default fallback.
+pub fn no_server(path: PathBuf, error: io::Error, defaulted: bool) -> SocketError {
+    let mut tried = Vec::new();
+    if defaulted && path != Path::new(SYSTEM_SOCKET) {
+        tried.push(system_socket_absent());
+    }
+    tried.push(Tried { path, error });
+    SocketError::NoServer(tried)
 }
 
 /// The client's `--socket`, else [`client_default`].

@@ -1,21 +1,44 @@
-//! The two systemd protocols a daemon needs, without libsystemd: socket
-//! activation (`LISTEN_PID`/`LISTEN_FDS`, first fd 3) and readiness
-//! notification (`READY=1` to `NOTIFY_SOCKET`).
+//! The systemd protocols a daemon needs, without libsystemd: socket
+//! activation and the fd store coming back (`LISTEN_PID`/`LISTEN_FDS`/
+//! `LISTEN_FDNAMES`, first fd 3), and notifications to `NOTIFY_SOCKET`
+//! (`READY=1`, and `FDSTORE=1` with an fd attached).
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: i32 = 3;
+/// Most descriptors taken from `LISTEN_FDS`: more is a broken variable.
+const LISTEN_FDS_MAX: u32 = 4096;
 
-/// The listening socket systemd handed over, if this process was
-/// socket-activated. Clears the variables so children do not inherit them.
-pub fn take_listener() -> Option<UnixListener> {
-    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
-    let count: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+/// What the service manager passed at start.
+#[derive(Debug, Default)]
+pub struct Passed {
+    /// The listening socket of socket activation.
+    pub listener: Option<UnixListener>,
+    /// Descriptors named `name` in `LISTEN_FDNAMES` (see [`take`]).
+    pub named: Vec<OwnedFd>,
+}
+
+/// Takes what systemd passed, if it was meant for this process: the fds
+/// named `name` (the fd store's, SPEC §3.4), and the first other socket
+/// as the listener; any other fd is closed. Clears the variables so
+/// children do not inherit them. Call first in `main`, before other
+/// threads exist.
+pub fn take(name: &str) -> Passed {
+    let pid: Option<u32> = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse().ok());
+    let count: Option<u32> = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|c| c.parse().ok());
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let (Some(pid), Some(count)) = (pid, count) else {
+        return Passed::default();
+    };
     if pid != std::process::id() || count < 1 {
-        return None;
+        return Passed::default();
     }
     // SAFETY: edited before any other thread exists (called first in main).
     unsafe {
@@ -23,30 +46,45 @@ pub fn take_listener() -> Option<UnixListener> {
         std::env::remove_var("LISTEN_FDS");
         std::env::remove_var("LISTEN_FDNAMES");
     }
-    // SAFETY: fd 3 is only borrowed for these checks.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(LISTEN_FDS_START) };
-    let is_socket =
-        nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK);
-    if !is_socket {
-        crate::logging::error(format_args!(
-            "LISTEN_FDS is set but fd 3 is not a socket; ignoring it"
-        ));
-        return None;
+    let mut names = names.split(':');
+    let mut passed = Passed::default();
+    for fd in LISTEN_FDS_START..LISTEN_FDS_START + count.min(LISTEN_FDS_MAX) as i32 {
+        let this_name = names.next().unwrap_or("unknown");
+        // SAFETY: fd is only borrowed for these checks.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let Ok(st) = nix::sys::stat::fstat(borrowed) else {
+            continue; // not open: nothing to own
+        };
+        let _ = nix::fcntl::fcntl(
+            borrowed,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        // SAFETY: systemd passes these open, and nothing else owns them.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let is_socket = st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+        if this_name == name && is_socket {
+            passed.named.push(owned);
+        } else if is_socket && passed.listener.is_none() {
+            passed.listener = Some(UnixListener::from(owned));
+        } else {
+            crate::logging::warn(format_args!(
+                "systemd passed fd {fd} ({this_name}) that is no use here; closing it"
+            ));
+        }
     }
-    let _ = nix::fcntl::fcntl(
-        fd,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
-    // SAFETY: systemd passes an open socket at fd 3 and nothing else owns it.
-    Some(UnixListener::from(unsafe {
-        OwnedFd::from_raw_fd(LISTEN_FDS_START)
-    }))
+    passed
 }
 
 /// Sends `state` (e.g. `READY=1`) to the service manager, if there is one.
 pub fn notify(state: &str) -> io::Result<()> {
+    notify_with_fd(state, None).map(drop)
+}
+
+/// Sends `state` with `fd` attached (`FDSTORE=1`); false when there is
+/// no service manager to send it to.
+pub fn notify_with_fd(state: &str, fd: Option<BorrowedFd<'_>>) -> io::Result<bool> {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(());
+        return Ok(false);
     };
     let bytes = path.as_encoded_bytes();
     let addr = match bytes.strip_prefix(b"@") {
@@ -56,8 +94,10 @@ pub fn notify(state: &str) -> io::Result<()> {
         }
         None => SocketAddr::from_pathname(&path)?,
     };
-    UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
-    Ok(())
+    let socket = UnixDatagram::unbound()?;
+    socket.connect_addr(&addr)?;
+    crate::fdpass::send(socket.as_fd(), state.as_bytes(), fd)?;
+    Ok(true)
 }
 
 /// `RELOADING=1` with the monotonic timestamp systemd wants alongside it.

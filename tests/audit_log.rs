@@ -114,7 +114,9 @@ fn a_full_disk_never_tears_a_record_nor_lets_an_unrecorded_grant_out() {
     fs::write(&filler, vec![0u8; 14 * 4096]).unwrap();
     let d = glob(dir.path());
     let policy = json!({"rules": [{"name": "all", "paths": [format!("{d}/*.txt")]}]}).to_string();
-    let s = TestServer::start_in(dir, &policy, &["--workers", "1"]);
+    let mut s = TestServer::start_in(dir, &policy, &["--workers", "1"]);
+    // Unmounted once the server is gone, so its directory can go too.
+    s.hold(disk);
 
     let answers = burst(&s, &files, 400);
     let granted = answers.iter().filter(|a| a.0).count();

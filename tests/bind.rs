@@ -14,16 +14,6 @@ use serde_json::json;
 
 const NOBODY: u32 = 65534;
 
-/// A privileged TCP and UDP port free on 127.0.0.1 right now, from
-/// `from` up: each test has a range of its own, as tests run in parallel.
-fn free_privileged_port(from: u16) -> u16 {
-    (from..from + 100)
-        .find(|&p| {
-            TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
-        })
-        .expect("a free port below 1000")
-}
-
 /// Runs `fdopen-client ARGS` as `nobody`.
 fn client_as_nobody(socket: &std::path::Path, args: &[&str]) -> std::process::Child {
     use std::os::unix::process::CommandExt;

@@ -201,7 +201,44 @@ fn client_exit_codes() {
         &["--socket", s.path("nobody.sock").to_str().unwrap(), "hello"],
     );
     assert_eq!(unreachable.status.code(), Some(3));
-    assert!(text(&unreachable.stderr).contains("cannot connect"));
+    let said = text(&unreachable.stderr);
+    assert!(said.contains("no server answers"), "{said}");
+    assert!(said.contains("nobody.sock"), "{said}");
+}
+
+/// No server anywhere the client looks (SPEC §1): exit 3, naming each
+/// path it tried and how to start a server, whether no default applies
+/// (root without /run/fdopen/fdopen.sock, no XDG_RUNTIME_DIR) or the
+/// default names a socket nobody listens on.
+#[test]
+fn no_server_is_exit_3_with_the_paths_tried_and_how_to_start_one() {
+    if std::path::Path::new("/run/fdopen/fdopen.sock").exists() {
+        eprintln!("skipped: a system server's socket exists here");
+        return;
+    }
+    let dir = scratch();
+    let runtime = dir.path().to_str().unwrap();
+    for xdg in [None, Some(runtime)] {
+        let mut cmd = Command::new(CLIENT);
+        cmd.arg("hello")
+            .env_remove("FDOPEN_SOCKET")
+            .env_remove("XDG_RUNTIME_DIR");
+        if let Some(xdg) = xdg {
+            cmd.env("XDG_RUNTIME_DIR", xdg);
+        }
+        let out = cmd.output().unwrap();
+        let said = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{xdg:?}: {said}");
+        assert!(said.contains("/run/fdopen/fdopen.sock"), "{said}");
+        if let Some(xdg) = xdg {
+            assert!(said.contains(&format!("{xdg}/fdopen.sock")), "{said}");
+        }
+        assert!(said.contains("no server answers"), "{said}");
+        assert!(
+            said.contains("systemctl start fdopen.socket") && said.contains("fdopen-server serve"),
+            "{said}"
+        );
+    }
 }
 
 #[test]

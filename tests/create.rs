@@ -572,8 +572,9 @@ fn when_fchown_fails_the_new_file_is_removed_and_the_answer_is_io_error() {
     let policy = json!({"rules": [{"name": "up", "paths": [format!("{d}/nochown/*")],
         "modes": ["write"], "create": true}]})
     .to_string();
-    let s = TestServer::start_in(dir, &policy, &[]);
+    let mut s = TestServer::start_in(dir, &policy, &[]);
     let path = mounted.point.join("new.txt");
+    s.hold(mounted);
     let (v, fd) = s.ask(&open_req(&path, json!({"create": true})));
     assert_eq!(code(&v), "io_error", "{v}");
     assert!(

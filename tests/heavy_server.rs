@@ -81,18 +81,24 @@ fn ask(conn: &mut BufReader<TcpStream>, line: &str) -> String {
     answer.trim_end().to_owned()
 }
 
+/// `n` clients of the heavy server, each answered once.
+fn greeted(heavy: &Heavy, n: usize) -> Vec<BufReader<TcpStream>> {
+    let mut clients: Vec<BufReader<TcpStream>> = (0..n)
+        .map(|_| BufReader::new(TcpStream::connect(("127.0.0.1", heavy.port)).unwrap()))
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(ask(c, &format!("hello {i}")), format!("1: hello {i}"));
+    }
+    clients
+}
+
 #[test]
 fn idle_clients_are_parked_and_every_client_is_answered() {
     let server = TestServer::start(POLICY, &[]);
     // Idle long enough that the few round trips after the wake-ups cannot
     // let an answered client fall idle again before `stats`.
     let mut heavy = Heavy::start(&server, "2s");
-    let mut clients: Vec<BufReader<TcpStream>> = (0..60)
-        .map(|_| BufReader::new(TcpStream::connect(("127.0.0.1", heavy.port)).unwrap()))
-        .collect();
-    for (i, c) in clients.iter_mut().enumerate() {
-        assert_eq!(ask(c, &format!("hello {i}")), format!("1: hello {i}"));
-    }
+    let mut clients = greeted(&heavy, 60);
     // All of them fall idle and are parked.
     heavy.await_events("parked heavy/", 60);
     let mut stats = BufReader::new(TcpStream::connect(("127.0.0.1", heavy.port)).unwrap());
@@ -119,4 +125,26 @@ fn idle_clients_are_parked_and_every_client_is_answered() {
         .map(|r| r["name"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(woken.len(), 5, "{woken:?}");
+}
+
+#[test]
+fn parked_clients_come_back_across_an_upgrade_of_fdopen() {
+    use common::upgrade::{main_pid, start_from_copy, stop_adopted, upgrade};
+    let Some((server, _)) = start_from_copy(POLICY, &[]) else {
+        return;
+    };
+    let mut heavy = Heavy::start(&server, "300ms");
+    let mut clients = greeted(&heavy, 20);
+    heavy.await_events("parked heavy/", 20);
+
+    let successor = main_pid(&upgrade(&server));
+    // Parked through the upgrade; woken by the subscription that came
+    // back by itself.
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(ask(c, &format!("again {i}")), format!("1: again {i}"));
+    }
+    // And parked again, by the parking client that reconnected.
+    heavy.await_events("parked heavy/", 20);
+    assert_eq!(ask(&mut clients[3], "once more"), "1: once more");
+    stop_adopted(successor);
 }

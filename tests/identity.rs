@@ -163,15 +163,21 @@ fn a_client_that_moves_after_connecting_keeps_the_identity_it_had() {
         return;
     };
     let s = identity_server();
-    // Connects from app.service, moves to other.service, then asks.
+    // Connects from app.service, moves to other.service, then asks. The
+    // hello answered before the move proves the server has accepted (and
+    // so read the identity): connect alone returns once the kernel queues
+    // the connection, which may be before the accept.
     let program = r#"
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
+answers = s.makefile()
+s.sendall(b'{"op": "hello"}\n')
+assert json.loads(answers.readline())["ok"]
 with open(sys.argv[2], "w") as procs:
     procs.write("0")
 s.sendall(json.dumps({"op": "check", "path": sys.argv[3]}).encode() + b"\n")
-print(s.makefile().readline(), end="")
+print(answers.readline(), end="")
 "#;
     let mut cmd = Command::new("python3");
     cmd.args(["-c", program])

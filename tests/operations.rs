@@ -233,10 +233,10 @@ fn completions_and_man_pages_are_generated() {
         .unwrap();
     assert!(out.status.success());
     for page in [
-        "fdopen-server.1",
-        "fdopen-client.1",
-        "fdopen-server-serve.1",
-        "fdopen-client-open.1",
+        "man8/fdopen-server.8",
+        "man1/fdopen-client.1",
+        "man8/fdopen-server-serve.8",
+        "man1/fdopen-client-open.1",
     ] {
         let text = fs::read_to_string(dir.path().join(page)).unwrap();
         assert!(text.contains(".TH"), "{page}");

@@ -47,27 +47,41 @@ fn localise(command: &str, socket: &Path) -> String {
         .replace("./fdopen.sock", socket.to_str().unwrap())
 }
 
-fn sh(command: &str) -> std::process::Output {
+/// Runs `command` in `dir`, a copy of the repository's demo files (see
+/// [`demo_server`]), never in the checkout itself.
+fn sh(command: &str, dir: &Path) -> std::process::Output {
     Command::new("sh")
         .args(["-c", command])
-        .current_dir(ROOT)
+        .current_dir(dir)
         .env_remove("FDOPEN_SOCKET")
         .output()
         .unwrap()
 }
 
-/// A server on the demo policy, as `make run` starts it.
-fn demo_server() -> TestServer {
-    let demo = Path::new(ROOT).join("demo");
-    fs::create_dir_all(demo.join("scratch")).unwrap();
-    fs::create_dir_all(demo.join("uploads")).unwrap();
-    fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(demo.join("scratch/notes.log"))
-        .unwrap();
+/// A server on the demo policy, as `make run` starts it, and where its
+/// commands run: `repo/` in its directory, a copy of what the README's
+/// commands touch (demo/files, the Python client) with the empty
+/// `demo/scratch/notes.log` and `demo/uploads/` that `make run` makes. The
+/// checkout stays as it was: a user's own upload or notes are never
+/// touched by a test.
+fn demo_server() -> (TestServer, PathBuf) {
+    let dir = common::scratch();
+    let repo = dir.path().join("repo");
+    for part in ["demo/files", "examples/python"] {
+        let to = repo.join(part);
+        fs::create_dir_all(&to).unwrap();
+        for entry in fs::read_dir(Path::new(ROOT).join(part)).unwrap() {
+            let from = entry.unwrap().path();
+            if from.is_file() {
+                fs::copy(&from, to.join(from.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    fs::create_dir_all(repo.join("demo/scratch")).unwrap();
+    fs::create_dir_all(repo.join("demo/uploads")).unwrap();
+    fs::write(repo.join("demo/scratch/notes.log"), "").unwrap();
     let policy = fs::read_to_string(Path::new(ROOT).join("policies/demo.json")).unwrap();
-    TestServer::start(&policy, &[])
+    (TestServer::start_in(dir, &policy, &[]), repo)
 }
 
 /// The `fc` alias of the walkthrough, pointed at `server`.
@@ -83,15 +97,16 @@ fn fc_alias(server: &TestServer) -> String {
     fc
 }
 
-/// Runs each line with `fc` expanded and checks what its comment says.
-fn run_lines(lines: &[String], fc: &str) {
+/// Runs each line in `dir` with `fc` expanded and checks what its comment
+/// says.
+fn run_lines(lines: &[String], fc: &str, dir: &Path) {
     for line in lines {
         let (command, comment) = split_comment(line);
         if command.starts_with("alias ") {
             continue;
         }
         let command = command.replace("fc ", &format!("{fc} "));
-        let out = sh(&command);
+        let out = sh(&command, dir);
         let (stdout, stderr) = (
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
@@ -143,31 +158,38 @@ fn run_lines(lines: &[String], fc: &str) {
 
 #[test]
 fn the_walkthrough_does_what_its_comments_say() {
-    let server = demo_server();
-    // Only this test touches demo/uploads: the walkthrough creates a.txt.
-    let upload = Path::new(ROOT).join("demo/uploads/a.txt");
-    let _ = fs::remove_file(&upload);
+    let (server, repo) = demo_server();
     let fc = fc_alias(&server);
-    run_lines(&sh_block_after("Terminal 2 (in the repository):"), &fc);
-    let _ = fs::remove_file(&upload);
+    run_lines(
+        &sh_block_after("Terminal 2 (in the repository):"),
+        &fc,
+        &repo,
+    );
+    // What the walkthrough wrote, it wrote in the copy.
+    assert!(repo.join("demo/uploads/a.txt").exists());
+    assert_eq!(
+        fs::read_to_string(repo.join("demo/scratch/notes.log")).unwrap(),
+        "a note\n"
+    );
 }
 
 #[test]
 fn the_held_descriptor_commands_do_what_they_say() {
-    let server = demo_server();
+    let (server, repo) = demo_server();
     let fc = fc_alias(&server);
     run_lines(
         &sh_block_after("With the demo server and the `fc` alias"),
         &fc,
+        &repo,
     );
 }
 
 #[test]
 fn the_python_example_prints_the_file() {
-    let server = demo_server();
+    let (server, repo) = demo_server();
     let lines = sh_block_after("### Any language can be a client");
     let command = localise(&split_comment(&lines[0]).0, &server.socket);
-    let out = sh(&command);
+    let out = sh(&command, &repo);
     let hello = fs::read_to_string(Path::new(ROOT).join("demo/files/hello.txt")).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -199,7 +221,7 @@ fn the_echo_demo_runs_as_shown() {
         .read_line(&mut said)
         .unwrap();
     assert!(said.contains("listening"), "{said}");
-    let client = sh(&local(&lines[1]));
+    let client = sh(&local(&lines[1]), dir.path());
     assert!(client.status.success(), "{client:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(server.id() as i32),
@@ -309,7 +331,7 @@ fn every_command_line_in_the_readme_names_real_things() {
 
 #[test]
 fn make_run_says_what_the_readme_shows() {
-    let server = demo_server();
+    let (server, _) = demo_server();
     let lines = sh_block_after("Terminal 1:");
     assert_eq!(lines[0], "make run");
     let shown = lines[1].trim_start_matches("# ");

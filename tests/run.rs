@@ -24,6 +24,9 @@ struct Setup {
     /// A copy of fdopen-client that `nobody` can execute wherever the
     /// build tree lives.
     client: PathBuf,
+    /// A privileged port free when the test started, the one `bind` rule
+    /// allows (never a fixed one such as 80, which a web server may hold).
+    port: u16,
 }
 
 impl Setup {
@@ -57,13 +60,14 @@ impl Setup {
         let out = root.join("out");
         fs::create_dir(&out).unwrap();
         chown(&out, Some(NOBODY), Some(NOBODY)).unwrap();
+        let port = common::free_privileged_port(600);
         let policy = format!(
             r#"{{"rules":[
               {{"name":"no","effect":"deny","paths":["{srv}/denied"]}},
               {{"name":"srv","effect":"allow","paths":["{srv}/*"],"modes":["read"],"max_size":100}},
               {{"name":"logs","effect":"allow","paths":["{log}/*.log"],"modes":["append","write"],
                 "create":true,"truncate":true,"create_perm":"0644"}},
-              {{"name":"web","effect":"allow","binds":["tcp:127.0.0.1:80-88"]}}]}}"#,
+              {{"name":"web","effect":"allow","binds":["tcp:127.0.0.1:{port}"]}}]}}"#,
             srv = glob(&srv),
             log = glob(&log),
         );
@@ -78,7 +82,11 @@ impl Setup {
             .status()
             .unwrap();
         assert!(copied.success());
-        Some(Setup { server, client })
+        Some(Setup {
+            server,
+            client,
+            port,
+        })
     }
 
     fn path(&self, name: &str) -> String {
@@ -365,8 +373,9 @@ fn a_path_rewritten_while_trapped_never_yields_another_file() {
 }
 
 #[test]
-fn python_http_server_binds_port_80_and_a_refused_port_is_eacces() {
+fn python_http_server_binds_a_privileged_port_and_a_refused_port_is_eacces() {
     let Some(s) = Setup::new() else { return };
+    let port = s.port.to_string();
     let mut server = s
         .run_command(
             &[],
@@ -375,7 +384,7 @@ fn python_http_server_binds_port_80_and_a_refused_port_is_eacces() {
                 "-u",
                 "-m",
                 "http.server",
-                "80",
+                &port,
                 "--bind",
                 "127.0.0.1",
                 "--directory",
@@ -389,10 +398,10 @@ fn python_http_server_binds_port_80_and_a_refused_port_is_eacces() {
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
     let banner = lines.next().unwrap().unwrap();
     assert!(
-        banner.starts_with("Serving HTTP on 127.0.0.1 port 80"),
+        banner.starts_with(&format!("Serving HTTP on 127.0.0.1 port {port} ")),
         "{banner}"
     );
-    let mut http = std::net::TcpStream::connect("127.0.0.1:80").unwrap();
+    let mut http = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
     http.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     let mut answer = String::new();
     http.read_to_string(&mut answer).unwrap();
@@ -405,16 +414,19 @@ fn python_http_server_binds_port_80_and_a_refused_port_is_eacces() {
     .unwrap();
     assert_eq!(server.wait().unwrap().signal(), Some(libc::SIGTERM));
 
-    let bind_81 = "import socket\ntry:\n socket.socket().bind(('127.0.0.1', 89))\n print('bound')\nexcept OSError as e:\n print(e.errno)";
+    // A privileged port outside the rule, then the rule's own with
+    // --no-bind: the kernel's EACCES either way.
+    let bind_to = |p: u16| {
+        format!(
+            "import socket\ntry:\n socket.socket().bind(('127.0.0.1', {p}))\n print('bound')\nexcept OSError as e:\n print(e.errno)"
+        )
+    };
     assert_eq!(
-        stdout(&s.run(&[PYTHON, "-c", bind_81])).trim(),
+        stdout(&s.run(&[PYTHON, "-c", &bind_to(s.port + 1)])).trim(),
         libc::EACCES.to_string()
     );
     let no_bind = s
-        .run_command(
-            &["--no-bind"],
-            &[PYTHON, "-c", &bind_81.replace("89", "88")],
-        )
+        .run_command(&["--no-bind"], &[PYTHON, "-c", &bind_to(s.port)])
         .output()
         .unwrap();
     assert_eq!(stdout(&no_bind).trim(), libc::EACCES.to_string());

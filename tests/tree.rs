@@ -543,3 +543,108 @@ fn the_servers_own_files_and_pseudo_filesystems_are_not_changed() {
     let v = c.ask(&req("mkdir", Path::new("/sys/fs/fdopen-test")));
     assert_eq!(code(&v), "denied", "{v}");
 }
+
+#[test]
+fn xattr_lists_and_reads_user_attributes_never_trusted() {
+    let Some(t) = Tree::start(
+        |d| json!([{"name": "x", "paths": [format!("{d}/f")], "modes": ["read"]}]),
+        &[],
+    ) else {
+        return;
+    };
+    let file = t.path("f");
+    fs::write(&file, "").unwrap();
+    let set = |name: &str, value: &[u8]| {
+        let path = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
+        let name = std::ffi::CString::new(name).unwrap();
+        // SAFETY: valid C strings and a buffer of the given length.
+        unsafe {
+            libc::setxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        }
+    };
+    if set("user.colour", b"blue\x00\xff") != 0 {
+        eprintln!("skipped: this filesystem has no user xattrs");
+        return;
+    }
+    let _ = set("trusted.secret", b"root only");
+    let mut c = t.nobody();
+    let v = c.ask(&req("xattr", &file));
+    assert_eq!(v["ok"], true, "{v}");
+    let names: Vec<&str> = v["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"user.colour"), "{v}");
+    assert!(!names.iter().any(|n| n.starts_with("trusted.")), "{v}");
+    let v = c.ask(&with(req("xattr", &file), json!({"name": "user.colour"})));
+    assert_eq!(v["value_b64"], "Ymx1ZQD/", "{v}");
+    let v = c.ask(&with(req("xattr", &file), json!({"name": "user.none"})));
+    assert_eq!(refusal(&v), ("not_found", Some("ENODATA")), "{v}");
+    let v = c.ask(&with(
+        req("xattr", &file),
+        json!({"name": "trusted.secret"}),
+    ));
+    assert_eq!(code(&v), "denied", "{v}");
+}
+
+#[test]
+fn rename_across_filesystems_is_exdev() {
+    let Ok(shm) = tempfile::Builder::new()
+        .prefix("fdopen-test")
+        .tempdir_in("/dev/shm")
+    else {
+        eprintln!("skipped: no /dev/shm");
+        return;
+    };
+    let other = glob(shm.path());
+    let Some(t) = Tree::start(
+        |d| {
+            json!([{"name": "in", "paths": [format!("{d}/*")], "modes": ["read", "delete"]},
+                   {"name": "out", "paths": [format!("{other}/*")], "modes": ["write"], "create": true}])
+        },
+        &[],
+    ) else {
+        return;
+    };
+    if fs::metadata(shm.path()).unwrap().dev() == fs::metadata(&t.root).unwrap().dev() {
+        eprintln!("skipped: /dev/shm and /tmp are one filesystem here");
+        return;
+    }
+    fs::write(t.path("a"), "A").unwrap();
+    let mut c = t.nobody();
+    let v = c.ask(&json!({"op": "rename", "path": t.path("a"), "to": shm.path().join("a")}));
+    assert_eq!(refusal(&v), ("io_error", Some("EXDEV")), "{v}");
+    assert!(t.path("a").exists());
+    assert!(!shm.path().join("a").exists());
+}
+
+#[test]
+fn mkdir_in_a_set_group_id_directory_keeps_the_bit_and_the_group() {
+    let Some(t) = Tree::start(
+        |d| json!([{"name": "m", "paths": [format!("{d}/shared/*")], "modes": ["mkdir"], "dir_perm": "0770"}]),
+        &[],
+    ) else {
+        return;
+    };
+    let shared = t.path("shared");
+    fs::create_dir(&shared).unwrap();
+    std::os::unix::fs::chown(&shared, None, Some(4242)).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o2770)).unwrap();
+    let mut c = t.nobody();
+    let v = c.ask(&with(
+        req("mkdir", &shared.join("d")),
+        json!({"perm": "0777"}),
+    ));
+    assert_eq!(v["ok"], true, "{v}");
+    let m = fs::metadata(shared.join("d")).unwrap();
+    assert_eq!(m.gid(), 4242);
+    assert_eq!(m.mode() & 0o7777, 0o2770);
+}

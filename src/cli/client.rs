@@ -26,8 +26,8 @@ use crate::socket_path;
 #[command(after_help = SEE_ALSO)]
 #[command(name = "fdopen-client", version, max_term_width = 100)]
 pub struct Cli {
-    /// Socket of the server [default: /run/fdopen/fdopen.sock as root,
-    /// else $XDG_RUNTIME_DIR/fdopen.sock]
+    /// Socket of the server [default: /run/fdopen/fdopen.sock if it
+    /// exists, else $XDG_RUNTIME_DIR/fdopen.sock]
     #[arg(long, env = "FDOPEN_SOCKET", global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -143,12 +143,13 @@ pub fn main() -> i32 {
     crate::logging::set_program("fdopen-client");
     let cli = Cli::parse();
     if let ClientCommand::Completions { shell } = cli.command {
-        super::print_completions::<Cli>(shell, "fdopen-client");
+        super::completions::print::<Cli>(shell, "fdopen-client");
         return exit::OK;
     }
+    let defaulted = cli.socket.is_none();
     let socket = match socket_path::resolve_for_client(cli.socket) {
         Ok(path) => path,
-        Err(e) => return fail(exit::USAGE, &e),
+        Err(e) => return fail(exit::UNREACHABLE, &e),
     };
     let outcome = match cli.command {
         ClientCommand::Echo => {
@@ -166,7 +167,7 @@ pub fn main() -> i32 {
             };
             return match crate::run::run(&socket, &options) {
                 Ok(code) => code,
-                Err(RunError::Client(e)) => fail(error_exit_code(&e), &e),
+                Err(RunError::Client(e)) => report(e, defaulted),
                 Err(e) => fail(e.command_exit_code().unwrap_or(exit::USAGE), &e),
             };
         }
@@ -174,7 +175,19 @@ pub fn main() -> i32 {
     };
     match outcome {
         Ok(code) => code,
-        Err(e) => fail(error_exit_code(&e), &e),
+        Err(e) => report(e, defaulted),
+    }
+}
+
+/// Says what failed and returns the exit code; a server nobody answered
+/// for is named with every path tried and how to start one (SPEC §1).
+fn report(e: Error, defaulted: bool) -> i32 {
+    match e {
+        Error::Connect { path, source } => fail(
+            exit::UNREACHABLE,
+            &socket_path::no_server(path, source, defaulted),
+        ),
+        e => fail(error_exit_code(&e), &e),
     }
 }
 
@@ -470,10 +483,12 @@ fn absolute(path: PathBuf) -> PathBuf {
 fn error_exit_code(e: &Error) -> i32 {
     match e {
         Error::Refused(_) => exit::REFUSED,
-        Error::Connect { .. } | Error::Io(_) | Error::Protocol(_) | Error::OutOfStep => {
-            exit::UNREACHABLE
-        }
-        Error::RelativePath(_) | Error::NoSocket(_) => exit::USAGE,
+        Error::Connect { .. }
+        | Error::Io(_)
+        | Error::Protocol(_)
+        | Error::OutOfStep
+        | Error::Lost => exit::UNREACHABLE,
+        Error::RelativePath(_) | Error::NoSocket(_) | Error::NoSocketToReconnect => exit::USAGE,
     }
 }
 

@@ -3,7 +3,9 @@
 //! and completions.
 
 pub mod client;
+pub mod completions;
 pub mod held;
+pub mod man;
 pub mod prometheus;
 pub mod server;
 pub mod tree;
@@ -44,11 +46,6 @@ fn create_parser() -> impl TypedValueParser<Value = Create> {
         "exclusive" => Create::Exclusive,
         _ => Create::Yes,
     })
-}
-
-/// Writes a completion script for `C` to stdout.
-fn print_completions<C: clap::CommandFactory>(shell: clap_complete::Shell, name: &str) {
-    clap_complete::generate(shell, &mut C::command(), name, &mut std::io::stdout());
 }
 
 /// Exit codes of SPEC §7.

@@ -16,7 +16,8 @@ use crate::logging::{self, Level};
 use crate::peer::PeerIdentity;
 use crate::policy::{Policy, PolicyErrors};
 use crate::protocol::{Create, FileRequest, Mode, PathMode, json_path, normalize_path};
-use crate::server::{Server, ServerConfig};
+use crate::server::upgrade::{self, Binary, Inherited};
+use crate::server::{Server, ServerConfig, handover};
 use crate::{lint, socket_path, systemd};
 
 /// Policy-gated file-open broker: opens the files a policy grants and hands
@@ -44,7 +45,29 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
     /// Serve requests on a Unix socket until SIGTERM or SIGINT; SIGHUP
-    /// reloads the policy and reopens the audit log.
+    /// reloads the policy and reopens the audit log; SIGUSR2 upgrades in
+    /// place.
+    ///
+    /// Upgrades and restarts keep held and parked descriptors (SPEC §3.4).
+    /// SIGUSR2 answers what was read, stops reading, and runs the binary
+    /// this server was started from (the path recorded at start, which
+    /// with its directories must belong to root or the server's user and
+    /// be writable by no one else) with the same arguments, handing it the
+    /// listening socket, never closed, so no client is refused, and every
+    /// held and parked descriptor with its name, kind, storer and expiry.
+    /// Once the new process is ready, this one exits 0; if it is missing,
+    /// not executable, or exits or hangs before it is ready, this one serves
+    /// on with everything it had, and logs why. To upgrade: install the new
+    /// binary over the old path, then kill -USR2 the server (under systemd:
+    /// systemctl kill --kill-whom=main -s USR2 fdopen).
+    ///
+    /// Under systemd (NOTIFY_SOCKET set), SIGTERM puts every held and parked
+    /// descriptor, behind one socket named fdopen-held, into the unit's fd
+    /// store, and the next start takes them back from LISTEN_FDS: they
+    /// survive systemctl restart, and stop + start with
+    /// FileDescriptorStorePreserve=yes. Without systemd SIGTERM drops them;
+    /// a crash, SIGKILL or reboot always does. Client connections are closed
+    /// across either; clients reconnect.
     Serve(ServeArgs),
     /// Validate a policy: exit 0, or 1 with every error located. Also warns
     /// about rules that can never match or that a deny rule cancels.
@@ -69,7 +92,8 @@ pub enum ServerCommand {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Write the man pages of fdopen-server and fdopen-client into DIR.
+    /// Write the man pages of fdopen-server (DIR/man8) and fdopen-client
+    /// (DIR/man1).
     #[command(hide = true)]
     Man { dir: PathBuf },
 }
@@ -215,10 +239,10 @@ pub fn main() -> i32 {
         ServerCommand::Explain(args) => explain_command(args),
         ServerCommand::Echo { socket } => echo(socket),
         ServerCommand::Completions { shell } => {
-            super::print_completions::<Cli>(shell, "fdopen-server");
+            super::completions::print::<Cli>(shell, "fdopen-server");
             exit::OK
         }
-        ServerCommand::Man { dir } => match write_man_pages(&dir) {
+        ServerCommand::Man { dir } => match super::man::write(&dir) {
             Ok(()) => exit::OK,
             Err(e) => {
                 logging::error(format_args!(
@@ -229,24 +253,6 @@ pub fn main() -> i32 {
             }
         },
     }
-}
-
-fn write_man_pages(dir: &Path) -> std::io::Result<()> {
-    use clap::CommandFactory;
-    std::fs::create_dir_all(dir)?;
-    for command in [Cli::command(), super::client::Cli::command()] {
-        let name = command.get_name().to_owned();
-        let mut page = Vec::new();
-        clap_mangen::Man::new(command.clone()).render(&mut page)?;
-        std::fs::write(dir.join(format!("{name}.1")), page)?;
-        for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
-            let sub_name = format!("{name}-{}", sub.get_name());
-            let mut page = Vec::new();
-            clap_mangen::Man::new(sub.clone().name(sub_name.clone())).render(&mut page)?;
-            std::fs::write(dir.join(format!("{sub_name}.1")), page)?;
-        }
-    }
-    Ok(())
 }
 
 fn log(message: impl std::fmt::Display) {
@@ -315,7 +321,26 @@ fn serve(args: ServeArgs) -> i32 {
 }
 
 fn try_serve(args: ServeArgs) -> Result<(), String> {
-    let activated = systemd::take_listener();
+    // Taken first: the environment is edited before other threads exist.
+    let inherited = Inherited::take()?;
+    let passed = match inherited {
+        Some(_) => systemd::Passed::default(),
+        None => systemd::take(handover::FDNAME),
+    };
+    // Recorded at start: what SIGUSR2 runs again (SPEC §3.4).
+    let binary = Binary::current().map_err(|e| format!("cannot tell which binary this is: {e}"))?;
+    // Signals are taken synchronously by this thread; workers and the
+    // hand-over inherit the mask. Blocked first, so a SIGUSR2 arriving
+    // early waits for us instead of killing a server just upgraded.
+    let signals = SigSet::from_iter([
+        Signal::SIGHUP,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGUSR2,
+    ]);
+    signals
+        .thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
     let (policy, exposures) = Policy::load_trusted(
         &args.policy,
         nix::unistd::geteuid().as_raw(),
@@ -348,20 +373,26 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
         None => AuditLog::stderr(),
     };
     raise_fd_limit();
-    let (listener, owned_path) = match activated {
-        Some(listener) => (listener, None),
-        None => {
+    let (handover, inherited_listener) = match inherited {
+        Some(i) => (Some(i.handover), Some((i.listener, i.owns_socket))),
+        None => (None, None),
+    };
+    let (listener, owned_path) = match (inherited_listener, passed.listener) {
+        (Some((listener, owns_socket)), _) => {
+            let path = owns_socket
+                .then(|| socket_path::resolve(args.socket.clone()))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            (listener, path)
+        }
+        (None, Some(listener)) => (listener, None),
+        (None, None) => {
             let path = socket_path::resolve(args.socket).map_err(|e| e.to_string())?;
             let listener =
                 socket_path::bind(&path, args.socket_mode, group).map_err(|e| e.to_string())?;
             (listener, Some(path))
         }
     };
-    // Signals are taken synchronously by this thread; workers inherit the mask.
-    let signals = SigSet::from_iter([Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT]);
-    signals
-        .thread_block()
-        .map_err(|e| format!("cannot block signals: {e}"))?;
     let mut config = ServerConfig {
         max_request: args.max_request as usize,
         idle_timeout: args.idle_timeout,
@@ -380,10 +411,18 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
     if let Some(workers) = args.workers {
         config.workers = workers as usize;
     }
+    let handed = take_back(handover.as_ref(), &passed.named)?;
     let rules = policy.rules.len();
     let workers = config.workers;
-    let server = Server::start(listener, policy, args.policy.clone(), audit, config)
-        .map_err(|e| format!("cannot start: {e}"))?;
+    let (server, refused) =
+        Server::start_holding(listener, policy, args.policy.clone(), audit, config, handed)
+            .map_err(|e| format!("cannot start: {e}"))?;
+    for unheld in refused {
+        logging::error(format_args!(
+            "{:?} of uid {} was handed over but cannot be held again: {}",
+            unheld.name, unheld.storer, unheld.why.message
+        ));
+    }
     let place = owned_path
         .as_ref()
         .map_or("the socket systemd passed".to_owned(), |p| {
@@ -397,7 +436,19 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
             "this kernel has no SO_PEERPIDFD (Linux 6.5+): clients' cgroups are unknown, so rules with cgroups or units never grant"
         ));
     }
-    let _ = systemd::notify("READY=1");
+    match handover {
+        // The predecessor tells the service manager, with our pid.
+        Some(handover) => handover
+            .ready()
+            .map_err(|e| format!("cannot tell the previous server we are ready: {e}"))?,
+        None => {
+            let _ = systemd::notify("READY=1");
+        }
+    }
+    if !passed.named.is_empty() {
+        // Read back and serving: the store's copy is spent.
+        let _ = systemd::notify(&format!("FDSTOREREMOVE=1\nFDNAME={}", handover::FDNAME));
+    }
     loop {
         match signals.wait() {
             Ok(Signal::SIGHUP) => {
@@ -419,12 +470,35 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
                 }
                 let _ = systemd::notify("READY=1");
             }
+            Ok(Signal::SIGUSR2) => {
+                let (held, parked) = server.held_counts();
+                log(format_args!(
+                    "SIGUSR2: upgrading in place to {} ({held} held, {parked} parked)",
+                    binary.path.display()
+                ));
+                match server.upgrade(&binary, owned_path.is_some()) {
+                    Ok(successor) => {
+                        log(format_args!(
+                            "upgraded: pid {} serves now with {} descriptors; this process stops",
+                            successor.pid, successor.handed
+                        ));
+                        let _ = systemd::notify(&format!("MAINPID={}\nREADY=1", successor.pid));
+                        server.shutdown();
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        logging::error(format_args!("{e}; this server serves on"));
+                        let _ = systemd::notify(&format!("STATUS={e}; this server serves on"));
+                    }
+                }
+            }
             Ok(signal) => {
                 log(format_args!(
                     "{signal}: finishing responses in flight and stopping"
                 ));
                 let _ = systemd::notify("STOPPING=1");
                 server.shutdown();
+                store_held(&server);
                 if let Some(path) = owned_path {
                     let _ = std::fs::remove_file(path);
                 }
@@ -432,6 +506,67 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
             }
             Err(e) => return Err(format!("waiting for signals failed: {e}")),
         }
+    }
+}
+
+/// What a previous server handed over: by an upgrade, or through the
+/// service manager's fd store (SPEC §3.4). A store's sockets are emptied
+/// here, so they leave the store too.
+fn take_back(
+    handover: Option<&upgrade::Handover>,
+    stored: &[std::os::fd::OwnedFd],
+) -> Result<handover::Received, String> {
+    let mut handed = match handover {
+        Some(handover) => handover
+            .receive()
+            .map_err(|e| format!("cannot take over from the previous server: {e}"))?,
+        None => handover::Received::default(),
+    };
+    for socket in stored {
+        match handover::read(socket, None) {
+            Ok(received) => handed.merge(received),
+            Err(e) => logging::error(format_args!(
+                "cannot read the fd store's {}: {e}",
+                handover::FDNAME
+            )),
+        }
+    }
+    if handover.is_some() || !stored.is_empty() {
+        log(format_args!(
+            "took over {} held and parked descriptors",
+            handed.len()
+        ));
+    }
+    if handed.damaged > 0 || !handed.complete {
+        logging::error(format_args!(
+            "the hand-over was cut short or damaged ({} entries unreadable): what it lacks is lost",
+            handed.damaged
+        ));
+    }
+    Ok(handed)
+}
+
+/// Stopping under a service manager: every held and parked fd goes into
+/// its fd store, through one socket (SPEC §3.4). Without one, or with
+/// nothing held, there is nothing to keep.
+fn store_held(server: &Server) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    match server.hand_over_to_store() {
+        Ok(None) => {}
+        Ok(Some((socket, count))) => {
+            let state = format!("FDSTORE=1\nFDNAME={}", handover::FDNAME);
+            match systemd::notify_with_fd(&state, Some(std::os::fd::AsFd::as_fd(&socket))) {
+                Ok(_) => log(format_args!(
+                    "{count} held and parked descriptors are in the service manager's fd store"
+                )),
+                Err(e) => logging::error(format_args!(
+                    "cannot store the held descriptors with the service manager: {e}; they are lost"
+                )),
+            }
+        }
+        Err(e) => logging::error(format_args!("{e}; the held descriptors are lost")),
     }
 }
 
@@ -588,6 +723,7 @@ fn explained_client(args: &ExplainArgs) -> Result<PeerIdentity, String> {
                 gid: user.gid.as_raw(),
                 groups: groups.into_iter().map(|g| g.as_raw()).collect(),
                 cgroup: None,
+                foreign_net: false,
                 connection: 0,
             }
         }

@@ -3,8 +3,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use super::{Client, Error, Response};
-use crate::fdpass;
+use super::{Client, Error, Reconnect, Response};
 use crate::protocol::{ListedName, Op, ResponseLine, Storer, WireRequest};
 
 /// What woke a parked connection.
@@ -55,16 +54,27 @@ pub struct Woken {
 /// ```
 pub struct Wakeups {
     client: Client,
+    prefix: String,
+    storer: Option<Storer>,
+    /// How to subscribe again when the server restarts or upgrades.
+    resubscribe: Option<Reconnect>,
 }
 
 impl Iterator for Wakeups {
     type Item = Result<Woken, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let response = match self.client.receive() {
-            Ok(r) => r,
-            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
-            Err(e) => return Some(Err(e)),
+        let response = loop {
+            match self.client.receive() {
+                Ok(r) => break r,
+                Err(Error::Io(e)) if super::reconnect::broken(&e) => {
+                    let policy = self.resubscribe?;
+                    if let Err(e) = self.subscribe_again(policy) {
+                        return Some(Err(e));
+                    }
+                }
+                Err(e) => return Some(Err(e)),
+            }
         };
         let line = response.line;
         if !line.ok {
@@ -93,6 +103,27 @@ impl Iterator for Wakeups {
 }
 
 impl Wakeups {
+    /// The server closed the subscription (it restarts or upgrades):
+    /// subscribes again on a new connection (SPEC §3.4). What became
+    /// readable meanwhile then comes, once.
+    fn subscribe_again(&mut self, policy: Reconnect) -> Result<(), Error> {
+        let socket = self
+            .client
+            .socket
+            .clone()
+            .ok_or(Error::NoSocketToReconnect)?;
+        let stream = policy.connect(&socket).map_err(|source| Error::Connect {
+            path: socket.clone(),
+            source,
+        })?;
+        stream.set_read_timeout(self.client.stream.read_timeout()?)?;
+        let mut client = Client::from_stream(stream);
+        client.socket = Some(socket);
+        client.ask_held(&wake_request(&self.prefix, self.storer.clone()), None)?;
+        self.client = client;
+        Ok(())
+    }
+
     /// The connection, to poll it for readiness alongside other work.
     ///
     /// ```no_run
@@ -142,11 +173,7 @@ impl Client {
         let mut line = serde_json::to_vec(request).map_err(|e| Error::Protocol(e.to_string()))?;
         line.push(b'\n');
         match fd {
-            // The descriptor rides on the first byte of its line (SPEC §2).
-            Some(fd) => {
-                let sent = fdpass::send(self.stream.as_fd(), &line, Some(fd))?;
-                self.send_raw(&line[sent..])?;
-            }
+            Some(fd) => self.send_with_fd(&line, fd)?,
             None => self.send_raw(&line)?,
         }
         let response = self.receive()?;
@@ -294,12 +321,25 @@ impl Client {
     /// # Ok::<(), fdopen::Error>(())
     /// ```
     pub fn wake(mut self, prefix: &str, storer: Option<Storer>) -> Result<Wakeups, Error> {
-        let request = WireRequest {
-            prefix: Some(prefix.to_owned()),
-            storer,
-            ..WireRequest::new(Op::Wake)
+        // A subscription comes back by itself unless told otherwise.
+        let resubscribe = match self.unanswered.take() {
+            Some(unanswered) => Some(unanswered.policy),
+            None => self.socket.is_some().then(Reconnect::default),
         };
-        self.ask_held(&request, None)?;
-        Ok(Wakeups { client: self })
+        self.ask_held(&wake_request(prefix, storer.clone()), None)?;
+        Ok(Wakeups {
+            client: self,
+            prefix: prefix.to_owned(),
+            storer,
+            resubscribe,
+        })
+    }
+}
+
+fn wake_request(prefix: &str, storer: Option<Storer>) -> WireRequest<'static> {
+    WireRequest {
+        prefix: Some(prefix.to_owned()),
+        storer,
+        ..WireRequest::new(Op::Wake)
     }
 }

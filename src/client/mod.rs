@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +22,8 @@ pub use tree::{
     DirEntry, DirPage, FileType, Metadata, ReadDir, Timestamp, TreeReply, TreeRequest, Within,
     is_dot, major_minor,
 };
+mod reconnect;
+pub use reconnect::Reconnect;
 
 use crate::fdpass;
 use crate::protocol::{
@@ -63,6 +65,17 @@ pub enum Error {
     /// connection is out of step and must be replaced.
     #[error("an earlier request on this connection timed out; connect again")]
     OutOfStep,
+    /// The connection broke before this request was answered, and it is
+    /// not one that may be sent twice: the server may have carried it out
+    /// (SPEC §3.4). Look before asking again.
+    #[error(
+        "the connection to the server was lost before it answered; the request may have been carried out"
+    )]
+    Lost,
+    /// [`Client::set_reconnect`] on a client made with
+    /// [`Client::from_stream`]: it knows no socket to connect to.
+    #[error("this client was made from a stream and knows no socket to reconnect to")]
+    NoSocketToReconnect,
 }
 
 /// One response, with the descriptor of a grant.
@@ -120,6 +133,10 @@ pub struct Client {
     out_of_step: bool,
     /// How long to poll for an answer before sleeping on it.
     busy_poll: std::time::Duration,
+    /// Where it connected, for reconnecting.
+    socket: Option<PathBuf>,
+    /// With a reconnect policy: what was sent and not yet answered.
+    unanswered: Option<reconnect::Unanswered>,
 }
 
 impl Client {
@@ -135,7 +152,9 @@ impl Client {
             path: path.to_owned(),
             source,
         })?;
-        Ok(Client::from_stream(stream))
+        let mut client = Client::from_stream(stream);
+        client.socket = Some(path.to_owned());
+        Ok(client)
     }
 
     /// Connects where a client should (SPEC §1): `FDOPEN_SOCKET`, else the
@@ -166,7 +185,32 @@ impl Client {
             fds: VecDeque::new(),
             out_of_step: false,
             busy_poll: std::time::Duration::ZERO,
+            socket: None,
+            unanswered: None,
         }
+    }
+
+    /// Reconnects by itself when the server restarts or upgrades (SPEC
+    /// §3.4), sending again what was unanswered where that is harmless;
+    /// other unanswered requests fail with [`Error::Lost`]. `None` (the
+    /// default) reports a broken connection as it is.
+    ///
+    /// ```no_run
+    /// let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+    /// client.set_reconnect(Some(fdopen::Reconnect::default()))?;
+    /// let names = client.list(Some("web/"), None)?; // survives an upgrade
+    /// # drop(names);
+    /// # Ok::<(), fdopen::Error>(())
+    /// ```
+    pub fn set_reconnect(&mut self, policy: Option<Reconnect>) -> Result<(), Error> {
+        self.unanswered = match policy {
+            None => None,
+            Some(policy) => {
+                let socket = self.socket.clone().ok_or(Error::NoSocketToReconnect)?;
+                Some(reconnect::Unanswered::new(policy, socket))
+            }
+        };
+        Ok(())
     }
 
     /// Polls for each answer for up to `spin` before sleeping on it: a
@@ -470,10 +514,58 @@ impl Client {
         if self.out_of_step {
             return Err(Error::OutOfStep);
         }
+        if let Some(unanswered) = &mut self.unanswered {
+            unanswered.sending(bytes);
+        }
+        self.write_bytes(bytes)
+    }
+
+    /// Writes bytes already noted as sent; a broken connection is
+    /// replaced, and the new one is sent what the old one left.
+    fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        match self.stream.write_all(bytes) {
+            Ok(()) => Ok(()),
+            Err(e) if self.unanswered.is_some() && reconnect::broken(&e) => self.come_back(),
+            Err(e) => Err(self.note_timeout(e)),
+        }
+    }
+
+    /// Sends `line` with `fd` attached to its first byte (SPEC §2).
+    fn send_with_fd(&mut self, line: &[u8], fd: BorrowedFd<'_>) -> Result<(), Error> {
+        if self.out_of_step {
+            return Err(Error::OutOfStep);
+        }
+        if let Some(unanswered) = &mut self.unanswered {
+            unanswered.sending(line);
+        }
+        match fdpass::send(self.stream.as_fd(), line, Some(fd)) {
+            Ok(sent) => self.write_bytes(&line[sent..]),
+            Err(e) if self.unanswered.is_some() && reconnect::broken(&e) => self.come_back(),
+            Err(e) => Err(self.note_timeout(e)),
+        }
+    }
+
+    /// Connects again (see [`Client::set_reconnect`]).
+    fn come_back(&mut self) -> Result<(), Error> {
+        let Some(unanswered) = &mut self.unanswered else {
+            return Err(Error::Io(io::ErrorKind::UnexpectedEof.into()));
+        };
+        // Whole answers already here stay: their requests are done.
+        let kept = reconnect::keep_whole_lines(&mut self.inbuf, &mut self.fds);
+        let again = unanswered.resend(kept);
+        let stream = unanswered
+            .policy
+            .connect(&unanswered.socket)
+            .map_err(|source| Error::Connect {
+                path: unanswered.socket.clone(),
+                source,
+            })?;
+        stream.set_read_timeout(self.stream.read_timeout()?)?;
+        stream.set_write_timeout(self.stream.write_timeout()?)?;
+        self.stream = stream;
         self.stream
-            .write_all(bytes)
-            .map_err(|e| self.note_timeout(e))?;
-        Ok(())
+            .write_all(&again)
+            .map_err(|e| self.note_timeout(e))
     }
 
     /// One `recvmsg`: polled for up to the busy-poll time, then blocking.
@@ -558,13 +650,31 @@ impl Client {
             return Err(Error::OutOfStep);
         }
         loop {
+            // In request order: a request lost with its connection is
+            // reported in its turn, before the answers to later ones.
+            if self.unanswered.as_mut().is_some_and(|u| u.take_lost()) {
+                return Err(Error::Lost);
+            }
             if let Some(newline) = self.inbuf.iter().position(|&b| b == b'\n') {
                 let mut line: Vec<u8> = self.inbuf.drain(..=newline).collect();
                 line.pop();
+                if let Some(unanswered) = &mut self.unanswered {
+                    unanswered.answered();
+                }
                 return Ok(line);
             }
             let mut buf = [0u8; 16 * 1024];
-            let received = self.receive_some(&mut buf)?;
+            let received = match self.receive_some(&mut buf) {
+                Err(Error::Io(e)) if self.unanswered.is_some() && reconnect::broken(&e) => {
+                    self.come_back()?;
+                    continue;
+                }
+                other => other?,
+            };
+            if received.bytes == 0 && self.unanswered.is_some() {
+                self.come_back()?;
+                continue;
+            }
             if received.bytes == 0 {
                 return Err(Error::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

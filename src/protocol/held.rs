@@ -82,6 +82,11 @@ pub struct HeldRequest {
 /// Longest held name.
 pub const MAX_HELD_NAME: usize = 255;
 
+/// Longest `expires` (SPEC §3.4): ten years of 365.25 days. Anything
+/// longer would reach the clock's limits (`Instant` overflow, dates past
+/// year 9999 that RFC 3339 cannot write), so it is `bad_request`.
+pub const MAX_EXPIRES: Duration = Duration::from_secs(10 * 31_557_600);
+
 /// Why a held name (or prefix) is refused, if it is.
 pub fn check_name(name: &str, prefix: bool) -> Result<(), String> {
     if name.is_empty() && !prefix {
@@ -142,6 +147,9 @@ pub(super) fn validate(wire: WireRequest<'_>, op: HeldOp) -> Result<HeldRequest,
     let expires = match &wire.expires {
         None => None,
         Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if d > MAX_EXPIRES => {
+                return bad(format!("\"expires\": {text:?} is more than 10 years"));
+            }
             Ok(d) if !d.is_zero() => Some(d),
             _ => return bad(format!("\"expires\": {text:?} is not a positive duration")),
         },
@@ -165,6 +173,10 @@ pub struct ListedName {
     /// RFC 3339, UTC; absent when the fd never expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
+    /// Whose it is (SPEC §3.4: every entry carries it); optional only so
+    /// that a v2 server's answers still parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storer: Option<u32>,
 }
 
 /// A held-fd answer line; which fields appear depends on the op.
@@ -213,5 +225,21 @@ mod tests {
         assert!(check_name("a b", false).is_err());
         assert!(check_name(&"x".repeat(256), false).is_err());
         assert!(check_name(&"x".repeat(255), false).is_ok());
+    }
+
+    #[test]
+    fn expires_is_at_most_ten_years() {
+        let parse = |expires: &str| {
+            let line = format!(r#"{{"op":"store","name":"a","expires":"{expires}"}}"#);
+            crate::protocol::parse_request(line.as_bytes()).request
+        };
+        assert!(parse("10y").is_ok());
+        assert!(parse("1s").is_ok());
+        for bad in ["10y 1s", "20000y", "300000000000y", "0s"] {
+            assert!(
+                matches!(parse(bad), Err(RequestError::BadOption(_))),
+                "{bad}"
+            );
+        }
     }
 }

@@ -400,24 +400,26 @@ mod tests {
 
     #[test]
     fn a_table_with_room_has_a_free_fd_and_a_full_one_not() {
-        // A child of our own, so that lowering its limit leaves ours.
+        // A child of our own, so that lowering its limit leaves ours. Its
+        // fds 0, 1 and 2 are open and stay so; what it inherited with
+        // O_CLOEXEC may still be closing as `spawn` returns (the kernel
+        // closes those after the pipe `spawn` waits on), so the test
+        // counts on nothing above 2.
         let mut child = std::process::Command::new("sleep")
             .arg("30")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let target = Target {
             tid: child.id() as i32,
         };
         assert_eq!(target.has_free_fd(), Some(true));
-        // Full: the limit at the lowest free number.
-        let taken: Vec<u64> = fs::read_dir(target.proc("fd"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
-            .collect();
-        let lowest_free = (0..).find(|n| !taken.contains(n)).unwrap();
+        // Full: the limit at 3, with 0, 1 and 2 taken.
         let full = libc::rlimit64 {
-            rlim_cur: lowest_free,
-            rlim_max: lowest_free,
+            rlim_cur: 3,
+            rlim_max: 3,
         };
         // SAFETY: prlimit64 sets the child's limit from a struct we own.
         let rc = unsafe {

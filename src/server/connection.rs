@@ -12,11 +12,11 @@ use std::time::Instant;
 use nix::sys::epoll::EpollFlags;
 
 use super::dispatch::FilesystemJob;
+use super::undo::{CreatedGuard, HeldGuard};
 use super::watchdog::Delivery;
 use crate::fdpass;
 use crate::peer::PeerIdentity;
 use crate::protocol::{ErrorCode, encode};
-use crate::safe_open::CreatedFile;
 
 /// Responses queued for one client before it stops being read: bounds
 /// memory and the descriptors held on its behalf.
@@ -101,13 +101,29 @@ pub(super) struct Subscribing {
     pub id: Option<Box<serde_json::value::RawValue>>,
 }
 
-/// Effects on a granted file that wait for its audit record (SPEC §3.2).
+/// Effects of a grant that wait for its audit record (SPEC §3.2, §3.4).
+/// Dropped unkept (no record, a panic), it undoes what the request did.
 #[derive(Debug, Default)]
 pub(super) struct AfterRecord {
-    /// Truncate it once the record is written.
+    /// Truncate the granted file once the record is written.
     pub truncate: bool,
-    /// Remove it if the record could not be written.
-    pub created: Option<CreatedFile>,
+    /// The file the request created.
+    pub created: Option<CreatedGuard>,
+    /// What a `retrieve` did to the held fd; with `remove`, it has the fd
+    /// to send.
+    pub held: Option<HeldGuard>,
+}
+
+impl AfterRecord {
+    /// The record is written: what the request did stands. Returns the
+    /// taken held fd, to be sent.
+    pub fn keep(self) -> Option<File> {
+        let AfterRecord { created, held, .. } = self;
+        if let Some(created) = created {
+            created.keep();
+        }
+        held.and_then(HeldGuard::keep).map(File::from)
+    }
 }
 
 /// One client.
@@ -129,6 +145,8 @@ pub(super) struct Connection {
     pub read_done: bool,
     /// Current epoll interest, to skip needless `epoll_ctl` calls.
     pub interest: EpollFlags,
+    /// Received descriptors waiting, as last counted against the quota.
+    pub fds_counted: usize,
 }
 
 impl Connection {
@@ -144,6 +162,19 @@ impl Connection {
             last_active: Instant::now(),
             read_done: false,
             interest,
+            fds_counted: 0,
+        }
+    }
+
+    /// Received descriptors no line has taken yet.
+    pub fn waiting_fds(&self) -> usize {
+        self.attachments.iter().map(|a| a.fds.len()).sum()
+    }
+
+    /// Every received descriptor still waiting goes to `closing`.
+    pub fn release_fds(&mut self, closing: &mut Vec<OwnedFd>) {
+        for received in self.attachments.drain(..) {
+            closing.extend(received.fds);
         }
     }
 
@@ -170,10 +201,16 @@ impl Connection {
         Some((start, end))
     }
 
-    /// The descriptors that belong to the line at `start..end` (SPEC §2):
-    /// a line `takes_fd` calls a `store` or `park` takes those of the
-    /// `recvmsg` its first byte came in; any other line that begins where
-    /// descriptors came is refused, and they are closed.
+    /// The descriptors that belong to the line at `start..end` (SPEC §2).
+    ///
+    /// One `recvmsg` ends with the message that carried descriptors: the
+    /// kernel's stream read goes on past messages without any and stops
+    /// after the first with some (`unix_stream_read_generic`). So the
+    /// read may begin with earlier lines, and the descriptors belong to a
+    /// line that starts in it, not to its first: to the first `store` or
+    /// `park` (`takes_fd`) that starts there, which takes them; failing
+    /// that, they came with some other line, and the read's last line is
+    /// refused and they are closed.
     pub fn attachment_for(
         &mut self,
         (start, end): (usize, usize),
@@ -205,7 +242,8 @@ impl Connection {
             }
             return Attachment::Fds(std::mem::take(&mut received.fds));
         }
-        if start == received.from {
+        // No later line starts in this read: this one is the last.
+        if end + 1 >= received.to {
             received.claimed = true;
             closing.append(&mut received.fds);
             return Attachment::Tainted;
@@ -248,11 +286,11 @@ impl Connection {
 
     /// After a line longer than the limit, framing is lost: the client gets
     /// its `bad_request` and nothing more is read from it.
-    pub fn stop_reading(&mut self) {
+    pub fn stop_reading(&mut self, closing: &mut Vec<OwnedFd>) {
         self.read_done = true;
         self.inbuf.clear();
         self.answered = 0;
-        self.attachments.clear();
+        self.release_fds(closing);
     }
 
     pub fn desired_interest(&self) -> EpollFlags {
@@ -272,17 +310,23 @@ impl Connection {
 
     /// Nobody is left to read the answers: drop what is queued. A slot
     /// still waiting for a stuck call stays, so its answer finds it.
-    pub fn abandon_output(&mut self) {
+    pub fn abandon_output(&mut self, closing: &mut Vec<OwnedFd>) {
         self.read_done = true;
-        self.outq.retain(|o| o.waiting.is_some());
+        for out in std::mem::take(&mut self.outq) {
+            if out.waiting.is_some() {
+                self.outq.push_back(out);
+            } else {
+                closing.extend(out.fd.map(OwnedFd::from));
+            }
+        }
         self.inbuf.clear();
         self.answered = 0;
-        self.attachments.clear();
+        self.release_fds(closing);
     }
 
     /// One `recvmsg`; descriptors the client sent are kept with the bytes
     /// they came with, for the line they belong to ([`Self::attachment_for`]).
-    pub fn read(&mut self, buf: &mut [u8]) {
+    pub fn read(&mut self, buf: &mut [u8], closing: &mut Vec<OwnedFd>) {
         match fdpass::recv(self.stream.as_fd(), buf) {
             Ok(received) if received.bytes == 0 => {
                 self.read_done = true;
@@ -301,7 +345,7 @@ impl Connection {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => self.abandon_output(),
+            Err(_) => self.abandon_output(closing),
         }
     }
 
@@ -326,7 +370,7 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
                     // The client is gone; drop everything it asked for.
-                    self.abandon_output();
+                    self.abandon_output(closing);
                     return;
                 }
             }

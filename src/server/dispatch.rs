@@ -14,9 +14,11 @@ use serde_json::value::RawValue;
 
 use super::Shared;
 use super::connection::{AfterRecord, Attachment, Outgoing, Subscribing};
+use super::fault;
 use super::held_ops::{self, HeldAnswer};
 use super::stats::Now;
 use super::stats::Recorder;
+use super::undo::CreatedGuard;
 use crate::audit::{AuditLog, Record};
 use crate::decision::{self, Decision, Intent, Refusal, Scratch, Wants};
 use crate::peer::PeerIdentity;
@@ -231,9 +233,9 @@ pub(super) fn begin(
     closing: &mut Vec<OwnedFd>,
 ) -> Begun {
     let parsed = parse_request(line);
-    shared
-        .stats
-        .request(parsed.request.as_ref().ok().map(Request::op));
+    let op = parsed.request.as_ref().ok().map(Request::op);
+    shared.stats.request(op);
+    fault::point(op.map_or("", Op::as_str), "begin");
     let mut bytes = Vec::with_capacity(192);
     let (request, fds) = match (parsed.request, attachment) {
         (Ok(Request::Held(held)), Attachment::Fds(fds)) => (Ok(Request::Held(held)), fds),
@@ -385,10 +387,14 @@ pub(super) fn finish(
         Work::File { file, .. } => file,
         Work::Tree(request) => return finish_tree(job, request, outcome, peer, ts, audit),
     };
-    let outcome = outcome.map(|done| match done {
+    let mut outcome = outcome.map(|done| match done {
         Done::File(decision) => decision,
         Done::Tree(_) => unreachable!("a file job decides a file"),
     });
+    // Removed unless the grant stands, whatever happens from here on.
+    let created = outcome.as_mut().ok().and_then(|d| d.created.take());
+    let created = created.map(CreatedGuard::new);
+    fault::point(job.op.as_str(), "decided");
     let mut bytes = Vec::with_capacity(192);
     let id = job.id.as_deref();
     let mut record = Record::new(peer, ts);
@@ -400,7 +406,11 @@ pub(super) fn finish(
             encode::grant(&mut bytes, id, &granted.grant, job.op == Op::Open);
             record.ok = true;
             record.rule = Some(&granted.grant.rule);
-            record.created = granted.grant.created;
+            if job.op == Op::Check {
+                record.would_create = granted.grant.created;
+            } else {
+                record.created = granted.grant.created;
+            }
             if let Some(real) = &granted.real_path {
                 record.set_real_path(real);
             }
@@ -427,7 +437,8 @@ pub(super) fn finish(
         grants: true,
         after_record: AfterRecord {
             truncate: granted.truncate,
-            created: granted.created,
+            created,
+            held: None,
         },
         ..Outgoing::new(bytes, granted.file, Some(end))
     }
@@ -480,6 +491,7 @@ fn finish_tree(
     };
     let quiet = !request.op.changes() && !job.audit_metadata;
     if recorded || quiet {
+        audit.count(&record);
         return Outgoing::new(bytes, None, None);
     }
     let end = audit.append(&record);
@@ -500,16 +512,22 @@ fn answer_bind(
     let mut record = Record::new(peer, ts);
     record.op = Some(Op::Bind.as_str());
     record.address = Some(&asked);
-    let outcome = policy
-        .decide_bind(&request.address, request.reuseport, peer)
-        .and_then(|rule| {
-            sockets::bind(request, peer)
-                .map(|(fd, bound)| (fd, bound, rule))
-                .map_err(|e| match e {
-                    BindError::InUse => Refusal::new(ErrorCode::InUse, e.to_string()),
-                    BindError::Io { .. } => Refusal::new(ErrorCode::IoError, e.to_string()),
-                })
-        });
+    // The socket would be made in our namespace, outside the client's
+    // (`PrivateNetwork=`): no rule can grant that (SPEC §3.3).
+    let decided = if peer.foreign_net {
+        let why = "the client is in another network namespace than the server";
+        Err(Refusal::new(ErrorCode::Denied, why))
+    } else {
+        policy.decide_bind(&request.address, request.reuseport, peer)
+    };
+    let outcome = decided.and_then(|rule| {
+        sockets::bind(request, peer)
+            .map(|(fd, bound)| (fd, bound, rule))
+            .map_err(|e| match e {
+                BindError::InUse => Refusal::new(ErrorCode::InUse, e.to_string()),
+                BindError::Io { .. } => Refusal::new(ErrorCode::IoError, e.to_string()),
+            })
+    });
     match outcome {
         Ok((fd, bound, rule)) => {
             encode::bound(&mut bytes, id, &bound, &rule.name);

@@ -72,15 +72,16 @@ pub(super) struct Registry {
 }
 
 impl Registry {
-    /// Holds `fd` under `name` for `storer`; returns its token.
-    pub fn insert(
+    /// Holds `fd` under `name` for `storer` until `expires` (see
+    /// [`deadline`]); returns its token.
+    pub fn insert_until(
         &mut self,
         limits: HeldLimits,
         storer: Arc<PeerIdentity>,
         name: &str,
         fd: OwnedFd,
         kind: Kind,
-        expires: Option<Duration>,
+        expires: Option<(Instant, SystemTime)>,
     ) -> Result<u64, (Refusal, OwnedFd)> {
         let uid = storer.uid;
         let mine = self.by_storer.entry(uid).or_default();
@@ -97,7 +98,6 @@ impl Registry {
         }
         self.next_token += 1;
         let token = self.next_token;
-        let expires = expires.map(|d| (Instant::now() + d, SystemTime::now() + d));
         if let Some((deadline, _)) = expires {
             self.expiries.push(Reverse((deadline, token)));
         }
@@ -132,6 +132,26 @@ impl Registry {
 
     pub fn key_of(&self, token: u64) -> Option<&Key> {
         self.by_token.get(&token)
+    }
+
+    /// Holds again an entry [`Self::remove`] gave out, under its old token
+    /// and deadline, past the limits (it was counted before); gives it
+    /// back if its name was taken meanwhile.
+    pub fn reinsert(&mut self, key: Key, entry: Entry) -> Result<(), Entry> {
+        let mine = self.by_storer.entry(key.storer).or_default();
+        if mine.contains_key(&key.name) {
+            return Err(entry);
+        }
+        let token = entry.token;
+        // Its deadline may have been popped while it was out; a second
+        // heap entry for the token is skipped once the first removed it.
+        if let Some((deadline, _)) = entry.expires {
+            self.expiries.push(Reverse((deadline, token)));
+        }
+        mine.insert(key.name.clone(), entry);
+        self.by_token.insert(token, key);
+        self.total += 1;
+        Ok(())
     }
 
     pub fn remove(&mut self, storer: u32, name: &str) -> Option<Entry> {
@@ -172,6 +192,11 @@ impl Registry {
         gone
     }
 
+    /// Every entry, for a hand-over.
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.by_storer.values().flat_map(|mine| mine.iter())
+    }
+
     /// How many are held and how many parked.
     pub fn counts(&self) -> (usize, usize) {
         let parked = self
@@ -191,6 +216,27 @@ impl Registry {
     }
 }
 
+/// An expiry `after` from now, as a deadline and as the time `list` shows.
+pub(super) fn deadline(after: Duration) -> (Instant, SystemTime) {
+    // The protocol bounds `expires` to 10 years; clamped here too, so
+    // that no duration can panic the clock arithmetic (SPEC §2).
+    let after = after.min(MAX_LEFT);
+    (Instant::now() + after, SystemTime::now() + after)
+}
+
+/// An expiry at wall-clock `at` (handed over from a previous server):
+/// already past means now; `list` shows `at` itself.
+pub(super) fn deadline_at(at: SystemTime) -> (Instant, SystemTime) {
+    let left = at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+        .min(MAX_LEFT);
+    (Instant::now() + left, at)
+}
+
+/// Longer than any `expires` a request may give (10 years).
+const MAX_LEFT: Duration = Duration::from_secs(11 * 366 * 24 * 3600);
+
 /// A `list` entry for `name`.
 pub(super) fn listed_name(name: &str, entry: &Entry) -> ListedName {
     ListedName {
@@ -199,6 +245,7 @@ pub(super) fn listed_name(name: &str, entry: &Entry) -> ListedName {
         expires: entry
             .expires
             .map(|(_, at)| humantime::format_rfc3339_seconds(at).to_string()),
+        storer: Some(entry.storer.uid),
     }
 }
 
@@ -213,6 +260,7 @@ mod tests {
             gid: uid,
             groups: vec![],
             cgroup: None,
+            foreign_net: false,
             connection: 0,
         })
     }
@@ -225,12 +273,12 @@ mod tests {
     fn names_live_in_one_namespace_per_storer() {
         let limits = HeldLimits::default();
         let mut r = Registry::default();
-        r.insert(limits, peer(1), "web/a", fd(), Kind::Held, None)
+        r.insert_until(limits, peer(1), "web/a", fd(), Kind::Held, None)
             .unwrap();
-        r.insert(limits, peer(2), "web/a", fd(), Kind::Held, None)
+        r.insert_until(limits, peer(2), "web/a", fd(), Kind::Held, None)
             .unwrap();
         let (refusal, _) = r
-            .insert(limits, peer(1), "web/a", fd(), Kind::Held, None)
+            .insert_until(limits, peer(1), "web/a", fd(), Kind::Held, None)
             .unwrap_err();
         assert_eq!(refusal.code, ErrorCode::Exists);
         assert_eq!(r.total, 2);
@@ -246,17 +294,17 @@ mod tests {
         };
         let mut r = Registry::default();
         for name in ["a", "b"] {
-            r.insert(limits, peer(1), name, fd(), Kind::Held, None)
+            r.insert_until(limits, peer(1), name, fd(), Kind::Held, None)
                 .unwrap();
         }
         let busy = |r: &mut Registry, uid, name| {
-            r.insert(limits, peer(uid), name, fd(), Kind::Held, None)
+            r.insert_until(limits, peer(uid), name, fd(), Kind::Held, None)
                 .unwrap_err()
                 .0
                 .code
         };
         assert_eq!(busy(&mut r, 1, "c"), ErrorCode::Busy);
-        r.insert(limits, peer(2), "a", fd(), Kind::Held, None)
+        r.insert_until(limits, peer(2), "a", fd(), Kind::Held, None)
             .unwrap();
         assert_eq!(busy(&mut r, 3, "a"), ErrorCode::Busy);
     }
@@ -265,18 +313,18 @@ mod tests {
     fn expiry_removes_only_what_is_due_and_still_held() {
         let limits = HeldLimits::default();
         let mut r = Registry::default();
-        let soon = Some(Duration::from_millis(1));
-        r.insert(limits, peer(1), "x", fd(), Kind::Held, soon)
+        let soon = Some(deadline(Duration::from_millis(1)));
+        r.insert_until(limits, peer(1), "x", fd(), Kind::Held, soon)
             .unwrap();
-        r.insert(limits, peer(1), "y", fd(), Kind::Held, soon)
+        r.insert_until(limits, peer(1), "y", fd(), Kind::Held, soon)
             .unwrap();
-        r.insert(
+        r.insert_until(
             limits,
             peer(1),
             "z",
             fd(),
             Kind::Held,
-            Some(Duration::from_secs(60)),
+            Some(deadline(Duration::from_secs(60))),
         )
         .unwrap();
         r.remove(1, "y");
@@ -292,7 +340,7 @@ mod tests {
         let limits = HeldLimits::default();
         let mut r = Registry::default();
         for name in ["web/a", "web/b", "weba", "db/x"] {
-            r.insert(limits, peer(1), name, fd(), Kind::Held, None)
+            r.insert_until(limits, peer(1), name, fd(), Kind::Held, None)
                 .unwrap();
         }
         let listed: Vec<_> = r.listed(1, "web/").map(|(n, _)| n.clone()).collect();

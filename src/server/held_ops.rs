@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use super::connection::{Outgoing, Subscribing};
-use super::held::Kind;
+use super::connection::{AfterRecord, Outgoing, Subscribing};
+use super::fault;
+use super::held::{Key, Kind};
 use super::holder::Holder;
 use super::stats::Recorder;
+use super::undo::HeldGuard;
 use crate::audit::Record;
 use crate::decision::Refusal;
 use crate::peer::PeerIdentity;
@@ -40,7 +42,7 @@ fn storer_uid(storer: Option<&Storer>, client: &PeerIdentity) -> Result<u32, Ref
 #[allow(clippy::too_many_arguments)]
 pub(super) fn answer(
     policy: &Policy,
-    holder: &Holder,
+    holder: &Arc<Holder>,
     peer: &Arc<PeerIdentity>,
     request: HeldRequest,
     mut fds: Vec<OwnedFd>,
@@ -59,7 +61,7 @@ pub(super) fn answer(
     });
     closing.append(&mut fds);
     let mut bytes = Vec::with_capacity(128);
-    let (out_fd, rule) = match outcome {
+    let (out_fd, rule, held) = match outcome {
         Ok(Acted::Subscribe(sub)) => {
             record.ok = true;
             audit.append(&record);
@@ -67,7 +69,11 @@ pub(super) fn answer(
         }
         Ok(Acted::Line(line, fd, rule)) => {
             bytes = line;
-            (fd, rule)
+            (fd, rule, None)
+        }
+        Ok(Acted::Retrieved(line, fd, held, rule)) => {
+            bytes = line;
+            (fd, Some(rule), held)
         }
         Err(refusal) => {
             encode::error(&mut bytes, id, refusal.code, &refusal.message);
@@ -81,7 +87,12 @@ pub(super) fn answer(
     record.rule = rule.as_deref();
     audit.append(&record);
     HeldAnswer::Answered(Outgoing {
-        grants: out_fd.is_some(),
+        grants: out_fd.is_some() || held.is_some(),
+        // What the retrieve did stands once its record is written.
+        after_record: AfterRecord {
+            held,
+            ..AfterRecord::default()
+        },
         ..Outgoing::new(
             bytes,
             out_fd.map(std::fs::File::from),
@@ -93,12 +104,17 @@ pub(super) fn answer(
 enum Acted {
     /// The response line, the fd it carries, the rule that allowed it.
     Line(Vec<u8>, Option<OwnedFd>, Option<String>),
+    /// A `retrieve`: the line, the copy to send, and what it did to the
+    /// held fd, undone if the record is not written (SPEC §3.4): with
+    /// `remove` the fd itself (then the only one to send), or a parked fd
+    /// unparked.
+    Retrieved(Vec<u8>, Option<OwnedFd>, Option<HeldGuard>, String),
     Subscribe(Subscribing),
 }
 
 fn act(
     policy: &Policy,
-    holder: &Holder,
+    holder: &Arc<Holder>,
     peer: &Arc<PeerIdentity>,
     request: &HeldRequest,
     storer: u32,
@@ -152,12 +168,24 @@ fn act(
         HeldOp::Retrieve => {
             let name = request.name.as_deref().expect("validated");
             let rule = policy.decide_held(op, name, storer, peer)?.name.clone();
-            let (fd, was) = holder.retrieve(storer, name, request.remove)?;
-            Ok(Acted::Line(
-                line(Some(name), true, Some(was.as_str())),
-                Some(fd),
-                Some(rule),
-            ))
+            if request.remove {
+                let taken = holder.take(storer, name)?;
+                let was = taken.kind();
+                let taken = HeldGuard::taken(holder.clone(), taken);
+                fault::point("retrieve", "taken");
+                let line = line(Some(name), true, Some(was.as_str()));
+                return Ok(Acted::Retrieved(line, None, Some(taken), rule));
+            }
+            let (fd, was, token) = holder.retrieve(storer, name)?;
+            let unparked = (was == Kind::Parked).then(|| {
+                let key = Key {
+                    storer,
+                    name: name.to_owned(),
+                };
+                HeldGuard::unparked(holder.clone(), key, token)
+            });
+            let line = line(Some(name), true, Some(was.as_str()));
+            Ok(Acted::Retrieved(line, Some(fd), unparked, rule))
         }
         HeldOp::Drop => {
             let name = request.name.as_deref().expect("validated");

@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -17,8 +17,10 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde_json::value::RawValue;
 use slab::Slab;
 
-use super::held::{Entry, HeldLimits, Key, Kind, Registry, listed_name};
-use super::{Shared, lock};
+use super::handover::{Incoming, Outgoing, Unheld};
+use super::held::{Entry, HeldLimits, Key, Kind, Registry, deadline, deadline_at, listed_name};
+use super::watchdog::CallWatch;
+use super::{Shared, failure, lock};
 use crate::audit::{Clock, Record};
 use crate::decision::Refusal;
 use crate::fdpass;
@@ -50,6 +52,9 @@ struct Subscriber {
     closing: bool,
     /// Hung up: removed at the next flush, its wake-ups put back.
     gone: bool,
+    /// Shut its write side: it sends nothing more, but is still there to
+    /// be answered and woken (SPEC §3.4).
+    read_closed: bool,
 }
 
 /// A line waiting to go to a subscriber.
@@ -81,6 +86,9 @@ struct State {
     /// subscriber comes.
     unclaimed: Vec<u64>,
     retry_at: Option<Instant>,
+    /// Descriptors given up by a lane's call (a taken fd that could not
+    /// be put back): the holder thread closes them, watched.
+    closing: Vec<OwnedFd>,
 }
 
 pub(super) struct Holder {
@@ -88,6 +96,27 @@ pub(super) struct Holder {
     epoll: Epoll,
     waker: EventFd,
     limits: HeldLimits,
+    /// The holder thread's closes, watched like filesystem calls: a close
+    /// can block (`SO_LINGER`, a FUSE flush), and then the watchdog
+    /// starts a new holder thread (SPEC §3.4).
+    pub call: CallWatch,
+}
+
+/// A held fd a request took out of the holder, with what it needs to be
+/// held again as it was ([`Holder::put_back`]).
+pub(super) struct Taken {
+    key: Key,
+    entry: Entry,
+}
+
+impl Taken {
+    pub fn kind(&self) -> Kind {
+        self.entry.kind
+    }
+
+    pub fn into_fd(self) -> OwnedFd {
+        self.entry.fd
+    }
 }
 
 /// A subscription on its way from a lane to the holder.
@@ -121,10 +150,12 @@ impl Holder {
                 next_seq: 0,
                 unclaimed: Vec::new(),
                 retry_at: None,
+                closing: Vec::new(),
             }),
             epoll,
             waker,
             limits,
+            call: CallWatch::default(),
         })
     }
 
@@ -147,7 +178,7 @@ impl Holder {
             return Err((refusal, Some(fd)));
         }
         let mut state = lock(&self.state);
-        self.insert(&mut state, storer, name, fd, kind, expires)?;
+        self.insert(&mut state, storer, name, fd, kind, expires.map(deadline))?;
         drop(state);
         if expires.is_some() {
             // The holder thread may sleep past this expiry otherwise.
@@ -164,12 +195,12 @@ impl Holder {
         name: &str,
         fd: OwnedFd,
         kind: Kind,
-        expires: Option<Duration>,
+        expires: Option<(Instant, SystemTime)>,
     ) -> Result<(), (Refusal, Option<OwnedFd>)> {
         let uid = storer.uid;
         let token = state
             .registry
-            .insert(self.limits, storer, name, fd, kind, expires)
+            .insert_until(self.limits, storer, name, fd, kind, expires)
             .map_err(|(refusal, fd)| (refusal, Some(fd)))?;
         if kind == Kind::Parked {
             let entry = state.registry.get(uid, name).expect("inserted");
@@ -182,18 +213,10 @@ impl Holder {
         Ok(())
     }
 
-    /// `retrieve`: a duplicate of the held fd (or, with `remove`, the fd
-    /// itself, no longer held), and whether it was parked. A parked fd is
-    /// unparked: it stays held, but no longer watched.
-    pub fn retrieve(
-        &self,
-        storer: u32,
-        name: &str,
-        remove: bool,
-    ) -> Result<(OwnedFd, Kind), Refusal> {
-        if remove {
-            return self.take(storer, name);
-        }
+    /// `retrieve` without `remove`: a duplicate of the held fd, whether
+    /// it was parked, and its token. A parked fd is unparked: it stays
+    /// held, but no longer watched.
+    pub fn retrieve(&self, storer: u32, name: &str) -> Result<(OwnedFd, Kind, u64), Refusal> {
         let mut state = lock(&self.state);
         let entry = state
             .registry
@@ -208,23 +231,75 @@ impl Holder {
             .fd
             .try_clone()
             .map_err(|e| Refusal::new(ErrorCode::Busy, format!("cannot duplicate it: {e}")))?;
-        Ok((copy, was))
+        Ok((copy, was, entry.token))
+    }
+
+    /// Parks again an fd a failed `retrieve` unparked, if it is still the
+    /// same entry (`token`) and still held.
+    pub fn repark(&self, key: &Key, token: u64) {
+        let mut state = lock(&self.state);
+        let Some(entry) = state.registry.get_mut(key.storer, &key.name) else {
+            return;
+        };
+        if entry.token == token
+            && entry.kind == Kind::Held
+            && self
+                .epoll
+                .add(entry.fd.as_fd(), parked_interest(token))
+                .is_ok()
+        {
+            entry.kind = Kind::Parked;
+        }
     }
 
     /// `drop`: the fd, no longer held, for the caller to close.
     pub fn drop_name(&self, storer: u32, name: &str) -> Result<OwnedFd, Refusal> {
-        self.take(storer, name).map(|(fd, _)| fd)
+        self.take(storer, name).map(Taken::into_fd)
     }
 
-    /// Stops holding (and watching) `name`; its fd goes to the caller.
-    fn take(&self, storer: u32, name: &str) -> Result<(OwnedFd, Kind), Refusal> {
+    /// Stops holding (and watching) `name`; its fd goes to the caller,
+    /// who may [`put it back`](Self::put_back).
+    pub fn take(&self, storer: u32, name: &str) -> Result<Taken, Refusal> {
         let mut state = lock(&self.state);
         let entry = state
             .registry
             .remove(storer, name)
             .ok_or_else(|| not_held(name))?;
         self.unwatch(&entry);
-        Ok((entry.fd, entry.kind))
+        let key = Key {
+            storer,
+            name: name.to_owned(),
+        };
+        Ok(Taken { key, entry })
+    }
+
+    /// Holds a taken fd again as it was (a request that took it failed,
+    /// SPEC §3.4). Should its name have been taken meanwhile, the fd is
+    /// closed by the holder thread.
+    pub fn put_back(&self, taken: Taken) {
+        let Taken { key, entry } = taken;
+        let mut state = lock(&self.state);
+        let (parked, token, storer) = (entry.kind == Kind::Parked, entry.token, key.storer);
+        let name = key.name.clone();
+        match state.registry.reinsert(key, entry) {
+            Ok(()) if parked => {
+                let entry = state.registry.get(storer, &name);
+                if let Some(entry) = entry
+                    && self
+                        .epoll
+                        .add(entry.fd.as_fd(), parked_interest(token))
+                        .is_err()
+                {
+                    logging::error(format_args!("cannot watch {name:?} again"));
+                }
+            }
+            Ok(()) => {}
+            Err(entry) => {
+                state.closing.push(entry.fd);
+                drop(state);
+                self.wake();
+            }
+        }
     }
 
     /// `list`: `storer`'s names under `prefix` that `visible` lets through.
@@ -273,6 +348,7 @@ impl Holder {
             outq: VecDeque::from([Queued::line(ack)]),
             closing: false,
             gone: false,
+            read_closed: false,
         };
         if sub.trailing {
             refuse_more(&mut subscriber);
@@ -318,6 +394,100 @@ impl Holder {
         {
             let mut event = parked_interest(token);
             let _ = self.epoll.modify(entry.fd.as_fd(), &mut event);
+        }
+    }
+}
+
+/// The holder stopped for a hand-over (SPEC §3.4): nothing is stored,
+/// taken, woken or expired while this lives.
+pub(super) struct Frozen<'a> {
+    holder: &'a Holder,
+    state: MutexGuard<'a, State>,
+}
+
+impl Holder {
+    /// Stops the holder where it is, for [`Frozen::outgoing`].
+    pub fn freeze(&self) -> Frozen<'_> {
+        Frozen {
+            holder: self,
+            state: lock(&self.state),
+        }
+    }
+
+    /// Holds what a previous server handed over, under the limits of
+    /// this one; returns what could not be held, with why (its fd closed).
+    pub fn import(&self, entries: Vec<Incoming>) -> Vec<Unheld> {
+        let mut state = lock(&self.state);
+        let mut refused = Vec::new();
+        for entry in entries {
+            let uid = entry.storer.uid;
+            let storer = Arc::new(entry.storer);
+            let expires = entry.expires.map(deadline_at);
+            if let Err((refusal, _fd)) = self.insert(
+                &mut state,
+                storer,
+                &entry.name,
+                entry.fd,
+                entry.kind,
+                expires,
+            ) {
+                refused.push(Unheld {
+                    name: entry.name,
+                    storer: uid,
+                    why: refusal,
+                });
+            }
+        }
+        drop(state);
+        self.wake();
+        refused
+    }
+}
+
+impl Frozen<'_> {
+    /// Everything held and parked, with what it needs to be held again:
+    /// wake-ups queued for a subscriber and not yet sent count as parked.
+    pub fn outgoing(&self) -> Vec<Outgoing<'_>> {
+        let state = &*self.state;
+        let held = state.registry.entries().map(|(name, entry)| Outgoing {
+            name,
+            kind: entry.kind,
+            storer: &entry.storer,
+            expires: entry.expires.map(|(_, at)| at),
+            fd: entry.fd.as_fd(),
+        });
+        let now = SystemTime::now();
+        let queued = state
+            .subscribers
+            .iter()
+            .flat_map(|(_, sub)| sub.outq.iter())
+            .filter(|queued| queued.sent == 0)
+            .filter_map(move |queued| {
+                let (key, storer, left) = queued.parked.as_ref()?;
+                Some(Outgoing {
+                    name: &key.name,
+                    kind: Kind::Parked,
+                    storer,
+                    expires: left.map(|left| now + left),
+                    fd: queued.fd.as_ref()?.as_fd(),
+                })
+            });
+        held.chain(queued).collect()
+    }
+
+    /// The successor holds everything now: this holder lets go of it all
+    /// without closing (the descriptions live on there; ours close with
+    /// the process) and closes its subscribers, who come back to the
+    /// successor.
+    pub fn hand_off(mut self) {
+        let state = &mut *self.state;
+        std::mem::forget(std::mem::take(&mut state.registry));
+        state.unclaimed.clear();
+        for sub in state.subscribers.drain() {
+            let _ = self.holder.epoll.delete(sub.stream.as_fd());
+            for queued in sub.outq {
+                std::mem::forget(queued.fd);
+            }
         }
     }
 }
@@ -388,8 +558,22 @@ struct Pending {
     event: Event,
 }
 
-/// The holder thread, for the life of the server.
-pub(super) fn run(shared: &Arc<Shared>) {
+/// Starts the holder thread: anew after a panic, and by the watchdog
+/// when the previous one is stuck closing a descriptor.
+pub(super) fn spawn(shared: Arc<Shared>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("fdopen-holder".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            while failure::catch(|| run(&shared)).is_err() {
+                logging::error(format_args!("the holder failed; it starts over"));
+            }
+        })
+        .map(drop)
+}
+
+/// The holder thread, until the watchdog abandons it in a close.
+fn run(shared: &Arc<Shared>) {
     let holder = &shared.holder;
     let mut events = vec![EpollEvent::empty(); 1024];
     let mut batch = Batch::default();
@@ -418,8 +602,8 @@ pub(super) fn run(shared: &Arc<Shared>) {
             }
         };
         let policy = shared.policy.load_full();
-        let mut state = lock(&holder.state);
-        let state = &mut *state;
+        let mut locked = lock(&holder.state);
+        let state = &mut *locked;
         let mut closing: Vec<OwnedFd> = Vec::new();
         for event in &events[..ready] {
             match event.data() {
@@ -445,7 +629,8 @@ pub(super) fn run(shared: &Arc<Shared>) {
                     } else {
                         Event::Readable
                     };
-                    claim(holder, state, &policy, (token, &key, kind), &mut batch);
+                    let fired = (token, &key, kind);
+                    claim(holder, state, &policy, fired, &mut batch, &mut closing);
                 }
             }
         }
@@ -492,9 +677,33 @@ pub(super) fn run(shared: &Arc<Shared>) {
                 state.retry_at = Some(Instant::now() + AUDIT_RETRY);
             }
         }
+        let full = full_subscribers(state);
         flush_all(holder, state, shared, &mut closing);
-        drop(closing);
+        if full > full_subscribers(state) {
+            // A subscriber that was passed over has room again: what fired
+            // meanwhile gets another look (after an upgrade, a subscriber
+            // that comes back may find more than its queue holds ready).
+            for token in std::mem::take(&mut state.unclaimed) {
+                holder.rearm(state, token);
+            }
+        }
+        closing.append(&mut state.closing);
+        // Never under the lock, and watched: a close that blocks (a
+        // socket with SO_LINGER) stalls no one (SPEC §3.4).
+        drop(locked);
+        if !closing.is_empty() && !holder.call.close(&shared.watchdog, closing) {
+            return;
+        }
     }
+}
+
+/// Subscribers passed over for now, their queues full.
+fn full_subscribers(state: &State) -> usize {
+    state
+        .subscribers
+        .iter()
+        .filter(|(_, s)| s.outq.len() >= MAX_QUEUED_WAKEUPS)
+        .count()
 }
 
 /// Chooses who gets a fired parked fd and writes the record of it; a
@@ -505,6 +714,7 @@ fn claim(
     policy: &crate::policy::Policy,
     (token, key, event): (u64, &Key, Event),
     batch: &mut Batch,
+    closing: &mut Vec<OwnedFd>,
 ) {
     let Batch {
         pending,
@@ -556,7 +766,7 @@ fn claim(
                 record.ok = true;
                 record.append_to(audit);
                 holder.unwatch(&entry);
-                drop(entry); // closing a socket does not block
+                closing.push(entry.fd);
             }
         }
         None => state.unclaimed.push(token),
@@ -615,14 +825,16 @@ fn subscriber_ready(state: &mut State, key: usize, events: EpollFlags, closing: 
     let Some(sub) = state.subscribers.get_mut(key) else {
         return;
     };
-    if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR | EpollFlags::EPOLLRDHUP) {
+    if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
         sub.gone = true;
         return;
     }
-    if events.contains(EpollFlags::EPOLLIN) {
+    // A subscriber that shut its write side only (EPOLLRDHUP, then end
+    // of stream) still reads its wake-ups.
+    if events.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP) && !sub.read_closed {
         let mut buf = [0u8; 512];
         match fdpass::recv(sub.stream.as_fd(), &mut buf) {
-            Ok(r) if r.bytes == 0 => sub.gone = true,
+            Ok(r) if r.bytes == 0 => sub.read_closed = true,
             Ok(r) => {
                 closing.extend(r.fds);
                 refuse_more(sub);
@@ -640,9 +852,14 @@ fn drop_subscriber(holder: &Holder, state: &mut State, key: usize, closing: &mut
     for queued in sub.outq {
         match (queued.fd, queued.parked) {
             (Some(fd), Some((key, storer, left))) if queued.sent == 0 => {
-                if let Err((_, fd)) =
-                    holder.insert(state, storer, &key.name, fd, Kind::Parked, left)
-                {
+                if let Err((_, fd)) = holder.insert(
+                    state,
+                    storer,
+                    &key.name,
+                    fd,
+                    Kind::Parked,
+                    left.map(deadline),
+                ) {
                     closing.extend(fd);
                 }
             }

@@ -11,10 +11,16 @@
 
 mod connection;
 mod dispatch;
+mod failure;
+mod fault;
+pub mod handover;
 mod held;
 mod held_ops;
 mod holder;
+mod quota;
 mod stats;
+mod undo;
+pub mod upgrade;
 mod watchdog;
 mod worker;
 
@@ -101,10 +107,14 @@ struct Shared {
     audit_failures_log: RateLimited,
     fd_exhaustion_log: RateLimited,
     /// Held and parked descriptors, and `wake` subscribers (SPEC §3.4).
-    holder: Holder,
+    holder: Arc<Holder>,
+    /// Received descriptors waiting per uid (SPEC §2).
+    fd_quota: quota::FdQuota,
     stats: stats::Stats,
     /// The server's own files, which no policy can change (SPEC §3.6).
     protected: crate::resources::protected::Protected,
+    /// Lanes stopped from reading for an upgrade.
+    pause: upgrade::Pause,
 }
 
 impl Shared {
@@ -140,6 +150,21 @@ impl Server {
         audit: AuditLog,
         config: ServerConfig,
     ) -> io::Result<Server> {
+        let nothing = handover::Received::default();
+        Self::start_holding(listener, policy, policy_path, audit, config, nothing).map(|(s, _)| s)
+    }
+
+    /// [`Server::start`], holding what a previous server handed over
+    /// (SPEC §3.4) before the first client is served. Returns the server
+    /// and what could not be held again.
+    pub fn start_holding(
+        listener: UnixListener,
+        policy: Policy,
+        policy_path: PathBuf,
+        audit: AuditLog,
+        config: ServerConfig,
+        handed: handover::Received,
+    ) -> io::Result<(Server, Vec<handover::Unheld>)> {
         listener.set_nonblocking(true)?;
         crate::safe_open::prepare();
         let config_limits = config.held;
@@ -175,15 +200,14 @@ impl Server {
             lane_done: Condvar::new(),
             audit_failures_log: RateLimited::default(),
             fd_exhaustion_log: RateLimited::default(),
-            holder: Holder::new(config_limits)?,
+            holder: Arc::new(Holder::new(config_limits)?),
+            fd_quota: quota::FdQuota::default(),
             stats: stats::Stats::new(),
             protected,
+            pause: upgrade::Pause::default(),
         });
-        let holding = shared.clone();
-        std::thread::Builder::new()
-            .name("fdopen-holder".into())
-            .stack_size(256 * 1024)
-            .spawn(move || holder::run(&holding))?;
+        let refused = shared.holder.import(handed.entries);
+        holder::spawn(shared.clone())?;
         for index in 0..shared.lanes.len() {
             spawn_lane(shared.clone(), index, None)?;
         }
@@ -192,7 +216,7 @@ impl Server {
             .name("fdopen-watchdog".into())
             .stack_size(128 * 1024)
             .spawn(move || run_watchdog(&watched))?;
-        Ok(Server { shared })
+        Ok((Server { shared }, refused))
     }
 
     /// Re-reads the policy. On success new requests use it; requests in
@@ -231,7 +255,7 @@ impl Server {
     /// Stops accepting, lets clients take the responses already due, and
     /// waits for the lanes to finish (not for calls stuck in the kernel:
     /// those threads end with the process).
-    pub fn shutdown(self) {
+    pub fn shutdown(&self) {
         let shared = &self.shared;
         shared.stopping.store(true, Ordering::SeqCst);
         for lane in &shared.lanes {
@@ -257,12 +281,48 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Stopping under a service manager (SPEC §3.4): writes every held and
+    /// parked fd into a fresh socket pair and returns its reading end, for
+    /// the fd store; `None` when nothing is held. Call after
+    /// [`Server::shutdown`]: the holder stays stopped from here on.
+    pub fn hand_over_to_store(&self) -> Result<Option<(OwnedFd, usize)>, handover::HandoverError> {
+        let frozen = self.shared.holder.freeze();
+        let outgoing = frozen.outgoing();
+        if outgoing.is_empty() {
+            return Ok(None);
+        }
+        let (writer, reader) = handover::pair()?;
+        let count = handover::write(writer, &outgoing, None)?;
+        drop(outgoing);
+        frozen.hand_off();
+        Ok(Some((reader, count)))
+    }
+
+    /// Held and parked descriptors now.
+    pub fn held_counts(&self) -> (usize, usize) {
+        self.shared.holder.counts()
+    }
+}
+
 /// The watchdog thread: a lane whose thread was abandoned in a hung call
-/// gets a new thread. It runs for the life of the process, so a lane stuck
-/// during shutdown is still taken over and can finish.
+/// gets a new thread, and so does the holder, stuck in a close. It runs
+/// for the life of the process, so a lane stuck during shutdown is still
+/// taken over and can finish.
 fn run_watchdog(shared: &Arc<Shared>) {
-    let calls: Vec<_> = shared.lanes.iter().map(|lane| &lane.call).collect();
+    let mut calls: Vec<_> = shared.lanes.iter().map(|lane| &lane.call).collect();
+    // Last: the holder's closes.
+    calls.push(&shared.holder.call);
     shared.watchdog.run(&calls, |lane, delivery| {
+        if lane == shared.lanes.len() {
+            logging::warn(format_args!(
+                "the holder is stuck closing a descriptor; it goes on in a new thread"
+            ));
+            if let Err(e) = holder::spawn(shared.clone()) {
+                logging::error(format_args!("cannot start a holder thread: {e}"));
+            }
+            return;
+        }
         logging::warn(format_args!(
             "a filesystem call of uid {} is stuck; worker {lane} goes on in a new thread ({} calls stuck)",
             delivery.uid,

@@ -12,6 +12,7 @@
 //! and beyond the caps new filesystem requests are answered `busy`.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
@@ -47,6 +48,9 @@ pub(super) struct CallWatch {
     deliveries: Mutex<Vec<(u64, Arc<Delivery>)>>,
 }
 
+/// Closes are charged to no client.
+const CLOSER_UID: u32 = u32::MAX;
+
 /// What became of a watched call.
 pub(super) enum Watched<T> {
     Finished(T),
@@ -79,6 +83,21 @@ impl CallWatch {
                     .position(|(s, _)| *s == sequence)
                     .expect("the watchdog leaves a delivery before it abandons a call");
                 Watched::Abandoned(outcome, deliveries.swap_remove(mine).1)
+            }
+        }
+    }
+}
+
+impl CallWatch {
+    /// Closes `fds`, watched: a close can block (a FUSE file's flush, a
+    /// socket with `SO_LINGER`). False when the thread was abandoned in
+    /// it: the thread must then end, another serves in its place.
+    pub fn close(&self, watchdog: &Watchdog, fds: Vec<OwnedFd>) -> bool {
+        match self.run(watchdog, CLOSER_UID, || drop(fds)) {
+            Watched::Finished(()) => true,
+            Watched::Abandoned((), delivery) => {
+                watchdog.stuck.remove(delivery.uid);
+                false
             }
         }
     }
@@ -262,8 +281,10 @@ impl Watchdog {
     fn abandon(&self, call: &CallWatch, state: u64, started: u64) -> Option<Arc<Delivery>> {
         let uid = call.uid.load(Ordering::Relaxed);
         let started_at = self.epoch + Duration::from_micros(started);
+        // An --fs-timeout too long for the clock means "never".
+        let far = started_at + Duration::from_secs(100 * 365 * 86400);
         let delivery = Arc::new(Delivery {
-            deadline: started_at + self.fs_timeout,
+            deadline: started_at.checked_add(self.fs_timeout).unwrap_or(far),
             uid,
             outcome: Mutex::new(DeliveryState::Waiting),
         });

@@ -27,7 +27,7 @@ use super::dispatch::{self, Begun, FilesystemJob};
 use super::holder::Subscription;
 use super::stats::Recorder;
 use super::watchdog::{CallWatch, Delivery, Polled, Watched};
-use super::{Shared, lock};
+use super::{Shared, failure, lock};
 use crate::audit::Clock;
 use crate::decision::{Refusal, Scratch};
 use crate::logging;
@@ -42,9 +42,6 @@ pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Out of descriptors with no spare to answer `busy` with: how long the
 /// listener rests before the next try, instead of waking us in a spin.
 const LISTENER_REST: Duration = Duration::from_millis(5);
-/// Closing descriptors is watched too (a FUSE file's flush can hang); the
-/// closes of a round are charged to no client.
-const CLOSER_UID: u32 = u32::MAX;
 
 const LISTENER: u64 = u64::MAX;
 const WAKER: u64 = u64::MAX - 1;
@@ -119,6 +116,10 @@ pub(super) struct Core {
     listener_rest_until: Option<Instant>,
     last_sweep: Instant,
     stop_deadline: Option<Instant>,
+    /// Stopped from reading and accepting for an upgrade, and the pause
+    /// this lane last said it was quiet in.
+    paused: bool,
+    quiet_in: u64,
 }
 
 impl Core {
@@ -140,6 +141,8 @@ impl Core {
             listener_rest_until: None,
             last_sweep: Instant::now(),
             stop_deadline: None,
+            paused: false,
+            quiet_in: 0,
         }
     }
 }
@@ -154,7 +157,14 @@ pub(super) fn spawn_lane(
     std::thread::Builder::new()
         .name(format!("fdopen-worker-{index}"))
         .stack_size(256 * 1024)
-        .spawn(move || serve_lane(&shared, index, taking_over))
+        .spawn(move || {
+            let mut taking_over = taking_over;
+            // Requests catch their own failures; this is for the rest of
+            // the loop: the lane is served on, never left with clients.
+            while failure::catch(|| serve_lane(&shared, index, taking_over.take())).is_err() {
+                logging::error(format_args!("worker {index} failed; it starts over"));
+            }
+        })
         .map(drop)
 }
 
@@ -180,7 +190,10 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
                 audit: &shared.audit,
                 protected: &shared.protected,
             };
-            let run = || job.run(&policy, &peer, &mut scratch, &env);
+            let run = || {
+                failure::catch(|| job.run(&policy, &peer, &mut scratch, &env))
+                    .unwrap_or_else(|failure::Panicked| Err(failure::refusal()))
+            };
             match lane.call.run(&shared.watchdog, peer.uid, run) {
                 Watched::Finished(outcome) => {
                     core = lock(&lane.core);
@@ -202,19 +215,20 @@ fn serve_lane(shared: &Arc<Shared>, index: usize, taking_over: Option<Arc<Delive
             }
         }
         core.end_round(shared);
+        core.follow_pause(shared);
+        // Decided before the closes, so that those of the connections it
+        // ends are made too.
+        let stopped = shared.stopping.load(Ordering::SeqCst) && core.ready_to_stop(shared);
         if !core.closing.is_empty() {
             let closing = std::mem::take(&mut core.closing);
             drop(core);
-            if let Watched::Abandoned(_, delivery) =
-                lane.call
-                    .run(&shared.watchdog, CLOSER_UID, || drop(closing))
-            {
-                shared.watchdog.stuck.remove(delivery.uid);
+            if !lane.call.close(&shared.watchdog, closing) {
+                // The thread taking over ends the lane, if it is stopped.
                 return;
             }
             core = lock(&lane.core);
         }
-        if shared.stopping.load(Ordering::SeqCst) && core.ready_to_stop(shared) {
+        if stopped {
             shared.lane_exited();
             return;
         }
@@ -281,6 +295,7 @@ impl Core {
                             max_request,
                             self.clock.now(),
                             &mut Recorder::new(&mut self.audit_buf, &shared.stats),
+                            &mut self.closing,
                         );
                         break;
                     }
@@ -289,17 +304,25 @@ impl Core {
                     let attachment =
                         conn.attachment_for((start, end), dispatch::takes_fd, &mut self.closing);
                     let line = &conn.inbuf[start..end];
-                    let begun = dispatch::begin(
-                        policy,
-                        shared,
-                        &conn.peer,
-                        line,
-                        attachment,
-                        scratch,
-                        ts,
-                        &mut Recorder::new(&mut self.audit_buf, &shared.stats),
-                        &mut self.closing,
-                    );
+                    let audit_mark = self.audit_buf.len();
+                    let begun = failure::catch(|| {
+                        dispatch::begin(
+                            policy,
+                            shared,
+                            &conn.peer,
+                            line,
+                            attachment,
+                            scratch,
+                            ts,
+                            &mut Recorder::new(&mut self.audit_buf, &shared.stats),
+                            &mut self.closing,
+                        )
+                    })
+                    .unwrap_or_else(|failure::Panicked| {
+                        self.audit_buf.truncate(audit_mark);
+                        let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
+                        Begun::Answered(failure::answer(&conn.peer, ts, &mut audit))
+                    });
                     match begun {
                         Begun::Answered(out) => conn.outq.push_back(out),
                         Begun::Subscribe(sub) => {
@@ -328,7 +351,8 @@ impl Core {
                 }
                 if conn.overlong_partial_line(max_request) {
                     let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
-                    refuse_oversized_line(conn, max_request, self.clock.now(), &mut audit);
+                    let ts = self.clock.now();
+                    refuse_oversized_line(conn, max_request, ts, &mut audit, &mut self.closing);
                 }
             }
             self.cursor += 1;
@@ -347,8 +371,7 @@ impl Core {
         let ts = self.clock.now();
         match self.conns.get_mut(key) {
             Some(conn) => {
-                let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
-                let out = dispatch::finish(job, outcome, &conn.peer, ts, &mut audit);
+                let out = finish_caught(&mut self.audit_buf, shared, job, outcome, &conn.peer, ts);
                 conn.outq.push_back(out);
             }
             None => {
@@ -392,8 +415,7 @@ impl Core {
                     }
                 };
                 let ts = self.clock.now();
-                let mut audit = Recorder::new(&mut self.audit_buf, &shared.stats);
-                *out = dispatch::finish(job, outcome, &conn.peer, ts, &mut audit);
+                *out = finish_caught(&mut self.audit_buf, shared, job, outcome, &conn.peer, ts);
             }
             if still_waiting {
                 self.waiting.push(key);
@@ -427,11 +449,9 @@ impl Core {
                 };
                 let after = std::mem::take(&mut out.after_record);
                 if end > kept && out.grants {
-                    // No grant leaves without its record in the log, and
-                    // what it created goes with it.
-                    if let Some(created) = &after.created {
-                        created.remove();
-                    }
+                    // No grant leaves without its record in the log: what
+                    // it created goes, what it took goes back.
+                    drop(after);
                     let refused = Outgoing::error(
                         ErrorCode::IoError,
                         "the audit log cannot be written; nothing is granted until it can",
@@ -439,7 +459,13 @@ impl Core {
                     );
                     let granted = std::mem::replace(out, refused);
                     self.closing.extend(granted.fd.map(OwnedFd::from));
-                } else if after.truncate
+                    continue;
+                }
+                let truncate = after.truncate;
+                if let Some(taken) = after.keep() {
+                    out.fd = Some(taken);
+                }
+                if truncate
                     && let Some(file) = &out.fd
                     && let Err(e) = file.set_len(0)
                 {
@@ -453,6 +479,10 @@ impl Core {
             conn.flush(&mut self.closing);
             let trailing = conn.answered < conn.inbuf.len();
             conn.drop_answered_lines(&mut self.closing);
+            let waiting = conn.waiting_fds();
+            shared
+                .fd_quota
+                .update(conn.peer.uid, &mut conn.fds_counted, waiting);
             if conn.subscription.is_some() && conn.outq.is_empty() {
                 self.hand_to_holder(shared, key, trailing);
                 continue;
@@ -464,13 +494,7 @@ impl Core {
             if conn.can_answer() {
                 self.pending.push(key);
             }
-            let want = conn.desired_interest();
-            if want != conn.interest {
-                let mut event = EpollEvent::new(want, key as u64);
-                if self.epoll.modify(conn.stream.as_fd(), &mut event).is_ok() {
-                    conn.interest = want;
-                }
-            }
+            set_interest(&self.epoll, key, conn, self.paused);
         }
         self.active = active;
         self.active.clear();
@@ -484,7 +508,8 @@ impl Core {
         std::mem::swap(&mut self.active, &mut self.pending);
         for event in events {
             match event.data() {
-                LISTENER => self.accept_ready(shared),
+                LISTENER if !self.paused => self.accept_ready(shared),
+                LISTENER => {}
                 WAKER => {
                     let lane = &shared.lanes[index];
                     let _ = lane.waker.read();
@@ -493,7 +518,7 @@ impl Core {
                         self.register(shared, stream);
                     }
                 }
-                key => self.on_ready(key as usize, event.events()),
+                key => self.on_ready(shared, key as usize, event.events(), self.paused),
             }
         }
         self.resolve_waiting(shared);
@@ -503,6 +528,7 @@ impl Core {
         {
             self.listener_rest_until = None;
             if !shared.stopping.load(Ordering::SeqCst)
+                && !self.paused
                 && self
                     .epoll
                     .add(shared.listener.as_fd(), listener_event())
@@ -539,8 +565,11 @@ impl Core {
             }
         };
         let spin = shared.config.busy_poll;
-        if !timeout.is_zero() && !spin.is_zero() {
-            let until = Instant::now() + spin;
+        // A --busy-poll too long for the clock polls not at all.
+        if !timeout.is_zero()
+            && !spin.is_zero()
+            && let Some(until) = Instant::now().checked_add(spin)
+        {
             while Instant::now() < until {
                 let ready = poll(events, EpollTimeout::ZERO);
                 if ready > 0 {
@@ -678,6 +707,8 @@ impl Core {
         if clients >= shared.config.max_clients {
             shared.clients.fetch_sub(1, Ordering::Relaxed);
             say_busy(&stream, "too many clients");
+            // Descriptors it sent may be queued on it: closed watched.
+            self.closing.push(stream.into());
             return;
         }
         let lanes = &shared.lanes;
@@ -699,10 +730,13 @@ impl Core {
         let setup = stream
             .set_nonblocking(true)
             .and_then(|()| PeerIdentity::of(&stream));
+        // A client we cannot serve may have sent descriptors already:
+        // its socket is closed watched, like any connection's.
         let peer = match setup {
             Ok(peer) => Arc::new(peer),
             Err(_) => {
                 shared.forget_client(index);
+                self.closing.push(stream.into());
                 return;
             }
         };
@@ -715,12 +749,13 @@ impl Core {
             .is_err()
         {
             shared.forget_client(index);
+            self.closing.push(stream.into());
             return;
         }
         entry.insert(Connection::new(stream, peer, interest));
     }
 
-    fn on_ready(&mut self, key: usize, events: EpollFlags) {
+    fn on_ready(&mut self, shared: &Shared, key: usize, events: EpollFlags, paused: bool) {
         let Some(conn) = self.conns.get_mut(key) else {
             return; // closed earlier in this round
         };
@@ -730,13 +765,26 @@ impl Core {
                 | EpollFlags::EPOLLHUP
                 | EpollFlags::EPOLLERR,
         ) && conn.wants_input()
+            && !paused
             && !conn.has_complete_line()
         {
-            conn.read(&mut self.read_buf);
+            conn.read(&mut self.read_buf, &mut self.closing);
+            let waiting = conn.waiting_fds();
+            if !shared
+                .fd_quota
+                .update(conn.peer.uid, &mut conn.fds_counted, waiting)
+            {
+                // More descriptors waiting than allowed: disconnected, and
+                // they are closed (watched) with the round's others.
+                conn.abandon_output(&mut self.closing);
+                shared
+                    .fd_quota
+                    .update(conn.peer.uid, &mut conn.fds_counted, 0);
+            }
         }
         if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
             // Nobody is left to read the answers.
-            conn.abandon_output();
+            conn.abandon_output(&mut self.closing);
         }
         self.active.push(key);
     }
@@ -744,8 +792,12 @@ impl Core {
     /// A connection whose `wake` was accepted, with every earlier response
     /// sent, leaves the lane for the holder; it stays counted as a client.
     fn hand_to_holder(&mut self, shared: &Shared, key: usize, trailing: bool) {
-        let conn = self.conns.remove(key);
+        let mut conn = self.conns.remove(key);
         let _ = self.epoll.delete(conn.stream.as_fd());
+        conn.release_fds(&mut self.closing);
+        shared
+            .fd_quota
+            .update(conn.peer.uid, &mut conn.fds_counted, 0);
         shared.lanes[self.index]
             .load
             .fetch_sub(1, Ordering::Relaxed);
@@ -761,11 +813,16 @@ impl Core {
     }
 
     fn close(&mut self, shared: &Shared, key: usize) {
-        let conn = self.conns.remove(key);
+        let mut conn = self.conns.remove(key);
         let _ = self.epoll.delete(conn.stream.as_fd());
-        for out in conn.outq {
-            self.closing.extend(out.fd.map(OwnedFd::from));
-        }
+        conn.abandon_output(&mut self.closing);
+        // Abandoned slots hold nothing to close until they are answered.
+        shared
+            .fd_quota
+            .update(conn.peer.uid, &mut conn.fds_counted, 0);
+        // Closing the socket closes the descriptors still queued on it,
+        // unread: watched too.
+        self.closing.push(conn.stream.into());
         shared.forget_client(self.index);
     }
 
@@ -786,6 +843,79 @@ impl Core {
     }
 }
 
+/// [`dispatch::finish`], whose panic fails its request alone (SPEC §2).
+fn finish_caught(
+    audit_buf: &mut Vec<u8>,
+    shared: &Shared,
+    job: &FilesystemJob,
+    outcome: dispatch::Outcome,
+    peer: &PeerIdentity,
+    ts: &str,
+) -> Outgoing {
+    let audit_mark = audit_buf.len();
+    failure::catch(|| {
+        let mut audit = Recorder::new(audit_buf, &shared.stats);
+        dispatch::finish(job, outcome, peer, ts, &mut audit)
+    })
+    .unwrap_or_else(|failure::Panicked| {
+        audit_buf.truncate(audit_mark);
+        failure::answer(peer, ts, &mut Recorder::new(audit_buf, &shared.stats))
+    })
+}
+
+impl Core {
+    /// Follows an upgrade's pause (SPEC §3.4): stop accepting and
+    /// reading, answer what was read, say so once done; or take up
+    /// serving again.
+    fn follow_pause(&mut self, shared: &Shared) {
+        let on = shared.pause.is_on();
+        if on != self.paused {
+            self.paused = on;
+            let stopping = shared.stopping.load(Ordering::SeqCst);
+            if on && self.listening {
+                let _ = self.epoll.delete(shared.listener.as_fd());
+                self.listening = false;
+                self.listener_rest_until = None;
+            } else if !on && !stopping && !self.listening {
+                self.listening = self
+                    .epoll
+                    .add(shared.listener.as_fd(), listener_event())
+                    .is_ok();
+            }
+            for (key, conn) in self.conns.iter_mut() {
+                set_interest(&self.epoll, key, conn, on);
+                if !on && conn.can_answer() {
+                    self.pending.push(key);
+                }
+            }
+        }
+        let generation = shared.pause.generation();
+        let quiet = self.in_flight.is_none()
+            && self.waiting.is_empty()
+            && self.pending.is_empty()
+            && !self.conns.iter().any(|(_, c)| c.can_answer());
+        if on && quiet && self.quiet_in != generation {
+            self.quiet_in = generation;
+            shared.pause.lane_quiet(generation);
+        }
+    }
+}
+
+/// Watches `conn` for what it needs; while paused, for nothing but
+/// taking the answers already due.
+fn set_interest(epoll: &Epoll, key: usize, conn: &mut Connection, paused: bool) {
+    let mut want = conn.desired_interest();
+    if paused {
+        want &= EpollFlags::EPOLLOUT;
+    }
+    if want != conn.interest {
+        let mut event = EpollEvent::new(want, key as u64);
+        if epoll.modify(conn.stream.as_fd(), &mut event).is_ok() {
+            conn.interest = want;
+        }
+    }
+}
+
 /// A line longer than the limit: framing is lost, so the client gets a
 /// `bad_request` and nothing more is read from it.
 fn refuse_oversized_line(
@@ -793,12 +923,13 @@ fn refuse_oversized_line(
     max_request: usize,
     ts: &str,
     audit: &mut Recorder<'_>,
+    closing: &mut Vec<OwnedFd>,
 ) {
     let message = format!("request line longer than {max_request} bytes; closing the connection");
     let end = dispatch::record_bad_request(&conn.peer, ts, audit);
     conn.outq
         .push_back(Outgoing::error(ErrorCode::BadRequest, &message, Some(end)));
-    conn.stop_reading();
+    conn.stop_reading(closing);
 }
 
 fn open_spare() -> Option<OwnedFd> {

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod as_user;
+pub mod fake_systemd;
 pub mod fuse;
+pub mod upgrade;
 
 use std::fs;
 use std::io::Write;
@@ -50,6 +52,9 @@ pub struct TestServer {
     pub stderr: PathBuf,
     /// Where the server's sd_notify messages arrive.
     pub notify: UnixDatagram,
+    /// What must go after the server and before its directory: mounts
+    /// inside it (a mounted directory cannot be removed).
+    guards: Vec<Box<dyn std::any::Any>>,
 }
 
 impl TestServer {
@@ -85,7 +90,41 @@ impl TestServer {
         Self::launch(dir, policy, extra, launch)
     }
 
+    /// Like [`start_in`], with `env` added to the server's environment.
+    pub fn start_with_env(
+        dir: TempDir,
+        policy: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestServer {
+        let launch = Launch {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Launch::default()
+        };
+        Self::launch(dir, policy, extra, launch)
+    }
+
+    /// Like [`start_in`], running `program` (a copy of the server, say)
+    /// instead of the one cargo built.
+    pub fn start_program(dir: TempDir, program: &Path, policy: &str, extra: &[&str]) -> TestServer {
+        let program = program.to_str().unwrap();
+        Self::launch_program(dir, program, policy, extra, Launch::default())
+    }
+
     fn launch(dir: TempDir, policy: &str, extra: &[&str], launch: Launch) -> TestServer {
+        Self::launch_program(dir, SERVER, policy, extra, launch)
+    }
+
+    fn launch_program(
+        dir: TempDir,
+        program: &str,
+        policy: &str,
+        extra: &[&str],
+        launch: Launch,
+    ) -> TestServer {
         let policy_path = dir.path().join("policy.json");
         fs::write(&policy_path, policy).unwrap();
         let socket = dir.path().join("fdopen.sock");
@@ -101,7 +140,7 @@ impl TestServer {
             audit.to_str().unwrap().into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let (child, notify) = spawn_notifying(dir.path(), SERVER, &args, &stderr, launch);
+        let (child, notify) = spawn_notifying(dir.path(), program, &args, &stderr, launch);
         TestServer {
             dir,
             socket,
@@ -110,7 +149,15 @@ impl TestServer {
             child: Some(child),
             stderr,
             notify,
+            guards: Vec::new(),
         }
+    }
+
+    /// Keeps `guard` (a mount in the server's directory, say) until the
+    /// server has exited, and drops it before the directory is removed;
+    /// guards go in the reverse order of being held, as locals do.
+    pub fn hold(&mut self, guard: impl std::any::Any) {
+        self.guards.push(Box::new(guard));
     }
 
     pub fn pid(&self) -> u32 {
@@ -162,11 +209,16 @@ impl TestServer {
 
     /// Waits for the next notification that starts with `prefix`.
     pub fn wait_notify(&self, prefix: &str) -> String {
-        let mut buf = [0u8; 256];
+        self.wait_notify_any(&[prefix])
+    }
+
+    /// Waits for the next notification that starts with one of `prefixes`.
+    pub fn wait_notify_any(&self, prefixes: &[&str]) -> String {
+        let mut buf = [0u8; 1024];
         loop {
             let n = recv_retrying(&self.notify, &mut buf).expect("server notification");
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if text.starts_with(prefix) {
+            if prefixes.iter().any(|p| text.starts_with(p)) {
                 return text;
             }
         }
@@ -190,7 +242,22 @@ impl Drop for TestServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+        while let Some(guard) = self.guards.pop() {
+            drop(guard);
+        }
     }
+}
+
+/// A privileged TCP and UDP port free on 127.0.0.1 right now, from
+/// `from` up: never a fixed port, which another program may hold (80,
+/// 443), and each test its own range, as tests run in parallel.
+pub fn free_privileged_port(from: u16) -> u16 {
+    use std::net::{TcpListener, UdpSocket};
+    (from..from + 100)
+        .find(|&p| {
+            TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        })
+        .expect("a free port below 1024")
 }
 
 /// Spawns `program args` with a NOTIFY_SOCKET and waits for `READY=1`.
@@ -213,11 +280,13 @@ pub fn spawn_ready_limited(
 }
 
 /// What a server process starts with besides its arguments.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Launch {
     /// `RLIMIT_NOFILE` as `(soft, hard)`.
     pub fd_limit: Option<(u64, u64)>,
     pub umask: Option<u32>,
+    /// Added to its environment.
+    pub env: Vec<(String, String)>,
 }
 
 /// Spawns and waits for `READY=1`; returns the notify socket too, for the
@@ -229,14 +298,30 @@ pub fn spawn_notifying(
     stderr: &Path,
     launch: Launch,
 ) -> (Child, UnixDatagram) {
+    let notify = notify_socket(dir);
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let child = spawn_on(cmd, &notify, stderr, launch);
+    (child, notify)
+}
+
+/// A socket in `dir` for a server's sd_notify messages.
+pub fn notify_socket(dir: &Path) -> UnixDatagram {
     let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
     let _ = fs::remove_file(&notify_path);
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut cmd = Command::new(program);
-    cmd.args(args)
+    notify
+}
+
+/// Spawns `cmd` as a server telling `notify` about itself, and waits for
+/// its `READY=1`.
+pub fn spawn_on(mut cmd: Command, notify: &UnixDatagram, stderr: &Path, launch: Launch) -> Child {
+    let notify_path = notify.local_addr().unwrap();
+    let notify_path = notify_path.as_pathname().unwrap().to_owned();
+    cmd
         // Hermetic: nothing from the caller's service manager leaks in.
         .env_remove("JOURNAL_STREAM")
         .env_remove("LISTEN_PID")
@@ -244,20 +329,22 @@ pub fn spawn_notifying(
         .env("NOTIFY_SOCKET", &notify_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(fs::File::create(stderr).unwrap());
-    if launch.fd_limit.is_some() || launch.umask.is_some() {
+        .stderr(fs::File::create(stderr).unwrap())
+        .envs(launch.env.iter().map(|(k, v)| (k, v)));
+    let (fd_limit, umask) = (launch.fd_limit, launch.umask);
+    if fd_limit.is_some() || umask.is_some() {
         use std::os::unix::process::CommandExt;
         // SAFETY: setrlimit and umask are async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
-                if let Some((soft, hard)) = launch.fd_limit {
+                if let Some((soft, hard)) = fd_limit {
                     nix::sys::resource::setrlimit(
                         nix::sys::resource::Resource::RLIMIT_NOFILE,
                         soft,
                         hard,
                     )?;
                 }
-                if let Some(mask) = launch.umask {
+                if let Some(mask) = umask {
                     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
                 }
                 Ok(())
@@ -266,7 +353,7 @@ pub fn spawn_notifying(
     }
     let mut child = cmd.spawn().unwrap();
     let mut buf = [0u8; 64];
-    match recv_retrying(&notify, &mut buf) {
+    match recv_retrying(notify, &mut buf) {
         Ok(n) if &buf[..n] == b"READY=1" => {}
         other => {
             let _ = child.kill();
@@ -276,7 +363,7 @@ pub fn spawn_notifying(
             );
         }
     }
-    (child, notify)
+    child
 }
 
 pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -398,4 +485,26 @@ pub fn explain<S: AsRef<std::ffi::OsStr>>(
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+/// Waits until the text of `path` satisfies `done`, woken by inotify on
+/// each change rather than by a timer; gives up after 30 s.
+pub fn await_file(path: &Path, done: impl Fn(&str) -> bool) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::os::fd::AsFd;
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).unwrap();
+    inotify.add_watch(path, AddWatchFlags::IN_MODIFY).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if done(&fs::read_to_string(path).unwrap_or_default()) {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "{} never got there", path.display());
+        let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let _ = poll(&mut fds, timeout);
+        let _ = inotify.read_events();
+    }
 }

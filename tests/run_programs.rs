@@ -207,7 +207,8 @@ fn python_exists_access_and_a_missing_name_in_a_0700_directory() {
         r#"
 import os, errno
 print(os.path.exists({secret:?}), os.path.exists({missing:?}), os.path.isdir({sub:?}))
-print(os.access({secret:?}, os.R_OK), os.access({missing:?}, os.F_OK), os.access({file:?}, os.W_OK))
+print(os.access({secret:?}, os.R_OK), os.access({missing:?}, os.F_OK), os.access({file:?}, os.W_OK),
+      os.access({sub:?}, os.R_OK))
 for call in (os.stat, open):
     try:
         call({missing:?})
@@ -224,7 +225,7 @@ print(os.lstat({link:?}).st_size, os.readlink({link:?}))
     let out = t.same_as_root(&[PYTHON, "-c", &script]);
     assert_eq!(
         out,
-        "True False True\nTrue False True\nENOENT\nENOENT\n6 secret\n"
+        "True False True\nTrue False True True\nENOENT\nENOENT\n6 secret\n"
     );
 }
 

@@ -33,6 +33,10 @@ pub struct DirStreams {
 pub struct Stream {
     /// The real directory: its path, device and inode.
     pub real: Within,
+    /// The placeholder's birth time, where its filesystem records one: an
+    /// inode number freed and reused by another deleted directory is not
+    /// taken for the placeholder that had it.
+    born: Option<std::time::SystemTime>,
     /// The listing, fetched on the first read after opening or rewinding,
     /// and dropped once read to the end.
     entries: Option<Vec<DirEntry>>,
@@ -57,6 +61,7 @@ impl DirStreams {
         let meta = dir.metadata()?;
         let stream = Stream {
             real,
+            born: meta.created().ok(),
             entries: None,
             position: 0,
         };
@@ -89,7 +94,9 @@ impl DirStreams {
         }
         let meta = target.held_metadata(tgid, fd)?;
         let key = (meta.dev(), meta.ino());
-        (meta.is_dir() && meta.nlink() == 0 && self.lock().contains_key(&key)).then_some(key)
+        let ours = |s: &Stream| s.born == meta.created().ok();
+        (meta.is_dir() && meta.nlink() == 0 && self.lock().get(&key).is_some_and(ours))
+            .then_some(key)
     }
 
     /// The real directory of a placeholder.
@@ -304,6 +311,7 @@ mod tests {
                 dev: 1,
                 ino: 2,
             },
+            born: None,
             entries: Some(entries),
             position: 0,
         }

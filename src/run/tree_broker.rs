@@ -140,6 +140,12 @@ impl Broker {
                             c.check_with(&resolved.path, &options)
                         }) {
                             Ok(_) => Answer::Value(0),
+                            // A directory is readable where it may be listed.
+                            Err(Some(libc::EISDIR)) if mode == Mode::Read => {
+                                let listing =
+                                    with(TreeRequest::readdir(&resolved.path, None), &resolved);
+                                self.on_reply(client, &tree, &listing, |_| Some(Answer::Value(0)))?
+                            }
                             Err(errno) => refusal(&tree, errno)?,
                         }
                     }

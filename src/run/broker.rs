@@ -13,6 +13,7 @@ use super::listener::{Install, Listener, Notification, target_gone};
 use super::open_call::{Brokerable, OpenArgs, OpenPath, absolute_path};
 use super::scope::BrokerScope;
 use super::target::{Identity, Target};
+use super::tree_broker::client_within;
 use super::tree_call::TreeCall;
 use super::within::Within;
 use crate::address::BindAddress;
@@ -122,7 +123,10 @@ impl Broker {
         if !self.listener.still_valid(call.id) {
             return Err(Untouched);
         }
-        let options = wanted.options(umask);
+        let mut options = wanted.options(umask);
+        if let Some(within) = &call_path.within {
+            options = options.within(client_within(within));
+        }
         let file = match self.request_file(client, &call_path.path, &options) {
             Ok(file) => file,
             // A directory opened for reading gets a directory stream.

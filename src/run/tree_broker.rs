@@ -573,7 +573,8 @@ fn with(request: TreeRequest, resolved: &Resolved) -> TreeRequest {
     }
 }
 
-fn client_within(within: &Within) -> crate::client::Within {
+/// `within` as the client library sends it.
+pub(super) fn client_within(within: &Within) -> crate::client::Within {
     crate::client::Within {
         path: within.path.clone(),
         dev: within.dev,

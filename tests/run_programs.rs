@@ -672,3 +672,28 @@ print(os.path.samestat(os.fstat(fd), os.stat({sub:?})))
     let out = t.same_as_root(&[PYTHON, "-c", &script]);
     assert_eq!(out, "['inner'] 11 inner-data\nTrue\n");
 }
+
+#[test]
+fn tree_changes_fail_with_the_errno_the_kernel_gives_root() {
+    let Some(t) = Tree::new() else { return };
+    fs::create_dir(t.work.join("full")).unwrap();
+    fs::write(t.work.join("full/x"), "").unwrap();
+    fs::write(t.work.join("other"), "").unwrap();
+    let script = format!(
+        r#"
+import errno, os
+def name(call, *args):
+    try:
+        call(*args)
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+print(name(os.rmdir, {full:?}), name(os.unlink, {full:?}), name(os.mkdir, {full:?}),
+      name(os.rmdir, {missing:?}), name(os.unlink, {missing:?}))
+"#,
+        full = t.work("full"),
+        missing = t.work("missing"),
+    );
+    let out = t.same_as_root(&[PYTHON, "-c", &script]);
+    assert_eq!(out, "ENOTEMPTY EISDIR EEXIST ENOENT ENOENT\n");
+}

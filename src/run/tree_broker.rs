@@ -71,6 +71,14 @@ impl Named {
             }
             Base::Placeholder(real) => Some(real),
         };
+        // A `..` that left the directory leaves `within` behind it: the
+        // server would refuse the pair.
+        if within
+            .as_ref()
+            .is_some_and(|w| !self.path.starts_with(&w.path))
+        {
+            return Err(Untouched);
+        }
         Ok(Resolved {
             path: self.path,
             within,
@@ -100,6 +108,8 @@ impl Broker {
                     self.placeholder_stat(call, target, path.dirfd, out, layout, client)?
                 } else {
                     let (resolved, memory) = self.prepare(call, target, path, true, true)?;
+                    // A trailing `/` follows even `lstat` through a final symlink.
+                    let nofollow = nofollow && !resolved.dir_only;
                     let request =
                         with(TreeRequest::stat(&resolved.path), &resolved).nofollow(nofollow);
                     self.on_reply(client, &tree, &request, |reply| match reply {

@@ -2,7 +2,8 @@
 //! fdopen so that its opens and privileged binds go through the server.
 //!
 //! The child installs a seccomp filter that turns `open`, `openat`,
-//! `openat2`, `creat` and `bind` into user notifications, hands the
+//! `openat2`, `creat`, `bind` and the tree calls (`stat`, `readlink`,
+//! `mkdir`, `getdents64`, ...) into user notifications, hands the
 //! listener to us, and execs the program. We answer each trapped call:
 //! calls the server grants get the server's descriptor, everything else
 //! continues with the program's own rights. seccomp is a convenience here,
@@ -15,6 +16,11 @@
 //! `narrowing` carries what confines the program's socket to the granted one,
 //! `within` proves the directory a relative call starts from,
 //! `scope` decides which are worth asking, `broker` answers one.
+//! The tree calls: `tree_call` decodes them and lays out their answers,
+//! `tree_broker` answers them, `dir_stream` keeps the placeholders that
+//! stand for directories, `memory` writes answers into the program.
+//! `process` signals every supervised process and names exit codes,
+//! `same_tree` tells whether the server sees the program's tree.
 
 mod bind_call;
 mod broker;

@@ -648,3 +648,26 @@ fn mkdir_in_a_set_group_id_directory_keeps_the_bit_and_the_group() {
     assert_eq!(m.gid(), 4242);
     assert_eq!(m.mode() & 0o7777, 0o2770);
 }
+
+#[test]
+fn a_trailing_slash_asks_for_a_directory() {
+    let Some(t) = Tree::start(
+        |d| json!([{"name": "w", "paths": [format!("{d}/**")], "modes": ["delete"]}]),
+        &[],
+    ) else {
+        return;
+    };
+    fs::write(t.path("file"), "").unwrap();
+    fs::create_dir(t.path("dir")).unwrap();
+    let mut c = t.nobody();
+    let slashed =
+        |rel: &str| json!({"op": "unlink", "path": format!("{}/", t.path(rel).display())});
+    let v = c.ask(&slashed("file"));
+    assert_eq!(refusal(&v), ("not_regular", Some("ENOTDIR")), "{v}");
+    assert!(t.path("file").exists());
+    let v = c.ask(&slashed("dir"));
+    assert_eq!(refusal(&v), ("not_regular", Some("EISDIR")), "{v}");
+    assert!(t.path("dir").exists());
+    let v = c.ask(&json!({"op": "stat", "path": format!("{}/", t.path("file").display())}));
+    assert_eq!(refusal(&v), ("not_regular", Some("ENOTDIR")), "{v}");
+}

@@ -306,6 +306,8 @@ impl<'a> Tree<'a> {
         self.may_change(&[path, &entry.real], &entry.parent, rule)?;
         let found = entry.found.as_ref().map_err(|e| Refusal::from(e.clone()))?;
         let is_dir = found.facts.kind == FileKind::Directory;
+        // `unlink("file/")` fails in the kernel too.
+        wants_directory(&request.path, found)?;
         if is_dir != directory {
             let (errno, why) = if directory {
                 (Errno::ENOTDIR, "not a directory")
@@ -693,13 +695,26 @@ fn link_temporary(source: &Located, dir: &Located) -> Result<OsString, Refusal> 
             std::process::id(),
             random_u64()
         ));
-        match nix::unistd::linkat(
+        let linked = nix::unistd::linkat(
             source.handle(),
             "",
             dir.handle(),
             name.as_os_str(),
             AtFlags::AT_EMPTY_PATH,
-        ) {
+        )
+        .or_else(|e| match e {
+            // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the handle's magic
+            // link names the same inode without it.
+            Errno::ENOENT => nix::unistd::linkat(
+                nix::fcntl::AT_FDCWD,
+                format!("/proc/self/fd/{}", source.handle().as_raw_fd()).as_str(),
+                dir.handle(),
+                name.as_os_str(),
+                AtFlags::AT_SYMLINK_FOLLOW,
+            ),
+            e => Err(e),
+        });
+        match linked {
             Ok(()) => return Ok(name),
             Err(Errno::EEXIST) => continue,
             Err(e) => return Err(change_failed(e, "linkat")),

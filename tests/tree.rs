@@ -396,6 +396,16 @@ fn rename_needs_read_and_delete_and_replaces_only_with_delete_on_to() {
         .filter(|n| n.to_string_lossy().starts_with(".fdopen"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    // Its record names both ends.
+    drop(c);
+    let lines = t.server.audit_lines();
+    let first = lines
+        .iter()
+        .find(|l| l["op"] == "rename" && l["ok"] == true)
+        .expect("a rename record");
+    assert_eq!(first["path"], json!(t.path("in/a")));
+    assert_eq!(first["to"], json!(t.path("out/a")));
+    assert_eq!(first["rule"], "out");
 }
 
 #[test]
@@ -459,6 +469,11 @@ fn audit_records_carry_seq_changes_come_first_and_failures_follow() {
     assert_eq!(code(&c.ask(&req("rmdir", &t.path("full")))), "io_error");
     assert_eq!(c.ask(&req("mkdir", &t.path("new")))["ok"], true);
     assert_eq!(c.ask(&json!({"op": "hello"}))["ok"], true);
+    // Refused before anything was tried: one record.
+    assert_eq!(
+        code(&c.ask(&req("unlink", Path::new("/etc/passwd")))),
+        "denied"
+    );
     drop(c);
     let lines = t.server.audit_lines();
     let seqs: Vec<u64> = lines
@@ -483,6 +498,10 @@ fn audit_records_carry_seq_changes_come_first_and_failures_follow() {
         .expect("stat is recorded");
     assert_eq!(stat["ok"], true);
     assert!(lines.iter().any(|l| l["op"] == "mkdir" && l["ok"] == true));
+    let unlink: Vec<&Value> = lines.iter().filter(|l| l["op"] == "unlink").collect();
+    assert_eq!(unlink.len(), 1, "{unlink:?}");
+    assert_eq!(unlink[0]["code"], "denied");
+    assert_eq!(unlink[0]["path"], "/etc/passwd");
 }
 
 #[test]
@@ -670,4 +689,30 @@ fn a_trailing_slash_asks_for_a_directory() {
     assert!(t.path("dir").exists());
     let v = c.ask(&json!({"op": "stat", "path": format!("{}/", t.path("file").display())}));
     assert_eq!(refusal(&v), ("not_regular", Some("ENOTDIR")), "{v}");
+}
+
+#[test]
+fn the_servers_binary_is_not_changed_whatever_the_policy_says() {
+    if !is_root() {
+        return;
+    }
+    let dir = scratch();
+    let copy = common::upgrade::server_copy(dir.path());
+    let d = glob(dir.path());
+    let policy = json!({"rules": [{"name": "all", "paths": [format!("{d}/**")],
+                                   "modes": ["read", "write", "delete", "stat"], "create": true}]})
+    .to_string();
+    let s = TestServer::start_program(dir, &copy, &policy, &["--socket-mode", "0666"]);
+    let mut c = Conn::nobody(&s.socket);
+    let v = c.ask(&req("unlink", &copy));
+    assert_eq!(refusal(&v), ("denied", None), "{v}");
+    let v = c.ask(&json!({"op": "check", "path": copy, "mode": "write"}));
+    assert_eq!(refusal(&v), ("denied", None), "{v}");
+    let v = c.ask(&json!({"op": "rename", "path": s.path("x"), "to": copy}));
+    assert_eq!(refusal(&v), ("denied", None), "{v}");
+    assert_eq!(c.ask(&req("stat", &copy))["ok"], true);
+    assert!(copy.exists());
+    // What is not the server's stays as the policy says.
+    fs::write(s.path("other"), "").unwrap();
+    assert_eq!(c.ask(&req("unlink", &s.path("other")))["ok"], true);
 }

@@ -105,6 +105,13 @@ fn stat_answers_what_the_kernel_says_and_implies_directories_only() {
         let v = c.ask(&req("stat", &t.path(not)));
         assert_eq!(refusal(&v), ("denied", None), "{not}: {v}");
     }
+    // Below a file or a missing name, other metadata ops learn no more.
+    for op in ["readlink", "xattr", "stat"] {
+        for under in ["app/2026/11/secret.txt/x", "app/nodir/x"] {
+            let v = c.ask(&req(op, &t.path(under)));
+            assert_eq!(refusal(&v), ("denied", None), "{op} {under}: {v}");
+        }
+    }
     // A missing file that a glob matches: not_found, with its errno.
     let v = c.ask(&req("stat", &t.path("app/2026/11/gone.log")));
     assert_eq!(refusal(&v), ("not_found", Some("ENOENT")), "{v}");

@@ -68,9 +68,7 @@ impl<'a> Tree<'a> {
         log: &mut dyn ChangeLog,
     ) -> Result<TreeDone, Refusal> {
         match request.op {
-            TreeOp::Stat => self.stat(request),
-            TreeOp::Readlink => self.readlink(request),
-            TreeOp::Xattr => self.xattr(request),
+            TreeOp::Stat | TreeOp::Readlink | TreeOp::Xattr => self.metadata(request),
             TreeOp::Readdir => self.readdir(request),
             TreeOp::Mkdir => self.mkdir(request, log),
             TreeOp::Unlink => self.remove(request, log, false),
@@ -115,23 +113,33 @@ impl<'a> Tree<'a> {
         Ok((real_grant.rule(), directories_only))
     }
 
+    /// `stat`, `readlink`, `xattr`. A path granted only as a directory
+    /// (implied stat) says nothing more of what is there: missing or not
+    /// a directory, it is denied (SPEC §5).
+    fn metadata(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
+        let implied = self
+            .decide_requested(&request.path.path, PathMode::Stat)?
+            .directories_only();
+        let answer = match request.op {
+            TreeOp::Stat => self.stat(request),
+            TreeOp::Readlink => self.readlink(request),
+            _ => self.xattr(request),
+        };
+        match answer {
+            Err(r) if implied && matches!(r.code, ErrorCode::NotFound | ErrorCode::NotRegular) => {
+                Err(not_a_granted_directory(self.client))
+            }
+            other => other,
+        }
+    }
+
     fn stat(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
-        let implied = self
-            .decide_requested(path, PathMode::Stat)?
-            .directories_only();
         let base = base_of(request.within.as_ref())?;
         let located = if request.nofollow {
-            entry(&base, path).and_then(|e| e.found.map_err(Refusal::from))
+            entry(&base, path).and_then(|e| e.found.map_err(Refusal::from))?
         } else {
-            self.follow(&base, path, PathMode::Stat)
-        };
-        let located = match located {
-            // A name granted only as a directory: a missing one is denied.
-            Err(r) if implied && r.code == ErrorCode::NotFound => {
-                return Err(not_a_granted_directory(self.client));
-            }
-            other => other?,
+            self.follow(&base, path, PathMode::Stat)?
         };
         let (rule, directories_only) = self.judge(path, &located.real_path, PathMode::Stat)?;
         if directories_only && located.facts.kind != FileKind::Directory {
@@ -149,7 +157,6 @@ impl<'a> Tree<'a> {
 
     fn readlink(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
-        self.decide_requested(path, PathMode::Stat)?;
         let entry = entry(&base_of(request.within.as_ref())?, path)?;
         let (rule, directories_only) = self.judge(path, &entry.real, PathMode::Stat)?;
         let link = entry.found.map_err(Refusal::from)?;
@@ -189,7 +196,6 @@ impl<'a> Tree<'a> {
                 "only user., security. and system. attributes are read",
             ));
         }
-        self.decide_requested(path, PathMode::Stat)?;
         let base = base_of(request.within.as_ref())?;
         let located = if request.nofollow {
             entry(&base, path).and_then(|e| e.found.map_err(Refusal::from))?

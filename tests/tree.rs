@@ -141,6 +141,7 @@ fn nofollow_readlink_and_symlinks_judged_at_both_ends() {
     let Some(t) = Tree::start(
         |d| {
             json!([{"name": "links", "paths": [format!("{d}/links/*")], "modes": ["read", "stat"]},
+                   {"name": "via", "paths": [format!("{d}/via/**")], "modes": ["stat"]},
                    {"name": "data", "paths": [format!("{d}/data/*")], "modes": ["read"]}])
         },
         &[],
@@ -179,6 +180,19 @@ fn nofollow_readlink_and_symlinks_judged_at_both_ends() {
         assert_eq!(refusal(&v), ("not_regular", Some("ELOOP")), "{op}: {v}");
         let v = c.ask(&json!({"op": op, "path": t.path("links/plain"), "nofollow": true}));
         assert_eq!(v["ok"], true, "{op}: {v}");
+    }
+    // Through a symlinked directory, a missing name is not said to be
+    // missing where the policy does not reach.
+    fs::create_dir(t.path("via")).unwrap();
+    symlink("../hidden", t.path("via/dir")).unwrap();
+    for name in ["missing", "h"] {
+        for op in ["stat", "xattr"] {
+            let r = with(
+                req(op, &t.path(&format!("via/dir/{name}"))),
+                json!({"nofollow": true}),
+            );
+            assert_eq!(refusal(&c.ask(&r)), ("denied", None), "{op} {name}");
+        }
     }
     // Fields that do not belong to an op are bad_request.
     let v = c.ask(&with(

@@ -137,7 +137,7 @@ impl<'a> Tree<'a> {
         let path = &request.path.path;
         let base = base_of(request.within.as_ref())?;
         let located = if request.nofollow {
-            entry(&base, path).and_then(|e| e.found.map_err(Refusal::from))?
+            self.final_name(&base, path)?
         } else {
             self.follow(&base, path, PathMode::Stat)?
         };
@@ -198,7 +198,7 @@ impl<'a> Tree<'a> {
         }
         let base = base_of(request.within.as_ref())?;
         let located = if request.nofollow {
-            entry(&base, path).and_then(|e| e.found.map_err(Refusal::from))?
+            self.final_name(&base, path)?
         } else {
             self.follow(&base, path, PathMode::Stat)?
         };
@@ -429,6 +429,14 @@ impl<'a> Tree<'a> {
             answer: TreeAnswer::Done { to: Some(to.real) },
             recorded: true,
         })
+    }
+
+    /// The final name of `path` itself, not followed (`nofollow`): its
+    /// real path is judged before anything is said of whether it exists.
+    fn final_name(&mut self, base: &Base, path: &Path) -> Result<Located, Refusal> {
+        let entry = entry(base, path)?;
+        self.judge(path, &entry.real, PathMode::Stat)?;
+        Ok(entry.found?)
     }
 
     /// Resolves `path`, following symlinks as an open does; a path that

@@ -68,9 +68,7 @@ impl<'a> Tree<'a> {
         log: &mut dyn ChangeLog,
     ) -> Result<TreeDone, Refusal> {
         match request.op {
-            TreeOp::Stat => self.stat(request),
-            TreeOp::Readlink => self.readlink(request),
-            TreeOp::Xattr => self.xattr(request),
+            TreeOp::Stat | TreeOp::Readlink | TreeOp::Xattr => self.metadata(request),
             TreeOp::Readdir => self.readdir(request),
             TreeOp::Mkdir => self.mkdir(request, log),
             TreeOp::Unlink => self.remove(request, log, false),
@@ -115,23 +113,33 @@ impl<'a> Tree<'a> {
         Ok((real_grant.rule(), directories_only))
     }
 
+    /// `stat`, `readlink`, `xattr`. A path granted only as a directory
+    /// (implied stat) says nothing more of what is there: missing or not
+    /// a directory, it is denied (SPEC §5).
+    fn metadata(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
+        let implied = self
+            .decide_requested(&request.path.path, PathMode::Stat)?
+            .directories_only();
+        let answer = match request.op {
+            TreeOp::Stat => self.stat(request),
+            TreeOp::Readlink => self.readlink(request),
+            _ => self.xattr(request),
+        };
+        match answer {
+            Err(r) if implied && matches!(r.code, ErrorCode::NotFound | ErrorCode::NotRegular) => {
+                Err(not_a_granted_directory(self.client))
+            }
+            other => other,
+        }
+    }
+
     fn stat(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
-        let implied = self
-            .decide_requested(path, PathMode::Stat)?
-            .directories_only();
         let base = base_of(request.within.as_ref())?;
         let located = if request.nofollow {
-            entry(&base, path).and_then(|e| e.found.map_err(Refusal::from))
+            self.final_name(&base, path)?
         } else {
-            self.follow(&base, path, PathMode::Stat)
-        };
-        let located = match located {
-            // A name granted only as a directory: a missing one is denied.
-            Err(r) if implied && r.code == ErrorCode::NotFound => {
-                return Err(not_a_granted_directory(self.client));
-            }
-            other => other?,
+            self.follow(&base, path, PathMode::Stat)?
         };
         let (rule, directories_only) = self.judge(path, &located.real_path, PathMode::Stat)?;
         if directories_only && located.facts.kind != FileKind::Directory {
@@ -149,7 +157,6 @@ impl<'a> Tree<'a> {
 
     fn readlink(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
-        self.decide_requested(path, PathMode::Stat)?;
         let entry = entry(&base_of(request.within.as_ref())?, path)?;
         let (rule, directories_only) = self.judge(path, &entry.real, PathMode::Stat)?;
         let link = entry.found.map_err(Refusal::from)?;
@@ -189,10 +196,9 @@ impl<'a> Tree<'a> {
                 "only user., security. and system. attributes are read",
             ));
         }
-        self.decide_requested(path, PathMode::Stat)?;
         let base = base_of(request.within.as_ref())?;
         let located = if request.nofollow {
-            entry(&base, path).and_then(|e| e.found.map_err(Refusal::from))?
+            self.final_name(&base, path)?
         } else {
             self.follow(&base, path, PathMode::Stat)?
         };
@@ -306,6 +312,8 @@ impl<'a> Tree<'a> {
         self.may_change(&[path, &entry.real], &entry.parent, rule)?;
         let found = entry.found.as_ref().map_err(|e| Refusal::from(e.clone()))?;
         let is_dir = found.facts.kind == FileKind::Directory;
+        // `unlink("file/")` fails in the kernel too.
+        wants_directory(&request.path, found)?;
         if is_dir != directory {
             let (errno, why) = if directory {
                 (Errno::ENOTDIR, "not a directory")
@@ -421,6 +429,14 @@ impl<'a> Tree<'a> {
             answer: TreeAnswer::Done { to: Some(to.real) },
             recorded: true,
         })
+    }
+
+    /// The final name of `path` itself, not followed (`nofollow`): its
+    /// real path is judged before anything is said of whether it exists.
+    fn final_name(&mut self, base: &Base, path: &Path) -> Result<Located, Refusal> {
+        let entry = entry(base, path)?;
+        self.judge(path, &entry.real, PathMode::Stat)?;
+        Ok(entry.found?)
     }
 
     /// Resolves `path`, following symlinks as an open does; a path that
@@ -693,13 +709,26 @@ fn link_temporary(source: &Located, dir: &Located) -> Result<OsString, Refusal> 
             std::process::id(),
             random_u64()
         ));
-        match nix::unistd::linkat(
+        let linked = nix::unistd::linkat(
             source.handle(),
             "",
             dir.handle(),
             name.as_os_str(),
             AtFlags::AT_EMPTY_PATH,
-        ) {
+        )
+        .or_else(|e| match e {
+            // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the handle's magic
+            // link names the same inode without it.
+            Errno::ENOENT => nix::unistd::linkat(
+                nix::fcntl::AT_FDCWD,
+                format!("/proc/self/fd/{}", source.handle().as_raw_fd()).as_str(),
+                dir.handle(),
+                name.as_os_str(),
+                AtFlags::AT_SYMLINK_FOLLOW,
+            ),
+            e => Err(e),
+        });
+        match linked {
             Ok(()) => return Ok(name),
             Err(Errno::EEXIST) => continue,
             Err(e) => return Err(change_failed(e, "linkat")),

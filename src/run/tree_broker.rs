@@ -700,11 +700,10 @@ pub fn statx_of(meta: &Metadata) -> libc::statx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Timestamp;
     use crate::run::tree_call::as_bytes;
-    use std::os::unix::fs::MetadataExt;
 
-    /// Metadata as the server makes it: from what the kernel says.
+    /// What the kernel says of `path`, and the `stat` answer a server
+    /// sends about it (SPEC §3.6), parsed as the client parses it.
     fn metadata(path: &str) -> (Metadata, libc::statx) {
         let c = std::ffi::CString::new(path).unwrap();
         // SAFETY: statx fills a zeroed struct of its own type.
@@ -712,28 +711,19 @@ mod tests {
         let mask = libc::STATX_BASIC_STATS | libc::STATX_BTIME;
         let rc = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), 0, mask, &mut k) };
         assert_eq!(rc, 0);
-        let m = std::fs::metadata(path).unwrap();
-        let ts = |t: libc::statx_timestamp| Timestamp {
-            sec: t.tv_sec,
-            nsec: t.tv_nsec,
-        };
-        let meta = Metadata {
-            dev: m.dev(),
-            ino: m.ino(),
-            mode: m.mode(),
-            nlink: m.nlink(),
-            uid: m.uid(),
-            gid: m.gid(),
-            rdev: m.rdev(),
-            size: m.size(),
-            blksize: m.blksize(),
-            blocks: m.blocks(),
-            atime: ts(k.stx_atime),
-            mtime: ts(k.stx_mtime),
-            ctime: ts(k.stx_ctime),
-            btime: (k.stx_mask & libc::STATX_BTIME != 0).then(|| ts(k.stx_btime)),
-        };
-        (meta, k)
+        let time = |t: libc::statx_timestamp| serde_json::json!([t.tv_sec, t.tv_nsec]);
+        let mut answer = serde_json::json!({
+            "dev": libc::makedev(k.stx_dev_major, k.stx_dev_minor),
+            "ino": k.stx_ino, "mode": k.stx_mode, "nlink": k.stx_nlink,
+            "uid": k.stx_uid, "gid": k.stx_gid,
+            "rdev": libc::makedev(k.stx_rdev_major, k.stx_rdev_minor),
+            "size": k.stx_size, "blksize": k.stx_blksize, "blocks": k.stx_blocks,
+            "atime": time(k.stx_atime), "mtime": time(k.stx_mtime), "ctime": time(k.stx_ctime),
+        });
+        if k.stx_mask & libc::STATX_BTIME != 0 {
+            answer["btime"] = time(k.stx_btime);
+        }
+        (serde_json::from_value(answer).unwrap(), k)
     }
 
     #[test]

@@ -697,3 +697,29 @@ print(name(os.rmdir, {full:?}), name(os.unlink, {full:?}), name(os.mkdir, {full:
     let out = t.same_as_root(&[PYTHON, "-c", &script]);
     assert_eq!(out, "ENOTEMPTY EISDIR EEXIST ENOENT ENOENT\n");
 }
+
+#[test]
+fn a_directory_stream_rewinds_and_resumes_where_telldir_said() {
+    let Some(t) = Tree::new() else { return };
+    let Some(rewinder) = t.setup.build("rewinder", &[]) else {
+        return;
+    };
+    let out = t.same_as_root(&[&rewinder, &t.data("")]);
+    assert_eq!(
+        out,
+        "first: . .. link secret sub\nafter the third: 2\nafter a rewind: 5\n"
+    );
+}
+
+#[test]
+fn a_directory_of_more_entries_than_one_answer_holds_lists_whole() {
+    let Some(t) = Tree::new() else { return };
+    let many = t.data.join("many");
+    fs::create_dir(&many).unwrap();
+    for i in 0..2500 {
+        fs::write(many.join(format!("f{i:04}")), "").unwrap();
+    }
+    fs::set_permissions(&many, fs::Permissions::from_mode(0o700)).unwrap();
+    let out = t.same_as_root(&["/usr/bin/ls", "-1", many.to_str().unwrap()]);
+    assert_eq!(out.lines().count(), 2500);
+}

@@ -43,6 +43,8 @@ pub struct Stream {
     /// Index of the next entry; the `d_off` handed out for an entry is
     /// the index after it, so `lseek` to it resumes there.
     position: usize,
+    /// Read to the end: no listing is fetched again until an `lseek`.
+    at_end: bool,
 }
 
 impl DirStreams {
@@ -64,6 +66,7 @@ impl DirStreams {
             born: meta.created().ok(),
             entries: None,
             position: 0,
+            at_end: false,
         };
         self.lock().insert((meta.dev(), meta.ino()), stream);
         self.any.store(true, Ordering::Release);
@@ -118,7 +121,7 @@ impl DirStreams {
 impl Stream {
     /// Whether the listing must be fetched before the next read.
     pub fn needs_listing(&self) -> bool {
-        self.entries.is_none() && self.position != usize::MAX
+        self.entries.is_none() && !self.at_end
     }
 
     pub fn set_listing(&mut self, entries: Vec<DirEntry>) {
@@ -143,28 +146,29 @@ impl Stream {
             self.position += 1;
         }
         if out.is_empty() {
-            // Read to the end: a rewind fetches a fresh listing.
+            // Read to the end: the listing goes, and an `lseek` fetches a
+            // fresh one.
             self.entries = None;
-            self.position = usize::MAX;
+            self.at_end = true;
         }
         Ok(out)
     }
 
     /// `lseek`: `SEEK_SET` to 0 rewinds (a fresh listing), to an offset
-    /// we handed out resumes there; `SEEK_CUR` by 0 tells the position.
-    /// `None` for anything else, which then acts on the empty placeholder.
+    /// we handed out resumes there (in a fresh listing if the last was
+    /// read to the end); `SEEK_CUR` by 0 tells the position. `None` for
+    /// anything else, which then acts on the empty placeholder.
     pub fn seek(&mut self, offset: i64, whence: i32) -> Option<i64> {
         match (whence, offset) {
-            (libc::SEEK_SET, 0) => {
-                self.entries = None;
-                self.position = 0;
-                Some(0)
-            }
-            (libc::SEEK_SET, n) if n > 0 && self.entries.is_some() => {
-                self.position = n as usize;
+            (libc::SEEK_SET, n) if n >= 0 => {
+                if n == 0 {
+                    self.entries = None;
+                }
+                self.position = usize::try_from(n).ok()?;
+                self.at_end = false;
                 Some(n)
             }
-            (libc::SEEK_CUR, 0) if self.position != usize::MAX => Some(self.position as i64),
+            (libc::SEEK_CUR, 0) => Some(self.position as i64),
             _ => None,
         }
     }
@@ -314,6 +318,7 @@ mod tests {
             born: None,
             entries: Some(entries),
             position: 0,
+            at_end: false,
         }
     }
 
@@ -335,7 +340,13 @@ mod tests {
         // At the end the listing is dropped, and not fetched again...
         assert!(!s.needs_listing());
         assert!(s.read(4096, true).unwrap().is_empty());
-        // ...until a rewind; a buffer too small for one record: EINVAL.
+        assert_eq!(s.seek(0, libc::SEEK_CUR), Some(4));
+        // ...until an lseek: back to an offset handed out, or a rewind.
+        assert_eq!(s.seek(2, libc::SEEK_SET), Some(2));
+        assert!(s.needs_listing());
+        s.set_listing(stream(&[".", "..", "a", "b"]).entries.unwrap());
+        assert_eq!(decode(&s.read(4096, true).unwrap(), true).len(), 2);
+        // A buffer too small for one record: EINVAL.
         assert_eq!(s.seek(0, libc::SEEK_SET), Some(0));
         assert!(s.needs_listing());
         s.set_listing(stream(&["x"]).entries.unwrap());

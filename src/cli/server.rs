@@ -55,7 +55,8 @@ pub enum ServerCommand {
     /// be writable by no one else) with the same arguments, handing it the
     /// listening socket, never closed, so no client is refused, and every
     /// held and parked descriptor with its name, kind, storer and expiry.
-    /// Once the new process is ready, this one exits 0; if it is missing,
+    /// Once the new process (a new pid, told to a service manager as
+    /// MAINPID=) is ready, this one exits 0; if it is missing,
     /// not executable, or exits or hangs before it is ready, this one serves
     /// on with everything it had, and logs why. To upgrade: install the new
     /// binary over the old path, then kill -USR2 the server (under systemd:
@@ -328,7 +329,7 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
         None => systemd::take(handover::FDNAME),
     };
     // Recorded at start: what SIGUSR2 runs again (SPEC §3.4).
-    let binary = Binary::current().map_err(|e| format!("cannot tell which binary this is: {e}"))?;
+    let binary = Binary::current();
     // Signals are taken synchronously by this thread; workers and the
     // hand-over inherit the mask. Blocked first, so a SIGUSR2 arriving
     // early waits for us instead of killing a server just upgraded.
@@ -471,12 +472,21 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
                 let _ = systemd::notify("READY=1");
             }
             Ok(Signal::SIGUSR2) => {
+                let binary = match &binary {
+                    Ok(binary) => binary,
+                    Err(e) => {
+                        serving_on(&format_args!(
+                            "upgrade refused: cannot tell which binary this is ({e})"
+                        ));
+                        continue;
+                    }
+                };
                 let (held, parked) = server.held_counts();
                 log(format_args!(
                     "SIGUSR2: upgrading in place to {} ({held} held, {parked} parked)",
                     binary.path.display()
                 ));
-                match server.upgrade(&binary, owned_path.is_some()) {
+                match server.upgrade(binary, owned_path.is_some()) {
                     Ok(successor) => {
                         log(format_args!(
                             "upgraded: pid {} serves now with {} descriptors; this process stops",
@@ -486,10 +496,7 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
                         server.shutdown();
                         return Ok(());
                     }
-                    Err(e) => {
-                        logging::error(format_args!("{e}; this server serves on"));
-                        let _ = systemd::notify(&format!("STATUS={e}; this server serves on"));
-                    }
+                    Err(e) => serving_on(&e),
                 }
             }
             Ok(signal) => {
@@ -507,6 +514,12 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
             Err(e) => return Err(format!("waiting for signals failed: {e}")),
         }
     }
+}
+
+/// An upgrade did not happen: the log and the service manager say why.
+fn serving_on(why: &dyn std::fmt::Display) {
+    logging::error(format_args!("{why}; this server serves on"));
+    let _ = systemd::notify(&format!("STATUS={why}; this server serves on"));
 }
 
 /// What a previous server handed over: by an upgrade, or through the
@@ -559,7 +572,7 @@ fn store_held(server: &Server) {
             let state = format!("FDSTORE=1\nFDNAME={}", handover::FDNAME);
             match systemd::notify_with_fd(&state, Some(std::os::fd::AsFd::as_fd(&socket))) {
                 Ok(_) => log(format_args!(
-                    "{count} held and parked descriptors are in the service manager's fd store"
+                    "{count} held and parked descriptors handed to the service manager's fd store"
                 )),
                 Err(e) => logging::error(format_args!(
                     "cannot store the held descriptors with the service manager: {e}; they are lost"

@@ -297,6 +297,15 @@ pub(super) fn ask_for_errno<T>(
         // The trapped task waits on this answer with its CPU idle: polling
         // for it saves the wake-up that dominates a brokered call.
         fresh.set_busy_poll(SERVER_BUSY_POLL);
+        // Across an upgrade of the server, a call whose request may be
+        // sent twice is asked again; any other is left to the program. A
+        // server that is gone holds the traced call up for 2 s at most.
+        let patient = crate::client::Reconnect {
+            give_up_after: Duration::from_secs(2),
+            ..Default::default()
+        };
+        // Cannot fail: a client made by connect knows its socket.
+        let _ = fresh.set_reconnect(Some(patient));
         *client = Some(fresh);
     }
     let connection = client.as_mut().expect("connected above");

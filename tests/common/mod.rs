@@ -125,30 +125,37 @@ impl TestServer {
         extra: &[&str],
         launch: Launch,
     ) -> TestServer {
-        let policy_path = dir.path().join("policy.json");
-        fs::write(&policy_path, policy).unwrap();
-        let socket = dir.path().join("fdopen.sock");
-        let audit = dir.path().join("audit.log");
-        let stderr = dir.path().join("server.stderr");
+        let mut server = Self::unstarted(dir, policy);
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--socket".into(),
-            socket.to_str().unwrap().into(),
+            server.socket.to_str().unwrap().into(),
             "--policy".into(),
-            policy_path.to_str().unwrap().into(),
+            server.policy.to_str().unwrap().into(),
             "--audit-log".into(),
-            audit.to_str().unwrap().into(),
+            server.audit.to_str().unwrap().into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let (child, notify) = spawn_notifying(dir.path(), program, &args, &stderr, launch);
+        let mut cmd = Command::new(program);
+        cmd.args(&args);
+        server.child = Some(spawn_on(cmd, &server.notify, &server.stderr, launch));
+        server
+    }
+
+    /// A server's directory, policy and notify socket, with no server
+    /// yet: for a test that starts it its own way (as a service manager
+    /// would, say).
+    pub fn unstarted(dir: TempDir, policy: &str) -> TestServer {
+        let policy_path = dir.path().join("policy.json");
+        fs::write(&policy_path, policy).unwrap();
         TestServer {
-            dir,
-            socket,
+            socket: dir.path().join("fdopen.sock"),
             policy: policy_path,
-            audit,
-            child: Some(child),
-            stderr,
-            notify,
+            audit: dir.path().join("audit.log"),
+            child: None,
+            stderr: dir.path().join("server.stderr"),
+            notify: notify_socket(dir.path()),
+            dir,
             guards: Vec::new(),
         }
     }

@@ -151,7 +151,7 @@ impl Tree {
     }
 
     /// The program as nobody under `run`; its output, which must equal
-    /// what root gets without `run`, and that nobody alone fails.
+    /// what root gets without `run`, and which nobody alone does not get.
     #[track_caller]
     fn same_as_root(&self, program: &[&str]) -> String {
         let root = Command::new(program[0])
@@ -167,6 +167,12 @@ impl Tree {
             String::from_utf8_lossy(&with.stderr)
         );
         assert_eq!(with.status.code(), root.status.code(), "{program:?}");
+        // And the tree is really out of nobody's reach without `run`.
+        let alone = supervised::direct(program);
+        assert!(
+            alone.stdout != root.stdout || alone.status.code() != root.status.code(),
+            "{program:?} as nobody alone got what root gets"
+        );
         String::from_utf8_lossy(&root.stdout).into_owned()
     }
 }

@@ -18,12 +18,13 @@
 //! `scope` decides which are worth asking, `broker` answers one.
 //! The tree calls: `tree_call` decodes them and lays out their answers,
 //! `tree_broker` answers them, `dir_stream` keeps the placeholders that
-//! stand for directories, `memory` writes answers into the program.
+//! stand for directories and `dir_broker` answers calls on them, `memory` writes answers into the program.
 //! `process` signals every supervised process and names exit codes,
 //! `same_tree` tells whether the server sees the program's tree.
 
 mod bind_call;
 mod broker;
+mod dir_broker;
 mod dir_stream;
 mod filter;
 mod listener;

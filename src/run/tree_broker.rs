@@ -10,10 +10,8 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use std::os::fd::AsRawFd;
-
 use super::broker::{Broker, Untouched, ask_for_errno};
-use super::listener::{Install, Notification, target_gone};
+use super::listener::Notification;
 use super::memory::TargetMemory;
 use super::target::Target;
 use super::tree_call::{
@@ -21,14 +19,14 @@ use super::tree_call::{
     xattr_answer, xattr_name_list,
 };
 use super::within::Within;
-use crate::client::{Client, DirEntry, Metadata, OpenOptions, TreeReply, TreeRequest};
+use crate::client::{Client, Metadata, OpenOptions, TreeReply, TreeRequest};
 use crate::protocol::Mode;
 
 /// Longest xattr name the kernel takes (`XATTR_NAME_MAX`).
 const XATTR_NAME_MAX: usize = 255;
 
 /// How a decided call ends.
-enum Answer {
+pub(super) enum Answer {
     /// The syscall returns this value.
     Value(i64),
     /// The syscall fails with this errno.
@@ -37,9 +35,9 @@ enum Answer {
 
 /// A path argument resolved for the server: absolute, and with the
 /// directory it was relative to, proved to be the program's own.
-struct Resolved {
-    path: PathBuf,
-    within: Option<Within>,
+pub(super) struct Resolved {
+    pub(super) path: PathBuf,
+    pub(super) within: Option<Within>,
     /// The call named it with a trailing `/`: a directory or `ENOTDIR`.
     dir_only: bool,
 }
@@ -247,12 +245,7 @@ impl Broker {
                 wide,
             } => self.placeholder_read(call, target, fd, buf, count, wide, client)?,
             TreeCall::Lseek { fd, offset, whence } => {
-                let (key, _) = self.placeholder(target, fd)?;
-                if !self.listener.still_valid(call.id) {
-                    return Err(Untouched);
-                }
-                let moved = self.dir_streams.with(key, |s| s.seek(offset, whence));
-                Answer::Value(moved.flatten().ok_or(Untouched)?)
+                self.placeholder_seek(call, target, fd, offset, whence)?
             }
         };
         match answer {
@@ -266,7 +259,7 @@ impl Broker {
     /// opens the task's memory if the answer is written there, and
     /// confirms with `ID_VALID` that all of it came from the task that
     /// trapped.
-    fn prepare(
+    pub(super) fn prepare(
         &self,
         call: &Notification,
         target: &Target,
@@ -291,7 +284,11 @@ impl Broker {
 
     /// The task's memory, opened, then `ID_VALID` checked: what was read
     /// came from the task that trapped, and what we write goes to it.
-    fn memory(&self, call: &Notification, target: &Target) -> Result<TargetMemory, Untouched> {
+    pub(super) fn memory(
+        &self,
+        call: &Notification,
+        target: &Target,
+    ) -> Result<TargetMemory, Untouched> {
         let memory = TargetMemory::open(target.tid).map_err(|_| Untouched)?;
         if !self.listener.still_valid(call.id) {
             return Err(Untouched);
@@ -354,21 +351,6 @@ impl Broker {
         })
     }
 
-    /// The placeholder the task holds as `fd` (or as its cwd), with its
-    /// real directory; only for a task with our identity.
-    pub(super) fn placeholder(
-        &self,
-        target: &Target,
-        fd: i32,
-    ) -> Result<((u64, u64), Within), Untouched> {
-        if !self.dir_streams.any() {
-            return Err(Untouched);
-        }
-        let tgid = target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
-        let key = self.dir_streams.key_of(target, tgid, fd).ok_or(Untouched)?;
-        Ok((key, self.dir_streams.real(key).ok_or(Untouched)?))
-    }
-
     /// A file the task holds as `fd`, in the scope: the path its `/proc`
     /// link shows and the device and inode of the file itself.
     fn brokered_file(&self, target: &Target, fd: i32) -> Result<(PathBuf, (u64, u64)), Untouched> {
@@ -385,135 +367,9 @@ impl Broker {
         Ok((path, (meta.dev(), meta.ino())))
     }
 
-    /// `fstat` (or a stat call with an empty path and `AT_EMPTY_PATH`) of
-    /// a placeholder: `stat` of the real directory, if it still is the
-    /// one the placeholder stands for.
-    fn placeholder_stat(
-        &self,
-        call: &Notification,
-        target: &Target,
-        fd: i32,
-        out: u64,
-        layout: StatLayout,
-        client: &mut Option<Client>,
-    ) -> Result<Answer, Untouched> {
-        let (_, real) = self.placeholder(target, fd)?;
-        let memory = self.memory(call, target)?;
-        let request = TreeRequest::stat(&real.path).within(client_within(&real));
-        match ask_for_errno(client, &self.socket, |c| c.tree(&request)) {
-            Ok(TreeReply::Stat { stat, .. }) if (stat.dev, stat.ino) == (real.dev, real.ino) => {
-                write(Some(&memory), out, &laid_out(&stat, layout), 0).ok_or(Untouched)
-            }
-            _ => Err(Untouched),
-        }
-    }
-
-    /// `getdents64`/`getdents` on a placeholder: the real directory's
-    /// entries, listed (every page) on the first read or after a rewind.
-    #[allow(clippy::too_many_arguments)]
-    fn placeholder_read(
-        &self,
-        call: &Notification,
-        target: &Target,
-        fd: i32,
-        buf: u64,
-        count: u64,
-        wide: bool,
-        client: &mut Option<Client>,
-    ) -> Result<Answer, Untouched> {
-        let (key, real) = self.placeholder(target, fd)?;
-        let memory = self.memory(call, target)?;
-        let needs = self
-            .dir_streams
-            .with(key, |s| s.needs_listing())
-            .ok_or(Untouched)?;
-        if needs {
-            let entries = self.listing(client, &real).ok_or(Untouched)?;
-            self.dir_streams.with(key, |s| s.set_listing(entries));
-        }
-        let count = usize::try_from(count).unwrap_or(usize::MAX);
-        match self
-            .dir_streams
-            .with(key, |s| s.read(count, wide))
-            .ok_or(Untouched)?
-        {
-            Ok(records) => {
-                write(Some(&memory), buf, &records, records.len() as i64).ok_or(Untouched)
-            }
-            Err(errno) => Ok(Answer::Errno(errno)),
-        }
-    }
-
-    /// Every entry of the real directory, page after page.
-    fn listing(&self, client: &mut Option<Client>, real: &Within) -> Option<Vec<DirEntry>> {
-        let mut entries = Vec::new();
-        let mut cursor = None;
-        loop {
-            let request =
-                TreeRequest::readdir(&real.path, cursor.take()).within(client_within(real));
-            match ask_for_errno(client, &self.socket, |c| c.tree(&request)).ok()? {
-                TreeReply::Dir(page) => {
-                    entries.extend(page.entries);
-                    match page.cursor {
-                        Some(next) => cursor = Some(next),
-                        None => return Some(entries),
-                    }
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// Opens a directory the program asked for with `O_DIRECTORY` (or a
-    /// read-only open the server answered `EISDIR`): if the server lets it
-    /// be stat'ed and listed, the program gets a placeholder for it.
-    pub(super) fn open_directory(
-        &self,
-        call: &Notification,
-        target: &Target,
-        path: PathArg,
-        flags: i32,
-        client: &mut Option<Client>,
-    ) -> Result<(), Untouched> {
-        let (resolved, _) = self.prepare(call, target, path, false, true)?;
-        let nofollow = flags & libc::O_NOFOLLOW != 0;
-        let request = with(TreeRequest::stat(&resolved.path), &resolved).nofollow(nofollow);
-        let (real_path, stat) = match ask_for_errno(client, &self.socket, |c| c.tree(&request)) {
-            Ok(TreeReply::Stat { path, stat, .. }) if stat.is_dir() => (path, stat),
-            _ => return Err(Untouched),
-        };
-        let real = Within {
-            path: real_path,
-            dev: stat.dev,
-            ino: stat.ino,
-        };
-        // Listed now, so that a directory `list` does not grant is left
-        // to the program, and the first read costs nothing more.
-        let entries = self.listing(client, &real).ok_or(Untouched)?;
-        let placeholder = self.dir_streams.make(real).map_err(|_| Untouched)?;
-        if let Ok(meta) =
-            std::fs::File::from(placeholder.try_clone().map_err(|_| Untouched)?).metadata()
-        {
-            use std::os::unix::fs::MetadataExt;
-            self.dir_streams
-                .with((meta.dev(), meta.ino()), |s| s.set_listing(entries));
-        }
-        let how = Install::AsResult {
-            cloexec: flags & libc::O_CLOEXEC != 0,
-        };
-        match self.listener.install(call.id, placeholder.as_raw_fd(), how) {
-            Ok(_) => Ok(()),
-            Err(e) if target_gone(&e) => Ok(()),
-            Err(_) => {
-                self.dir_streams.forget(&placeholder);
-                Err(Untouched)
-            }
-        }
-    }
-
     /// Sends `request`; a reply becomes what `answer` makes of it (`None`:
     /// the call continues), a refusal what [`refusal`] says.
-    fn on_reply(
+    pub(super) fn on_reply(
         &self,
         client: &mut Option<Client>,
         call: &TreeCall,
@@ -576,7 +432,7 @@ fn refusal(call: &TreeCall, errno: Option<i32>) -> Result<Answer, Untouched> {
 }
 
 /// `request` with the `within` of the directory its path was relative to.
-fn with(request: TreeRequest, resolved: &Resolved) -> TreeRequest {
+pub(super) fn with(request: TreeRequest, resolved: &Resolved) -> TreeRequest {
     match &resolved.within {
         Some(within) => request.within(client_within(within)),
         None => request,
@@ -595,7 +451,12 @@ pub(super) fn client_within(within: &Within) -> crate::client::Within {
 /// Writes the answer into the task, for the call to return `value`; a
 /// buffer it cannot take makes the call fail with `EFAULT`, as the
 /// kernel's own copy-out would.
-fn write(memory: Option<&TargetMemory>, addr: u64, bytes: &[u8], value: i64) -> Option<Answer> {
+pub(super) fn write(
+    memory: Option<&TargetMemory>,
+    addr: u64,
+    bytes: &[u8],
+    value: i64,
+) -> Option<Answer> {
     match memory?.write(addr, bytes) {
         Ok(()) => Some(Answer::Value(value)),
         Err(e) if e.raw_os_error() == Some(libc::EFAULT) => Some(Answer::Errno(libc::EFAULT)),
@@ -658,7 +519,7 @@ fn own_proc(path: &Path) -> bool {
 }
 
 /// A `stat` answer in the struct the call wants.
-fn laid_out(stat: &Metadata, layout: StatLayout) -> Vec<u8> {
+pub(super) fn laid_out(stat: &Metadata, layout: StatLayout) -> Vec<u8> {
     let stx = statx_of(stat);
     match layout {
         StatLayout::Stat => stat_bytes(&stx),

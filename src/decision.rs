@@ -609,12 +609,23 @@ pub fn decide_on_filesystem(
     let path = request.path.path.as_path();
     let located = match (request.nofollow, path.parent(), path.file_name()) {
         // O_NOFOLLOW: the final name itself, pinned, never followed.
-        (true, Some(parent), Some(name)) => base.locate(parent).and_then(|dir| {
-            if dir.facts.kind != FileKind::Directory {
-                return Err(OpenError::NotFound);
-            }
-            dir.entry(name)
-        }),
+        (true, Some(parent), Some(name)) => match base.locate(parent) {
+            Ok(dir) if dir.facts.kind == FileKind::Directory => match dir.entry(name) {
+                // Missing: said only where the client may see (SPEC §4).
+                Err(OpenError::NotFound) => {
+                    let real = dir.real_path.join(name);
+                    if real != path {
+                        policy
+                            .candidates(&real, client, Wants::of(request), &mut scratch.real)
+                            .map_err(leads_elsewhere)?;
+                    }
+                    Err(OpenError::NotFound)
+                }
+                other => other,
+            },
+            Ok(_) => Err(OpenError::NotFound),
+            Err(e) => Err(e),
+        },
         _ => base.locate(path),
     };
     let located = match located {

@@ -174,3 +174,52 @@ fn rotation_with_the_shipped_logrotate_config_keeps_the_logs_owner_and_mode() {
     let rotated = fs::read_to_string(s.path("audit.log.1")).unwrap();
     assert_eq!(rotated.lines().count(), 1);
 }
+
+#[test]
+fn a_tree_change_whose_record_cannot_be_written_is_not_made() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = scratch();
+    let disk = match SmallDisk::mount(&dir.path().join("disk"), "16k") {
+        Ok(disk) => disk,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let log = disk.0.join("audit.log");
+    std::os::unix::fs::symlink(&log, dir.path().join("audit.log")).unwrap();
+    let victim = dir.path().join("victim.txt");
+    fs::write(&victim, "x").unwrap();
+    let d = glob(dir.path());
+    let policy = json!({"rules": [{"name": "all", "paths": [format!("{d}/*")],
+                                   "modes": ["delete", "mkdir"]}]})
+    .to_string();
+    let mut s = TestServer::start_in(dir, &policy, &[]);
+    // Not a byte left for a record.
+    let filler = disk.0.join("filler");
+    let _ = fs::write(&filler, vec![0u8; 64 * 1024]);
+    s.hold(disk);
+    let mut c = s.client();
+    let (v, _) = ask(&mut c, &json!({"op": "unlink", "path": victim}).to_string());
+    assert_eq!(code(&v), "io_error", "{v}");
+    assert!(victim.exists(), "removed without a record");
+    let made = s.path("made");
+    let (v, _) = ask(&mut c, &json!({"op": "mkdir", "path": made}).to_string());
+    assert_eq!(code(&v), "io_error", "{v}");
+    assert!(!made.exists(), "made without a record");
+    // Room again: the change is recorded, then made.
+    fs::remove_file(&filler).unwrap();
+    let (v, _) = ask(&mut c, &json!({"op": "unlink", "path": victim}).to_string());
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(!victim.exists());
+    let records = whole_records(&log);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["op"] == "unlink" && r["ok"] == true),
+        "{records:?}"
+    );
+}

@@ -170,7 +170,7 @@ pub fn main() -> i32 {
             return match crate::run::run(&socket, &options) {
                 Ok(code) => code,
                 Err(RunError::Client(e)) => report(e, defaulted),
-                Err(e) => fail(exit::USAGE, &e),
+                Err(e) => fail(e.command_exit_code().unwrap_or(exit::USAGE), &e),
             };
         }
         command => Client::connect(&socket).and_then(|mut client| run(&mut client, command)),

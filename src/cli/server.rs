@@ -15,7 +15,7 @@ use crate::decision::{Explanation, explain};
 use crate::logging::{self, Level};
 use crate::peer::PeerIdentity;
 use crate::policy::{Policy, PolicyErrors};
-use crate::protocol::{Create, FileRequest, Mode, json_path, normalize_path};
+use crate::protocol::{Create, FileRequest, Mode, PathMode, json_path, normalize_path};
 use crate::server::upgrade::{self, Binary, Inherited};
 use crate::server::{Server, ServerConfig, handover};
 use crate::{lint, socket_path, systemd};
@@ -181,9 +181,10 @@ pub struct ExplainArgs {
     /// A held name the client would act on (with --op), e.g. web/c17.
     #[arg(long, value_name = "N", requires = "op")]
     pub name: Option<String>,
-    /// With --name: store, retrieve, list, drop, park or wake.
-    #[arg(long, value_name = "OP", value_parser = held_op_parser, requires = "name")]
-    pub op: Option<crate::protocol::HeldOp>,
+    /// With --name: store, retrieve, list, drop, park or wake. With
+    /// --path: a tree operation's mode, stat, list, mkdir or delete.
+    #[arg(long, value_name = "OP", conflicts_with = "bind")]
+    pub op: Option<String>,
     /// With --name: whose held fd (a uid) [default: the client's own].
     #[arg(long, value_name = "UID", requires = "name")]
     pub storer: Option<u32>,
@@ -665,7 +666,13 @@ fn explain_command(args: ExplainArgs) -> i32 {
     if let Some(address) = &args.bind {
         return explain_bind(&policy, address, args.reuseport, &client);
     }
-    if let (Some(name), Some(op)) = (&args.name, args.op) {
+    if let (Some(name), Some(op)) = (&args.name, &args.op) {
+        let Ok(op) = held_op_parser(op) else {
+            logging::error(format_args!(
+                "--op with --name is one of store, retrieve, list, drop, park, wake"
+            ));
+            return exit::USAGE;
+        };
         let storer = args.storer.unwrap_or(client.uid);
         return explain_held(&policy, name, op, storer, &client);
     }
@@ -677,6 +684,18 @@ fn explain_command(args: ExplainArgs) -> i32 {
             return exit::USAGE;
         }
     };
+    if let Some(op) = &args.op {
+        let mode = match op.parse::<PathMode>() {
+            Ok(mode) if PathMode::TREE.contains(&mode) => mode,
+            _ => {
+                logging::error(format_args!(
+                    "--op with --path is one of stat, list, mkdir, delete"
+                ));
+                return exit::USAGE;
+            }
+        };
+        return explain_tree(&policy, &path.path, mode, &client);
+    }
     let mut request = FileRequest::plain(path, args.mode);
     request.create = args.creating.create.unwrap_or_default();
     request.truncate = args.creating.truncate;
@@ -808,6 +827,67 @@ fn print_decision(outcome: Result<&crate::policy::Rule, crate::decision::Refusal
 fn held_op_parser(text: &str) -> Result<crate::protocol::HeldOp, String> {
     crate::protocol::HeldOp::parse(text)
         .ok_or_else(|| "one of store, retrieve, list, drop, park, wake".to_owned())
+}
+
+/// `explain --path P --op stat|list|mkdir|delete`: each rule's verdict,
+/// then the decision on the requested path and, where a symlink leads
+/// elsewhere, on the real one; implied `stat` only on a directory.
+fn explain_tree(policy: &Policy, path: &Path, mode: PathMode, client: &PeerIdentity) -> i32 {
+    println!(
+        "request: {mode} {} as uid {} gid {}",
+        path.display(),
+        client.uid,
+        client.gid
+    );
+    let wants = crate::decision::Wants::mode(mode);
+    print_verdicts(policy, |rule| {
+        if !rule.matches_path(path) {
+            if mode == PathMode::Stat
+                && rule.effect == crate::policy::Effect::Allow
+                && rule.implies_stat(path)
+            {
+                match rule.check_client(client) {
+                    Ok(()) => "matches (stat implied by its glob, on a directory only)".to_owned(),
+                    Err(m) => format!("no: {m}"),
+                }
+            } else {
+                "no: path matches none of its globs".to_owned()
+            }
+        } else if let Err(m) = rule.check_request(client, &wants) {
+            format!("no: {m}")
+        } else {
+            "matches".to_owned()
+        }
+    });
+    let mut scratch = crate::decision::Candidates::default();
+    let outcome = policy
+        .decide_tree_path(path, client, wants, &mut scratch)
+        .and_then(|grant| {
+            let located = crate::safe_open::locate(path).ok();
+            let real = located
+                .as_ref()
+                .map(|l| l.real_path.as_path())
+                .unwrap_or(path);
+            let grant = if real != path {
+                println!("real path: {}", real.display());
+                policy.decide_tree_path(
+                    real,
+                    client,
+                    wants,
+                    &mut crate::decision::Candidates::default(),
+                )?
+            } else {
+                grant
+            };
+            let is_dir = located
+                .as_ref()
+                .is_some_and(|l| l.facts.kind == crate::safe_open::FileKind::Directory);
+            if grant.directories_only() && !is_dir {
+                return Err(crate::decision::tree::not_a_granted_directory(client));
+            }
+            Ok(grant.rule())
+        });
+    print_decision(outcome)
 }
 
 /// `explain --name N --op OP`: each rule's verdict, then the decision.

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::fake_systemd::FdStore;
-use common::upgrade::{install, main_pid, start_from_copy, stop_adopted, upgrade};
+use common::upgrade::{Adopted, install, main_pid, start_from_copy, upgrade};
 use common::{Launch, SERVER, TestServer, scratch};
 use fdopen::{Client, WakeEvent};
 use nix::sys::signal::Signal;
@@ -223,6 +223,7 @@ fn an_upgrade_keeps_every_parked_connection_and_held_fd_and_refuses_no_one() {
     let connecting = ConnectLoop::start(&server.socket);
     let said = upgrade(&server);
     let new_pid = main_pid(&said);
+    let successor = Adopted(new_pid);
     let old_exit = common::wait_timeout(server.child.as_mut().unwrap(), Duration::from_secs(30));
     assert!(old_exit.is_some_and(|s| s.success()), "{old_exit:?}");
     // Served by the new process now, whose listing is the same.
@@ -241,7 +242,7 @@ fn an_upgrade_keeps_every_parked_connection_and_held_fd_and_refuses_no_one() {
     UnixStream::from(fd).read_exact(&mut got).unwrap();
     assert_eq!(&got, b"meanwhile");
     fleet.verify(&server);
-    stop_adopted(new_pid);
+    successor.stop();
     assert!(
         server
             .stderr_text()

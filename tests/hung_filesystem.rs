@@ -296,13 +296,17 @@ fn tree_requests_on_a_hung_filesystem_time_out_like_opens() {
     let Some((dir, mounted, gate)) = mount_hanging() else {
         return;
     };
-    let _release = ReleaseOnDrop(gate.clone());
+    let release = ReleaseOnDrop(gate.clone());
     let d = glob(dir.path());
     let policy = json!({"rules": [{"name": "all", "paths": [format!("{d}/**")],
                                    "modes": ["read", "stat", "delete"]}]})
     .to_string();
-    let s = TestServer::start_in(dir, &policy, &["--workers", "1", "--fs-timeout", "1s"]);
+    let mut s = TestServer::start_in(dir, &policy, &["--workers", "1", "--fs-timeout", "1s"]);
     let hung_file = mounted.point.join("file.txt");
+    // Gone with the server, before its directory (which the mount would
+    // otherwise keep in /tmp): the release first.
+    s.hold(mounted);
+    s.hold(release);
     let local = s.path("local.txt");
     gate.set_hung(true);
     for op in ["stat", "unlink", "xattr"] {

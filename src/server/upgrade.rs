@@ -33,6 +33,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the lanes may take to answer what they have read, beyond
 /// `--fs-timeout` (a call stuck on the filesystem is answered by then).
 const QUIET_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longer than any wait worth the name, and short enough for the clock.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 86400);
 
 /// The binary and arguments this server was started with, recorded at
 /// start: what an upgrade runs again.
@@ -174,7 +176,10 @@ impl Server {
         for lane in &shared.lanes {
             lane.wake();
         }
-        let until = Instant::now() + QUIET_TIMEOUT + shared.config.fs_timeout;
+        // An `--fs-timeout` too long for the clock means "never", as for
+        // the watchdog: capped, so that it cannot panic (SPEC §2).
+        let wait = QUIET_TIMEOUT.saturating_add(shared.config.fs_timeout);
+        let until = Instant::now() + wait.min(NEVER);
         if !shared.pause.wait_quiet(shared.lanes.len(), until) {
             crate::logging::warn(format_args!(
                 "upgrade: some requests are still unanswered; they are answered by this process"

@@ -4,12 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::os::fd::AsFd;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::upgrade::{main_pid, start_from_copy, stop_adopted, upgrade};
+use common::{TestServer, code};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -97,4 +98,60 @@ fn an_upgraded_server_answers_nothing_more_that_the_successor_would_not_have() {
             "the old server said {answer} but the successor holds {listed:?}"
         );
     }
+}
+
+/// Sends `bytes` in one `sendmsg`, with `fd` attached.
+fn send_part(stream: &UnixStream, bytes: &str, fd: Option<BorrowedFd<'_>>) {
+    let sent = fdopen::fdpass::send(stream.as_fd(), bytes.as_bytes(), fd).unwrap();
+    assert_eq!(sent, bytes.len());
+}
+
+/// Whether the server closed its end of the socket pair `ours` was
+/// sent from: our end reads end of file.
+fn closed_by_server(ours: &mut UnixStream) -> bool {
+    ours.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    matches!(ours.read(&mut [0u8; 1]), Ok(0))
+}
+
+/// SPEC §2: each fd belongs to the line whose `sendmsg` carried it, and
+/// a `store` takes exactly one, on its first byte. A line sent in two
+/// parts with an fd on each came with two: `bad_request`, both closed
+/// (the second used to be closed unseen and the first stored). An fd
+/// on the second part of a `list` came with a `list`: `bad_request` too.
+#[test]
+fn fds_sent_with_the_rest_of_a_split_line_are_that_lines() {
+    let s = TestServer::start(HELD_POLICY, &[]);
+    let stream = s.connect();
+    let mut answers = fdopen::Client::from_stream(stream.try_clone().unwrap());
+    let (one, mut one_far) = UnixStream::pair().unwrap();
+    let (two, mut two_far) = UnixStream::pair().unwrap();
+    send_part(&stream, r#"{"op":"store","na"#, Some(one.as_fd()));
+    send_part(&stream, "me\":\"split\"}\n", Some(two.as_fd()));
+    drop((one, two));
+    let answer = common::receive(&mut answers).0;
+    assert_eq!(code(&answer), "bad_request", "{answer}");
+    assert!(closed_by_server(&mut one_far) && closed_by_server(&mut two_far));
+
+    let (three, mut three_far) = UnixStream::pair().unwrap();
+    send_part(&stream, r#"{"op":"li"#, None);
+    send_part(&stream, "st\"}\n", Some(three.as_fd()));
+    drop(three);
+    let answer = common::receive(&mut answers).0;
+    assert_eq!(code(&answer), "bad_request", "{answer}");
+    assert!(closed_by_server(&mut three_far));
+
+    // One fd, on the first part: stored, and the connection serves on.
+    let (four, _four_far) = UnixStream::pair().unwrap();
+    send_part(&stream, r#"{"op":"store","na"#, Some(four.as_fd()));
+    send_part(&stream, "me\":\"whole\"}\n{\"op\":\"list\"}\n", None);
+    assert_eq!(common::receive(&mut answers).0["ok"], true);
+    let listed = common::receive(&mut answers).0;
+    let names: Vec<&str> = listed["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["whole"], "{listed}");
 }

@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -154,4 +155,83 @@ fn fds_sent_with_the_rest_of_a_split_line_are_that_lines() {
         .map(|n| n["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["whole"], "{listed}");
+}
+
+/// Everything listed under `prefix`: name → its `expires`.
+fn expiries(s: &TestServer, prefix: &str) -> BTreeMap<String, Option<String>> {
+    let mut client = s.client();
+    let listed = client.list(Some(prefix), None).unwrap();
+    listed.into_iter().map(|l| (l.name, l.expires)).collect()
+}
+
+/// Polls `list` until `done` holds of it (each look is a round trip to
+/// the holder, which acts on its own thread).
+fn await_listing(
+    s: &TestServer,
+    prefix: &str,
+    mut done: impl FnMut(&BTreeMap<String, Option<String>>) -> bool,
+) -> BTreeMap<String, Option<String>> {
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = expiries(s, prefix);
+        if done(&now) {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "never came: {}",
+            now.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SPEC §3.4: a parked fd expires when its `expires` says. One woken for
+/// a subscriber that does not read waits in its queue; when the
+/// subscriber leaves it is parked again (and an upgrade hands it over as
+/// parked): with the expiry it had, not with the time it had left when
+/// it was woken counted again from then.
+#[test]
+fn a_wakeup_parked_again_keeps_its_expiry() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const PARKED: usize = 800;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if hard < 4 * PARKED as u64 {
+        eprintln!("skipped: needs {} descriptors", 4 * PARKED);
+        return;
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let s = TestServer::start(HELD_POLICY, &[]);
+    let mut client = s.client();
+    let mut peers = Vec::new();
+    for i in 0..PARKED {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let expires = Some(Duration::from_secs(3600));
+        client
+            .park(&format!("w/{i}"), ours.as_fd(), expires)
+            .unwrap();
+        peers.push(peer);
+    }
+    let before = expiries(&s, "w/");
+    assert_eq!(before.len(), PARKED);
+    // A subscriber that never reads: its socket fills, then its queue.
+    let subscriber = s.connect();
+    send_part(&subscriber, "{\"op\":\"wake\",\"prefix\":\"w/\"}\n", None);
+    for peer in &mut peers {
+        peer.write_all(b"x").unwrap();
+    }
+    // Woken fds leave the listing; those that do not fit stay parked.
+    let mut last = PARKED;
+    let stuck = await_listing(&s, "w/", |now| {
+        let settled = now.len() == last && now.len() < PARKED - 256;
+        last = now.len();
+        settled
+    });
+    // Time passes: an expiry counted again from now would show it.
+    std::thread::sleep(Duration::from_millis(2100));
+    drop(subscriber);
+    let after = await_listing(&s, "w/", |now| now.len() > stuck.len());
+    for (name, expires) in &after {
+        assert_eq!(Some(expires), before.get(name), "{name}");
+    }
 }

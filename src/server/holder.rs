@@ -62,9 +62,9 @@ struct Queued {
     bytes: Vec<u8>,
     sent: usize,
     fd: Option<OwnedFd>,
-    /// For a woken fd: where it was parked, to park it again if the
-    /// subscriber leaves before it is sent.
-    parked: Option<(Key, Arc<PeerIdentity>, Option<Duration>)>,
+    /// For a woken fd: where it was parked and its expiry, to park it
+    /// again as it was if the subscriber leaves before it is sent.
+    parked: Option<(Key, Arc<PeerIdentity>, Option<(Instant, SystemTime)>)>,
 }
 
 impl Queued {
@@ -456,19 +456,18 @@ impl Frozen<'_> {
             expires: entry.expires.map(|(_, at)| at),
             fd: entry.fd.as_fd(),
         });
-        let now = SystemTime::now();
         let queued = state
             .subscribers
             .iter()
             .flat_map(|(_, sub)| sub.outq.iter())
             .filter(|queued| queued.sent == 0)
             .filter_map(move |queued| {
-                let (key, storer, left) = queued.parked.as_ref()?;
+                let (key, storer, expires) = queued.parked.as_ref()?;
                 Some(Outgoing {
                     name: &key.name,
                     kind: Kind::Parked,
                     storer,
-                    expires: left.map(|left| now + left),
+                    expires: expires.map(|(_, at)| at),
                     fd: queued.fd.as_ref()?.as_fd(),
                 })
             });
@@ -794,7 +793,6 @@ fn deliver(holder: &Holder, state: &mut State, p: Pending, closing: &mut Vec<Own
         ..
     } = entry;
     let _ = holder.epoll.delete(fd.as_fd());
-    let left = expires.map(|(at, _)| at.saturating_duration_since(Instant::now()));
     let sub = &mut state.subscribers[p.subscriber];
     let mut line = Vec::new();
     HeldLine {
@@ -812,7 +810,7 @@ fn deliver(holder: &Holder, state: &mut State, p: Pending, closing: &mut Vec<Own
             bytes: line,
             sent: 0,
             fd: Some(fd),
-            parked: Some((key, storer, left)),
+            parked: Some((key, storer, expires)),
         }),
         Event::Hangup => {
             sub.outq.push_back(Queued::line(line));
@@ -851,15 +849,10 @@ fn drop_subscriber(holder: &Holder, state: &mut State, key: usize, closing: &mut
     let _ = holder.epoll.delete(sub.stream.as_fd());
     for queued in sub.outq {
         match (queued.fd, queued.parked) {
-            (Some(fd), Some((key, storer, left))) if queued.sent == 0 => {
-                if let Err((_, fd)) = holder.insert(
-                    state,
-                    storer,
-                    &key.name,
-                    fd,
-                    Kind::Parked,
-                    left.map(deadline),
-                ) {
+            (Some(fd), Some((key, storer, expires))) if queued.sent == 0 => {
+                if let Err((_, fd)) =
+                    holder.insert(state, storer, &key.name, fd, Kind::Parked, expires)
+                {
                     closing.extend(fd);
                 }
             }

@@ -57,6 +57,9 @@ struct Subscriber {
     read_closed: bool,
 }
 
+/// When a held fd expires, and the wall-clock time `list` shows for it.
+type Deadline = (Instant, SystemTime);
+
 /// A line waiting to go to a subscriber.
 struct Queued {
     bytes: Vec<u8>,
@@ -64,7 +67,7 @@ struct Queued {
     fd: Option<OwnedFd>,
     /// For a woken fd: where it was parked and its expiry, to park it
     /// again as it was if the subscriber leaves before it is sent.
-    parked: Option<(Key, Arc<PeerIdentity>, Option<(Instant, SystemTime)>)>,
+    parked: Option<(Key, Arc<PeerIdentity>, Option<Deadline>)>,
 }
 
 impl Queued {

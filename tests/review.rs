@@ -235,3 +235,119 @@ fn a_wakeup_parked_again_keeps_its_expiry() {
         assert_eq!(Some(expires), before.get(name), "{name}");
     }
 }
+
+/// A filesystem with one file, `f`, whose attributes can be made to hang:
+/// a client's fd on a hung FUSE mount (any user may mount one).
+mod hanging {
+    use std::ffi::OsStr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use fuser::{
+        Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, ReplyAttr,
+        ReplyEntry, Request,
+    };
+
+    #[derive(Default)]
+    pub struct Gate {
+        pub hung: AtomicBool,
+        pub blocked: AtomicUsize,
+    }
+
+    pub struct Fs(pub Arc<Gate>);
+
+    fn attr(ino: u64, kind: FileType) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(ino),
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind,
+            perm: 0o755,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 512,
+            flags: 0,
+        }
+    }
+
+    impl Filesystem for Fs {
+        fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+            if parent == INodeNo::ROOT && name == "f" {
+                let attr = attr(2, FileType::RegularFile);
+                reply.entry(&Duration::ZERO, &attr, Generation(0));
+            } else {
+                reply.error(Errno::ENOENT);
+            }
+        }
+
+        /// While hung, never answers (until the mount is aborted): every
+        /// `fstat` of the file waits.
+        fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+            if u64::from(ino) == 2 && self.0.hung.load(Ordering::SeqCst) {
+                self.0.blocked.fetch_add(1, Ordering::SeqCst);
+                std::mem::forget(reply);
+                return;
+            }
+            let kind = if u64::from(ino) == 1 {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            };
+            reply.attr(&Duration::ZERO, &attr(u64::from(ino), kind));
+        }
+    }
+}
+
+/// SPEC §2, §3.4: nothing a client sends may stall the thread that
+/// serves others. `park` checks that its fd is a socket; with `fstat` it
+/// asked the fd's filesystem, and an fd on a hung FUSE mount held the
+/// worker, and every client on it, for as long as the mount hung.
+#[test]
+fn parking_an_fd_on_a_hung_filesystem_stalls_no_one() {
+    if let Err(why) = common::fuse::available() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = common::scratch();
+    let gate = std::sync::Arc::new(hanging::Gate::default());
+    let mount = common::fuse::Mounted::new(&dir.path().join("mnt"), hanging::Fs(gate.clone()))
+        .expect("mount");
+    let file = std::fs::File::open(mount.point.join("f")).unwrap();
+    gate.hung.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let s = TestServer::start(HELD_POLICY, &["--workers", "1"]);
+    let parking = s.connect();
+    parking
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut parked = fdopen::Client::from_stream(parking.try_clone().unwrap());
+    send_part(
+        &parking,
+        "{\"op\":\"park\",\"name\":\"p\"}\n",
+        Some(file.as_fd()),
+    );
+    let other = s.connect();
+    other
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    send_part(&other, "{\"op\":\"hello\"}\n", None);
+    let mut hello = String::new();
+    let answered = BufReader::new(&other)
+        .read_line(&mut hello)
+        .is_ok_and(|n| n > 0);
+    let park = parked.receive();
+    mount.abort();
+    assert!(
+        answered,
+        "hello went unanswered while a park looked at the hung file"
+    );
+    let park = serde_json::to_value(park.expect("park answered").line).unwrap();
+    assert_eq!(code(&park), "not_regular", "{park}");
+}

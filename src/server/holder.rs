@@ -498,8 +498,12 @@ fn not_held(name: &str) -> Refusal {
     Refusal::new(ErrorCode::NotFound, format!("{name:?} is not held"))
 }
 
+/// Asked of the socket layer, which answers `ENOTSOCK` for anything else
+/// without asking its filesystem: `fstat` of an fd on a hung FUSE mount
+/// would hold the worker that asks (SPEC §2).
 fn is_socket(fd: &OwnedFd) -> bool {
-    nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+    // A generic option every socket answers, whatever its type or family.
+    nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::AcceptConn).is_ok()
 }
 
 /// Bytes waiting to be read on `fd`.

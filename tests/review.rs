@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::upgrade::{main_pid, start_from_copy, stop_adopted, upgrade};
+use common::upgrade::{adopt_orphans, install, main_pid, start_from_copy, stop_adopted, upgrade};
 use common::{TestServer, code};
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -350,4 +350,64 @@ fn parking_an_fd_on_a_hung_filesystem_stalls_no_one() {
     );
     let park = serde_json::to_value(park.expect("park answered").line).unwrap();
     assert_eq!(code(&park), "not_regular", "{park}");
+}
+
+/// SPEC §3.4: an upgrade runs the binary "from the path it was started
+/// from". Started through a symlink that a release flips (`current` →
+/// `v1`, then → `v2`), it must run what that path names now, not the
+/// file the symlink led to at start: that re-ran the old release, or
+/// failed once the old release was removed.
+#[test]
+fn an_upgrade_runs_the_path_the_server_was_started_from() {
+    if !common::is_root() {
+        eprintln!("skipped: the upgrade checks the binary is root's, so this needs root");
+        return;
+    }
+    adopt_orphans();
+    let dir = common::scratch();
+    let bin = dir.path().join("bin");
+    for release in ["v1", "v2"] {
+        let at = bin.join(release);
+        std::fs::create_dir_all(&at).unwrap();
+        std::fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        install(
+            std::path::Path::new(common::SERVER),
+            &at.join("fdopen-server"),
+            "0755",
+        );
+    }
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let current = bin.join("current");
+    std::os::unix::fs::symlink("v1", &current).unwrap();
+    let started = current.join("fdopen-server");
+    let mut server = TestServer::start_program(dir, &started, HELD_POLICY, &[]);
+    let (kept, _far) = UnixStream::pair().unwrap();
+    server.client().store("kept", kept.as_fd(), None).unwrap();
+
+    // The new release goes in, the old one away.
+    let flipped = bin.join("current.new");
+    std::os::unix::fs::symlink("v2", &flipped).unwrap();
+    std::fs::rename(&flipped, &current).unwrap();
+    std::fs::remove_dir_all(bin.join("v1")).unwrap();
+
+    let said = upgrade(&server);
+    assert!(
+        said.starts_with("MAINPID="),
+        "{said}\n{}",
+        server.stderr_text()
+    );
+    let new_pid = main_pid(&said);
+    let old_exit = common::wait_timeout(server.child.as_mut().unwrap(), Duration::from_secs(30));
+    assert!(old_exit.is_some_and(|s| s.success()), "{old_exit:?}");
+    let exe = std::fs::read_link(format!("/proc/{new_pid}/exe")).unwrap();
+    let names: Vec<String> = server
+        .client()
+        .list(None, None)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    stop_adopted(new_pid);
+    assert_eq!(exe, bin.join("v2/fdopen-server"));
+    assert_eq!(names, ["kept"]);
 }

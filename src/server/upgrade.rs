@@ -45,13 +45,35 @@ pub struct Binary {
 }
 
 impl Binary {
-    /// This process's binary and arguments.
+    /// This process's binary, by the path it was started from, and its
+    /// arguments. Call at start, before any change of directory.
     pub fn current() -> io::Result<Binary> {
+        let path = match started_from() {
+            Some(path) => std::path::absolute(path)?,
+            None => std::env::current_exe()?,
+        };
         Ok(Binary {
-            path: std::env::current_exe()?,
+            path,
             args: std::env::args_os().skip(1).collect(),
         })
     }
+}
+
+/// The path `execve` was given for this process (`AT_EXECFN`), symlinks
+/// and all: a release that flips a symlink upgrades to what it names now
+/// (SPEC §3.4), where `/proc/self/exe` names the file it led to at start.
+fn started_from() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: getauxval only reads the auxiliary vector.
+    let at = unsafe { libc::getauxval(libc::AT_EXECFN) };
+    if at == 0 {
+        return None;
+    }
+    // SAFETY: the kernel put a NUL-terminated string there, on the
+    // initial stack, which lives as long as the process.
+    let name = unsafe { std::ffi::CStr::from_ptr(at as *const libc::c_char) };
+    let name = std::ffi::OsStr::from_bytes(name.to_bytes());
+    (!name.is_empty()).then(|| PathBuf::from(name))
 }
 
 /// Why an upgrade did not happen; the running server serves on either way.

@@ -48,10 +48,11 @@ impl Binary {
     /// This process's binary, by the path it was started from, and its
     /// arguments. Call at start, before any change of directory.
     pub fn current() -> io::Result<Binary> {
-        let path = match started_from() {
-            Some(path) => std::path::absolute(path)?,
-            None => std::env::current_exe()?,
-        };
+        let exe = std::env::current_exe()?;
+        let path = started_from()
+            .and_then(|path| std::path::absolute(path).ok())
+            .filter(|path| names_file(path, &exe))
+            .unwrap_or(exe);
         Ok(Binary {
             path,
             args: std::env::args_os().skip(1).collect(),
@@ -74,6 +75,21 @@ fn started_from() -> Option<PathBuf> {
     let name = unsafe { std::ffi::CStr::from_ptr(at as *const libc::c_char) };
     let name = std::ffi::OsStr::from_bytes(name.to_bytes());
     (!name.is_empty()).then(|| PathBuf::from(name))
+}
+
+/// `path` leads to the running binary `exe` now, and not by way of a
+/// descriptor (`/dev/fd/N`, `/proc/self/fd/N` after `fexecve`), which
+/// would name something else by the time of an upgrade.
+fn names_file(path: &std::path::Path, exe: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let by_descriptor = path.starts_with("/proc") || path.starts_with("/dev/fd");
+    let same =
+        |a: &std::fs::Metadata, b: &std::fs::Metadata| (a.dev(), a.ino()) == (b.dev(), b.ino());
+    !by_descriptor
+        && matches!(
+            (std::fs::metadata(path), std::fs::metadata(exe)),
+            (Ok(a), Ok(b)) if same(&a, &b)
+        )
 }
 
 /// Why an upgrade did not happen; the running server serves on either way.
@@ -403,4 +419,25 @@ impl Handover {
 fn is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD only reads the descriptor table.
     unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_path_counts_only_if_it_leads_to_the_binary_and_not_by_a_descriptor() {
+        let exe = std::env::current_exe().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("current");
+        std::os::unix::fs::symlink(&exe, &link).unwrap();
+        assert!(names_file(&link, &exe));
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"").unwrap();
+        assert!(!names_file(&other, &exe));
+        let file = std::fs::File::open(&exe).unwrap();
+        let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        assert!(!names_file(&by_fd, &exe));
+        assert!(!names_file(std::path::Path::new("/dev/fd/0"), &exe));
+    }
 }

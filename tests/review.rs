@@ -19,6 +19,16 @@ const HELD_POLICY: &str = r#"{"rules":[
   {"name":"own","names":["**"],"ops":["store","retrieve","list","drop","park","wake"]}
 ]}"#;
 
+/// The server an upgrade started, which this process adopted: stopped
+/// when the test is done with it, whether or not it passed.
+struct Successor(i32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        stop_adopted(self.0);
+    }
+}
+
 /// `--fs-timeout` too long for the clock (SPEC §2: no duration may panic
 /// the clock arithmetic) also reaches the upgrade's wait for the lanes:
 /// `SIGUSR2` must fail or succeed, never take the server down with it.
@@ -89,10 +99,11 @@ fn an_upgraded_server_answers_nothing_more_that_the_successor_would_not_have() {
             store_answer = Some(v);
         }
     }
+    let successor = Successor(new_pid);
     let old_exit = common::wait_timeout(server.child.as_mut().unwrap(), Duration::from_secs(30));
     assert!(old_exit.is_some_and(|s| s.success()), "{old_exit:?}");
     let listed = server.client().list(None, None).unwrap();
-    stop_adopted(new_pid);
+    drop(successor);
     if let Some(answer) = store_answer {
         assert!(
             answer["ok"] != true || listed.iter().any(|l| l.name == "late"),
@@ -397,6 +408,7 @@ fn an_upgrade_runs_the_path_the_server_was_started_from() {
         server.stderr_text()
     );
     let new_pid = main_pid(&said);
+    let successor = Successor(new_pid);
     let old_exit = common::wait_timeout(server.child.as_mut().unwrap(), Duration::from_secs(30));
     assert!(old_exit.is_some_and(|s| s.success()), "{old_exit:?}");
     let exe = std::fs::read_link(format!("/proc/{new_pid}/exe")).unwrap();
@@ -407,7 +419,7 @@ fn an_upgrade_runs_the_path_the_server_was_started_from() {
         .into_iter()
         .map(|l| l.name)
         .collect();
-    stop_adopted(new_pid);
+    drop(successor);
     assert_eq!(exe, bin.join("v2/fdopen-server"));
     assert_eq!(names, ["kept"]);
 }

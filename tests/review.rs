@@ -19,6 +19,12 @@ const HELD_POLICY: &str = r#"{"rules":[
   {"name":"own","names":["**"],"ops":["store","retrieve","list","drop","park","wake"]}
 ]}"#;
 
+/// The names the server holds for us.
+fn listed_names(server: &TestServer) -> Vec<String> {
+    let listed = server.client().list(None, None).unwrap();
+    listed.into_iter().map(|l| l.name).collect()
+}
+
 /// The server an upgrade started, which this process adopted: stopped
 /// when the test is done with it, whether or not it passed.
 struct Successor(i32);
@@ -46,14 +52,7 @@ fn an_upgrade_with_an_fs_timeout_too_long_for_the_clock_keeps_serving() {
     std::fs::remove_file(&copy).unwrap();
     let said = upgrade(&server);
     assert!(said.starts_with("STATUS=upgrade failed"), "{said}");
-    let names: Vec<String> = server
-        .client()
-        .list(None, None)
-        .unwrap()
-        .into_iter()
-        .map(|l| l.name)
-        .collect();
-    assert_eq!(names, ["kept"]);
+    assert_eq!(listed_names(&server), ["kept"]);
     let log = server.stderr_text();
     assert!(!log.contains("panicked"), "{log}");
 }
@@ -253,7 +252,7 @@ mod hanging {
     use std::ffi::OsStr;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::Duration;
 
     use fuser::{
         Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, ReplyAttr,
@@ -269,23 +268,7 @@ mod hanging {
     pub struct Fs(pub Arc<Gate>);
 
     fn attr(ino: u64, kind: FileType) -> FileAttr {
-        FileAttr {
-            ino: INodeNo(ino),
-            size: 0,
-            blocks: 0,
-            atime: UNIX_EPOCH,
-            mtime: UNIX_EPOCH,
-            ctime: UNIX_EPOCH,
-            crtime: UNIX_EPOCH,
-            kind,
-            perm: 0o755,
-            nlink: 1,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            blksize: 512,
-            flags: 0,
-        }
+        crate::common::fuse::attr(ino, kind, 0, 0o755)
     }
 
     impl Filesystem for Fs {
@@ -412,13 +395,7 @@ fn an_upgrade_runs_the_path_the_server_was_started_from() {
     let old_exit = common::wait_timeout(server.child.as_mut().unwrap(), Duration::from_secs(30));
     assert!(old_exit.is_some_and(|s| s.success()), "{old_exit:?}");
     let exe = std::fs::read_link(format!("/proc/{new_pid}/exe")).unwrap();
-    let names: Vec<String> = server
-        .client()
-        .list(None, None)
-        .unwrap()
-        .into_iter()
-        .map(|l| l.name)
-        .collect();
+    let names = listed_names(&server);
     drop(successor);
     assert_eq!(exe, bin.join("v2/fdopen-server"));
     assert_eq!(names, ["kept"]);

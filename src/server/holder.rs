@@ -92,6 +92,9 @@ struct State {
     /// Descriptors given up by a lane's call (a taken fd that could not
     /// be put back): the holder thread closes them, watched.
     closing: Vec<OwnedFd>,
+    /// Everything went to a successor (an upgrade, the fd store): what is
+    /// held here now would die with this process.
+    handed_off: bool,
 }
 
 pub(super) struct Holder {
@@ -154,6 +157,7 @@ impl Holder {
                 unclaimed: Vec::new(),
                 retry_at: None,
                 closing: Vec::new(),
+                handed_off: false,
             }),
             epoll,
             waker,
@@ -200,6 +204,10 @@ impl Holder {
         kind: Kind,
         expires: Option<(Instant, SystemTime)>,
     ) -> Result<(), (Refusal, Option<OwnedFd>)> {
+        if state.handed_off {
+            let refusal = Refusal::busy("this server has handed over to its successor; ask again");
+            return Err((refusal, Some(fd)));
+        }
         let uid = storer.uid;
         let token = state
             .registry
@@ -483,6 +491,7 @@ impl Frozen<'_> {
     /// successor.
     pub fn hand_off(mut self) {
         let state = &mut *self.state;
+        state.handed_off = true;
         std::mem::forget(std::mem::take(&mut state.registry));
         state.unclaimed.clear();
         for sub in state.subscribers.drain() {
@@ -897,5 +906,34 @@ fn flush_all(holder: &Holder, state: &mut State, shared: &Shared, closing: &mut 
     for key in done {
         drop_subscriber(holder, state, key, closing);
         shared.subscriber_left();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request that reaches the holder after the hand-over (a lane still
+    /// answering when the upgrade stopped waiting for it) is refused, not
+    /// held where it would die with this process (SPEC §3.4).
+    #[test]
+    fn nothing_is_held_after_the_hand_over() {
+        let holder = Holder::new(HeldLimits::default()).unwrap();
+        let me = Arc::new(PeerIdentity::current());
+        let fd = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        holder
+            .hold(me.clone(), "before", fd(), Kind::Held, None)
+            .ok()
+            .unwrap();
+        let frozen = holder.freeze();
+        assert_eq!(frozen.outgoing().len(), 1);
+        frozen.hand_off();
+        let (refusal, back) = holder
+            .hold(me, "after", fd(), Kind::Held, None)
+            .err()
+            .unwrap();
+        assert_eq!(refusal.code, ErrorCode::Busy);
+        assert!(back.is_some(), "the fd goes back to be closed");
+        assert_eq!(holder.counts(), (0, 0));
     }
 }

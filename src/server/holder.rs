@@ -205,8 +205,7 @@ impl Holder {
         expires: Option<(Instant, SystemTime)>,
     ) -> Result<(), (Refusal, Option<OwnedFd>)> {
         if state.handed_off {
-            let refusal = Refusal::busy("this server has handed over to its successor; ask again");
-            return Err((refusal, Some(fd)));
+            return Err((handed_off(), Some(fd)));
         }
         let uid = storer.uid;
         let token = state
@@ -229,10 +228,11 @@ impl Holder {
     /// held, but no longer watched.
     pub fn retrieve(&self, storer: u32, name: &str) -> Result<(OwnedFd, Kind, u64), Refusal> {
         let mut state = lock(&self.state);
+        let handed_off = state.handed_off;
         let entry = state
             .registry
             .get_mut(storer, name)
-            .ok_or_else(|| not_held(name))?;
+            .ok_or_else(|| not_held(handed_off, name))?;
         let was = entry.kind;
         if was == Kind::Parked {
             let _ = self.epoll.delete(entry.fd.as_fd());
@@ -272,10 +272,11 @@ impl Holder {
     /// who may [`put it back`](Self::put_back).
     pub fn take(&self, storer: u32, name: &str) -> Result<Taken, Refusal> {
         let mut state = lock(&self.state);
+        let handed_off = state.handed_off;
         let entry = state
             .registry
             .remove(storer, name)
-            .ok_or_else(|| not_held(name))?;
+            .ok_or_else(|| not_held(handed_off, name))?;
         self.unwatch(&entry);
         let key = Key {
             storer,
@@ -503,8 +504,17 @@ impl Frozen<'_> {
     }
 }
 
-fn not_held(name: &str) -> Refusal {
+/// Why `name` is not here: not held, or (after the hand-over) held by
+/// the successor, whom the client should ask.
+fn not_held(gone: bool, name: &str) -> Refusal {
+    if gone {
+        return handed_off();
+    }
     Refusal::new(ErrorCode::NotFound, format!("{name:?} is not held"))
+}
+
+fn handed_off() -> Refusal {
+    Refusal::busy("this server has handed over to its successor; ask again")
 }
 
 /// Asked of the socket layer, which answers `ENOTSOCK` for anything else
@@ -929,11 +939,13 @@ mod tests {
         assert_eq!(frozen.outgoing().len(), 1);
         frozen.hand_off();
         let (refusal, back) = holder
-            .hold(me, "after", fd(), Kind::Held, None)
+            .hold(me.clone(), "after", fd(), Kind::Held, None)
             .err()
             .unwrap();
         assert_eq!(refusal.code, ErrorCode::Busy);
         assert!(back.is_some(), "the fd goes back to be closed");
+        let busy = |r: Result<Taken, Refusal>| r.err().map(|r| r.code);
+        assert_eq!(busy(holder.take(me.uid, "before")), Some(ErrorCode::Busy));
         assert_eq!(holder.counts(), (0, 0));
     }
 }

@@ -3,8 +3,9 @@
 //! root, so every file and directory it is read through must be owned by
 //! root or the server's own uid and writable by no one else.
 //!
-//! Checked along the path as given and along its real path (a symlink
-//! anywhere on the way is only as safe as what it leads to). A group- or
+//! Checked along the path as given, along every symlink's target on the
+//! way, and along its real path (a symlink anywhere on the way is only as
+//! safe as what it leads to). A group- or
 //! world-writable *parent* is accepted when it is sticky (`/tmp`): others
 //! can then add entries beside ours but not replace ours. The policy
 //! directory itself gets no such pass, since every `*.json` in it is read.
@@ -103,9 +104,15 @@ impl Checker {
         let Ok(meta) = std::fs::symlink_metadata(path) else {
             return; // a missing policy is the loader's error to report
         };
-        // A symlink's own bits mean nothing; what it leads to is checked
-        // along the real path, and who may replace it is its directory.
+        // A symlink's own bits mean nothing; who may replace it is its
+        // directory, and what it leads to is checked hop by hop: a link
+        // to a link in a writable directory is only as safe as that
+        // directory, which the real path alone never shows.
         if meta.file_type().is_symlink() {
+            if let Ok(target) = std::fs::read_link(path) {
+                let from = path.parent().unwrap_or(Path::new("/"));
+                self.chain(&from.join(target), own);
+            }
             return;
         }
         let mode = meta.permissions().mode();
@@ -203,6 +210,27 @@ mod tests {
         chmod(&real, 0o644);
         let link = d.path().join("p.json");
         std::os::unix::fs::symlink(&real, &link).unwrap();
+        let found = check(&link, me());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, open_dir);
+    }
+
+    #[test]
+    fn a_link_on_the_way_through_a_writable_directory_is_an_exposure() {
+        // p.json -> open/hop -> safe/p.json: the real path is safe, but
+        // anyone may point open/hop elsewhere.
+        let d = dir();
+        let (open_dir, safe) = (d.path().join("open"), d.path().join("safe"));
+        for (at, mode) in [(&open_dir, 0o777), (&safe, 0o755)] {
+            fs::create_dir(at).unwrap();
+            chmod(at, mode);
+        }
+        let real = safe.join("p.json");
+        fs::write(&real, "{}").unwrap();
+        chmod(&real, 0o644);
+        std::os::unix::fs::symlink(&real, open_dir.join("hop")).unwrap();
+        let link = d.path().join("p.json");
+        std::os::unix::fs::symlink("open/hop", &link).unwrap();
         let found = check(&link, me());
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].path, open_dir);

@@ -444,7 +444,7 @@ mod no_chown {
     use std::collections::HashMap;
     use std::ffi::{OsStr, OsString};
     use std::sync::{Arc, Mutex};
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::Duration;
 
     use fuser::{
         Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -461,27 +461,10 @@ mod no_chown {
     pub struct NoChownFs(pub Arc<Files>);
 
     fn attr(ino: u64) -> FileAttr {
-        let dir = ino == 1;
-        FileAttr {
-            ino: INodeNo(ino),
-            size: 0,
-            blocks: 0,
-            atime: UNIX_EPOCH,
-            mtime: UNIX_EPOCH,
-            ctime: UNIX_EPOCH,
-            crtime: UNIX_EPOCH,
-            kind: if dir {
-                FileType::Directory
-            } else {
-                FileType::RegularFile
-            },
-            perm: if dir { 0o755 } else { 0o600 },
-            nlink: if dir { 2 } else { 1 },
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            blksize: 512,
-            flags: 0,
+        if ino == 1 {
+            crate::common::fuse::attr(ino, FileType::Directory, 0, 0o755)
+        } else {
+            crate::common::fuse::attr(ino, FileType::RegularFile, 0, 0o600)
         }
     }
 

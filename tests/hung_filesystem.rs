@@ -11,7 +11,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::fuse::Mounted;
 use common::*;
@@ -64,27 +64,12 @@ struct HangingFs {
 }
 
 fn attr(ino: u64, kind: FileType, size: u64) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(ino),
-        size,
-        blocks: 1,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind,
-        perm: if kind == FileType::Directory {
-            0o755
-        } else {
-            0o644
-        },
-        nlink: if kind == FileType::Directory { 2 } else { 1 },
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 512,
-        flags: 0,
-    }
+    let perm = if kind == FileType::Directory {
+        0o755
+    } else {
+        0o644
+    };
+    common::fuse::attr(ino, kind, size, perm)
 }
 
 impl Filesystem for HangingFs {

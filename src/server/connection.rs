@@ -217,13 +217,28 @@ impl Connection {
         takes_fd: impl FnOnce(&[u8]) -> bool,
         closing: &mut Vec<OwnedFd>,
     ) -> Attachment {
+        let within = self.fds_within_line((start, end), closing);
         let Some(at) = self
             .attachments
             .iter()
             .position(|a| a.from <= start && start < a.to)
         else {
-            return Attachment::None;
+            return if within {
+                Attachment::Tainted
+            } else {
+                Attachment::None
+            };
         };
+        if within {
+            // Those are this line's too: whatever it began with, it came
+            // with descriptors beyond its first byte (SPEC §2).
+            let received = &mut self.attachments[at];
+            if !received.claimed && (takes_fd(&self.inbuf[start..end]) || end + 1 >= received.to) {
+                received.claimed = true;
+                closing.append(&mut received.fds);
+            }
+            return Attachment::Tainted;
+        }
         // Looked at only for lines that came with descriptors.
         let takes_fd = takes_fd(&self.inbuf[start..end]);
         let received = &mut self.attachments[at];
@@ -249,6 +264,25 @@ impl Connection {
             return Attachment::Tainted;
         }
         Attachment::None
+    }
+
+    /// Closes the descriptors of reads that began after the first byte of
+    /// the line at `start..end` and end within it: their `sendmsg`s
+    /// carried nothing but the rest of this line. True if there were any.
+    fn fds_within_line(
+        &mut self,
+        (start, end): (usize, usize),
+        closing: &mut Vec<OwnedFd>,
+    ) -> bool {
+        let mut within = false;
+        for received in &mut self.attachments {
+            if start < received.from && received.to <= end + 1 {
+                within = true;
+                received.claimed = true;
+                closing.append(&mut received.fds);
+            }
+        }
+        within
     }
 
     /// Forgets the lines answered so far.

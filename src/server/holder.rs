@@ -57,14 +57,17 @@ struct Subscriber {
     read_closed: bool,
 }
 
+/// When a held fd expires, and the wall-clock time `list` shows for it.
+type Deadline = (Instant, SystemTime);
+
 /// A line waiting to go to a subscriber.
 struct Queued {
     bytes: Vec<u8>,
     sent: usize,
     fd: Option<OwnedFd>,
-    /// For a woken fd: where it was parked, to park it again if the
-    /// subscriber leaves before it is sent.
-    parked: Option<(Key, Arc<PeerIdentity>, Option<Duration>)>,
+    /// For a woken fd: where it was parked and its expiry, to park it
+    /// again as it was if the subscriber leaves before it is sent.
+    parked: Option<(Key, Arc<PeerIdentity>, Option<Deadline>)>,
 }
 
 impl Queued {
@@ -89,6 +92,9 @@ struct State {
     /// Descriptors given up by a lane's call (a taken fd that could not
     /// be put back): the holder thread closes them, watched.
     closing: Vec<OwnedFd>,
+    /// Everything went to a successor (an upgrade, the fd store): what is
+    /// held here now would die with this process.
+    handed_off: bool,
 }
 
 pub(super) struct Holder {
@@ -151,6 +157,7 @@ impl Holder {
                 unclaimed: Vec::new(),
                 retry_at: None,
                 closing: Vec::new(),
+                handed_off: false,
             }),
             epoll,
             waker,
@@ -197,6 +204,9 @@ impl Holder {
         kind: Kind,
         expires: Option<(Instant, SystemTime)>,
     ) -> Result<(), (Refusal, Option<OwnedFd>)> {
+        if state.handed_off {
+            return Err((handed_off(), Some(fd)));
+        }
         let uid = storer.uid;
         let token = state
             .registry
@@ -218,10 +228,11 @@ impl Holder {
     /// held, but no longer watched.
     pub fn retrieve(&self, storer: u32, name: &str) -> Result<(OwnedFd, Kind, u64), Refusal> {
         let mut state = lock(&self.state);
+        let handed_off = state.handed_off;
         let entry = state
             .registry
             .get_mut(storer, name)
-            .ok_or_else(|| not_held(name))?;
+            .ok_or_else(|| not_held(handed_off, name))?;
         let was = entry.kind;
         if was == Kind::Parked {
             let _ = self.epoll.delete(entry.fd.as_fd());
@@ -261,10 +272,11 @@ impl Holder {
     /// who may [`put it back`](Self::put_back).
     pub fn take(&self, storer: u32, name: &str) -> Result<Taken, Refusal> {
         let mut state = lock(&self.state);
+        let handed_off = state.handed_off;
         let entry = state
             .registry
             .remove(storer, name)
-            .ok_or_else(|| not_held(name))?;
+            .ok_or_else(|| not_held(handed_off, name))?;
         self.unwatch(&entry);
         let key = Key {
             storer,
@@ -456,19 +468,18 @@ impl Frozen<'_> {
             expires: entry.expires.map(|(_, at)| at),
             fd: entry.fd.as_fd(),
         });
-        let now = SystemTime::now();
         let queued = state
             .subscribers
             .iter()
             .flat_map(|(_, sub)| sub.outq.iter())
             .filter(|queued| queued.sent == 0)
             .filter_map(move |queued| {
-                let (key, storer, left) = queued.parked.as_ref()?;
+                let (key, storer, expires) = queued.parked.as_ref()?;
                 Some(Outgoing {
                     name: &key.name,
                     kind: Kind::Parked,
                     storer,
-                    expires: left.map(|left| now + left),
+                    expires: expires.map(|(_, at)| at),
                     fd: queued.fd.as_ref()?.as_fd(),
                 })
             });
@@ -481,6 +492,7 @@ impl Frozen<'_> {
     /// successor.
     pub fn hand_off(mut self) {
         let state = &mut *self.state;
+        state.handed_off = true;
         std::mem::forget(std::mem::take(&mut state.registry));
         state.unclaimed.clear();
         for sub in state.subscribers.drain() {
@@ -492,12 +504,25 @@ impl Frozen<'_> {
     }
 }
 
-fn not_held(name: &str) -> Refusal {
+/// Why `name` is not here: not held, or (after the hand-over) held by
+/// the successor, whom the client should ask.
+fn not_held(gone: bool, name: &str) -> Refusal {
+    if gone {
+        return handed_off();
+    }
     Refusal::new(ErrorCode::NotFound, format!("{name:?} is not held"))
 }
 
+fn handed_off() -> Refusal {
+    Refusal::busy("this server has handed over to its successor; ask again")
+}
+
+/// Asked of the socket layer, which answers `ENOTSOCK` for anything else
+/// without asking its filesystem: `fstat` of an fd on a hung FUSE mount
+/// would hold the worker that asks (SPEC §2).
 fn is_socket(fd: &OwnedFd) -> bool {
-    nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+    // A generic option every socket answers, whatever its type or family.
+    nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::AcceptConn).is_ok()
 }
 
 /// Bytes waiting to be read on `fd`.
@@ -794,7 +819,6 @@ fn deliver(holder: &Holder, state: &mut State, p: Pending, closing: &mut Vec<Own
         ..
     } = entry;
     let _ = holder.epoll.delete(fd.as_fd());
-    let left = expires.map(|(at, _)| at.saturating_duration_since(Instant::now()));
     let sub = &mut state.subscribers[p.subscriber];
     let mut line = Vec::new();
     HeldLine {
@@ -812,7 +836,7 @@ fn deliver(holder: &Holder, state: &mut State, p: Pending, closing: &mut Vec<Own
             bytes: line,
             sent: 0,
             fd: Some(fd),
-            parked: Some((key, storer, left)),
+            parked: Some((key, storer, expires)),
         }),
         Event::Hangup => {
             sub.outq.push_back(Queued::line(line));
@@ -851,15 +875,10 @@ fn drop_subscriber(holder: &Holder, state: &mut State, key: usize, closing: &mut
     let _ = holder.epoll.delete(sub.stream.as_fd());
     for queued in sub.outq {
         match (queued.fd, queued.parked) {
-            (Some(fd), Some((key, storer, left))) if queued.sent == 0 => {
-                if let Err((_, fd)) = holder.insert(
-                    state,
-                    storer,
-                    &key.name,
-                    fd,
-                    Kind::Parked,
-                    left.map(deadline),
-                ) {
+            (Some(fd), Some((key, storer, expires))) if queued.sent == 0 => {
+                if let Err((_, fd)) =
+                    holder.insert(state, storer, &key.name, fd, Kind::Parked, expires)
+                {
                     closing.extend(fd);
                 }
             }
@@ -897,5 +916,36 @@ fn flush_all(holder: &Holder, state: &mut State, shared: &Shared, closing: &mut 
     for key in done {
         drop_subscriber(holder, state, key, closing);
         shared.subscriber_left();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request that reaches the holder after the hand-over (a lane still
+    /// answering when the upgrade stopped waiting for it) is refused, not
+    /// held where it would die with this process (SPEC §3.4).
+    #[test]
+    fn nothing_is_held_after_the_hand_over() {
+        let holder = Holder::new(HeldLimits::default()).unwrap();
+        let me = Arc::new(PeerIdentity::current());
+        let fd = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        holder
+            .hold(me.clone(), "before", fd(), Kind::Held, None)
+            .ok()
+            .unwrap();
+        let frozen = holder.freeze();
+        assert_eq!(frozen.outgoing().len(), 1);
+        frozen.hand_off();
+        let (refusal, back) = holder
+            .hold(me.clone(), "after", fd(), Kind::Held, None)
+            .err()
+            .unwrap();
+        assert_eq!(refusal.code, ErrorCode::Busy);
+        assert!(back.is_some(), "the fd goes back to be closed");
+        let busy = |r: Result<Taken, Refusal>| r.err().map(|r| r.code);
+        assert_eq!(busy(holder.take(me.uid, "before")), Some(ErrorCode::Busy));
+        assert_eq!(holder.counts(), (0, 0));
     }
 }

@@ -33,6 +33,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the lanes may take to answer what they have read, beyond
 /// `--fs-timeout` (a call stuck on the filesystem is answered by then).
 const QUIET_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longer than any wait worth the name, and short enough for the clock.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 86400);
 
 /// The binary and arguments this server was started with, recorded at
 /// start: what an upgrade runs again.
@@ -43,13 +45,51 @@ pub struct Binary {
 }
 
 impl Binary {
-    /// This process's binary and arguments.
+    /// This process's binary, by the path it was started from, and its
+    /// arguments. Call at start, before any change of directory.
     pub fn current() -> io::Result<Binary> {
+        let exe = std::env::current_exe()?;
+        let path = started_from()
+            .and_then(|path| std::path::absolute(path).ok())
+            .filter(|path| names_file(path, &exe))
+            .unwrap_or(exe);
         Ok(Binary {
-            path: std::env::current_exe()?,
+            path,
             args: std::env::args_os().skip(1).collect(),
         })
     }
+}
+
+/// The path `execve` was given for this process (`AT_EXECFN`), symlinks
+/// and all: a release that flips a symlink upgrades to what it names now
+/// (SPEC §3.4), where `/proc/self/exe` names the file it led to at start.
+fn started_from() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: getauxval only reads the auxiliary vector.
+    let at = unsafe { libc::getauxval(libc::AT_EXECFN) };
+    if at == 0 {
+        return None;
+    }
+    // SAFETY: the kernel put a NUL-terminated string there, on the
+    // initial stack, which lives as long as the process.
+    let name = unsafe { std::ffi::CStr::from_ptr(at as *const libc::c_char) };
+    let name = std::ffi::OsStr::from_bytes(name.to_bytes());
+    (!name.is_empty()).then(|| PathBuf::from(name))
+}
+
+/// `path` leads to the running binary `exe` now, and not by way of a
+/// descriptor (`/dev/fd/N`, `/proc/self/fd/N` after `fexecve`), which
+/// would name something else by the time of an upgrade.
+fn names_file(path: &std::path::Path, exe: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let by_descriptor = path.starts_with("/proc") || path.starts_with("/dev/fd");
+    let same =
+        |a: &std::fs::Metadata, b: &std::fs::Metadata| (a.dev(), a.ino()) == (b.dev(), b.ino());
+    !by_descriptor
+        && matches!(
+            (std::fs::metadata(path), std::fs::metadata(exe)),
+            (Ok(a), Ok(b)) if same(&a, &b)
+        )
 }
 
 /// Why an upgrade did not happen; the running server serves on either way.
@@ -174,7 +214,10 @@ impl Server {
         for lane in &shared.lanes {
             lane.wake();
         }
-        let until = Instant::now() + QUIET_TIMEOUT + shared.config.fs_timeout;
+        // An `--fs-timeout` too long for the clock means "never", as for
+        // the watchdog: capped, so that it cannot panic (SPEC §2).
+        let wait = QUIET_TIMEOUT.saturating_add(shared.config.fs_timeout);
+        let until = Instant::now() + wait.min(NEVER);
         if !shared.pause.wait_quiet(shared.lanes.len(), until) {
             crate::logging::warn(format_args!(
                 "upgrade: some requests are still unanswered; they are answered by this process"
@@ -376,4 +419,25 @@ impl Handover {
 fn is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD only reads the descriptor table.
     unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_path_counts_only_if_it_leads_to_the_binary_and_not_by_a_descriptor() {
+        let exe = std::env::current_exe().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("current");
+        std::os::unix::fs::symlink(&exe, &link).unwrap();
+        assert!(names_file(&link, &exe));
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"").unwrap();
+        assert!(!names_file(&other, &exe));
+        let file = std::fs::File::open(&exe).unwrap();
+        let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        assert!(!names_file(&by_fd, &exe));
+        assert!(!names_file(std::path::Path::new("/dev/fd/0"), &exe));
+    }
 }

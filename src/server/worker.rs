@@ -280,9 +280,10 @@ impl Core {
         scratch: &mut Scratch,
     ) -> Option<(usize, FilesystemJob, Arc<PeerIdentity>)> {
         let max_request = shared.config.max_request;
+        let handing_over = self.handing_over(shared);
         while let Some(&key) = self.active.get(self.cursor) {
             if let Some(conn) = self.conns.get_mut(key) {
-                while conn.outq.len() < MAX_QUEUED_RESPONSES {
+                while conn.outq.len() < MAX_QUEUED_RESPONSES && !handing_over {
                     if conn.subscription.is_some() {
                         break;
                     }
@@ -438,6 +439,7 @@ impl Core {
             }
         };
         self.audit_buf.clear();
+        let handing_over = self.handing_over(shared);
         let active = std::mem::take(&mut self.active);
         for &key in &active {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -491,7 +493,7 @@ impl Core {
                 self.close(shared, key);
                 continue;
             }
-            if conn.can_answer() {
+            if conn.can_answer() && !handing_over {
                 self.pending.push(key);
             }
             set_interest(&self.epoll, key, conn, self.paused);
@@ -630,10 +632,11 @@ impl Core {
                 *self.stop_deadline.insert(Instant::now() + SHUTDOWN_GRACE)
             }
         };
+        let handing_over = self.handing_over(shared);
         let done: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.outq.is_empty() && !c.can_answer())
+            .filter(|(_, c)| c.outq.is_empty() && (handing_over || !c.can_answer()))
             .map(|(k, _)| k)
             .collect();
         for key in done {
@@ -898,6 +901,16 @@ impl Core {
             self.quiet_in = generation;
             shared.pause.lane_quiet(generation);
         }
+    }
+}
+
+impl Core {
+    /// This lane said it had answered what it could in the current pause:
+    /// the holder may be on its way to a successor, so it answers nothing
+    /// more (what it would store or take there would be lost) until the
+    /// pause ends. Lines left unanswered go with their connections.
+    fn handing_over(&self, shared: &Shared) -> bool {
+        self.paused && self.quiet_in == shared.pause.generation()
     }
 }
 

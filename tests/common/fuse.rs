@@ -5,6 +5,29 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+/// Attributes of root's file or directory `ino` of a test filesystem:
+/// the fields a test does not care about, filled in one way for all.
+pub fn attr(ino: u64, kind: fuser::FileType, size: u64, perm: u16) -> fuser::FileAttr {
+    let dir = kind == fuser::FileType::Directory;
+    fuser::FileAttr {
+        ino: fuser::INodeNo(ino),
+        size,
+        blocks: size.div_ceil(512),
+        atime: std::time::UNIX_EPOCH,
+        mtime: std::time::UNIX_EPOCH,
+        ctime: std::time::UNIX_EPOCH,
+        crtime: std::time::UNIX_EPOCH,
+        kind,
+        perm,
+        nlink: if dir { 2 } else { 1 },
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 512,
+        flags: 0,
+    }
+}
+
 /// Whether a test can mount a FUSE filesystem here, or why not.
 pub fn available() -> Result<(), &'static str> {
     if !nix::unistd::geteuid().is_root() {

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::upgrade::{adopt_orphans, install, main_pid, start_from_copy, stop_adopted, upgrade};
+use common::upgrade::{Adopted, adopt_orphans, install, main_pid, start_from_copy, upgrade};
 use common::{TestServer, code};
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -23,16 +23,6 @@ const HELD_POLICY: &str = r#"{"rules":[
 fn listed_names(server: &TestServer) -> Vec<String> {
     let listed = server.client().list(None, None).unwrap();
     listed.into_iter().map(|l| l.name).collect()
-}
-
-/// The server an upgrade started, which this process adopted: stopped
-/// when the test is done with it, whether or not it passed.
-struct Successor(i32);
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        stop_adopted(self.0);
-    }
 }
 
 /// `--fs-timeout` too long for the clock (SPEC §2: no duration may panic
@@ -98,7 +88,7 @@ fn an_upgraded_server_answers_nothing_more_that_the_successor_would_not_have() {
             store_answer = Some(v);
         }
     }
-    let successor = Successor(new_pid);
+    let successor = Adopted(new_pid);
     let old_exit = common::wait_timeout(server.child.as_mut().unwrap(), Duration::from_secs(30));
     assert!(old_exit.is_some_and(|s| s.success()), "{old_exit:?}");
     let listed = server.client().list(None, None).unwrap();
@@ -391,7 +381,7 @@ fn an_upgrade_runs_the_path_the_server_was_started_from() {
         server.stderr_text()
     );
     let new_pid = main_pid(&said);
-    let successor = Successor(new_pid);
+    let successor = Adopted(new_pid);
     let old_exit = common::wait_timeout(server.child.as_mut().unwrap(), Duration::from_secs(30));
     assert!(old_exit.is_some_and(|s| s.success()), "{old_exit:?}");
     let exe = std::fs::read_link(format!("/proc/{new_pid}/exe")).unwrap();

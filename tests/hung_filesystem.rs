@@ -296,13 +296,17 @@ fn tree_requests_on_a_hung_filesystem_time_out_like_opens() {
     let Some((dir, mounted, gate)) = mount_hanging() else {
         return;
     };
-    let _release = ReleaseOnDrop(gate.clone());
+    let release = ReleaseOnDrop(gate.clone());
     let d = glob(dir.path());
     let policy = json!({"rules": [{"name": "all", "paths": [format!("{d}/**")],
                                    "modes": ["read", "stat", "delete"]}]})
     .to_string();
-    let s = TestServer::start_in(dir, &policy, &["--workers", "1", "--fs-timeout", "1s"]);
+    let mut s = TestServer::start_in(dir, &policy, &["--workers", "1", "--fs-timeout", "1s"]);
     let hung_file = mounted.point.join("file.txt");
+    // Gone with the server, before its directory: the release first, so
+    // that no thread of the server stays stuck in the filesystem.
+    s.hold(mounted);
+    s.hold(release);
     let local = s.path("local.txt");
     gate.set_hung(true);
     for op in ["stat", "unlink", "xattr"] {
@@ -320,8 +324,7 @@ fn tree_requests_on_a_hung_filesystem_time_out_like_opens() {
         gate.blocked.load(Ordering::SeqCst) >= 1,
         "the lookup really hung"
     );
-    // Let the stuck calls return before the server is stopped: a thread
-    // stuck in FUSE keeps its process from being reaped.
+    // The stuck calls return before the server is stopped: a thread stuck
+    // in FUSE keeps its process from being reaped.
     gate.set_hung(false);
-    drop(s);
 }

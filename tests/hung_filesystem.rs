@@ -288,8 +288,8 @@ fn tree_requests_on_a_hung_filesystem_time_out_like_opens() {
     .to_string();
     let mut s = TestServer::start_in(dir, &policy, &["--workers", "1", "--fs-timeout", "1s"]);
     let hung_file = mounted.point.join("file.txt");
-    // Gone with the server, before its directory (which the mount would
-    // otherwise keep in /tmp): the release first.
+    // Gone with the server, before its directory: the release first, so
+    // that no thread of the server stays stuck in the filesystem.
     s.hold(mounted);
     s.hold(release);
     let local = s.path("local.txt");
@@ -309,8 +309,7 @@ fn tree_requests_on_a_hung_filesystem_time_out_like_opens() {
         gate.blocked.load(Ordering::SeqCst) >= 1,
         "the lookup really hung"
     );
-    // Let the stuck calls return before the server is stopped: a thread
-    // stuck in FUSE keeps its process from being reaped.
+    // The stuck calls return before the server is stopped: a thread stuck
+    // in FUSE keeps its process from being reaped.
     gate.set_hung(false);
-    drop(s);
 }

@@ -37,6 +37,7 @@ mod scope;
 mod target;
 mod tree_broker;
 mod tree_call;
+mod turns;
 mod within;
 
 use std::ffi::OsString;
@@ -61,7 +62,8 @@ use scope::BrokerScope;
 use target::Identity;
 
 /// Threads answering trapped calls: enough that one slow file does not
-/// hold up a multi-threaded program's other opens.
+/// hold up a multi-threaded program's other opens. One starts with the
+/// program, the other the first time a call goes to the server.
 const BROKER_THREADS: usize = 2;
 
 /// Signals passed on to the program when someone sends them to `run`.
@@ -159,21 +161,21 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
     }
 
     let (child, listener) = spawn_trapped(&options.command)?;
-    let broker = Arc::new(Broker {
+    let broker = Arc::new_cyclic(|me| Broker {
         listener: Listener::new(listener),
         scope,
         own,
         socket: socket.to_owned(),
         privileged_below,
         dir_streams: Default::default(),
+        turns: turns::Turns::new(1, BROKER_THREADS),
+        me: me.clone(),
     });
-    for _ in 0..BROKER_THREADS {
-        let broker = Arc::clone(&broker);
-        std::thread::Builder::new()
-            .name("fdopen-run".into())
-            .spawn(move || broker.serve())
-            .map_err(setup("starting a broker thread"))?;
-    }
+    let first = Arc::clone(&broker);
+    std::thread::Builder::new()
+        .name("fdopen-run".into())
+        .spawn(move || first.serve())
+        .map_err(setup("starting a broker thread"))?;
     let status = supervise(child, &broker.listener, &signals)?;
     Ok(exit_code(status))
 }

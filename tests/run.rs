@@ -568,3 +568,25 @@ fn a_call_the_server_is_slow_to_answer_holds_up_no_other_call() {
     assert!(status.success(), "{status:?}");
     assert_eq!(out, "answered\n");
 }
+
+/// Without a server, the command never starts: the child waits for the
+/// broker thread's word before it execs (`run` asks the server while the
+/// child forks). Any uid.
+#[test]
+fn without_a_server_the_command_never_starts() {
+    let dir = common::scratch();
+    let mark = dir.path().join("started");
+    let out = Command::new(CLIENT)
+        .arg("--socket")
+        .arg(dir.path().join("nobody-listens.sock"))
+        .args(["run", "--", "/usr/bin/touch"])
+        .arg(&mark)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no server answers"),
+        "{out:?}"
+    );
+    assert!(!mark.exists(), "the command ran");
+}

@@ -498,3 +498,95 @@ fn a_task_that_changed_its_identity_is_left_alone() {
         .unwrap();
     assert_eq!(assert_ok(&out).trim(), libc::EACCES.to_string());
 }
+
+/// One call the server is slow to answer holds up no other trapped call
+/// (SPEC §8: every supervised process keeps being served): `run` receives
+/// on one thread for speed, and a spare thread takes the other calls over
+/// while that one waits. A stand-in server never answers the open; the
+/// shell's later calls must still be answered. Any uid.
+#[test]
+fn a_call_the_server_is_slow_to_answer_holds_up_no_other_call() {
+    use std::os::unix::net::UnixListener;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = common::scratch();
+    let slow = dir.path().join("slow");
+    fs::write(&slow, "slow\n").unwrap();
+    let go = dir.path().join("go");
+    nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let socket = dir.path().join("stand-in.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let (asked, open_asked) = mpsc::channel();
+    let scope = serde_json::json!({"ok": true, "binds": [],
+        "paths": [{"glob": glob(&slow), "modes": ["read"], "create": false}]});
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let (stream, asked, scope) = (stream.unwrap(), asked.clone(), scope.clone());
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                for line in BufReader::new(stream).lines() {
+                    let request: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+                    let answer = match request["op"].as_str() {
+                        Some("hello") => serde_json::json!({"ok": true, "server": "fdopen"}),
+                        Some("scope") => scope.clone(),
+                        // The open is never answered.
+                        _ => {
+                            let _ = asked.send(request);
+                            continue;
+                        }
+                    };
+                    writeln!(out, "{answer}").unwrap();
+                }
+            });
+        }
+    });
+
+    let script = format!(
+        "cat {} >/dev/null & read x < {}; stat -c answered /dev/null; kill $!; wait",
+        slow.display(),
+        go.display()
+    );
+    let mut run = Command::new(CLIENT)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["run", "--", "/bin/sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let request = open_asked
+        .recv_timeout(Duration::from_secs(20))
+        .expect("cat's open reaches the server");
+    assert_eq!(request["op"], "open");
+    // Opening the FIFO blocks until the shell opens it, itself a trapped
+    // call; on a thread of its own, so that a hang fails the test below.
+    std::thread::spawn(move || fs::write(go, "go\n"));
+    let status = common::wait_timeout(&mut run, Duration::from_secs(20))
+        .expect("the shell's calls are answered while the open waits");
+    let mut out = String::new();
+    run.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(out, "answered\n");
+}
+
+/// Without a server, the command never starts: the child waits for the
+/// broker thread's word before it execs (`run` asks the server while the
+/// child forks). Any uid.
+#[test]
+fn without_a_server_the_command_never_starts() {
+    let dir = common::scratch();
+    let mark = dir.path().join("started");
+    let out = Command::new(CLIENT)
+        .arg("--socket")
+        .arg(dir.path().join("nobody-listens.sock"))
+        .args(["run", "--", "/usr/bin/touch"])
+        .arg(&mark)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no server answers"),
+        "{out:?}"
+    );
+    assert!(!mark.exists(), "the command ran");
+}

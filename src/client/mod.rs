@@ -215,7 +215,9 @@ impl Client {
 
     /// Polls for each answer for up to `spin` before sleeping on it: a
     /// quick answer then costs no wake-up, at the price of a busy CPU
-    /// meanwhile. For latency-critical callers on an idle core
+    /// meanwhile. Each poll yields the CPU, so a server that shares the
+    /// core still runs (spinning instead doubled `run`'s brokered calls
+    /// on a loaded 2-core VM). For latency-critical callers
     /// (`fdopen-client run` uses 50 µs); the default is zero.
     ///
     /// ```no_run
@@ -580,7 +582,7 @@ impl Client {
                 if std::time::Instant::now() >= until {
                     break;
                 }
-                std::hint::spin_loop();
+                std::thread::yield_now();
             }
         }
         fdpass::recv(self.stream.as_fd(), buf).map_err(|e| self.note_timeout(e))

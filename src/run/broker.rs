@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Weak;
 use std::time::Duration;
 
 use super::bind_call::{BindArgs, ProgramSocket, copy_options};
@@ -15,6 +16,7 @@ use super::scope::BrokerScope;
 use super::target::{Identity, Target};
 use super::tree_broker::client_within;
 use super::tree_call::TreeCall;
+use super::turns::Turns;
 use super::within::Within;
 use crate::address::BindAddress;
 use crate::client::{BindOptions, Client, OpenOptions};
@@ -36,6 +38,10 @@ pub struct Broker {
     pub privileged_below: Option<u16>,
     /// The placeholders handed out for directory streams (SPEC §8, v3).
     pub dir_streams: DirStreams,
+    /// Which supervisor thread receives the next trapped call.
+    pub turns: Turns,
+    /// This broker, for starting a spare thread.
+    pub me: Weak<Broker>,
 }
 
 /// Something that stops a call from being brokered; it then continues.
@@ -43,14 +49,39 @@ pub(super) struct Untouched;
 
 impl Broker {
     /// Answers trapped syscalls until the listener fails (it never does
-    /// while the supervisor lives). Each thread keeps its own connection
-    /// to the server, made on its first brokered call.
+    /// while the supervisor lives), taking turns with the other threads
+    /// (see [`Turns`]). Each thread keeps its own connection to the
+    /// server, made on its first brokered call.
     pub fn serve(&self) {
         let mut client = None;
-        while let Ok(call) = self.listener.receive() {
+        loop {
+            self.turns.take();
+            let Ok(call) = self.listener.receive() else {
+                self.turns.leave();
+                return;
+            };
             if self.handle(&call, &mut client).is_err() {
                 self.listener.proceed(call.id);
             }
+            self.turns.answered();
+        }
+    }
+
+    /// Called before anything that can wait (the server, a filesystem):
+    /// if it waits long, another thread receives meanwhile, started now
+    /// if there is none yet.
+    pub(super) fn may_wait(&self) {
+        if !self.turns.may_wait() {
+            return;
+        }
+        let started = self.me.upgrade().and_then(|broker| {
+            std::thread::Builder::new()
+                .name("fdopen-run".into())
+                .spawn(move || broker.serve())
+                .ok()
+        });
+        if started.is_none() {
+            self.turns.not_started();
         }
     }
 
@@ -98,6 +129,7 @@ impl Broker {
         {
             return Err(Untouched);
         }
+        self.may_wait();
         let tgid = target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
         let within = match base {
             Some(base) => Some(Within::prove(target, tgid, args.dirfd, base).ok_or(Untouched)?),
@@ -241,6 +273,7 @@ impl Broker {
         if !self.scope.covers_bind(&parsed) {
             return Err(Untouched);
         }
+        self.may_wait();
         let cloexec = target.fd_flags(tgid, args.sockfd).ok_or(Untouched)? & libc::O_CLOEXEC != 0;
         if !self.listener.still_valid(call.id) {
             return Err(Untouched);

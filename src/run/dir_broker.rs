@@ -27,6 +27,7 @@ impl Broker {
         }
         let tgid = target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
         let key = self.dir_streams.key_of(target, tgid, fd).ok_or(Untouched)?;
+        self.may_wait();
         Ok((key, self.dir_streams.real(key).ok_or(Untouched)?))
     }
 

@@ -37,16 +37,17 @@ mod scope;
 mod target;
 mod tree_broker;
 mod tree_call;
+mod turns;
 mod within;
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
@@ -61,7 +62,8 @@ use scope::BrokerScope;
 use target::Identity;
 
 /// Threads answering trapped calls: enough that one slow file does not
-/// hold up a multi-threaded program's other opens.
+/// hold up a multi-threaded program's other opens. One starts with the
+/// program, the other the first time a call goes to the server.
 const BROKER_THREADS: usize = 2;
 
 /// Signals passed on to the program when someone sends them to `run`.
@@ -123,23 +125,13 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
 
 /// Runs the command under supervision; returns its exit code. A program
 /// killed by a signal makes `run` die of the same signal.
+///
+/// The server is asked what to broker on the first broker thread while
+/// the child forks and installs its filter; the child waits for that
+/// thread's go before it execs, so a server that cannot be reached still
+/// means the command never starts, and its first trapped call finds the
+/// thread serving.
 pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
-    let mut client = Client::connect(socket)?;
-    let ours = same_tree::Place::own().map_err(setup("reading our mount namespace"))?;
-    let shared = same_tree::Place::server(&mut client)?.is_none_or(|theirs| theirs == ours);
-    let scope = if shared {
-        client.scope()?
-    } else {
-        crate::logging::warn(format_args!(
-            "the server is in another mount namespace or root: its answers would be \
-             about another tree, so nothing is brokered"
-        ));
-        Default::default()
-    };
-    let scope = BrokerScope::new(&scope, &options.brokers)?;
-    let own = Identity::own().map_err(setup("reading our identity"))?;
-    let privileged_below = (shared && !options.no_bind).then(unprivileged_port_start);
-
     // Blocked before any thread exists, so every thread inherits the mask
     // and the signals wait in the signalfd (the child unblocks them).
     let mut watched = SigSet::empty();
@@ -158,24 +150,100 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
         return Err(setup("becoming a subreaper")(io::Error::last_os_error()));
     }
 
-    let (child, listener) = spawn_trapped(&options.command)?;
-    let broker = Arc::new(Broker {
-        listener: Listener::new(listener),
-        scope,
-        own,
-        socket: socket.to_owned(),
-        privileged_below,
-        dir_streams: Default::default(),
-    });
-    for _ in 0..BROKER_THREADS {
-        let broker = Arc::clone(&broker);
-        std::thread::Builder::new()
-            .name("fdopen-run".into())
-            .spawn(move || broker.serve())
-            .map_err(setup("starting a broker thread"))?;
-    }
+    let (ours, theirs) = UnixDatagram::pair().map_err(setup("creating a socketpair"))?;
+    let (ready_tx, ready) = mpsc::sync_channel(1);
+    let (socket_path, wanted) = (socket.to_owned(), options.clone());
+    std::thread::Builder::new()
+        .name("fdopen-run".into())
+        .spawn(move || start_broker(&socket_path, &wanted, ours, ready_tx))
+        .map_err(setup("starting a broker thread"))?;
+    let child = match spawn_trapped(&options.command, theirs) {
+        Ok(child) => child,
+        // The broker thread's failure stopped the child before exec.
+        Err(spawn) => return Err(ready.try_recv().ok().and_then(Result::err).unwrap_or(spawn)),
+    };
+    let broker = match ready.recv() {
+        Ok(Ok(broker)) => broker,
+        failed => {
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            return Err(match failed {
+                Ok(Err(e)) => e,
+                _ => setup("starting a broker thread")(io::Error::other("it ended early")),
+            });
+        }
+    };
     let status = supervise(child, &broker.listener, &signals)?;
     Ok(exit_code(status))
+}
+
+/// The first broker thread: asks the server what to broker, receives the
+/// child's listener, reports to `run` and tells the child to exec (or not),
+/// then serves.
+fn start_broker(
+    socket: &Path,
+    options: &RunOptions,
+    child: UnixDatagram,
+    ready: mpsc::SyncSender<Result<Arc<Broker>, RunError>>,
+) {
+    let broker = prepare(socket, options).and_then(|prepared| {
+        let mut byte = [0u8; 1];
+        let received = crate::fdpass::recv(child.as_fd(), &mut byte)
+            .map_err(setup("receiving the seccomp listener"))?;
+        let listener = received.fds.into_iter().next().ok_or_else(|| {
+            setup("receiving the seccomp listener")(io::Error::other("no descriptor came"))
+        })?;
+        Ok(Arc::new_cyclic(|me| Broker {
+            listener: Listener::new(listener),
+            scope: prepared.scope,
+            own: prepared.own,
+            socket: socket.to_owned(),
+            privileged_below: prepared.privileged_below,
+            dir_streams: Default::default(),
+            turns: turns::Turns::new(1, BROKER_THREADS),
+            me: me.clone(),
+        }))
+    });
+    let serving = broker.as_ref().ok().cloned();
+    // Reported before the child hears of it, so `run` has the reason when
+    // the child gives up.
+    let _ = ready.send(broker);
+    let go = if serving.is_some() { GO } else { b'!' };
+    let _ = child.send(&[go]);
+    drop(child);
+    if let Some(broker) = serving {
+        broker.serve();
+    }
+}
+
+/// The byte that lets the child exec; anything else, or none, stops it.
+const GO: u8 = b'g';
+
+/// What the broker needs from the server and from us.
+struct Prepared {
+    scope: BrokerScope,
+    own: Identity,
+    privileged_below: Option<u16>,
+}
+
+fn prepare(socket: &Path, options: &RunOptions) -> Result<Prepared, RunError> {
+    let mut client = Client::connect(socket)?;
+    let ours = same_tree::Place::own().map_err(setup("reading our mount namespace"))?;
+    let shared = same_tree::Place::server(&mut client)?.is_none_or(|theirs| theirs == ours);
+    let scope = if shared {
+        client.scope()?
+    } else {
+        crate::logging::warn(format_args!(
+            "the server is in another mount namespace or root: its answers would be \
+             about another tree, so nothing is brokered"
+        ));
+        Default::default()
+    };
+    Ok(Prepared {
+        scope: BrokerScope::new(&scope, &options.brokers)?,
+        own: Identity::own().map_err(setup("reading our identity"))?,
+        privileged_below: (shared && !options.no_bind).then(unprivileged_port_start),
+    })
 }
 
 fn unprivileged_port_start() -> u16 {
@@ -185,12 +253,12 @@ fn unprivileged_port_start() -> u16 {
         .unwrap_or(1024)
 }
 
-/// Forks, installs the filter in the child and execs the command there;
-/// returns the child's pid and the listener the child sent back.
-fn spawn_trapped(command: &[OsString]) -> Result<(Pid, OwnedFd), RunError> {
-    let (ours, theirs) = UnixDatagram::pair().map_err(setup("creating a socketpair"))?;
+/// Forks, installs the filter in the child, sends its listener over
+/// `broker` and, once the broker thread says go, execs the command there;
+/// returns the child's pid.
+fn spawn_trapped(command: &[OsString], broker: UnixDatagram) -> Result<Pid, RunError> {
     let program = filter::program();
-    let theirs_raw = theirs.as_raw_fd();
+    let broker_raw = broker.as_raw_fd();
     let supervisor = std::process::id() as libc::pid_t;
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]);
@@ -212,23 +280,27 @@ fn spawn_trapped(command: &[OsString]) -> Result<(Pid, OwnedFd), RunError> {
                 return Err(io::Error::other("the supervisor is gone"));
             }
             let listener = filter::install(&program)?;
-            let sent = filter::send_fd(theirs_raw, listener);
+            let sent = filter::send_fd(broker_raw, listener);
             libc::close(listener);
-            sent
+            sent?;
+            let mut go = 0u8;
+            loop {
+                let n = libc::read(broker_raw, (&raw mut go).cast(), 1);
+                if n == 1 && go == GO {
+                    return Ok(());
+                }
+                if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(io::Error::other("the supervisor could not start"));
+            }
         });
     }
     let child = cmd.spawn().map_err(|source| RunError::Spawn {
         program: command[0].to_string_lossy().into_owned(),
         source,
     })?;
-    drop(theirs);
-    let mut byte = [0u8; 1];
-    let received = crate::fdpass::recv(ours.as_fd(), &mut byte)
-        .map_err(setup("receiving the seccomp listener"))?;
-    let listener = received.fds.into_iter().next().ok_or_else(|| {
-        setup("receiving the seccomp listener")(io::Error::other("no descriptor came"))
-    })?;
-    Ok((Pid::from_raw(child.id() as i32), listener))
+    Ok(Pid::from_raw(child.id() as i32))
 }
 
 /// Passes signals on and reaps children until no task that could trap is

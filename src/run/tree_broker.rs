@@ -344,6 +344,7 @@ impl Broker {
         if own_proc(&path) || !self.scope.covers_tree_path(&path) {
             return Err(Untouched);
         }
+        self.may_wait();
         Ok(Named {
             path,
             base,
@@ -361,6 +362,7 @@ impl Broker {
         if own_proc(&path) || !self.scope.covers_tree_path(&path) {
             return Err(Untouched);
         }
+        self.may_wait();
         let tgid = target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
         let meta = target.held_metadata(tgid, fd).ok_or(Untouched)?;
         use std::os::unix::fs::MetadataExt;

@@ -157,7 +157,8 @@ impl<'a> Tree<'a> {
 
     fn readlink(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
-        let entry = entry(&base_of(request.within.as_ref())?, path)?;
+        let base = base_of(request.within.as_ref())?;
+        let entry = self.entry(&base, path, PathMode::Stat)?;
         let (rule, directories_only) = self.judge(path, &entry.real, PathMode::Stat)?;
         let link = entry.found.map_err(Refusal::from)?;
         if directories_only {
@@ -269,7 +270,8 @@ impl<'a> Tree<'a> {
     ) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
         self.decide_requested(path, PathMode::Mkdir)?;
-        let entry = entry(&base_of(request.within.as_ref())?, path)?;
+        let base = base_of(request.within.as_ref())?;
+        let entry = self.entry(&base, path, PathMode::Mkdir)?;
         let (rule, _) = self.judge(path, &entry.real, PathMode::Mkdir)?;
         self.may_change(&[path, &entry.real], &entry.parent, rule)?;
         if entry.found.is_ok() {
@@ -307,7 +309,8 @@ impl<'a> Tree<'a> {
     ) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
         self.decide_requested(path, PathMode::Delete)?;
-        let entry = entry(&base_of(request.within.as_ref())?, path)?;
+        let base = base_of(request.within.as_ref())?;
+        let entry = self.entry(&base, path, PathMode::Delete)?;
         let (rule, _) = self.judge(path, &entry.real, PathMode::Delete)?;
         self.may_change(&[path, &entry.real], &entry.parent, rule)?;
         let found = entry.found.as_ref().map_err(|e| Refusal::from(e.clone()))?;
@@ -365,8 +368,8 @@ impl<'a> Tree<'a> {
         };
         self.decide_requested(to_path, create)?;
         let base = base_of(request.within.as_ref())?;
-        let from = entry(&base, path)?;
-        let to = entry(&base, to_path)?;
+        let from = self.entry(&base, path, PathMode::Read)?;
+        let to = self.entry(&base, to_path, create)?;
         self.judge(path, &from.real, PathMode::Read)?;
         let (from_rule, _) = self.judge(path, &from.real, PathMode::Delete)?;
         let (to_rule, _) = self.judge(to_path, &to.real, create)?;
@@ -431,10 +434,35 @@ impl<'a> Tree<'a> {
         })
     }
 
+    /// [`entry`], where a parent that is no directory is `not_found`
+    /// (`ENOTDIR`) only if `wants` is granted on the real path below it:
+    /// reached through a symlink, it may be a file the client may not see
+    /// (SPEC §4).
+    fn entry(
+        &mut self,
+        base: &Base,
+        path: &Path,
+        wants: impl Into<Wants>,
+    ) -> Result<Entry, Refusal> {
+        let entry = entry(base, path)?;
+        if entry.parent.facts.kind != FileKind::Directory {
+            let (_, directories_only) = self.judge(path, &entry.real, wants)?;
+            if directories_only {
+                return Err(not_a_granted_directory(self.client));
+            }
+            return Err(Refusal::with_errno(
+                ErrorCode::NotFound,
+                Errno::ENOTDIR,
+                "a component of the path is not a directory",
+            ));
+        }
+        Ok(entry)
+    }
+
     /// The final name of `path` itself, not followed (`nofollow`): its
     /// real path is judged before anything is said of whether it exists.
     fn final_name(&mut self, base: &Base, path: &Path) -> Result<Located, Refusal> {
-        let entry = entry(base, path)?;
+        let entry = self.entry(base, path, PathMode::Stat)?;
         self.judge(path, &entry.real, PathMode::Stat)?;
         Ok(entry.found?)
     }
@@ -528,7 +556,8 @@ fn base_of(within: Option<&Within>) -> Result<Base, Refusal> {
 }
 
 /// The parent of `path`, resolved from `base`, and its final name, not
-/// followed.
+/// followed. The parent may be no directory: [`Tree::entry`] says so only
+/// where the client may see it.
 fn entry(base: &Base, path: &Path) -> Result<Entry, Refusal> {
     let (Some(parent_path), Some(name)) = (path.parent(), path.file_name()) else {
         // `/` itself: it has no parent to act in.
@@ -547,13 +576,6 @@ fn entry(base: &Base, path: &Path) -> Result<Entry, Refusal> {
         }
         Err(e) => return Err(e.into()),
     };
-    if parent.facts.kind != FileKind::Directory {
-        return Err(Refusal::with_errno(
-            ErrorCode::NotFound,
-            Errno::ENOTDIR,
-            "a component of the path is not a directory",
-        ));
-    }
     Ok(Entry {
         real: parent.real_path.join(name),
         found: parent.entry(name),

@@ -91,3 +91,81 @@ fn a_symlinked_parent_tells_nothing_of_where_it_leads() {
     }
     assert!(t.path("g/a.txt").exists(), "nothing was moved");
 }
+
+/// A trailing `/` asks for a directory (SPEC §3.1) on every op: a file
+/// named so is `not_regular` (`ENOTDIR`), as the kernel says, and a
+/// `rename` does not move it.
+#[test]
+fn a_trailing_slash_on_a_file_is_enotdir_for_every_op() {
+    let Some(t) = Tree::start(|d| {
+        json!([{"name": "g", "paths": [format!("{d}/g/**")],
+                "modes": ["read", "write", "stat", "delete"], "create": true}])
+    }) else {
+        return;
+    };
+    fs::create_dir_all(t.path("g")).unwrap();
+    fs::write(t.path("g/a.txt"), "a").unwrap();
+    let slashed = format!("{}/", t.path("g/a.txt").display());
+    let mut c = t.nobody();
+    for r in [
+        json!({"op": "xattr", "path": slashed}),
+        json!({"op": "stat", "path": slashed}),
+        json!({"op": "rename", "path": slashed, "to": t.path("g/b.txt")}),
+        json!({"op": "rename", "path": t.path("g/a.txt"), "to": format!("{}/", t.path("g/b.txt").display())}),
+    ] {
+        let v = c.ask(&r);
+        assert_eq!(refusal(&v), ("not_regular", Some("ENOTDIR")), "{r}: {v}");
+    }
+    assert!(t.path("g/a.txt").exists());
+    assert!(!t.path("g/b.txt").exists());
+}
+
+/// Probes of answers the table fixes, each refused before any change
+/// and so recorded once.
+#[test]
+fn probes_of_nofollow_rename_refusals_and_would_create() {
+    let Some(t) = Tree::start(|d| {
+        json!([{"name": "g", "paths": [format!("{d}/g/**")],
+                "modes": ["read", "write", "stat", "delete", "mkdir"], "create": true}])
+    }) else {
+        return;
+    };
+    fs::create_dir_all(t.path("g/real")).unwrap();
+    fs::create_dir_all(t.path("secret")).unwrap();
+    fs::write(t.path("secret/f"), "s").unwrap();
+    fs::write(t.path("g/real/a.txt"), "a").unwrap();
+    fs::write(t.path("g/one"), "1").unwrap();
+    fs::hard_link(t.path("g/one"), t.path("g/two")).unwrap();
+    symlink(t.path("g/real"), t.path("g/dirlink")).unwrap();
+    symlink(t.path("secret/f"), t.path("g/out")).unwrap();
+    let mut c = t.nobody();
+    // nofollow: a non-final symlink is followed, a final one never,
+    // wherever it points.
+    let v = c.ask(&json!({"op": "check", "path": t.path("g/dirlink/a.txt"), "nofollow": true}));
+    assert_eq!(v["ok"], true, "{v}");
+    for op in ["open", "check"] {
+        let v = c.ask(&json!({"op": op, "path": t.path("g/out"), "nofollow": true}));
+        assert_eq!(refusal(&v), ("not_regular", Some("ELOOP")), "{op}: {v}");
+    }
+    // rename: several links, a directory.
+    let v = c.ask(&json!({"op": "rename", "path": t.path("g/one"), "to": t.path("g/three")}));
+    assert_eq!(code(&v), "not_regular", "{v}");
+    let v = c.ask(&json!({"op": "rename", "path": t.path("g/real"), "to": t.path("g/moved")}));
+    assert_eq!(refusal(&v), ("io_error", Some("EXDEV")), "{v}");
+    // check that would create: would_create, never created.
+    let v =
+        c.ask(&json!({"op": "check", "path": t.path("g/new"), "mode": "write", "create": true}));
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(!t.path("g/new").exists());
+    drop(c);
+    let lines = t.server.audit_lines();
+    let renames: Vec<&Value> = lines.iter().filter(|l| l["op"] == "rename").collect();
+    assert_eq!(renames.len(), 2, "{renames:?}");
+    assert!(renames.iter().all(|l| l["ok"] == false), "{renames:?}");
+    let check = lines
+        .iter()
+        .find(|l| l["op"] == "check" && l["path"] == json!(t.path("g/new")))
+        .expect("check recorded");
+    assert_eq!(check["would_create"], true, "{check}");
+    assert!(check.get("created").is_none(), "{check}");
+}

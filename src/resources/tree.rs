@@ -207,6 +207,7 @@ impl<'a> Tree<'a> {
         if directories_only && located.facts.kind != FileKind::Directory {
             return Err(not_a_granted_directory(self.client));
         }
+        wants_directory(&request.path, &located)?;
         let answer = match &request.name {
             Some(name) => TreeAnswer::XattrValue(get_xattr(&located, name)?),
             None => TreeAnswer::XattrNames(list_xattrs(&located)?),
@@ -381,6 +382,17 @@ impl<'a> Tree<'a> {
                 ErrorCode::IoError,
                 Errno::EXDEV,
                 "directories are not renamed: copy and delete instead",
+            ));
+        }
+        // `rename("file/", ..)` and `rename(.., "to/")` ask for directories.
+        wants_directory(&request.path, source)?;
+        if let Some(to_request) = &request.to
+            && to_request.directory
+        {
+            return Err(Refusal::with_errno(
+                ErrorCode::NotRegular,
+                Errno::ENOTDIR,
+                "the destination ends in / but a file is moved",
             ));
         }
         if source.facts.kind != FileKind::Regular || source.facts.links != 1 {

@@ -169,3 +169,50 @@ fn probes_of_nofollow_rename_refusals_and_would_create() {
     assert_eq!(check["would_create"], true, "{check}");
     assert!(check.get("created").is_none(), "{check}");
 }
+
+/// A directory granted `stat` by implication answers `xattr` like any
+/// granted path: a missing attribute is `not_found` (`ENODATA`), as
+/// SPEC §3.6 says, not `denied` as if the directory were not granted
+/// (`ls -l` asks every directory for its ACL attributes).
+#[test]
+fn an_implied_directory_answers_a_missing_attribute_enodata() {
+    let Some(t) =
+        Tree::start(|d| json!([{"name": "logs", "paths": [format!("{d}/app/**/*.log")]}]))
+    else {
+        return;
+    };
+    fs::create_dir_all(t.path("app/2026")).unwrap();
+    let mut c = t.nobody();
+    let v = c.ask(&json!({"op": "xattr", "path": t.path("app/2026"), "name": "user.none"}));
+    assert_eq!(refusal(&v), ("not_found", Some("ENODATA")), "{v}");
+    // Missing, or a file there: still denied.
+    fs::write(t.path("app/2026/f.txt"), "f").unwrap();
+    for not in ["app/2026/f.txt", "app/2026/missing"] {
+        let v = c.ask(&json!({"op": "xattr", "path": t.path(not), "name": "user.none"}));
+        assert_eq!(refusal(&v), ("denied", None), "{not}: {v}");
+    }
+}
+
+/// procfs magic links are never read, whatever the policy says; the
+/// plain links in procfs's root are.
+#[test]
+fn procfs_magic_links_are_denied_to_readlink() {
+    let Some(t) =
+        Tree::start(|_| json!([{"name": "proc", "paths": ["/proc/**"], "modes": ["stat"]}]))
+    else {
+        return;
+    };
+    let mut c = t.nobody();
+    for magic in [
+        "/proc/self/exe",
+        "/proc/self/cwd",
+        "/proc/self/fd/0",
+        "/proc/1/root",
+    ] {
+        let v = c.ask(&json!({"op": "readlink", "path": magic}));
+        assert_eq!(refusal(&v), ("denied", None), "{magic}: {v}");
+    }
+    let v = c.ask(&json!({"op": "readlink", "path": "/proc/self"}));
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["target"], t.server.pid().to_string(), "{v}");
+}

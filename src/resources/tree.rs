@@ -126,6 +126,8 @@ impl<'a> Tree<'a> {
             _ => self.xattr(request),
         };
         match answer {
+            // A missing attribute of the granted directory is said as such.
+            Err(r) if r.errno == Some(Errno::ENODATA) => Err(r),
             Err(r) if implied && matches!(r.code, ErrorCode::NotFound | ErrorCode::NotRegular) => {
                 Err(not_a_granted_directory(self.client))
             }

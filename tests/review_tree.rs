@@ -216,3 +216,39 @@ fn procfs_magic_links_are_denied_to_readlink() {
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["target"], t.server.pid().to_string(), "{v}");
 }
+
+/// The path the server was started from is its binary too: an upgrade
+/// runs it again (SPEC §3.4), so a client that could remove it or
+/// rename its own file onto it would have root run that file. Started
+/// through a symlink, the link and every hop to the binary are protected
+/// whatever the policy says (SPEC §3.6 self-protection).
+#[test]
+fn the_path_the_server_was_started_from_is_not_changed() {
+    if !is_root() {
+        eprintln!("skipped: needs root to serve a tree nobody cannot reach");
+        return;
+    }
+    let dir = scratch();
+    let bin = dir.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let link = bin.join("fdopen-server");
+    let hop = bin.join("current");
+    symlink(SERVER, &hop).unwrap();
+    symlink("current", &link).unwrap();
+    fs::write(bin.join("evil"), "#!/bin/sh\n").unwrap();
+    let policy = json!({"rules": [{"name": "bin", "paths": [format!("{}/**", glob(&bin))],
+        "modes": ["read", "write", "stat", "delete"], "create": true}]})
+    .to_string();
+    let server = TestServer::start_program(dir, &link, &policy, &["--socket-mode", "0666"]);
+    let mut c = Conn::nobody(&server.socket);
+    for path in [&link, &hop] {
+        let v = c.ask(&json!({"op": "unlink", "path": path}));
+        assert_eq!(refusal(&v), ("denied", None), "{}: {v}", path.display());
+        let v = c.ask(&json!({"op": "rename", "path": bin.join("evil"), "to": path}));
+        assert_eq!(refusal(&v), ("denied", None), "{}: {v}", path.display());
+        assert!(fs::symlink_metadata(path).unwrap().file_type().is_symlink());
+    }
+    // Elsewhere in that directory the policy decides.
+    let v = c.ask(&json!({"op": "unlink", "path": bin.join("evil")}));
+    assert_eq!(v["ok"], true, "{v}");
+}

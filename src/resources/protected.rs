@@ -25,6 +25,7 @@ impl Protected {
         let mut all: Vec<PathBuf> = Vec::new();
         for file in files {
             all.extend(real(&file));
+            all.extend(symlink_hops(&file));
             all.push(file);
         }
         let mut protected = Protected {
@@ -59,6 +60,29 @@ impl Protected {
             .as_deref()
             .is_some_and(|policy| path.starts_with(policy) || policy.starts_with(path))
     }
+}
+
+/// Each symlink that `path` leads through as its final name (a link to
+/// a link to the file), by its real path (its directory's real path and
+/// its name, as requests are judged): replacing any of them changes what
+/// `path` names.
+fn symlink_hops(path: &Path) -> Vec<PathBuf> {
+    let mut hops = Vec::new();
+    let mut at = path.to_owned();
+    // As many as the kernel follows.
+    for _ in 0..40 {
+        let (Ok(target), Some(dir), Some(name)) =
+            (std::fs::read_link(&at), at.parent(), at.file_name())
+        else {
+            break;
+        };
+        let Ok(dir) = std::fs::canonicalize(dir) else {
+            break;
+        };
+        hops.push(dir.join(name));
+        at = dir.join(target);
+    }
+    hops
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ impl Protected {
         if real(policy).as_deref() != Some(policy) {
             // The path as given, too: a symlink to the policy lies above it.
             protected.files.push(policy.to_owned());
+            protected.files.extend(symlink_hops(policy));
             protected
                 .files
                 .extend(policy.ancestors().map(Path::to_owned));
@@ -88,6 +89,23 @@ fn symlink_hops(path: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_symlink_hop_to_a_protected_file_is_protected() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir(real.join("safe")).unwrap();
+        std::fs::write(real.join("safe/p.json"), "{}").unwrap();
+        std::fs::create_dir(real.join("open")).unwrap();
+        std::os::unix::fs::symlink(real.join("safe/p.json"), real.join("open/hop")).unwrap();
+        std::os::unix::fs::symlink("open/hop", real.join("p.json")).unwrap();
+        std::os::unix::fs::symlink("../safe/p.json", real.join("open/log")).unwrap();
+        let p = Protected::new(&real.join("p.json"), [real.join("open/log")]);
+        for yes in ["p.json", "open/hop", "open/log", "safe/p.json"] {
+            assert!(p.covers(&real.join(yes)), "{yes}");
+        }
+        assert!(!p.covers(&real.join("open/other")));
+    }
 
     #[test]
     fn the_policy_what_is_in_it_and_above_it_and_the_named_files() {

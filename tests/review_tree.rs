@@ -252,3 +252,50 @@ fn the_path_the_server_was_started_from_is_not_changed() {
     let v = c.ask(&json!({"op": "unlink", "path": bin.join("evil")}));
     assert_eq!(v["ok"], true, "{v}");
 }
+
+/// Removes a directory made on a pseudo-filesystem, whatever the test
+/// asserted first.
+struct Rmdir(PathBuf);
+
+impl Drop for Rmdir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// A rule rooted on a pseudo-filesystem grants `mkdir` there (SPEC
+/// §3.6), where the kernel fills every new directory with its own files
+/// (a cgroup's `cgroup.procs`): the directory the server made is still
+/// its own, so it gets the client as owner and its mode, and is not
+/// refused and left behind as root's with mode 0.
+#[test]
+fn mkdir_on_a_cgroup_filesystem_under_a_rule_rooted_there() {
+    const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+    let parent = Path::new("/sys/fs/cgroup/pids");
+    let on_cgroupfs = nix::sys::statfs::statfs(parent)
+        .is_ok_and(|s| s.filesystem_type().0 as i64 == CGROUP_SUPER_MAGIC);
+    if !is_root() || !on_cgroupfs {
+        eprintln!(
+            "skipped: needs root and a cgroup v1 pids hierarchy at {}",
+            parent.display()
+        );
+        return;
+    }
+    let dir = scratch();
+    let made = parent.join(format!("fdopen-review-{}", std::process::id()));
+    let _cleanup = Rmdir(made.clone());
+    let policy =
+        json!({"rules": [{"name": "cg", "paths": [format!("{}/fdopen-review-*", parent.display())],
+        "modes": ["mkdir", "delete", "stat"], "dir_perm": "0755"}]})
+        .to_string();
+    let server = TestServer::start_in(dir, &policy, &["--socket-mode", "0666"]);
+    let mut c = Conn::nobody(&server.socket);
+    let v = c.ask(&json!({"op": "mkdir", "path": made, "perm": "0755"}));
+    assert_eq!(v["ok"], true, "{v}");
+    let meta = fs::metadata(&made).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.uid(), common::as_user::nobody().0);
+    assert_eq!(meta.mode() & 0o7777, 0o755);
+    let v = c.ask(&json!({"op": "rmdir", "path": made}));
+    assert_eq!(v["ok"], true, "{v}");
+}

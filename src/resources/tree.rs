@@ -10,7 +10,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -656,10 +656,15 @@ fn finish_directory(
     )
     .map_err(|e| io("cannot open the new directory", e))?;
     let st = nix::sys::stat::fstat(&dir).map_err(|e| io("fstat", e))?;
+    // On a pseudo-filesystem the kernel fills a new directory with its
+    // own files (a cgroup's `cgroup.procs`): ownership alone tells there.
+    let pseudo = filesystem_type(dir.as_fd()).is_some_and(|fs| PSEUDO_FILESYSTEMS.contains(&fs));
     let ours = st.st_mode & libc::S_IFMT == libc::S_IFDIR
         && st.st_uid == nix::unistd::geteuid().as_raw()
         // Empty: `.` and `..` only (nlink says nothing on btrfs).
-        && read_entries(&dir, None).is_ok_and(|(entries, more)| entries.len() <= 2 && more.is_none());
+        && (pseudo
+            || read_entries(&dir, None)
+                .is_ok_and(|(entries, more)| entries.len() <= 2 && more.is_none()));
     if !ours {
         // Not what mkdirat made: someone else's. Leave it alone.
         return Err(Refusal::with_errno(

@@ -299,3 +299,36 @@ fn mkdir_on_a_cgroup_filesystem_under_a_rule_rooted_there() {
     let v = c.ask(&json!({"op": "rmdir", "path": made}));
     assert_eq!(v["ok"], true, "{v}");
 }
+
+/// Across filesystems a rename is `EXDEV` whether or not `to` exists, as
+/// the kernel checks: `mv` then copies, where `EEXIST` would stop it.
+#[test]
+fn rename_across_filesystems_onto_an_existing_name_is_exdev() {
+    let Ok(shm) = tempfile::Builder::new()
+        .prefix("fdopen-test")
+        .tempdir_in("/dev/shm")
+    else {
+        eprintln!("skipped: no /dev/shm");
+        return;
+    };
+    let other = glob(shm.path());
+    let Some(t) = Tree::start(|d| {
+        json!([{"name": "in", "paths": [format!("{d}/*")], "modes": ["read", "delete"]},
+               {"name": "out", "paths": [format!("{other}/*")], "modes": ["write"], "create": true}])
+    }) else {
+        return;
+    };
+    use std::os::unix::fs::MetadataExt;
+    if fs::metadata(shm.path()).unwrap().dev() == fs::metadata(&t.root).unwrap().dev() {
+        eprintln!("skipped: /dev/shm and /tmp are one filesystem here");
+        return;
+    }
+    fs::write(t.path("a"), "A").unwrap();
+    fs::write(shm.path().join("a"), "old").unwrap();
+    let mut c = t.nobody();
+    for noreplace in [false, true] {
+        let v = c.ask(&json!({"op": "rename", "path": t.path("a"), "to": shm.path().join("a"), "noreplace": noreplace}));
+        assert_eq!(refusal(&v), ("io_error", Some("EXDEV")), "{v}");
+    }
+    assert_eq!(fs::read_to_string(shm.path().join("a")).unwrap(), "old");
+}

@@ -410,6 +410,15 @@ impl<'a> Tree<'a> {
             .map_err(leads_elsewhere)?;
         self.policy
             .judge(&read_rules, &source.facts, SystemTime::now())?;
+        // Before whether `to` exists, as the kernel does: tools that hear
+        // EXDEV copy instead.
+        if source.facts.dev != to.parent.facts.dev {
+            return Err(Refusal::with_errno(
+                ErrorCode::IoError,
+                Errno::EXDEV,
+                "source and destination are on different filesystems",
+            ));
+        }
         // Replacing an existing `to` needs delete on it, and no noreplace.
         let replace = match &to.found {
             Ok(_) => {
@@ -429,13 +438,6 @@ impl<'a> Tree<'a> {
             }
             Err(e) => return Err(Refusal::from(e.clone())),
         };
-        if source.facts.dev != to.parent.facts.dev {
-            return Err(Refusal::with_errno(
-                ErrorCode::IoError,
-                Errno::EXDEV,
-                "source and destination are on different filesystems",
-            ));
-        }
         log.before(&from.real, Some(&to.real), &to_rule.name)?;
         if let Err(refusal) = move_pinned(source, &from, &to, replace) {
             return Err(log.failed(refusal));

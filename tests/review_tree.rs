@@ -270,10 +270,9 @@ impl Drop for Rmdir {
 /// refused and left behind as root's with mode 0.
 #[test]
 fn mkdir_on_a_cgroup_filesystem_under_a_rule_rooted_there() {
-    const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
     let parent = Path::new("/sys/fs/cgroup/pids");
     let on_cgroupfs = nix::sys::statfs::statfs(parent)
-        .is_ok_and(|s| s.filesystem_type().0 as i64 == CGROUP_SUPER_MAGIC);
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP_SUPER_MAGIC);
     if !is_root() || !on_cgroupfs {
         eprintln!(
             "skipped: needs root and a cgroup v1 pids hierarchy at {}",

@@ -331,3 +331,55 @@ fn rename_across_filesystems_onto_an_existing_name_is_exdev() {
     }
     assert_eq!(fs::read_to_string(shm.path().join("a")).unwrap(), "old");
 }
+
+/// Only the glob that grants a path on a pseudo-filesystem can root the
+/// grant there (SPEC §3.6: "the granting rule's glob"): another glob of
+/// the same rule, rooted on it, lends the rule nothing.
+#[test]
+fn a_pseudo_filesystem_change_needs_its_granting_glob_rooted_there() {
+    let parent = Path::new("/sys/fs/cgroup/pids");
+    let on_cgroupfs = nix::sys::statfs::statfs(parent)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP_SUPER_MAGIC);
+    if !is_root() || !on_cgroupfs {
+        eprintln!(
+            "skipped: needs root and a cgroup v1 pids hierarchy at {}",
+            parent.display()
+        );
+        return;
+    }
+    let dir = scratch();
+    let made = parent.join(format!("fdopen-review2-{}", std::process::id()));
+    let _cleanup = Rmdir(made.clone());
+    let policy = json!({"rules": [{"name": "cg", "modes": ["mkdir"],
+        "paths": [format!("{}/fdopen-review-*", parent.display()), "/**/fdopen-review2-*"]}]})
+    .to_string();
+    let server = TestServer::start_in(dir, &policy, &["--socket-mode", "0666"]);
+    let mut c = Conn::nobody(&server.socket);
+    let v = c.ask(&json!({"op": "mkdir", "path": made}));
+    assert_eq!(refusal(&v), ("denied", None), "{v}");
+    assert!(!made.exists());
+}
+
+/// A trailing `/` follows a final symlink even with `nofollow`, as
+/// `lstat("link/")` does (`ls -ld link/`).
+#[test]
+fn a_trailing_slash_follows_a_final_symlink_even_with_nofollow() {
+    let Some(t) =
+        Tree::start(|d| json!([{"name": "g", "paths": [format!("{d}/g/**")], "modes": ["stat"]}]))
+    else {
+        return;
+    };
+    fs::create_dir_all(t.path("g/real")).unwrap();
+    symlink(t.path("g/real"), t.path("g/link")).unwrap();
+    let slashed = format!("{}/", t.path("g/link").display());
+    let mut c = t.nobody();
+    let v = c.ask(&json!({"op": "stat", "path": slashed, "nofollow": true}));
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        v["stat"]["mode"].as_u64().unwrap() & 0o170000,
+        0o040000,
+        "{v}"
+    );
+    let v = c.ask(&json!({"op": "xattr", "path": slashed, "nofollow": true}));
+    assert_eq!(v["ok"], true, "{v}");
+}

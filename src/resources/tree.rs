@@ -26,7 +26,7 @@ use crate::decision::tree::not_a_granted_directory;
 use crate::decision::{Candidates, PathGrant, Refusal, Scratch, Wants, leads_elsewhere};
 use crate::path_index::literal_prefix;
 use crate::peer::PeerIdentity;
-use crate::policy::{Owner, Policy, Rule};
+use crate::policy::{Owner, Policy, Rule, compile_glob};
 use crate::protocol::tree::{MAX_ENTRIES, StatInfo, TreeAnswer, WireEntry};
 use crate::protocol::{ErrorCode, PathMode, RequestPath, TreeOp, TreeRequest, Within};
 use crate::safe_open::{self, Base, FileKind, Located, OpenError};
@@ -138,7 +138,9 @@ impl<'a> Tree<'a> {
     fn stat(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
         let base = base_of(request.within.as_ref())?;
-        let located = if request.nofollow {
+        // A trailing `/` follows a final symlink even with nofollow, as
+        // `lstat("link/")` does.
+        let located = if request.nofollow && !request.path.directory {
             self.final_name(&base, path)?
         } else {
             self.follow(&base, path, PathMode::Stat)?
@@ -200,7 +202,9 @@ impl<'a> Tree<'a> {
             ));
         }
         let base = base_of(request.within.as_ref())?;
-        let located = if request.nofollow {
+        // A trailing `/` follows a final symlink even with nofollow, as
+        // `lstat("link/")` does.
+        let located = if request.nofollow && !request.path.directory {
             self.final_name(&base, path)?
         } else {
             self.follow(&base, path, PathMode::Stat)?
@@ -516,8 +520,14 @@ impl<'a> Tree<'a> {
         }
         let fs = filesystem_type(parent.handle());
         if let Some(fs) = fs.filter(|fs| PSEUDO_FILESYSTEMS.contains(fs)) {
+            // The glob that grants the path, not any other of the rule.
             let rooted_there = rule.paths.iter().any(|glob| {
-                nix::sys::statfs::statfs(literal_prefix(glob)).is_ok_and(|s| magic(&s) == fs)
+                let grants = compile_glob(glob).is_ok_and(|g| {
+                    let g = g.compile_matcher();
+                    paths.iter().any(|p| g.is_match(p))
+                });
+                grants
+                    && nix::sys::statfs::statfs(literal_prefix(glob)).is_ok_and(|s| magic(&s) == fs)
             });
             if !rooted_there {
                 return Err(Refusal::new(

@@ -263,13 +263,9 @@ impl Drop for Rmdir {
     }
 }
 
-/// A rule rooted on a pseudo-filesystem grants `mkdir` there (SPEC
-/// §3.6), where the kernel fills every new directory with its own files
-/// (a cgroup's `cgroup.procs`): the directory the server made is still
-/// its own, so it gets the client as owner and its mode, and is not
-/// refused and left behind as root's with mode 0.
-#[test]
-fn mkdir_on_a_cgroup_filesystem_under_a_rule_rooted_there() {
+/// A cgroup v1 hierarchy root may make directories in, or `None` (and
+/// why, printed).
+fn cgroup_hierarchy() -> Option<&'static Path> {
     let parent = Path::new("/sys/fs/cgroup/pids");
     let on_cgroupfs = nix::sys::statfs::statfs(parent)
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP_SUPER_MAGIC);
@@ -278,8 +274,21 @@ fn mkdir_on_a_cgroup_filesystem_under_a_rule_rooted_there() {
             "skipped: needs root and a cgroup v1 pids hierarchy at {}",
             parent.display()
         );
-        return;
+        return None;
     }
+    Some(parent)
+}
+
+/// A rule rooted on a pseudo-filesystem grants `mkdir` there (SPEC
+/// §3.6), where the kernel fills every new directory with its own files
+/// (a cgroup's `cgroup.procs`): the directory the server made is still
+/// its own, so it gets the client as owner and its mode, and is not
+/// refused and left behind as root's with mode 0.
+#[test]
+fn mkdir_on_a_cgroup_filesystem_under_a_rule_rooted_there() {
+    let Some(parent) = cgroup_hierarchy() else {
+        return;
+    };
     let dir = scratch();
     let made = parent.join(format!("fdopen-review-{}", std::process::id()));
     let _cleanup = Rmdir(made.clone());
@@ -337,16 +346,9 @@ fn rename_across_filesystems_onto_an_existing_name_is_exdev() {
 /// the same rule, rooted on it, lends the rule nothing.
 #[test]
 fn a_pseudo_filesystem_change_needs_its_granting_glob_rooted_there() {
-    let parent = Path::new("/sys/fs/cgroup/pids");
-    let on_cgroupfs = nix::sys::statfs::statfs(parent)
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP_SUPER_MAGIC);
-    if !is_root() || !on_cgroupfs {
-        eprintln!(
-            "skipped: needs root and a cgroup v1 pids hierarchy at {}",
-            parent.display()
-        );
+    let Some(parent) = cgroup_hierarchy() else {
         return;
-    }
+    };
     let dir = scratch();
     let made = parent.join(format!("fdopen-review2-{}", std::process::id()));
     let _cleanup = Rmdir(made.clone());

@@ -63,6 +63,8 @@ fn a_symlinked_parent_tells_nothing_of_where_it_leads() {
     fs::create_dir_all(t.path("g")).unwrap();
     fs::create_dir_all(t.path("secret/d")).unwrap();
     fs::write(t.path("secret/f"), "secret").unwrap();
+    // Below the directory link, `x` is a symlink: nofollow stops at it.
+    symlink("f", t.path("secret/d/x")).unwrap();
     fs::write(t.path("g/a.txt"), "a").unwrap();
     for (link, target) in [("to_file", "f"), ("to_dir", "d"), ("to_missing", "missing")] {
         symlink(t.path("secret").join(target), t.path("g").join(link)).unwrap();
@@ -80,6 +82,8 @@ fn a_symlinked_parent_tells_nothing_of_where_it_leads() {
             json!({"op": "xattr", "path": below, "nofollow": true}),
             json!({"op": "readdir", "path": below}),
             json!({"op": "check", "path": below}),
+            json!({"op": "check", "path": below, "nofollow": true}),
+            json!({"op": "open", "path": below, "nofollow": true}),
             json!({"op": "check", "path": below, "mode": "write", "create": true}),
             json!({"op": "rename", "path": t.path("g/a.txt"), "to": below}),
             json!({"op": "rename", "path": below, "to": t.path("g/b.txt")}),

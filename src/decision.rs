@@ -610,8 +610,9 @@ pub fn decide_on_filesystem(
     let located = match (request.nofollow, path.parent(), path.file_name()) {
         // O_NOFOLLOW: the final name itself, pinned, never followed.
         (true, Some(parent), Some(name)) => match base.locate(parent) {
-            Ok(dir) if dir.facts.kind == FileKind::Directory => match dir.entry(name) {
-                // Missing: said only where the client may see (SPEC §4).
+            // Missing, or below no directory: said only where the client
+            // may see (SPEC §4), since a symlinked parent may lead anywhere.
+            Ok(dir) => match dir.entry(name) {
                 Err(OpenError::NotFound) => {
                     let real = dir.real_path.join(name);
                     if real != path {
@@ -623,7 +624,6 @@ pub fn decide_on_filesystem(
                 }
                 other => other,
             },
-            Ok(_) => Err(OpenError::NotFound),
             Err(e) => Err(e),
         },
         _ => base.locate(path),

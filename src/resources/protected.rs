@@ -25,6 +25,7 @@ impl Protected {
         let mut all: Vec<PathBuf> = Vec::new();
         for file in files {
             all.extend(real(&file));
+            all.extend(symlink_hops(&file));
             all.push(file);
         }
         let mut protected = Protected {
@@ -34,6 +35,7 @@ impl Protected {
         if real(policy).as_deref() != Some(policy) {
             // The path as given, too: a symlink to the policy lies above it.
             protected.files.push(policy.to_owned());
+            protected.files.extend(symlink_hops(policy));
             protected
                 .files
                 .extend(policy.ancestors().map(Path::to_owned));
@@ -61,9 +63,49 @@ impl Protected {
     }
 }
 
+/// Each symlink that `path` leads through as its final name (a link to
+/// a link to the file), by its real path (its directory's real path and
+/// its name, as requests are judged): replacing any of them changes what
+/// `path` names.
+fn symlink_hops(path: &Path) -> Vec<PathBuf> {
+    let mut hops = Vec::new();
+    let mut at = path.to_owned();
+    // As many as the kernel follows.
+    for _ in 0..40 {
+        let (Ok(target), Some(dir), Some(name)) =
+            (std::fs::read_link(&at), at.parent(), at.file_name())
+        else {
+            break;
+        };
+        let Ok(dir) = std::fs::canonicalize(dir) else {
+            break;
+        };
+        hops.push(dir.join(name));
+        at = dir.join(target);
+    }
+    hops
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_symlink_hop_to_a_protected_file_is_protected() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir(real.join("safe")).unwrap();
+        std::fs::write(real.join("safe/p.json"), "{}").unwrap();
+        std::fs::create_dir(real.join("open")).unwrap();
+        std::os::unix::fs::symlink(real.join("safe/p.json"), real.join("open/hop")).unwrap();
+        std::os::unix::fs::symlink("open/hop", real.join("p.json")).unwrap();
+        std::os::unix::fs::symlink("../safe/p.json", real.join("open/log")).unwrap();
+        let p = Protected::new(&real.join("p.json"), [real.join("open/log")]);
+        for yes in ["p.json", "open/hop", "open/log", "safe/p.json"] {
+            assert!(p.covers(&real.join(yes)), "{yes}");
+        }
+        assert!(!p.covers(&real.join("open/other")));
+    }
 
     #[test]
     fn the_policy_what_is_in_it_and_above_it_and_the_named_files() {

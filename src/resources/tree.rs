@@ -10,7 +10,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -26,7 +26,7 @@ use crate::decision::tree::not_a_granted_directory;
 use crate::decision::{Candidates, PathGrant, Refusal, Scratch, Wants, leads_elsewhere};
 use crate::path_index::literal_prefix;
 use crate::peer::PeerIdentity;
-use crate::policy::{Owner, Policy, Rule};
+use crate::policy::{Owner, Policy, Rule, compile_glob};
 use crate::protocol::tree::{MAX_ENTRIES, StatInfo, TreeAnswer, WireEntry};
 use crate::protocol::{ErrorCode, PathMode, RequestPath, TreeOp, TreeRequest, Within};
 use crate::safe_open::{self, Base, FileKind, Located, OpenError};
@@ -126,6 +126,8 @@ impl<'a> Tree<'a> {
             _ => self.xattr(request),
         };
         match answer {
+            // A missing attribute of the granted directory is said as such.
+            Err(r) if r.errno == Some(Errno::ENODATA) => Err(r),
             Err(r) if implied && matches!(r.code, ErrorCode::NotFound | ErrorCode::NotRegular) => {
                 Err(not_a_granted_directory(self.client))
             }
@@ -136,7 +138,9 @@ impl<'a> Tree<'a> {
     fn stat(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
         let base = base_of(request.within.as_ref())?;
-        let located = if request.nofollow {
+        // A trailing `/` follows a final symlink even with nofollow, as
+        // `lstat("link/")` does.
+        let located = if request.nofollow && !request.path.directory {
             self.final_name(&base, path)?
         } else {
             self.follow(&base, path, PathMode::Stat)?
@@ -157,7 +161,8 @@ impl<'a> Tree<'a> {
 
     fn readlink(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
-        let entry = entry(&base_of(request.within.as_ref())?, path)?;
+        let base = base_of(request.within.as_ref())?;
+        let entry = self.entry(&base, path, PathMode::Stat)?;
         let (rule, directories_only) = self.judge(path, &entry.real, PathMode::Stat)?;
         let link = entry.found.map_err(Refusal::from)?;
         if directories_only {
@@ -197,7 +202,9 @@ impl<'a> Tree<'a> {
             ));
         }
         let base = base_of(request.within.as_ref())?;
-        let located = if request.nofollow {
+        // A trailing `/` follows a final symlink even with nofollow, as
+        // `lstat("link/")` does.
+        let located = if request.nofollow && !request.path.directory {
             self.final_name(&base, path)?
         } else {
             self.follow(&base, path, PathMode::Stat)?
@@ -206,6 +213,7 @@ impl<'a> Tree<'a> {
         if directories_only && located.facts.kind != FileKind::Directory {
             return Err(not_a_granted_directory(self.client));
         }
+        wants_directory(&request.path, &located)?;
         let answer = match &request.name {
             Some(name) => TreeAnswer::XattrValue(get_xattr(&located, name)?),
             None => TreeAnswer::XattrNames(list_xattrs(&located)?),
@@ -269,7 +277,8 @@ impl<'a> Tree<'a> {
     ) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
         self.decide_requested(path, PathMode::Mkdir)?;
-        let entry = entry(&base_of(request.within.as_ref())?, path)?;
+        let base = base_of(request.within.as_ref())?;
+        let entry = self.entry(&base, path, PathMode::Mkdir)?;
         let (rule, _) = self.judge(path, &entry.real, PathMode::Mkdir)?;
         self.may_change(&[path, &entry.real], &entry.parent, rule)?;
         if entry.found.is_ok() {
@@ -307,7 +316,8 @@ impl<'a> Tree<'a> {
     ) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
         self.decide_requested(path, PathMode::Delete)?;
-        let entry = entry(&base_of(request.within.as_ref())?, path)?;
+        let base = base_of(request.within.as_ref())?;
+        let entry = self.entry(&base, path, PathMode::Delete)?;
         let (rule, _) = self.judge(path, &entry.real, PathMode::Delete)?;
         self.may_change(&[path, &entry.real], &entry.parent, rule)?;
         let found = entry.found.as_ref().map_err(|e| Refusal::from(e.clone()))?;
@@ -365,8 +375,8 @@ impl<'a> Tree<'a> {
         };
         self.decide_requested(to_path, create)?;
         let base = base_of(request.within.as_ref())?;
-        let from = entry(&base, path)?;
-        let to = entry(&base, to_path)?;
+        let from = self.entry(&base, path, PathMode::Read)?;
+        let to = self.entry(&base, to_path, create)?;
         self.judge(path, &from.real, PathMode::Read)?;
         let (from_rule, _) = self.judge(path, &from.real, PathMode::Delete)?;
         let (to_rule, _) = self.judge(to_path, &to.real, create)?;
@@ -378,6 +388,17 @@ impl<'a> Tree<'a> {
                 ErrorCode::IoError,
                 Errno::EXDEV,
                 "directories are not renamed: copy and delete instead",
+            ));
+        }
+        // `rename("file/", ..)` and `rename(.., "to/")` ask for directories.
+        wants_directory(&request.path, source)?;
+        if let Some(to_request) = &request.to
+            && to_request.directory
+        {
+            return Err(Refusal::with_errno(
+                ErrorCode::NotRegular,
+                Errno::ENOTDIR,
+                "the destination ends in / but a file is moved",
             ));
         }
         if source.facts.kind != FileKind::Regular || source.facts.links != 1 {
@@ -393,6 +414,15 @@ impl<'a> Tree<'a> {
             .map_err(leads_elsewhere)?;
         self.policy
             .judge(&read_rules, &source.facts, SystemTime::now())?;
+        // Before whether `to` exists, as the kernel does: tools that hear
+        // EXDEV copy instead.
+        if source.facts.dev != to.parent.facts.dev {
+            return Err(Refusal::with_errno(
+                ErrorCode::IoError,
+                Errno::EXDEV,
+                "source and destination are on different filesystems",
+            ));
+        }
         // Replacing an existing `to` needs delete on it, and no noreplace.
         let replace = match &to.found {
             Ok(_) => {
@@ -412,13 +442,6 @@ impl<'a> Tree<'a> {
             }
             Err(e) => return Err(Refusal::from(e.clone())),
         };
-        if source.facts.dev != to.parent.facts.dev {
-            return Err(Refusal::with_errno(
-                ErrorCode::IoError,
-                Errno::EXDEV,
-                "source and destination are on different filesystems",
-            ));
-        }
         log.before(&from.real, Some(&to.real), &to_rule.name)?;
         if let Err(refusal) = move_pinned(source, &from, &to, replace) {
             return Err(log.failed(refusal));
@@ -431,10 +454,35 @@ impl<'a> Tree<'a> {
         })
     }
 
+    /// [`entry`], where a parent that is no directory is `not_found`
+    /// (`ENOTDIR`) only if `wants` is granted on the real path below it:
+    /// reached through a symlink, it may be a file the client may not see
+    /// (SPEC §4).
+    fn entry(
+        &mut self,
+        base: &Base,
+        path: &Path,
+        wants: impl Into<Wants>,
+    ) -> Result<Entry, Refusal> {
+        let entry = entry(base, path)?;
+        if entry.parent.facts.kind != FileKind::Directory {
+            let (_, directories_only) = self.judge(path, &entry.real, wants)?;
+            if directories_only {
+                return Err(not_a_granted_directory(self.client));
+            }
+            return Err(Refusal::with_errno(
+                ErrorCode::NotFound,
+                Errno::ENOTDIR,
+                "a component of the path is not a directory",
+            ));
+        }
+        Ok(entry)
+    }
+
     /// The final name of `path` itself, not followed (`nofollow`): its
     /// real path is judged before anything is said of whether it exists.
     fn final_name(&mut self, base: &Base, path: &Path) -> Result<Located, Refusal> {
-        let entry = entry(base, path)?;
+        let entry = self.entry(base, path, PathMode::Stat)?;
         self.judge(path, &entry.real, PathMode::Stat)?;
         Ok(entry.found?)
     }
@@ -472,8 +520,14 @@ impl<'a> Tree<'a> {
         }
         let fs = filesystem_type(parent.handle());
         if let Some(fs) = fs.filter(|fs| PSEUDO_FILESYSTEMS.contains(fs)) {
+            // The glob that grants the path, not any other of the rule.
             let rooted_there = rule.paths.iter().any(|glob| {
-                nix::sys::statfs::statfs(literal_prefix(glob)).is_ok_and(|s| magic(&s) == fs)
+                let grants = compile_glob(glob).is_ok_and(|g| {
+                    let g = g.compile_matcher();
+                    paths.iter().any(|p| g.is_match(p))
+                });
+                grants
+                    && nix::sys::statfs::statfs(literal_prefix(glob)).is_ok_and(|s| magic(&s) == fs)
             });
             if !rooted_there {
                 return Err(Refusal::new(
@@ -528,7 +582,8 @@ fn base_of(within: Option<&Within>) -> Result<Base, Refusal> {
 }
 
 /// The parent of `path`, resolved from `base`, and its final name, not
-/// followed.
+/// followed. The parent may be no directory: [`Tree::entry`] says so only
+/// where the client may see it.
 fn entry(base: &Base, path: &Path) -> Result<Entry, Refusal> {
     let (Some(parent_path), Some(name)) = (path.parent(), path.file_name()) else {
         // `/` itself: it has no parent to act in.
@@ -547,13 +602,6 @@ fn entry(base: &Base, path: &Path) -> Result<Entry, Refusal> {
         }
         Err(e) => return Err(e.into()),
     };
-    if parent.facts.kind != FileKind::Directory {
-        return Err(Refusal::with_errno(
-            ErrorCode::NotFound,
-            Errno::ENOTDIR,
-            "a component of the path is not a directory",
-        ));
-    }
     Ok(Entry {
         real: parent.real_path.join(name),
         found: parent.entry(name),
@@ -620,10 +668,15 @@ fn finish_directory(
     )
     .map_err(|e| io("cannot open the new directory", e))?;
     let st = nix::sys::stat::fstat(&dir).map_err(|e| io("fstat", e))?;
+    // On a pseudo-filesystem the kernel fills a new directory with its
+    // own files (a cgroup's `cgroup.procs`): ownership alone tells there.
+    let pseudo = filesystem_type(dir.as_fd()).is_some_and(|fs| PSEUDO_FILESYSTEMS.contains(&fs));
     let ours = st.st_mode & libc::S_IFMT == libc::S_IFDIR
         && st.st_uid == nix::unistd::geteuid().as_raw()
         // Empty: `.` and `..` only (nlink says nothing on btrfs).
-        && read_entries(&dir, None).is_ok_and(|(entries, more)| entries.len() <= 2 && more.is_none());
+        && (pseudo
+            || read_entries(&dir, None)
+                .is_ok_and(|(entries, more)| entries.len() <= 2 && more.is_none()));
     if !ours {
         // Not what mkdirat made: someone else's. Leave it alone.
         return Err(Refusal::with_errno(

@@ -180,7 +180,9 @@ impl Server {
                         .ok()
                         .and_then(|a| a.as_pathname().map(ToOwned::to_owned)),
                 )
-                .chain(std::fs::read_link("/proc/self/exe").ok()),
+                .chain(std::fs::read_link("/proc/self/exe").ok())
+                // What an upgrade runs again, symlinks and all.
+                .chain(upgrade::Binary::current().ok().map(|b| b.path)),
         );
         let lanes = (0..config.workers.max(1))
             .map(|index| Lane::new(index, &listener))

@@ -178,7 +178,7 @@ fn idle_clients_are_parked_and_every_client_is_answered() {
 #[test]
 fn parked_clients_come_back_across_an_upgrade_of_fdopen() {
     use common::upgrade::{Adopted, main_pid, start_from_copy, upgrade};
-    let Some((server, _)) = start_from_copy(POLICY, &[]) else {
+    let Some((mut server, _)) = start_from_copy(POLICY, &[]) else {
         return;
     };
     let mut heavy = Heavy::start(&server, "300ms");
@@ -194,5 +194,9 @@ fn parked_clients_come_back_across_an_upgrade_of_fdopen() {
     // And parked again, by the parking client that reconnected.
     heavy.await_events("parked heavy/", 20);
     assert_eq!(ask(&mut clients[3], "once more"), "1: once more");
+    // The successor is ours to reap only once the old server has exited
+    // (on a busy machine it may still be finishing when we get here).
+    let old = server.child.as_mut().expect("started");
+    common::wait_timeout(old, PATIENCE).expect("the old server stops after the upgrade");
     successor.stop();
 }

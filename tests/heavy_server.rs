@@ -7,7 +7,9 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
 
 use common::TestServer;
 
@@ -24,35 +26,80 @@ fn example() -> PathBuf {
         .join("heavy_server")
 }
 
+/// How long the test waits for an answer or a log line before failing:
+/// a lost client or a heavy server that exited fails the test, never
+/// hangs it.
+const PATIENCE: Duration = Duration::from_secs(30);
+
 struct Heavy {
     child: Child,
-    out: std::io::Lines<BufReader<ChildStdout>>,
+    /// Its standard output, line by line, read by a thread of its own so
+    /// waiting for a line can time out.
+    out: Receiver<String>,
+    /// Where its standard error goes: why it exited, if it did.
+    stderr: PathBuf,
     port: u16,
 }
 
 impl Drop for Heavy {
     fn drop(&mut self) {
+        // A failing test says whether the heavy server was still running,
+        // and if not, why it stopped.
+        let exited = self.child.try_wait().ok().flatten();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "heavy_server {}; its stderr:\n{}",
+                exited.map_or("was still running".into(), |s| format!("had exited ({s})")),
+                std::fs::read_to_string(&self.stderr).unwrap_or_default()
+            );
+        }
     }
 }
 
 impl Heavy {
     fn start(server: &TestServer, idle: &str) -> Heavy {
+        let stderr = server.path("heavy_server.stderr");
         let mut child = Command::new(example())
             .arg(&server.socket)
             .args(["0", idle])
             .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .expect("examples/heavy_server is built by cargo test");
-        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = out.next().unwrap().unwrap();
-        let port = first
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (send, out) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut heavy = Heavy {
+            child,
+            out,
+            stderr,
+            port: 0,
+        };
+        let first = heavy.next_line();
+        heavy.port = first
             .strip_prefix("listening on ")
             .unwrap()
             .parse()
             .unwrap();
-        Heavy { child, out, port }
+        heavy
+    }
+
+    /// The next line of its log; fails the test once it has said nothing
+    /// for too long or has closed its output.
+    fn next_line(&self) -> String {
+        match self.out.recv_timeout(PATIENCE) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => panic!("heavy server silent for {PATIENCE:?}"),
+            Err(RecvTimeoutError::Disconnected) => panic!("heavy server closed its output"),
+        }
     }
 
     /// Waits for `count` lines of the heavy server's log that start with
@@ -60,15 +107,17 @@ impl Heavy {
     fn await_events(&mut self, prefix: &str, count: usize) {
         let mut seen = 0;
         while seen < count {
-            let line = self
-                .out
-                .next()
-                .expect("heavy server still running")
-                .unwrap();
-            if line.starts_with(prefix) {
+            if self.next_line().starts_with(prefix) {
                 seen += 1;
             }
         }
+    }
+
+    /// A client of it whose reads give up after [`PATIENCE`].
+    fn connect(&self) -> BufReader<TcpStream> {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        BufReader::new(stream)
     }
 }
 
@@ -77,15 +126,14 @@ fn ask(conn: &mut BufReader<TcpStream>, line: &str) -> String {
         .write_all(format!("{line}\n").as_bytes())
         .unwrap();
     let mut answer = String::new();
-    conn.read_line(&mut answer).unwrap();
+    conn.read_line(&mut answer)
+        .unwrap_or_else(|e| panic!("no answer to {line:?}: {e}"));
     answer.trim_end().to_owned()
 }
 
 /// `n` clients of the heavy server, each answered once.
 fn greeted(heavy: &Heavy, n: usize) -> Vec<BufReader<TcpStream>> {
-    let mut clients: Vec<BufReader<TcpStream>> = (0..n)
-        .map(|_| BufReader::new(TcpStream::connect(("127.0.0.1", heavy.port)).unwrap()))
-        .collect();
+    let mut clients: Vec<BufReader<TcpStream>> = (0..n).map(|_| heavy.connect()).collect();
     for (i, c) in clients.iter_mut().enumerate() {
         assert_eq!(ask(c, &format!("hello {i}")), format!("1: hello {i}"));
     }
@@ -101,7 +149,7 @@ fn idle_clients_are_parked_and_every_client_is_answered() {
     let mut clients = greeted(&heavy, 60);
     // All of them fall idle and are parked.
     heavy.await_events("parked heavy/", 60);
-    let mut stats = BufReader::new(TcpStream::connect(("127.0.0.1", heavy.port)).unwrap());
+    let mut stats = heavy.connect();
     assert_eq!(
         ask(&mut stats, "stats"),
         "active=1",
@@ -130,7 +178,7 @@ fn idle_clients_are_parked_and_every_client_is_answered() {
 #[test]
 fn parked_clients_come_back_across_an_upgrade_of_fdopen() {
     use common::upgrade::{Adopted, main_pid, start_from_copy, upgrade};
-    let Some((server, _)) = start_from_copy(POLICY, &[]) else {
+    let Some((mut server, _)) = start_from_copy(POLICY, &[]) else {
         return;
     };
     let mut heavy = Heavy::start(&server, "300ms");
@@ -146,5 +194,9 @@ fn parked_clients_come_back_across_an_upgrade_of_fdopen() {
     // And parked again, by the parking client that reconnected.
     heavy.await_events("parked heavy/", 20);
     assert_eq!(ask(&mut clients[3], "once more"), "1: once more");
+    // The successor is ours to reap only once the old server has exited
+    // (on a busy machine it may still be finishing when we get here).
+    let old = server.child.as_mut().expect("started");
+    common::wait_timeout(old, PATIENCE).expect("the old server stops after the upgrade");
     successor.stop();
 }

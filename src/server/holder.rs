@@ -64,6 +64,9 @@ type Deadline = (Instant, SystemTime);
 struct Queued {
     bytes: Vec<u8>,
     sent: usize,
+    /// Kept until the whole line is sent: a client discards a line cut
+    /// off by a closed connection, and the fd that came with it, so a
+    /// wake-up not wholly sent is parked again (or handed over) with it.
     fd: Option<OwnedFd>,
     /// For a woken fd: where it was parked and its expiry, to park it
     /// again as it was if the subscriber leaves before it is sent.
@@ -458,7 +461,7 @@ impl Holder {
 
 impl Frozen<'_> {
     /// Everything held and parked, with what it needs to be held again:
-    /// wake-ups queued for a subscriber and not yet sent count as parked.
+    /// wake-ups queued for a subscriber and not wholly sent count as parked.
     pub fn outgoing(&self) -> Vec<Outgoing<'_>> {
         let state = &*self.state;
         let held = state.registry.entries().map(|(name, entry)| Outgoing {
@@ -472,7 +475,6 @@ impl Frozen<'_> {
             .subscribers
             .iter()
             .flat_map(|(_, sub)| sub.outq.iter())
-            .filter(|queued| queued.sent == 0)
             .filter_map(move |queued| {
                 let (key, storer, expires) = queued.parked.as_ref()?;
                 Some(Outgoing {
@@ -875,7 +877,7 @@ fn drop_subscriber(holder: &Holder, state: &mut State, key: usize, closing: &mut
     let _ = holder.epoll.delete(sub.stream.as_fd());
     for queued in sub.outq {
         match (queued.fd, queued.parked) {
-            (Some(fd), Some((key, storer, expires))) if queued.sent == 0 => {
+            (Some(fd), Some((key, storer, expires))) => {
                 if let Err((_, fd)) =
                     holder.insert(state, storer, &key.name, fd, Kind::Parked, expires)
                 {
@@ -896,13 +898,19 @@ fn flush_all(holder: &Holder, state: &mut State, shared: &Shared, closing: &mut 
         while !sub.gone
             && let Some(queued) = sub.outq.front_mut()
         {
-            let fd = queued.fd.as_ref().map(|f| f.as_fd());
-            match fdpass::send(sub.stream.as_fd(), &queued.bytes[queued.sent..], fd) {
+            // The fd goes with the line's first byte; ours is kept until
+            // the line is whole at the client (see [`Queued::fd`]).
+            let fd = queued.fd.as_ref().filter(|_| queued.sent == 0);
+            match fdpass::send(
+                sub.stream.as_fd(),
+                &queued.bytes[queued.sent..],
+                fd.map(|f| f.as_fd()),
+            ) {
                 Ok(n) => {
                     queued.sent += n;
-                    closing.extend(queued.fd.take());
                     if queued.sent == queued.bytes.len() {
-                        sub.outq.pop_front();
+                        let sent = sub.outq.pop_front().expect("the front one");
+                        closing.extend(sent.fd);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -148,20 +148,20 @@ fn an_answer_with_a_descriptor_is_refused_and_the_fifo_stays_in_step() {
 
 // Against the real server.
 
-/// A server whose policy grants `tree/**` everything, and a scratch tree.
+/// A server whose policy grants `tree/**` everything, directories made
+/// at most 0750, and a scratch tree.
 fn tree_server() -> TestServer {
-    let dir = scratch();
-    let tree = dir.path().join("tree");
-    fs::create_dir(&tree).unwrap();
-    let d = glob(&tree);
-    let policy = json!({"rules": [
-        {"name": "tree", "paths": [format!("{d}/**")],
-         "modes": ["read", "write", "stat", "list", "mkdir", "delete"], "create": true,
-         "dir_perm": "0750"},
-        {"name": "top", "paths": [d], "modes": ["stat", "list"]}
-    ]})
-    .to_string();
-    TestServer::start_in(dir, &policy, &[])
+    let (server, _) = common::tree::serve_tree(
+        "tree",
+        0o755,
+        |d| {
+            let [mut tree, top] = common::tree::grant_below(d);
+            tree["dir_perm"] = "0750".into();
+            json!([tree, top])
+        },
+        &[],
+    );
+    server
 }
 
 #[test]

@@ -267,20 +267,21 @@ fn ls_l_shows_question_marks_where_stat_is_refused_and_exits_1() {
 
 // Against the real server.
 
-/// A server granting everything below `tree/`, and listing `tree/`.
+/// A server granting everything below `tree/` but `tree/secret`, and
+/// listing `tree/`.
 fn tree_server() -> TestServer {
-    let dir = scratch();
-    let tree = dir.path().join("tree");
-    fs::create_dir(&tree).unwrap();
-    let d = glob(&tree);
-    let policy = json!({"rules": [
-        {"name": "tree", "paths": [format!("{d}/**")],
-         "modes": ["read", "write", "stat", "list", "mkdir", "delete"], "create": true},
-        {"name": "top", "paths": [d], "modes": ["stat", "list"]},
-        {"name": "no-secrets", "effect": "deny", "paths": [format!("{d}/secret")]}
-    ]})
-    .to_string();
-    TestServer::start_in(dir, &policy, &["--socket-mode", "0666"])
+    let (server, _) = common::tree::serve_tree(
+        "tree",
+        0o755,
+        |d| {
+            let [tree, top] = common::tree::grant_below(d);
+            let deny =
+                json!({"name": "no-secrets", "effect": "deny", "paths": [format!("{d}/secret")]});
+            json!([tree, top, deny])
+        },
+        &[],
+    );
+    server
 }
 
 fn cli(server: &TestServer, args: &[&str]) -> Output {

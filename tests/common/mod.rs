@@ -5,6 +5,7 @@
 pub mod as_user;
 pub mod fake_systemd;
 pub mod fuse;
+pub mod tree;
 pub mod upgrade;
 
 use std::fs;

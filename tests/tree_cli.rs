@@ -437,19 +437,9 @@ with FdopenClient(os.environ["FDOPEN_SOCKET"]) as c:
 
 /// `program args` as `uid`/`gid` (root only), in the C locale.
 fn run_as(uid: u32, gid: u32, program: &str, args: &[&str]) -> Output {
-    use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(program);
     cmd.env("LC_ALL", "C").args(args);
-    // SAFETY: only async-signal-safe calls, groups first and uid last.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setgroups(&[])?;
-            nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
-            Ok(())
-        });
-    }
-    cmd.output().unwrap()
+    as_ids(&mut cmd, uid, gid, &[]).output().unwrap()
 }
 
 fn coreutils(program: &str, args: &[&str]) -> Option<Output> {

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -22,17 +22,8 @@ use serde_json::{Value, json};
 fn scripted(answers: Vec<Value>) -> (Client, JoinHandle<Vec<Value>>) {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let peer = std::thread::spawn(move || {
-        let mut reader = BufReader::new(theirs.try_clone().unwrap());
-        let mut writer = theirs;
         let mut seen = Vec::new();
-        for answer in answers {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
-            seen.push(serde_json::from_str(&line).unwrap());
-            writeln!(writer, "{answer}").unwrap();
-        }
+        answer_lines(theirs, &mut answers.into(), &mut seen);
         seen
     });
     (Client::from_stream(ours), peer)

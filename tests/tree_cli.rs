@@ -5,7 +5,6 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -30,18 +29,11 @@ fn scripted(answers: Vec<Value>) -> Scripted {
     let socket = dir.path().join("scripted.sock");
     let listener = UnixListener::bind(&socket).unwrap();
     let peer = std::thread::spawn(move || {
-        let mut answers = answers.into_iter().peekable();
+        let mut answers = std::collections::VecDeque::from(answers);
         let mut seen = Vec::new();
-        while answers.peek().is_some() {
+        while !answers.is_empty() {
             let (stream, _) = listener.accept().unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut writer = stream;
-            let mut line = String::new();
-            while answers.peek().is_some() && reader.read_line(&mut line).unwrap() > 0 {
-                seen.push(serde_json::from_str(&line).unwrap());
-                writeln!(writer, "{}", answers.next().unwrap()).unwrap();
-                line.clear();
-            }
+            answer_lines(stream, &mut answers, &mut seen);
         }
         seen
     });

@@ -8,6 +8,7 @@ pub mod fuse;
 pub mod tree;
 pub mod upgrade;
 
+use std::collections::VecDeque;
 use std::fs;
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -508,6 +509,21 @@ pub fn as_ids<'a>(cmd: &'a mut Command, uid: u32, gid: u32, groups: &[u32]) -> &
             nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
             Ok(())
         })
+    }
+}
+
+/// One connection of a scripted peer: answers each request line with
+/// the next of `answers` until they run out or the client hangs up, and
+/// keeps the requests in `seen`.
+pub fn answer_lines(stream: UnixStream, answers: &mut VecDeque<Value>, seen: &mut Vec<Value>) {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut line = String::new();
+    while !answers.is_empty() && reader.read_line(&mut line).unwrap() > 0 {
+        seen.push(serde_json::from_str(&line).unwrap());
+        writeln!(writer, "{}", answers.pop_front().unwrap()).unwrap();
+        line.clear();
     }
 }
 

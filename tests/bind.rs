@@ -16,20 +16,12 @@ const NOBODY: u32 = 65534;
 
 /// Runs `fdopen-client ARGS` as `nobody`.
 fn client_as_nobody(socket: &std::path::Path, args: &[&str]) -> std::process::Child {
-    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(CLIENT);
     cmd.arg("--socket").arg(socket).args(args);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls; groups and gid before uid.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setgroups(&[])?;
-            nix::unistd::setgid(nix::unistd::Gid::from_raw(NOBODY))?;
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(NOBODY))?;
-            Ok(())
-        });
-    }
-    cmd.spawn().unwrap()
+    common::as_ids(&mut cmd, NOBODY, NOBODY, &[])
+        .spawn()
+        .unwrap()
 }
 
 fn finished(child: std::process::Child) -> Output {

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -22,17 +22,8 @@ use serde_json::{Value, json};
 fn scripted(answers: Vec<Value>) -> (Client, JoinHandle<Vec<Value>>) {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let peer = std::thread::spawn(move || {
-        let mut reader = BufReader::new(theirs.try_clone().unwrap());
-        let mut writer = theirs;
         let mut seen = Vec::new();
-        for answer in answers {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
-            seen.push(serde_json::from_str(&line).unwrap());
-            writeln!(writer, "{answer}").unwrap();
-        }
+        answer_lines(theirs, &mut answers.into(), &mut seen);
         seen
     });
     (Client::from_stream(ours), peer)
@@ -148,20 +139,20 @@ fn an_answer_with_a_descriptor_is_refused_and_the_fifo_stays_in_step() {
 
 // Against the real server.
 
-/// A server whose policy grants `tree/**` everything, and a scratch tree.
+/// A server whose policy grants `tree/**` everything, directories made
+/// at most 0750, and a scratch tree.
 fn tree_server() -> TestServer {
-    let dir = scratch();
-    let tree = dir.path().join("tree");
-    fs::create_dir(&tree).unwrap();
-    let d = glob(&tree);
-    let policy = json!({"rules": [
-        {"name": "tree", "paths": [format!("{d}/**")],
-         "modes": ["read", "write", "stat", "list", "mkdir", "delete"], "create": true,
-         "dir_perm": "0750"},
-        {"name": "top", "paths": [d], "modes": ["stat", "list"]}
-    ]})
-    .to_string();
-    TestServer::start_in(dir, &policy, &[])
+    let (server, _) = common::tree::serve_tree(
+        "tree",
+        0o755,
+        |d| {
+            let [mut tree, top] = common::tree::grant_below(d);
+            tree["dir_perm"] = "0750".into();
+            json!([tree, top])
+        },
+        &[],
+    );
+    server
 }
 
 #[test]

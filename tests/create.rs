@@ -268,22 +268,12 @@ fn created_files_belong_to_the_client_or_to_the_server_as_the_rule_says() {
     }
     let s = upload_server();
     let run_as = |args: &[&str], stdin: &[u8]| {
-        use std::os::unix::process::CommandExt;
         let mut cmd = std::process::Command::new(CLIENT);
         cmd.arg("--socket").arg(&s.socket).args(args);
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        // SAFETY: only async-signal-safe calls, groups and gid before uid.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setgroups(&[])?;
-                nix::unistd::setgid(nix::unistd::Gid::from_raw(1000))?;
-                nix::unistd::setuid(nix::unistd::Uid::from_raw(1000))?;
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().unwrap();
+        let mut child = common::as_ids(&mut cmd, 1000, 1000, &[]).spawn().unwrap();
         child.stdin.take().unwrap().write_all(stdin).unwrap();
         child.wait_with_output().unwrap()
     };

@@ -385,17 +385,9 @@ fn another_users_fds_need_a_stored_by_rule() {
         .arg(&s.socket)
         .args(["store", "jobs/one"])
         .stdin(std::process::Stdio::piped());
-    use std::os::unix::process::CommandExt;
-    // SAFETY: async-signal-safe calls only.
-    unsafe {
-        store.pre_exec(|| {
-            nix::unistd::setgroups(&[])?;
-            nix::unistd::setgid(nix::unistd::Gid::from_raw(65534))?;
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(65534))?;
-            Ok(())
-        });
-    }
-    let mut child = store.spawn().unwrap();
+    let mut child = common::as_ids(&mut store, 65534, 65534, &[])
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(b"nobody's").unwrap();
     assert!(child.wait().unwrap().success());
 

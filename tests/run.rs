@@ -3,30 +3,37 @@
 //! itself. Root only (other uids); each test says why it skips.
 
 mod common;
+#[allow(dead_code)]
+#[path = "common/supervised.rs"]
+mod supervised;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{PermissionsExt, chown};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output, Stdio};
 
-use common::{CLIENT, TestServer, glob, is_root};
+use common::{CLIENT, glob, is_root};
+use supervised::{NOBODY, Supervised, direct, stdout};
 
-const NOBODY: u32 = 65534;
 const PYTHON: &str = "/usr/bin/python3";
 
 /// A root server with a root-only directory `srv/` (0711, files 0600):
 /// `srv/*` is readable through the policy except `denied` (a deny rule)
 /// and `big` (over `max_size`); `log/*.log` may be appended to and created.
 struct Setup {
-    server: TestServer,
-    /// A copy of fdopen-client that `nobody` can execute wherever the
-    /// build tree lives.
-    client: PathBuf,
+    supervised: Supervised,
     /// A privileged port free when the test started, the one `bind` rule
     /// allows (never a fixed one such as 80, which a web server may hold).
     port: u16,
+}
+
+/// The shared server, client copy and helpers of `Supervised`.
+impl std::ops::Deref for Setup {
+    type Target = Supervised;
+    fn deref(&self) -> &Supervised {
+        &self.supervised
+    }
 }
 
 impl Setup {
@@ -71,95 +78,13 @@ impl Setup {
             srv = glob(&srv),
             log = glob(&log),
         );
-        let server = TestServer::start_in(dir, &policy, &["--socket-mode", "0666"]);
-        // Copied by another process: had this one opened the copy for
-        // writing, a fork by a parallel test could inherit that descriptor
-        // until its exec, and running the copy would fail with ETXTBSY.
-        let client = server.path("fdopen-client");
-        let copied = Command::new("install")
-            .args(["-m", "0755", CLIENT])
-            .arg(&client)
-            .status()
-            .unwrap();
-        assert!(copied.success());
-        Some(Setup {
-            server,
-            client,
-            port,
-        })
+        let supervised = Supervised::start(dir, &policy)?;
+        Some(Setup { supervised, port })
     }
 
     fn path(&self, name: &str) -> String {
         self.server.path(name).to_str().unwrap().to_owned()
     }
-
-    /// `fdopen-client run [extra] -- program args`, as nobody.
-    fn run_command(&self, extra: &[&str], program: &[&str]) -> Command {
-        let mut cmd = as_nobody(self.client.to_str().unwrap());
-        cmd.arg("--socket")
-            .arg(&self.server.socket)
-            .arg("run")
-            .args(extra)
-            .arg("--")
-            .args(program);
-        cmd
-    }
-
-    fn run(&self, program: &[&str]) -> Output {
-        self.run_command(&[], program).output().unwrap()
-    }
-
-    /// Builds `tests/programs/NAME.c` into the scratch directory; `None`
-    /// (with the reason printed) when the compiler or, for `-static`, a
-    /// static libc is missing.
-    fn build(&self, name: &str, flags: &[&str]) -> Option<String> {
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/programs/{name}.c"));
-        let binary = self.server.path(&format!("{name}{}", flags.join("")));
-        let built = Command::new("cc")
-            .args(["-O", "-pthread", "-o"])
-            .arg(&binary)
-            .arg(&source)
-            .args(flags)
-            .output();
-        match built {
-            Ok(out) if out.status.success() => Some(binary.to_str().unwrap().to_owned()),
-            Ok(out) => {
-                eprintln!(
-                    "skipped: cc {flags:?} failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("skipped: no C compiler: {e}");
-                None
-            }
-        }
-    }
-}
-
-fn as_nobody(program: &str) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.current_dir("/");
-    // SAFETY: only async-signal-safe calls; groups first, uid last.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setgroups(&[])?;
-            nix::unistd::setgid(nix::unistd::Gid::from_raw(NOBODY))?;
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(NOBODY))?;
-            Ok(())
-        });
-    }
-    cmd
-}
-
-/// The same program as nobody, without `run`.
-fn direct(program: &[&str]) -> Output {
-    as_nobody(program[0]).args(&program[1..]).output().unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[track_caller]

@@ -104,19 +104,14 @@ fn stats_are_for_root_the_server_user_and_the_stats_group() {
     );
     // `fdopen-client stats` as uid:gid; its exit code (1: refused).
     let ask_as = |uid: u32, gid: u32| {
-        use std::os::unix::process::CommandExt;
         let mut cmd = std::process::Command::new(common::CLIENT);
         cmd.arg("--socket").arg(&s.socket).arg("stats");
-        // SAFETY: async-signal-safe calls only; groups first, uid last.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::unistd::setgroups(&[])?;
-                nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
-                nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
-                Ok(())
-            });
-        }
-        cmd.output().unwrap().status.code().unwrap()
+        common::as_ids(&mut cmd, uid, gid, &[])
+            .output()
+            .unwrap()
+            .status
+            .code()
+            .unwrap()
     };
     assert_eq!(ask_as(65534, 65534), 1, "nobody is denied");
     assert_eq!(ask_as(65534, 33), 0, "a member of --stats-group is not");

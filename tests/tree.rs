@@ -25,14 +25,7 @@ impl Tree {
             eprintln!("skipped: needs root to serve a tree nobody cannot reach");
             return None;
         }
-        let dir = scratch();
-        let root = dir.path().join("t");
-        fs::create_dir(&root).unwrap();
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
-        let policy = json!({ "rules": rules(&glob(&root)) }).to_string();
-        let mut args = vec!["--socket-mode", "0666"];
-        args.extend_from_slice(extra);
-        let server = TestServer::start_in(dir, &policy, &args);
+        let (server, root) = common::tree::serve_tree("t", 0o700, rules, extra);
         Some(Tree { server, root })
     }
 

@@ -5,7 +5,6 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -30,18 +29,11 @@ fn scripted(answers: Vec<Value>) -> Scripted {
     let socket = dir.path().join("scripted.sock");
     let listener = UnixListener::bind(&socket).unwrap();
     let peer = std::thread::spawn(move || {
-        let mut answers = answers.into_iter().peekable();
+        let mut answers = std::collections::VecDeque::from(answers);
         let mut seen = Vec::new();
-        while answers.peek().is_some() {
+        while !answers.is_empty() {
             let (stream, _) = listener.accept().unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut writer = stream;
-            let mut line = String::new();
-            while answers.peek().is_some() && reader.read_line(&mut line).unwrap() > 0 {
-                seen.push(serde_json::from_str(&line).unwrap());
-                writeln!(writer, "{}", answers.next().unwrap()).unwrap();
-                line.clear();
-            }
+            answer_lines(stream, &mut answers, &mut seen);
         }
         seen
     });
@@ -267,20 +259,21 @@ fn ls_l_shows_question_marks_where_stat_is_refused_and_exits_1() {
 
 // Against the real server.
 
-/// A server granting everything below `tree/`, and listing `tree/`.
+/// A server granting everything below `tree/` but `tree/secret`, and
+/// listing `tree/`.
 fn tree_server() -> TestServer {
-    let dir = scratch();
-    let tree = dir.path().join("tree");
-    fs::create_dir(&tree).unwrap();
-    let d = glob(&tree);
-    let policy = json!({"rules": [
-        {"name": "tree", "paths": [format!("{d}/**")],
-         "modes": ["read", "write", "stat", "list", "mkdir", "delete"], "create": true},
-        {"name": "top", "paths": [d], "modes": ["stat", "list"]},
-        {"name": "no-secrets", "effect": "deny", "paths": [format!("{d}/secret")]}
-    ]})
-    .to_string();
-    TestServer::start_in(dir, &policy, &["--socket-mode", "0666"])
+    let (server, _) = common::tree::serve_tree(
+        "tree",
+        0o755,
+        |d| {
+            let [tree, top] = common::tree::grant_below(d);
+            let deny =
+                json!({"name": "no-secrets", "effect": "deny", "paths": [format!("{d}/secret")]});
+            json!([tree, top, deny])
+        },
+        &[],
+    );
+    server
 }
 
 fn cli(server: &TestServer, args: &[&str]) -> Output {
@@ -436,19 +429,9 @@ with FdopenClient(os.environ["FDOPEN_SOCKET"]) as c:
 
 /// `program args` as `uid`/`gid` (root only), in the C locale.
 fn run_as(uid: u32, gid: u32, program: &str, args: &[&str]) -> Output {
-    use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(program);
     cmd.env("LC_ALL", "C").args(args);
-    // SAFETY: only async-signal-safe calls, groups first and uid last.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setgroups(&[])?;
-            nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
-            Ok(())
-        });
-    }
-    cmd.output().unwrap()
+    as_ids(&mut cmd, uid, gid, &[]).output().unwrap()
 }
 
 fn coreutils(program: &str, args: &[&str]) -> Option<Output> {

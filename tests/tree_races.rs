@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,12 +25,7 @@ fn start(rules: impl Fn(&str) -> Value) -> Option<(TestServer, std::path::PathBu
         eprintln!("skipped: needs root");
         return None;
     }
-    let dir = scratch();
-    let root = dir.path().join("t");
-    fs::create_dir(&root).unwrap();
-    fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
-    let policy = json!({ "rules": rules(&glob(&root)) }).to_string();
-    let server = TestServer::start_in(dir, &policy, &["--socket-mode", "0666"]);
+    let (server, root) = common::tree::serve_tree("t", 0o700, rules, &[]);
     Some((server, root))
 }
 

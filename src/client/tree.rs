@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::{Client, Error, absolute};
+use super::{Client, Error, absolute, wire_path};
 use crate::protocol::tree::{WireEntry, WireWithin};
-use crate::protocol::{ServerError, TreeOp, json_path};
+use crate::protocol::{ServerError, TreeOp, WireRequest};
 
 /// A directory the client holds open (SPEC §3.1 `within`): the server
 /// checks that `path` still is that very directory (`st_dev`, `st_ino`)
@@ -348,44 +348,42 @@ impl TreeRequest {
     /// client; fields travel only when set, so every line is one the
     /// server accepts for its op.
     pub fn to_line(&self) -> Result<Vec<u8>, Error> {
-        let mut object = Map::new();
-        object.insert("op".into(), self.op.op().as_str().into());
-        put_path(&mut object, "path", absolute(&self.path)?);
-        if let Some(to) = &self.to {
-            put_path(&mut object, "to", absolute(to)?);
-        }
-        if let Some(name) = &self.name {
-            put_path(&mut object, "name", Path::new(name));
-        }
-        if let Some(cursor) = &self.cursor {
-            object.insert("cursor".into(), cursor.as_str().into());
-        }
-        if let Some(perm) = self.perm {
-            object.insert("perm".into(), format!("{perm:04o}").into());
-        }
-        if self.nofollow {
-            object.insert("nofollow".into(), true.into());
-        }
-        if self.noreplace {
-            object.insert("noreplace".into(), true.into());
-        }
-        if let Some(within) = &self.within {
-            let within = serde_json::to_value(within.to_wire()?)
-                .map_err(|e| Error::Protocol(e.to_string()))?;
-            object.insert("within".into(), within);
-        }
-        let mut line = serde_json::to_vec(&object).map_err(|e| Error::Protocol(e.to_string()))?;
+        let (path, path_b64) = wire_path(absolute(&self.path)?);
+        let (to, to_b64) = match &self.to {
+            Some(to) => wire_path(absolute(to)?),
+            None => (None, None),
+        };
+        let (name, name_b64) = match &self.name {
+            Some(name) => wire_path(Path::new(name)),
+            None => (None, None),
+        };
+        let request = WireRequest {
+            path,
+            path_b64,
+            to,
+            to_b64,
+            name,
+            cursor: self.cursor.clone(),
+            perm: self.perm.map(|p| format!("{p:04o}")),
+            nofollow: self.nofollow.then_some(true),
+            noreplace: self.noreplace.then_some(true),
+            within: self.within.as_ref().map(Within::to_wire).transpose()?,
+            ..WireRequest::new(self.op.op())
+        };
+        let protocol = |e: serde_json::Error| Error::Protocol(e.to_string());
+        let mut line = match name_b64 {
+            None => serde_json::to_vec(&request).map_err(protocol)?,
+            // SPEC §3.6 gives `name` no `_b64` twin: the server refuses
+            // the field as bad_request, the answer such a name gets.
+            Some(b64) => {
+                let mut object = serde_json::to_value(&request).map_err(protocol)?;
+                object["name_b64"] = b64.into();
+                serde_json::to_vec(&object).map_err(protocol)?
+            }
+        };
         line.push(b'\n');
         Ok(line)
     }
-}
-
-/// `key` (text) or `key_b64` (exact bytes, when not UTF-8) into `object`.
-fn put_path(object: &mut Map<String, Value>, key: &str, path: &Path) {
-    match json_path(path) {
-        (text, None) => object.insert(key.into(), text.into_owned().into()),
-        (_, Some(b64)) => object.insert(format!("{key}_b64"), b64.into()),
-    };
 }
 
 /// What the server answered a [`TreeRequest`].
@@ -850,6 +848,11 @@ mod tests {
             line(&request),
             json!({"op":"rename","path_b64":"L2Qv/w==","to":"/d/ok",
                    "within":{"path":"/d","id":[2049,77]}})
+        );
+        let name = TreeRequest::xattr("/f", OsStr::from_bytes(b"user.\xff"));
+        assert_eq!(
+            line(&name),
+            json!({"op":"xattr","path":"/f","name_b64":"dXNlci7/"})
         );
     }
 

@@ -5,8 +5,10 @@
 pub mod as_user;
 pub mod fake_systemd;
 pub mod fuse;
+pub mod tree;
 pub mod upgrade;
 
+use std::collections::VecDeque;
 use std::fs;
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -490,6 +492,41 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Makes `cmd` run as `uid`/`gid` with the supplementary `groups`
+/// (root only): groups first, uid last, as each step needs the
+/// privilege the next one drops.
+pub fn as_ids<'a>(cmd: &'a mut Command, uid: u32, gid: u32, groups: &[u32]) -> &'a mut Command {
+    use std::os::unix::process::CommandExt;
+    let groups: Vec<nix::unistd::Gid> = groups
+        .iter()
+        .map(|&g| nix::unistd::Gid::from_raw(g))
+        .collect();
+    // SAFETY: only async-signal-safe calls after the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
+            Ok(())
+        })
+    }
+}
+
+/// One connection of a scripted peer: answers each request line with
+/// the next of `answers` until they run out or the client hangs up, and
+/// keeps the requests in `seen`.
+pub fn answer_lines(stream: UnixStream, answers: &mut VecDeque<Value>, seen: &mut Vec<Value>) {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut line = String::new();
+    while !answers.is_empty() && reader.read_line(&mut line).unwrap() > 0 {
+        seen.push(serde_json::from_str(&line).unwrap());
+        writeln!(writer, "{}", answers.pop_front().unwrap()).unwrap();
+        line.clear();
+    }
+}
+
 /// Runs `fdopen-client check PATH` as another user (root only).
 pub fn check_as(
     socket: &Path,
@@ -498,24 +535,9 @@ pub fn check_as(
     groups: &[u32],
     path: &Path,
 ) -> std::process::Output {
-    use std::os::unix::process::CommandExt;
-    let groups: Vec<nix::unistd::Gid> = groups
-        .iter()
-        .map(|&g| nix::unistd::Gid::from_raw(g))
-        .collect();
     let mut cmd = std::process::Command::new(CLIENT);
     cmd.arg("--socket").arg(socket).arg("check").arg(path);
-    // SAFETY: only async-signal-safe calls; groups first, uid last, as
-    // each step needs the privilege the next one drops.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setgroups(&groups)?;
-            nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
-            Ok(())
-        });
-    }
-    cmd.output().unwrap()
+    as_ids(&mut cmd, uid, gid, groups).output().unwrap()
 }
 
 /// `recv` that goes on through `EINTR`: a signal meant for nobody in

@@ -3,11 +3,10 @@
 //! small C programs from `tests/programs`, and commands run as another
 //! user. Included with `#[path]` next to `mod common;`, as it needs it.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::{CLIENT, TestServer, is_root};
+use crate::common::{CLIENT, TestServer, as_ids, is_root};
 
 pub const NOBODY: u32 = 65534;
 
@@ -91,15 +90,7 @@ impl Supervised {
 pub fn as_user(program: &str, uid: u32) -> Command {
     let mut cmd = Command::new(program);
     cmd.current_dir("/");
-    // SAFETY: only async-signal-safe calls; groups first, uid last.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setgroups(&[])?;
-            nix::unistd::setgid(nix::unistd::Gid::from_raw(uid))?;
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
-            Ok(())
-        });
-    }
+    as_ids(&mut cmd, uid, uid, &[]);
     cmd
 }
 

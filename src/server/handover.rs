@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::held::Kind;
 use crate::fdpass;
+use crate::logging;
 use crate::peer::PeerIdentity;
 
 /// The name a hand-over socket has in the fd store and `LISTEN_FDNAMES`.
@@ -168,40 +169,65 @@ pub(super) fn write(
         nix::sys::socket::setsockopt(&writer, nix::sys::socket::sockopt::SendTimeout, &tv)
             .map_err(|e| fail(0, e.into()))?;
     }
-    for (sent, entry) in entries.iter().enumerate() {
-        let message = Message {
-            name: Some(entry.name.to_owned()),
-            kind: Some(entry.kind.as_str().to_owned()),
-            storer: Some(Identity {
-                uid: entry.storer.uid,
-                gid: entry.storer.gid,
-                pid: entry.storer.pid,
-                groups: entry.storer.groups.clone(),
-                cgroup: entry.storer.cgroup.clone(),
-            }),
-            expires_ms: entry.expires.map(epoch_ms),
-            end: None,
+    let mut sent = 0;
+    for entry in entries {
+        let Some(bytes) = encode_entry(entry) else {
+            // One entry must not cost everyone theirs: it stays behind,
+            // and closes with this process.
+            logging::error(format_args!(
+                "hand-over: {:?} of uid {} is too large for one message; not handed over",
+                entry.name, entry.storer.uid
+            ));
+            continue;
         };
-        send(&writer, &message, entry.fd).map_err(|e| fail(sent, e))?;
+        send(&writer, &bytes, entry.fd).map_err(|e| fail(sent, e))?;
+        sent += 1;
     }
     let end = Message {
         name: None,
         kind: None,
         storer: None,
         expires_ms: None,
-        end: Some(entries.len()),
+        end: Some(sent),
     };
-    send(&writer, &end, writer.as_fd()).map_err(|e| fail(entries.len(), e))?;
-    Ok(entries.len())
+    let end = serde_json::to_vec(&end).map_err(|e| fail(sent, io::Error::other(e)))?;
+    send(&writer, &end, writer.as_fd()).map_err(|e| fail(sent, e))?;
+    Ok(sent)
 }
 
-fn send(writer: &OwnedFd, message: &Message, fd: BorrowedFd<'_>) -> io::Result<()> {
-    let bytes = serde_json::to_vec(message).map_err(io::Error::other)?;
-    if bytes.len() >= MESSAGE_ROOM {
-        return Err(io::Error::other("metadata too large for one message"));
-    }
+/// One entry's message, within [`MESSAGE_ROOM`]. A storer in so many
+/// groups that they do not fit is sent without them: a held fd's
+/// checks use the storer's uid and the asking client's own identity,
+/// never the storer's groups, which only describe it. `None` if even
+/// that does not fit.
+fn encode_entry(entry: &Outgoing<'_>) -> Option<Vec<u8>> {
+    let mut message = Message {
+        name: Some(entry.name.to_owned()),
+        kind: Some(entry.kind.as_str().to_owned()),
+        storer: Some(Identity {
+            uid: entry.storer.uid,
+            gid: entry.storer.gid,
+            pid: entry.storer.pid,
+            groups: entry.storer.groups.clone(),
+            cgroup: entry.storer.cgroup.clone(),
+        }),
+        expires_ms: entry.expires.map(epoch_ms),
+        end: None,
+    };
+    let fits = |m: &Message| {
+        serde_json::to_vec(m)
+            .ok()
+            .filter(|b| b.len() < MESSAGE_ROOM)
+    };
+    fits(&message).or_else(|| {
+        message.storer.as_mut()?.groups.clear();
+        fits(&message)
+    })
+}
+
+fn send(writer: &OwnedFd, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
     // A SOCK_SEQPACKET send is whole or fails: no partial message.
-    fdpass::send(writer.as_fd(), &bytes, Some(fd)).map(drop)
+    fdpass::send(writer.as_fd(), bytes, Some(fd)).map(drop)
 }
 
 /// Root raises the buffer past `wmem_max`; others get what it allows.
@@ -396,6 +422,37 @@ mod tests {
             let n = nix::unistd::read(r, &mut got).unwrap();
             assert_eq!(&got[..n], format!("{i}").as_bytes());
         }
+    }
+
+    #[test]
+    fn a_storer_in_too_many_groups_costs_only_its_groups_and_a_huge_entry_only_itself() {
+        let mut many = peer();
+        many.groups = (0..20_000).collect();
+        // A cgroup path no real one reaches: this entry cannot fit at all.
+        let mut huge = peer();
+        huge.cgroup = Some("x".repeat(MESSAGE_ROOM));
+        let plain = peer();
+        let pipes: Vec<_> = (0..3).map(|_| nix::unistd::pipe().unwrap()).collect();
+        let storers = [&many, &huge, &plain];
+        let names = ["web/many", "web/huge", "web/plain"];
+        let entries: Vec<Outgoing<'_>> = (0..3)
+            .map(|i| Outgoing {
+                name: names[i],
+                kind: Kind::Held,
+                storer: storers[i],
+                expires: None,
+                fd: pipes[i].1.as_fd(),
+            })
+            .collect();
+        let (writer, reader) = pair().unwrap();
+        assert_eq!(write(writer, &entries, None).unwrap(), 2);
+        let received = read(&reader, None).unwrap();
+        assert!(received.complete);
+        let got: Vec<_> = received.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(got, ["web/many", "web/plain"]);
+        assert_eq!(received.entries[0].storer.uid, many.uid);
+        assert!(received.entries[0].storer.groups.is_empty());
+        assert_eq!(received.entries[1].storer, plain);
     }
 
     #[test]

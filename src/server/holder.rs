@@ -430,7 +430,8 @@ impl Holder {
     }
 
     /// Holds what a previous server handed over, under the limits of
-    /// this one; returns what could not be held, with why (its fd closed).
+    /// this one; returns what could not be held, with why (its fd is
+    /// closed by the holder thread, as every close there).
     pub fn import(&self, entries: Vec<Incoming>) -> Vec<Unheld> {
         let mut state = lock(&self.state);
         let mut refused = Vec::new();
@@ -438,7 +439,7 @@ impl Holder {
             let uid = entry.storer.uid;
             let storer = Arc::new(entry.storer);
             let expires = entry.expires.map(deadline_at);
-            if let Err((refusal, _fd)) = self.insert(
+            if let Err((refusal, fd)) = self.insert(
                 &mut state,
                 storer,
                 &entry.name,
@@ -446,6 +447,8 @@ impl Holder {
                 entry.kind,
                 expires,
             ) {
+                // Closed by the holder thread, watched, outside the lock.
+                state.closing.extend(fd);
                 refused.push(Unheld {
                     name: entry.name,
                     storer: uid,
@@ -955,5 +958,43 @@ mod tests {
         let busy = |r: Result<Taken, Refusal>| r.err().map(|r| r.code);
         assert_eq!(busy(holder.take(me.uid, "before")), Some(ErrorCode::Busy));
         assert_eq!(holder.counts(), (0, 0));
+    }
+
+    /// A handed-over fd this server refuses is not closed by the thread
+    /// that imports, under the holder lock: a close can block (a socket
+    /// with `SO_LINGER`), so it goes to the holder thread's watched close.
+    #[test]
+    fn a_refused_hand_over_entry_is_closed_by_the_holder_thread() {
+        let limits = HeldLimits {
+            total: 1,
+            per_uid: 1,
+        };
+        let holder = Holder::new(limits).unwrap();
+        let me = PeerIdentity::current();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let entry = |name: &str, fd: OwnedFd| Incoming {
+            name: name.to_owned(),
+            kind: Kind::Held,
+            storer: me.clone(),
+            expires: None,
+            fd,
+        };
+        let refused = holder.import(vec![
+            entry(
+                "kept",
+                OwnedFd::from(std::fs::File::open("/dev/null").unwrap()),
+            ),
+            entry("refused", w),
+        ]);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].name, "refused");
+        // Still open: the pipe's only writer has not been closed yet.
+        let mut poll = [nix::poll::PollFd::new(
+            r.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        nix::poll::poll(&mut poll, nix::poll::PollTimeout::ZERO).unwrap();
+        assert!(poll[0].revents().unwrap().is_empty(), "closed at import");
+        assert_eq!(lock(&holder.state).closing.len(), 1);
     }
 }

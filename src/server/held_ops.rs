@@ -3,6 +3,8 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 
@@ -31,11 +33,60 @@ fn storer_uid(storer: Option<&Storer>, client: &PeerIdentity) -> Result<u32, Ref
     match storer {
         None => Ok(client.uid),
         Some(Storer::Uid(uid)) => Ok(*uid),
-        Some(Storer::Name(name)) => nix::unistd::User::from_name(name)
-            .ok()
-            .flatten()
-            .map(|u| u.uid.as_raw())
-            .ok_or_else(|| Refusal::new(ErrorCode::BadRequest, format!("unknown user {name:?}"))),
+        Some(Storer::Name(name)) => user_uid(name, |name| {
+            nix::unistd::User::from_name(name)
+                .ok()
+                .flatten()
+                .map(|u| u.uid.as_raw())
+        }),
+    }
+}
+
+/// Longest a worker waits for a user-name lookup: a pause its lane's
+/// other clients can bear, yet ample for a local lookup on a loaded
+/// machine. Once `MAX_LOOKUPS` hang, names cost no wait at all.
+const LOOKUP_WAIT: Duration = Duration::from_millis(200);
+/// Lookups still running at once (stuck in a remote NSS, say); beyond,
+/// names are answered `busy` without asking.
+const MAX_LOOKUPS: usize = 4;
+static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
+
+/// The uid of user `name`, looked up by `resolve` on a thread of its own:
+/// `getpwnam` may ask a remote NSS that never answers, and the worker
+/// must not hang with it. A lookup that takes too long is `busy` (a uid
+/// always works); its thread ends whenever NSS answers.
+fn user_uid(
+    name: &str,
+    resolve: impl FnOnce(&str) -> Option<u32> + Send + 'static,
+) -> Result<u32, Refusal> {
+    let busy = || {
+        Refusal::busy(format!(
+            "looking up user {name:?} takes too long; name a uid"
+        ))
+    };
+    if LOOKUPS.fetch_add(1, Ordering::AcqRel) >= MAX_LOOKUPS {
+        LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+        return Err(busy());
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let owned = name.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("fdopen-getpwnam".into())
+        .spawn(move || {
+            let _ = tx.send(resolve(&owned));
+            LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+        });
+    if spawned.is_err() {
+        LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+        return Err(busy());
+    }
+    match rx.recv_timeout(LOOKUP_WAIT) {
+        Ok(Some(uid)) => Ok(uid),
+        Ok(None) => Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!("unknown user {name:?}"),
+        )),
+        Err(_) => Err(busy()),
     }
 }
 
@@ -232,5 +283,38 @@ fn act(
             };
             Ok(Acted::Subscribe(sub))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A name service that never answers costs a worker at most
+    /// `LOOKUP_WAIT` per request, and at most `MAX_LOOKUPS` threads.
+    #[test]
+    fn a_hung_user_lookup_answers_busy_and_stalls_no_one() {
+        let (release, hung) = std::sync::mpsc::channel::<()>();
+        let hung = Arc::new(std::sync::Mutex::new(hung));
+        let started = Instant::now();
+        for _ in 0..MAX_LOOKUPS + 2 {
+            let hung = hung.clone();
+            let refusal = user_uid("remote", move |_| {
+                let _ = hung.lock().unwrap().recv();
+                Some(1)
+            })
+            .unwrap_err();
+            assert_eq!(refusal.code, ErrorCode::Busy);
+        }
+        assert!(started.elapsed() < LOOKUP_WAIT * (MAX_LOOKUPS as u32 + 20));
+        assert!(LOOKUPS.load(Ordering::Acquire) <= MAX_LOOKUPS);
+        drop(release);
+        while LOOKUPS.load(Ordering::Acquire) > 0 {
+            std::thread::yield_now();
+        }
+        assert_eq!(user_uid("root", |_| Some(0)).unwrap(), 0);
+        let unknown = user_uid("nobody-here", |_| None).unwrap_err();
+        assert_eq!(unknown.code, ErrorCode::BadRequest);
     }
 }

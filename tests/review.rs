@@ -390,3 +390,38 @@ fn an_upgrade_runs_the_path_the_server_was_started_from() {
     assert_eq!(exe, bin.join("v2/fdopen-server"));
     assert_eq!(names, ["kept"]);
 }
+
+/// A `retrieve` with `remove` whose client is gone before the answer
+/// can be sent has failed: SPEC §3.4 leaves the held fd as it was. The
+/// server took the fd out, wrote its `ok` record, then found nobody to
+/// send it to, and closed it.
+#[test]
+fn a_removed_fd_whose_answer_cannot_be_sent_is_held_again() {
+    if !cfg!(debug_assertions) {
+        eprintln!("skipped: fault injection exists in debug builds only");
+        return;
+    }
+    let dir = common::scratch();
+    let fifo = dir.path().join("gate");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let fault = format!("retrieve:taken:gate={}", fifo.display());
+    let env = [("FDOPEN_TEST_FAULT", fault.as_str())];
+    let server = TestServer::start_with_env(dir, HELD_POLICY, &["--workers", "1"], &env);
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    server.client().store("x", theirs.as_fd(), None).unwrap();
+    drop(theirs);
+    let leaving = server.connect();
+    let line = b"{\"op\":\"retrieve\",\"name\":\"x\",\"remove\":true}\n";
+    fdopen::fdpass::send(leaving.as_fd(), line, None).unwrap();
+    // Opening the gate returns once the server has taken the fd out.
+    let gate = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    drop(leaving);
+    drop(gate);
+    // One worker: this is served after the answer above failed to go.
+    let back = server.client().retrieve("x", false, None).unwrap();
+    let mut back = std::fs::File::from(back);
+    back.write_all(b"still").unwrap();
+    let mut got = [0u8; 5];
+    (&ours).read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still");
+}

@@ -123,6 +123,10 @@ impl Taken {
         self.entry.kind
     }
 
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.entry.fd.as_fd()
+    }
+
     pub fn into_fd(self) -> OwnedFd {
         self.entry.fd
     }

@@ -58,6 +58,15 @@ impl HeldGuard {
         HeldGuard { holder, undo }
     }
 
+    /// The fd it took, to send while the guard still puts it back if the
+    /// answer never leaves (SPEC §3.4: a failed request leaves it as it was).
+    pub fn taken_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match &self.undo {
+            Some(HeldUndo::PutBack(taken)) => Some(taken.fd()),
+            _ => None,
+        }
+    }
+
     /// The request stands. Returns the fd it took, the caller's to send.
     pub fn keep(mut self) -> Option<OwnedFd> {
         match self.undo.take() {

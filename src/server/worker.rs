@@ -464,9 +464,7 @@ impl Core {
                     continue;
                 }
                 let truncate = after.truncate;
-                if let Some(taken) = after.keep() {
-                    out.fd = Some(taken);
-                }
+                out.held = after.keep();
                 if truncate
                     && let Some(file) = &out.fd
                     && let Err(e) = file.set_len(0)

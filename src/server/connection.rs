@@ -38,8 +38,8 @@ pub(super) struct Outgoing {
     pub after_record: AfterRecord,
     /// What a `retrieve` did to a held fd, kept once the answer's first
     /// byte (and with `remove`, the taken fd itself) is sent; undone if the
-    /// connection dies first.
-    pub held: Option<HeldGuard>,
+    /// connection dies first. Boxed: few answers have one.
+    pub held: Option<Box<HeldGuard>>,
     /// Still being decided by a thread stuck on the filesystem: the line is
     /// written when the answer comes or `--fs-timeout` passes.
     pub waiting: Option<(Arc<Delivery>, Box<FilesystemJob>)>,
@@ -122,12 +122,12 @@ pub(super) struct AfterRecord {
 impl AfterRecord {
     /// The record is written: what the request did stands. Returns what
     /// a `retrieve` did, which stands once its answer is sent.
-    pub fn keep(self) -> Option<HeldGuard> {
+    pub fn keep(self) -> Option<Box<HeldGuard>> {
         let AfterRecord { created, held, .. } = self;
         if let Some(created) = created {
             created.keep();
         }
-        held
+        held.map(Box::new)
     }
 }
 
@@ -395,14 +395,14 @@ impl Connection {
             if !out.ready() {
                 return;
             }
-            let taken = out.held.as_ref().and_then(HeldGuard::taken_fd);
+            let taken = out.held.as_deref().and_then(HeldGuard::taken_fd);
             let fd = out.fd.as_ref().map(|f| f.as_fd()).or(taken);
             match fdpass::send(self.stream.as_fd(), &out.bytes[out.sent..], fd) {
                 Ok(n) => {
                     out.sent += n;
                     // Delivered with the first byte.
                     closing.extend(out.fd.take().map(OwnedFd::from));
-                    closing.extend(out.held.take().and_then(HeldGuard::keep));
+                    closing.extend(out.held.take().and_then(|held| held.keep()));
                     self.last_active = Instant::now();
                     if out.sent == out.bytes.len() {
                         self.outq.pop_front();

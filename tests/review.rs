@@ -425,3 +425,49 @@ fn a_removed_fd_whose_answer_cannot_be_sent_is_held_again() {
     (&ours).read_exact(&mut got).unwrap();
     assert_eq!(&got, b"still");
 }
+
+/// A storer in more supplementary groups than one hand-over message
+/// holds (here 20,000; Linux allows 65,536) failed the whole upgrade:
+/// nobody's fds went to the successor. Its entry now goes without the
+/// groups, which decide nothing about a held fd.
+#[test]
+fn a_storer_in_thousands_of_groups_does_not_fail_the_upgrade() {
+    let Some((mut server, _)) = start_from_copy(HELD_POLICY, &[]) else {
+        return;
+    };
+    let (plain, _plain_far) = UnixStream::pair().unwrap();
+    server.client().store("plain", plain.as_fd(), None).unwrap();
+    let (many, _many_far) = UnixStream::pair().unwrap();
+    let many_fd = many.as_fd().try_clone_to_owned().unwrap();
+    let socket = server.socket.clone();
+    let stored = std::thread::scope(|s| {
+        s.spawn(|| {
+            // The raw system call changes this thread's groups alone,
+            // and the connection carries them (SO_PEERGROUPS).
+            let groups: Vec<libc::gid_t> = (1..=20_000).collect();
+            // SAFETY: the kernel reads `groups.len()` gids from a live buffer.
+            let rc = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+            assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+            let stream = UnixStream::connect(&socket).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            fdopen::client::Client::from_stream(stream).store("many", many_fd.as_fd(), None)
+        })
+        .join()
+        .unwrap()
+    });
+    stored.unwrap();
+    let said = upgrade(&server);
+    assert!(
+        said.starts_with("MAINPID="),
+        "{said}\n{}",
+        server.stderr_text()
+    );
+    let successor = Adopted(main_pid(&said));
+    let old_exit = common::wait_timeout(server.child.as_mut().unwrap(), Duration::from_secs(30));
+    let names = listed_names(&server);
+    drop(successor);
+    assert!(old_exit.is_some(), "the old server did not leave");
+    assert_eq!(names, ["many", "plain"]);
+}

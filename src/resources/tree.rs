@@ -27,7 +27,7 @@ use crate::decision::{Candidates, PathGrant, Refusal, Scratch, Wants, leads_else
 use crate::path_index::literal_prefix;
 use crate::peer::PeerIdentity;
 use crate::policy::{Owner, Policy, Rule, compile_glob};
-use crate::protocol::tree::{MAX_ENTRIES, StatInfo, TreeAnswer, WireEntry};
+use crate::protocol::tree::{MAX_ENTRIES, Metadata, Timestamp, TreeAnswer, WireEntry};
 use crate::protocol::{ErrorCode, PathMode, RequestPath, TreeOp, TreeRequest, Within};
 use crate::safe_open::{self, Base, FileKind, Located, OpenError};
 
@@ -930,7 +930,7 @@ fn type_name(d_type: u8) -> &'static str {
 
 /// `statx` of the pinned inode itself (`AT_EMPTY_PATH` on its `O_PATH`
 /// handle): nothing is opened, so a FIFO never blocks.
-fn statx(fd: BorrowedFd<'_>) -> Result<StatInfo, Errno> {
+fn statx(fd: BorrowedFd<'_>) -> Result<Metadata, Errno> {
     // SAFETY: statx is plain old data; zero is a valid value of it.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: the path is a valid C string and `st` is writable.
@@ -944,8 +944,11 @@ fn statx(fd: BorrowedFd<'_>) -> Result<StatInfo, Errno> {
         )
     };
     Errno::result(rc)?;
-    let time = |t: libc::statx_timestamp| (t.tv_sec, t.tv_nsec);
-    Ok(StatInfo {
+    let time = |t: libc::statx_timestamp| Timestamp {
+        sec: t.tv_sec,
+        nsec: t.tv_nsec,
+    };
+    Ok(Metadata {
         dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor),
         ino: st.stx_ino,
         mode: u32::from(st.stx_mode),

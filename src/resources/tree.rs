@@ -135,11 +135,13 @@ impl<'a> Tree<'a> {
         }
     }
 
-    fn stat(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
+    /// The inode `stat` and `xattr` read, judged, with the rule that
+    /// grants it: a final symlink is followed unless `nofollow` (a trailing
+    /// `/` follows it even then, as `lstat("link/")` does), and where only
+    /// a directory may be answered anything else is denied.
+    fn inode(&mut self, request: &TreeRequest) -> Result<(Located, &'a Rule), Refusal> {
         let path = &request.path.path;
         let base = base_of(request.within.as_ref())?;
-        // A trailing `/` follows a final symlink even with nofollow, as
-        // `lstat("link/")` does.
         let located = if request.nofollow && !request.path.directory {
             self.final_name(&base, path)?
         } else {
@@ -150,6 +152,11 @@ impl<'a> Tree<'a> {
             return Err(not_a_granted_directory(self.client));
         }
         wants_directory(&request.path, &located)?;
+        Ok((located, rule))
+    }
+
+    fn stat(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
+        let (located, rule) = self.inode(request)?;
         let stat = statx(located.handle()).map_err(|e| io("statx", e))?;
         Ok(TreeDone {
             path: located.real_path,
@@ -192,7 +199,6 @@ impl<'a> Tree<'a> {
     }
 
     fn xattr(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
-        let path = &request.path.path;
         if let Some(name) = &request.name
             && !readable_xattr(name)
         {
@@ -201,19 +207,7 @@ impl<'a> Tree<'a> {
                 "only user., security. and system. attributes are read",
             ));
         }
-        let base = base_of(request.within.as_ref())?;
-        // A trailing `/` follows a final symlink even with nofollow, as
-        // `lstat("link/")` does.
-        let located = if request.nofollow && !request.path.directory {
-            self.final_name(&base, path)?
-        } else {
-            self.follow(&base, path, PathMode::Stat)?
-        };
-        let (rule, directories_only) = self.judge(path, &located.real_path, PathMode::Stat)?;
-        if directories_only && located.facts.kind != FileKind::Directory {
-            return Err(not_a_granted_directory(self.client));
-        }
-        wants_directory(&request.path, &located)?;
+        let (located, rule) = self.inode(request)?;
         let answer = match &request.name {
             Some(name) => TreeAnswer::XattrValue(get_xattr(&located, name)?),
             None => TreeAnswer::XattrNames(list_xattrs(&located)?),

@@ -354,6 +354,21 @@ impl FileType {
         }
     }
 
+    /// The type a `getdents64` entry's `d_type` says; `DT_UNKNOWN` (the
+    /// filesystem did not say) is [`FileType::Unknown`].
+    pub fn from_d_type(d_type: u8) -> FileType {
+        match d_type {
+            libc::DT_REG => FileType::File,
+            libc::DT_DIR => FileType::Dir,
+            libc::DT_LNK => FileType::Symlink,
+            libc::DT_FIFO => FileType::Fifo,
+            libc::DT_SOCK => FileType::Socket,
+            libc::DT_CHR => FileType::Char,
+            libc::DT_BLK => FileType::Block,
+            _ => FileType::Unknown,
+        }
+    }
+
     /// The type a `readdir` entry names; one this version does not know
     /// is [`FileType::Unknown`].
     pub fn from_name(name: &str) -> FileType {
@@ -546,6 +561,24 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn d_types_take_the_wire_names_of_their_modes() {
+        for (d_type, mode) in [
+            (libc::DT_REG, libc::S_IFREG),
+            (libc::DT_DIR, libc::S_IFDIR),
+            (libc::DT_LNK, libc::S_IFLNK),
+            (libc::DT_FIFO, libc::S_IFIFO),
+            (libc::DT_SOCK, libc::S_IFSOCK),
+            (libc::DT_CHR, libc::S_IFCHR),
+            (libc::DT_BLK, libc::S_IFBLK),
+        ] {
+            assert_eq!(FileType::from_d_type(d_type), FileType::from_mode(mode));
+            assert_ne!(FileType::from_d_type(d_type), FileType::Unknown);
+        }
+        assert_eq!(FileType::from_d_type(libc::DT_UNKNOWN), FileType::Unknown);
+        assert_eq!(FileType::from_d_type(libc::DT_DIR).as_str(), "dir");
     }
 
     #[test]

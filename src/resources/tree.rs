@@ -27,7 +27,7 @@ use crate::decision::{Candidates, PathGrant, Refusal, Scratch, Wants, leads_else
 use crate::path_index::literal_prefix;
 use crate::peer::PeerIdentity;
 use crate::policy::{Owner, Policy, Rule, compile_glob};
-use crate::protocol::tree::{MAX_ENTRIES, Metadata, Timestamp, TreeAnswer, WireEntry};
+use crate::protocol::tree::{FileType, MAX_ENTRIES, Metadata, Timestamp, TreeAnswer, WireEntry};
 use crate::protocol::{ErrorCode, PathMode, RequestPath, TreeOp, TreeRequest, Within};
 use crate::safe_open::{self, Base, FileKind, Located, OpenError};
 
@@ -901,24 +901,14 @@ fn read_entries(
             if entries.len() == MAX_ENTRIES {
                 return Ok((entries, Some(last)));
             }
-            entries.push(WireEntry::new(name, type_name(kind), ino));
+            entries.push(WireEntry::new(
+                name,
+                FileType::from_d_type(kind).as_str(),
+                ino,
+            ));
             last = off;
             at += reclen;
         }
-    }
-}
-
-/// SPEC §3.6's names of `d_type`.
-fn type_name(d_type: u8) -> &'static str {
-    match d_type {
-        libc::DT_REG => "file",
-        libc::DT_DIR => "dir",
-        libc::DT_LNK => "symlink",
-        libc::DT_FIFO => "fifo",
-        libc::DT_SOCK => "socket",
-        libc::DT_CHR => "char",
-        libc::DT_BLK => "block",
-        _ => "unknown",
     }
 }
 

@@ -264,17 +264,30 @@ impl<'a> Tree<'a> {
         })
     }
 
+    /// The entry `mkdir`, `unlink` or `rmdir` changes and the rule that
+    /// grants `mode` on it: decided on the requested path before the
+    /// filesystem is touched, judged on the real one, and checked that it
+    /// may be changed there.
+    fn changed_entry(
+        &mut self,
+        request: &TreeRequest,
+        mode: PathMode,
+    ) -> Result<(Entry, &'a Rule), Refusal> {
+        let path = &request.path.path;
+        self.decide_requested(path, mode)?;
+        let base = base_of(request.within.as_ref())?;
+        let entry = self.entry(&base, path, mode)?;
+        let (rule, _) = self.judge(path, &entry.real, mode)?;
+        self.may_change(&[path, &entry.real], &entry.parent, rule)?;
+        Ok((entry, rule))
+    }
+
     fn mkdir(
         &mut self,
         request: &TreeRequest,
         log: &mut dyn ChangeLog,
     ) -> Result<TreeDone, Refusal> {
-        let path = &request.path.path;
-        self.decide_requested(path, PathMode::Mkdir)?;
-        let base = base_of(request.within.as_ref())?;
-        let entry = self.entry(&base, path, PathMode::Mkdir)?;
-        let (rule, _) = self.judge(path, &entry.real, PathMode::Mkdir)?;
-        self.may_change(&[path, &entry.real], &entry.parent, rule)?;
+        let (entry, rule) = self.changed_entry(request, PathMode::Mkdir)?;
         if entry.found.is_ok() {
             return Err(Refusal::with_errno(
                 ErrorCode::Exists,
@@ -308,12 +321,7 @@ impl<'a> Tree<'a> {
         log: &mut dyn ChangeLog,
         directory: bool,
     ) -> Result<TreeDone, Refusal> {
-        let path = &request.path.path;
-        self.decide_requested(path, PathMode::Delete)?;
-        let base = base_of(request.within.as_ref())?;
-        let entry = self.entry(&base, path, PathMode::Delete)?;
-        let (rule, _) = self.judge(path, &entry.real, PathMode::Delete)?;
-        self.may_change(&[path, &entry.real], &entry.parent, rule)?;
+        let (entry, rule) = self.changed_entry(request, PathMode::Delete)?;
         let found = entry.found.as_ref().map_err(|e| Refusal::from(e.clone()))?;
         let is_dir = found.facts.kind == FileKind::Directory;
         // `unlink("file/")` fails in the kernel too.

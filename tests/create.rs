@@ -322,6 +322,30 @@ fn created_files_belong_to_the_client_or_to_the_server_as_the_rule_says() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(fs::metadata(&theirs).unwrap().uid(), 0);
+
+    // In a set-group-ID directory the file takes the directory's group,
+    // as the kernel would give it.
+    let uploads = s.path("uploads");
+    std::os::unix::fs::chown(&uploads, None, Some(4242)).unwrap();
+    fs::set_permissions(&uploads, fs::Permissions::from_mode(0o2777)).unwrap();
+    let grouped = s.path("uploads/grouped.txt");
+    let out = run_as(
+        &[
+            "open",
+            grouped.to_str().unwrap(),
+            "--mode",
+            "write",
+            "--create",
+        ],
+        b"x",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = fs::metadata(&grouped).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 4242));
 }
 
 #[test]

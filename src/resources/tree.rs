@@ -704,15 +704,10 @@ fn finish_directory(
         refusal
     };
     if rule.owner == Owner::Client {
-        let (_, dir_gid, dir_mode) = entry
+        let gid = entry
             .parent
-            .owner_and_mode()
+            .group_for_new(client.gid)
             .map_err(|e| remove(e.into()))?;
-        let gid = if dir_mode & libc::S_ISGID != 0 {
-            dir_gid
-        } else {
-            client.gid
-        };
         nix::unistd::fchown(
             &dir,
             Some(nix::unistd::Uid::from_raw(client.uid)),

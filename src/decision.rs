@@ -829,12 +829,7 @@ fn finish_created(
         )
     };
     if rule.owner == Owner::Client {
-        let (_, dir_gid, dir_mode) = parent.owner_and_mode()?;
-        let gid = if dir_mode & libc::S_ISGID != 0 {
-            dir_gid
-        } else {
-            client.gid
-        };
+        let gid = parent.group_for_new(client.gid)?;
         nix::unistd::fchown(
             file,
             Some(nix::unistd::Uid::from_raw(client.uid)),

@@ -400,12 +400,18 @@ impl Located {
         Ok(Some((File::from(fd), created)))
     }
 
-    /// Owner and mode of this directory, for the group of what is created
-    /// in it.
-    pub fn owner_and_mode(&self) -> Result<(u32, u32, u32), OpenError> {
+    /// The group a file or directory the server creates in this directory
+    /// for a client whose group is `client_gid` gets, as the kernel would
+    /// give it: this directory's own if it is set-group-ID, else the
+    /// client's.
+    pub fn group_for_new(&self, client_gid: u32) -> Result<u32, OpenError> {
         let st =
             nix::sys::stat::fstat(&self.handle).map_err(|e| OpenError::from_errno(e, "fstat"))?;
-        Ok((st.st_uid, st.st_gid, st.st_mode))
+        Ok(if st.st_mode & libc::S_ISGID != 0 {
+            st.st_gid
+        } else {
+            client_gid
+        })
     }
 }
 

@@ -267,35 +267,26 @@ fn created_files_belong_to_the_client_or_to_the_server_as_the_rule_says() {
         return;
     }
     let s = upload_server();
-    let run_as = |args: &[&str], stdin: &[u8]| {
+    // Creates `path` as uid 1000 with `stdin` as its contents.
+    let create_as_1000 = |path: &Path, extra: &[&str], stdin: &[u8]| {
         let mut cmd = std::process::Command::new(CLIENT);
-        cmd.arg("--socket").arg(&s.socket).args(args);
+        cmd.arg("--socket").arg(&s.socket).arg("open").arg(path);
+        cmd.args(["--mode", "write", "--create"]).args(extra);
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let mut child = common::as_ids(&mut cmd, 1000, 1000, &[]).spawn().unwrap();
         child.stdin.take().unwrap().write_all(stdin).unwrap();
-        child.wait_with_output().unwrap()
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::metadata(path).unwrap()
     };
     let mine = s.path("uploads/mine.txt");
-    let out = run_as(
-        &[
-            "open",
-            mine.to_str().unwrap(),
-            "--mode",
-            "write",
-            "--create",
-            "--perm",
-            "0600",
-        ],
-        b"from uid 1000\n",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta = fs::metadata(&mine).unwrap();
+    let meta = create_as_1000(&mine, &["--perm", "0600"], b"from uid 1000\n");
     assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     let mut text = String::new();
@@ -306,22 +297,15 @@ fn created_files_belong_to_the_client_or_to_the_server_as_the_rule_says() {
     assert_eq!(text, "from uid 1000\n");
 
     let theirs = s.path("spool/by-server");
-    let out = run_as(
-        &[
-            "open",
-            theirs.to_str().unwrap(),
-            "--mode",
-            "write",
-            "--create",
-        ],
-        b"x",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(fs::metadata(&theirs).unwrap().uid(), 0);
+    assert_eq!(create_as_1000(&theirs, &[], b"x").uid(), 0);
+
+    // In a set-group-ID directory the file takes the directory's group,
+    // as the kernel would give it.
+    let uploads = s.path("uploads");
+    std::os::unix::fs::chown(&uploads, None, Some(4242)).unwrap();
+    fs::set_permissions(&uploads, fs::Permissions::from_mode(0o2777)).unwrap();
+    let meta = create_as_1000(&s.path("uploads/grouped.txt"), &[], b"x");
+    assert_eq!((meta.uid(), meta.gid()), (1000, 4242));
 }
 
 #[test]

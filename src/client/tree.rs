@@ -14,10 +14,11 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Client, Error, absolute, wire_path};
+pub use crate::protocol::tree::{FileType, Metadata, Timestamp};
 use crate::protocol::tree::{WireEntry, WireWithin};
 use crate::protocol::{ServerError, TreeOp, WireRequest};
 
@@ -62,140 +63,9 @@ impl Within {
     }
 }
 
-/// A point in time as `statx` gives it: seconds since the epoch and
-/// nanoseconds; on the wire `[s, ns]`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp {
-    pub sec: i64,
-    pub nsec: u32,
-}
-
-impl Serialize for Timestamp {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (self.sec, self.nsec).serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Timestamp {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (sec, nsec) = <(i64, u32)>::deserialize(d)?;
-        if nsec >= 1_000_000_000 {
-            return Err(serde::de::Error::custom("nanoseconds out of range"));
-        }
-        Ok(Timestamp { sec, nsec })
-    }
-}
-
-/// What `stat` answers about an inode (SPEC §3.6), as `statx` says it.
-/// `mode` includes the file type bits; `dev` and `rdev` are the kernel's
-/// `makedev` encoding.
-///
-/// ```no_run
-/// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
-/// let meta = client.stat("/srv/app/db.sqlite")?;
-/// println!("{} bytes, mode {:o}, dir: {}", meta.size, meta.permissions(), meta.is_dir());
-/// # Ok::<(), fdopen::Error>(())
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Metadata {
-    pub dev: u64,
-    pub ino: u64,
-    pub mode: u32,
-    pub nlink: u64,
-    pub uid: u32,
-    pub gid: u32,
-    pub rdev: u64,
-    pub size: u64,
-    pub blksize: u64,
-    pub blocks: u64,
-    pub atime: Timestamp,
-    pub mtime: Timestamp,
-    pub ctime: Timestamp,
-    /// Only where the filesystem records it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub btime: Option<Timestamp>,
-}
-
-impl Metadata {
-    /// The type, from the mode's type bits.
-    pub fn file_type(&self) -> FileType {
-        FileType::from_mode(self.mode)
-    }
-
-    pub fn is_dir(&self) -> bool {
-        self.file_type() == FileType::Dir
-    }
-
-    pub fn is_file(&self) -> bool {
-        self.file_type() == FileType::File
-    }
-
-    pub fn is_symlink(&self) -> bool {
-        self.file_type() == FileType::Symlink
-    }
-
-    /// The permission bits, set-id and sticky bits included (`mode & 07777`).
-    pub fn permissions(&self) -> u32 {
-        self.mode & 0o7777
-    }
-}
-
 /// The major and minor numbers of a `makedev` encoded device.
 pub fn major_minor(dev: u64) -> (u32, u32) {
     (libc::major(dev), libc::minor(dev))
-}
-
-/// The type of a file, as `readdir` names it (SPEC §3.6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileType {
-    File,
-    Dir,
-    Symlink,
-    Fifo,
-    Socket,
-    Char,
-    Block,
-    /// The filesystem did not say, or a newer server sent a type this
-    /// version does not know.
-    #[serde(other)]
-    Unknown,
-}
-
-impl FileType {
-    /// The type the `S_IFMT` bits of `mode` say.
-    pub fn from_mode(mode: u32) -> FileType {
-        match mode & libc::S_IFMT {
-            libc::S_IFREG => FileType::File,
-            libc::S_IFDIR => FileType::Dir,
-            libc::S_IFLNK => FileType::Symlink,
-            libc::S_IFIFO => FileType::Fifo,
-            libc::S_IFSOCK => FileType::Socket,
-            libc::S_IFCHR => FileType::Char,
-            libc::S_IFBLK => FileType::Block,
-            _ => FileType::Unknown,
-        }
-    }
-
-    /// The type a `readdir` entry names; one this version does not know
-    /// is [`FileType::Unknown`].
-    pub fn from_name(name: &str) -> FileType {
-        serde_json::from_value(Value::String(name.to_owned())).unwrap_or(FileType::Unknown)
-    }
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FileType::File => "file",
-            FileType::Dir => "dir",
-            FileType::Symlink => "symlink",
-            FileType::Fifo => "fifo",
-            FileType::Socket => "socket",
-            FileType::Char => "char",
-            FileType::Block => "block",
-            FileType::Unknown => "unknown",
-        }
-    }
 }
 
 /// One entry of a directory listing.

@@ -244,12 +244,44 @@ pub(super) fn validate(wire: WireRequest<'_>, op: TreeOp) -> Result<TreeRequest,
     Ok(request)
 }
 
-/// What `stat` reports of an inode (SPEC §3.6), from `statx`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatInfo {
+/// A point in time as `statx` gives it: seconds since the epoch and
+/// nanoseconds; on the wire `[s, ns]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.sec, self.nsec).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (sec, nsec) = <(i64, u32)>::deserialize(d)?;
+        if nsec >= 1_000_000_000 {
+            return Err(serde::de::Error::custom("nanoseconds out of range"));
+        }
+        Ok(Timestamp { sec, nsec })
+    }
+}
+
+/// What `stat` answers about an inode (SPEC §3.6), as `statx` says it.
+/// `mode` includes the file type bits; `dev` and `rdev` are the kernel's
+/// `makedev` encoding.
+///
+/// ```no_run
+/// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
+/// let meta = client.stat("/srv/app/db.sqlite")?;
+/// println!("{} bytes, mode {:o}, dir: {}", meta.size, meta.permissions(), meta.is_dir());
+/// # Ok::<(), fdopen::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
     pub dev: u64,
     pub ino: u64,
-    /// File type bits included.
     pub mode: u32,
     pub nlink: u64,
     pub uid: u32,
@@ -258,11 +290,105 @@ pub struct StatInfo {
     pub size: u64,
     pub blksize: u64,
     pub blocks: u64,
-    pub atime: (i64, u32),
-    pub mtime: (i64, u32),
-    pub ctime: (i64, u32),
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    /// Only where the filesystem records it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub btime: Option<(i64, u32)>,
+    pub btime: Option<Timestamp>,
+}
+
+impl Metadata {
+    /// The type, from the mode's type bits.
+    pub fn file_type(&self) -> FileType {
+        FileType::from_mode(self.mode)
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.file_type() == FileType::Dir
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.file_type() == FileType::File
+    }
+
+    pub fn is_symlink(&self) -> bool {
+        self.file_type() == FileType::Symlink
+    }
+
+    /// The permission bits, set-id and sticky bits included (`mode & 07777`).
+    pub fn permissions(&self) -> u32 {
+        self.mode & 0o7777
+    }
+}
+
+/// The type of a file, as `readdir` names it (SPEC §3.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileType {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    Char,
+    Block,
+    /// The filesystem did not say, or a newer server sent a type this
+    /// version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl FileType {
+    /// The type the `S_IFMT` bits of `mode` say.
+    pub fn from_mode(mode: u32) -> FileType {
+        match mode & libc::S_IFMT {
+            libc::S_IFREG => FileType::File,
+            libc::S_IFDIR => FileType::Dir,
+            libc::S_IFLNK => FileType::Symlink,
+            libc::S_IFIFO => FileType::Fifo,
+            libc::S_IFSOCK => FileType::Socket,
+            libc::S_IFCHR => FileType::Char,
+            libc::S_IFBLK => FileType::Block,
+            _ => FileType::Unknown,
+        }
+    }
+
+    /// The type a `getdents64` entry's `d_type` says; `DT_UNKNOWN` (the
+    /// filesystem did not say) is [`FileType::Unknown`].
+    pub fn from_d_type(d_type: u8) -> FileType {
+        match d_type {
+            libc::DT_REG => FileType::File,
+            libc::DT_DIR => FileType::Dir,
+            libc::DT_LNK => FileType::Symlink,
+            libc::DT_FIFO => FileType::Fifo,
+            libc::DT_SOCK => FileType::Socket,
+            libc::DT_CHR => FileType::Char,
+            libc::DT_BLK => FileType::Block,
+            _ => FileType::Unknown,
+        }
+    }
+
+    /// The type a `readdir` entry names; one this version does not know
+    /// is [`FileType::Unknown`].
+    pub fn from_name(name: &str) -> FileType {
+        serde_json::from_value(serde_json::Value::String(name.to_owned()))
+            .unwrap_or(FileType::Unknown)
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileType::File => "file",
+            FileType::Dir => "dir",
+            FileType::Symlink => "symlink",
+            FileType::Fifo => "fifo",
+            FileType::Socket => "socket",
+            FileType::Char => "char",
+            FileType::Block => "block",
+            FileType::Unknown => "unknown",
+        }
+    }
 }
 
 /// One `readdir` entry as it travels.
@@ -292,7 +418,7 @@ impl WireEntry {
 /// What a granted tree request answers besides `path` and `rule`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TreeAnswer {
-    Stat(StatInfo),
+    Stat(Metadata),
     Link(Vec<u8>),
     XattrNames(Vec<Vec<u8>>),
     XattrValue(Vec<u8>),
@@ -435,6 +561,24 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn d_types_take_the_wire_names_of_their_modes() {
+        for (d_type, mode) in [
+            (libc::DT_REG, libc::S_IFREG),
+            (libc::DT_DIR, libc::S_IFDIR),
+            (libc::DT_LNK, libc::S_IFLNK),
+            (libc::DT_FIFO, libc::S_IFIFO),
+            (libc::DT_SOCK, libc::S_IFSOCK),
+            (libc::DT_CHR, libc::S_IFCHR),
+            (libc::DT_BLK, libc::S_IFBLK),
+        ] {
+            assert_eq!(FileType::from_d_type(d_type), FileType::from_mode(mode));
+            assert_ne!(FileType::from_d_type(d_type), FileType::Unknown);
+        }
+        assert_eq!(FileType::from_d_type(libc::DT_UNKNOWN), FileType::Unknown);
+        assert_eq!(FileType::from_d_type(libc::DT_DIR).as_str(), "dir");
     }
 
     #[test]

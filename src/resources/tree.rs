@@ -27,7 +27,7 @@ use crate::decision::{Candidates, PathGrant, Refusal, Scratch, Wants, leads_else
 use crate::path_index::literal_prefix;
 use crate::peer::PeerIdentity;
 use crate::policy::{Owner, Policy, Rule, compile_glob};
-use crate::protocol::tree::{MAX_ENTRIES, StatInfo, TreeAnswer, WireEntry};
+use crate::protocol::tree::{FileType, MAX_ENTRIES, Metadata, Timestamp, TreeAnswer, WireEntry};
 use crate::protocol::{ErrorCode, PathMode, RequestPath, TreeOp, TreeRequest, Within};
 use crate::safe_open::{self, Base, FileKind, Located, OpenError};
 
@@ -135,11 +135,13 @@ impl<'a> Tree<'a> {
         }
     }
 
-    fn stat(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
+    /// The inode `stat` and `xattr` read, judged, with the rule that
+    /// grants it: a final symlink is followed unless `nofollow` (a trailing
+    /// `/` follows it even then, as `lstat("link/")` does), and where only
+    /// a directory may be answered anything else is denied.
+    fn inode(&mut self, request: &TreeRequest) -> Result<(Located, &'a Rule), Refusal> {
         let path = &request.path.path;
         let base = base_of(request.within.as_ref())?;
-        // A trailing `/` follows a final symlink even with nofollow, as
-        // `lstat("link/")` does.
         let located = if request.nofollow && !request.path.directory {
             self.final_name(&base, path)?
         } else {
@@ -150,6 +152,11 @@ impl<'a> Tree<'a> {
             return Err(not_a_granted_directory(self.client));
         }
         wants_directory(&request.path, &located)?;
+        Ok((located, rule))
+    }
+
+    fn stat(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
+        let (located, rule) = self.inode(request)?;
         let stat = statx(located.handle()).map_err(|e| io("statx", e))?;
         Ok(TreeDone {
             path: located.real_path,
@@ -192,7 +199,6 @@ impl<'a> Tree<'a> {
     }
 
     fn xattr(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
-        let path = &request.path.path;
         if let Some(name) = &request.name
             && !readable_xattr(name)
         {
@@ -201,19 +207,7 @@ impl<'a> Tree<'a> {
                 "only user., security. and system. attributes are read",
             ));
         }
-        let base = base_of(request.within.as_ref())?;
-        // A trailing `/` follows a final symlink even with nofollow, as
-        // `lstat("link/")` does.
-        let located = if request.nofollow && !request.path.directory {
-            self.final_name(&base, path)?
-        } else {
-            self.follow(&base, path, PathMode::Stat)?
-        };
-        let (rule, directories_only) = self.judge(path, &located.real_path, PathMode::Stat)?;
-        if directories_only && located.facts.kind != FileKind::Directory {
-            return Err(not_a_granted_directory(self.client));
-        }
-        wants_directory(&request.path, &located)?;
+        let (located, rule) = self.inode(request)?;
         let answer = match &request.name {
             Some(name) => TreeAnswer::XattrValue(get_xattr(&located, name)?),
             None => TreeAnswer::XattrNames(list_xattrs(&located)?),
@@ -270,17 +264,30 @@ impl<'a> Tree<'a> {
         })
     }
 
+    /// The entry `mkdir`, `unlink` or `rmdir` changes and the rule that
+    /// grants `mode` on it: decided on the requested path before the
+    /// filesystem is touched, judged on the real one, and checked that it
+    /// may be changed there.
+    fn changed_entry(
+        &mut self,
+        request: &TreeRequest,
+        mode: PathMode,
+    ) -> Result<(Entry, &'a Rule), Refusal> {
+        let path = &request.path.path;
+        self.decide_requested(path, mode)?;
+        let base = base_of(request.within.as_ref())?;
+        let entry = self.entry(&base, path, mode)?;
+        let (rule, _) = self.judge(path, &entry.real, mode)?;
+        self.may_change(&[path, &entry.real], &entry.parent, rule)?;
+        Ok((entry, rule))
+    }
+
     fn mkdir(
         &mut self,
         request: &TreeRequest,
         log: &mut dyn ChangeLog,
     ) -> Result<TreeDone, Refusal> {
-        let path = &request.path.path;
-        self.decide_requested(path, PathMode::Mkdir)?;
-        let base = base_of(request.within.as_ref())?;
-        let entry = self.entry(&base, path, PathMode::Mkdir)?;
-        let (rule, _) = self.judge(path, &entry.real, PathMode::Mkdir)?;
-        self.may_change(&[path, &entry.real], &entry.parent, rule)?;
+        let (entry, rule) = self.changed_entry(request, PathMode::Mkdir)?;
         if entry.found.is_ok() {
             return Err(Refusal::with_errno(
                 ErrorCode::Exists,
@@ -314,12 +321,7 @@ impl<'a> Tree<'a> {
         log: &mut dyn ChangeLog,
         directory: bool,
     ) -> Result<TreeDone, Refusal> {
-        let path = &request.path.path;
-        self.decide_requested(path, PathMode::Delete)?;
-        let base = base_of(request.within.as_ref())?;
-        let entry = self.entry(&base, path, PathMode::Delete)?;
-        let (rule, _) = self.judge(path, &entry.real, PathMode::Delete)?;
-        self.may_change(&[path, &entry.real], &entry.parent, rule)?;
+        let (entry, rule) = self.changed_entry(request, PathMode::Delete)?;
         let found = entry.found.as_ref().map_err(|e| Refusal::from(e.clone()))?;
         let is_dir = found.facts.kind == FileKind::Directory;
         // `unlink("file/")` fails in the kernel too.
@@ -702,15 +704,10 @@ fn finish_directory(
         refusal
     };
     if rule.owner == Owner::Client {
-        let (_, dir_gid, dir_mode) = entry
+        let gid = entry
             .parent
-            .owner_and_mode()
+            .group_for_new(client.gid)
             .map_err(|e| remove(e.into()))?;
-        let gid = if dir_mode & libc::S_ISGID != 0 {
-            dir_gid
-        } else {
-            client.gid
-        };
         nix::unistd::fchown(
             &dir,
             Some(nix::unistd::Uid::from_raw(client.uid)),
@@ -907,30 +904,20 @@ fn read_entries(
             if entries.len() == MAX_ENTRIES {
                 return Ok((entries, Some(last)));
             }
-            entries.push(WireEntry::new(name, type_name(kind), ino));
+            entries.push(WireEntry::new(
+                name,
+                FileType::from_d_type(kind).as_str(),
+                ino,
+            ));
             last = off;
             at += reclen;
         }
     }
 }
 
-/// SPEC §3.6's names of `d_type`.
-fn type_name(d_type: u8) -> &'static str {
-    match d_type {
-        libc::DT_REG => "file",
-        libc::DT_DIR => "dir",
-        libc::DT_LNK => "symlink",
-        libc::DT_FIFO => "fifo",
-        libc::DT_SOCK => "socket",
-        libc::DT_CHR => "char",
-        libc::DT_BLK => "block",
-        _ => "unknown",
-    }
-}
-
 /// `statx` of the pinned inode itself (`AT_EMPTY_PATH` on its `O_PATH`
 /// handle): nothing is opened, so a FIFO never blocks.
-fn statx(fd: BorrowedFd<'_>) -> Result<StatInfo, Errno> {
+fn statx(fd: BorrowedFd<'_>) -> Result<Metadata, Errno> {
     // SAFETY: statx is plain old data; zero is a valid value of it.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: the path is a valid C string and `st` is writable.
@@ -944,8 +931,11 @@ fn statx(fd: BorrowedFd<'_>) -> Result<StatInfo, Errno> {
         )
     };
     Errno::result(rc)?;
-    let time = |t: libc::statx_timestamp| (t.tv_sec, t.tv_nsec);
-    Ok(StatInfo {
+    let time = |t: libc::statx_timestamp| Timestamp {
+        sec: t.tv_sec,
+        nsec: t.tv_nsec,
+    };
+    Ok(Metadata {
         dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor),
         ino: st.stx_ino,
         mode: u32::from(st.stx_mode),

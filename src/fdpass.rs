@@ -16,31 +16,58 @@ const MAX_FDS_PER_MESSAGE: usize = 253;
 /// with slack for another control message, in 8-byte words.
 const CONTROL_WORDS: usize = (MAX_FDS_PER_MESSAGE * size_of::<RawFd>()).div_ceil(8) + 16;
 
+/// Most descriptors one [`send_vectored`] attaches: a coalesced batch of
+/// responses (SPEC §2) never holds more than this many.
+pub const MAX_FDS_PER_SEND: usize = 64;
+
 /// Sends `bytes` in one `sendmsg`, with `fd` attached if given. Returns the
 /// number of bytes sent: on a non-blocking socket it may be fewer, and the
 /// descriptor then travels with the part that was sent.
 pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // Room for one SCM_RIGHTS message with one descriptor, aligned.
-    let mut control = [0u64; 4];
+    send_vectored(sock, &[io::IoSlice::new(bytes)], fd)
+}
+
+/// Sends the slices of `iov` in one `sendmsg`, with `fds` (at most
+/// [`MAX_FDS_PER_SEND`]; more is a bug and panics) attached in order.
+/// Returns the number of bytes sent; if any were, every descriptor went
+/// with the first of them (the kernel attaches them to its first buffer).
+pub fn send_vectored<'a>(
+    sock: BorrowedFd<'_>,
+    iov: &[io::IoSlice<'_>],
+    fds: impl IntoIterator<Item = BorrowedFd<'a>>,
+) -> io::Result<usize> {
+    // Room for one SCM_RIGHTS header and MAX_FDS_PER_SEND descriptors,
+    // aligned for `cmsghdr`.
+    let mut control = [0u64; (MAX_FDS_PER_SEND * size_of::<RawFd>()).div_ceil(8) + 4];
     // SAFETY: all-zero is a valid msghdr.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
+    // `IoSlice` is ABI-compatible with `iovec`; sendmsg only reads them.
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len();
+    let mut fds = fds.into_iter().peekable();
+    if fds.peek().is_some() {
         msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control);
         // SAFETY: CMSG_* only compute sizes and walk the buffer set above,
-        // which is large enough for one header and one descriptor.
+        // which holds one header and MAX_FDS_PER_SEND descriptors; the
+        // count is checked before each write.
         unsafe {
-            msg.msg_controllen = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize;
             let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            let data = libc::CMSG_DATA(cmsg) as *mut RawFd;
+            let mut count = 0;
+            for fd in fds {
+                assert!(
+                    count < MAX_FDS_PER_SEND,
+                    "too many descriptors for one sendmsg"
+                );
+                data.add(count).write_unaligned(fd.as_raw_fd());
+                count += 1;
+            }
+            let len = (count * size_of::<RawFd>()) as u32;
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
-            (libc::CMSG_DATA(cmsg) as *mut RawFd).write_unaligned(fd.as_raw_fd());
+            (*cmsg).cmsg_len = libc::CMSG_LEN(len) as usize;
+            msg.msg_controllen = libc::CMSG_SPACE(len) as usize;
         }
     }
     loop {

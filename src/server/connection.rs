@@ -39,6 +39,10 @@ pub(super) struct Outgoing {
     /// Still being decided by a thread stuck on the filesystem: the line is
     /// written when the answer comes or `--fs-timeout` passes.
     pub waiting: Option<(Arc<Delivery>, Box<FilesystemJob>)>,
+    /// The answer to a `hello`: once it is sent, the connection's responses
+    /// may carry this many descriptors per message (SPEC §2; 1 when the
+    /// `hello` did not ask).
+    pub sets_fds_per_message: Option<u8>,
 }
 
 impl Outgoing {
@@ -51,6 +55,7 @@ impl Outgoing {
             grants: false,
             after_record: AfterRecord::default(),
             waiting: None,
+            sets_fds_per_message: None,
         }
     }
 
@@ -147,6 +152,9 @@ pub(super) struct Connection {
     pub interest: EpollFlags,
     /// Received descriptors waiting, as last counted against the quota.
     pub fds_counted: usize,
+    /// How many descriptors one `sendmsg` may carry: 1 (each response on
+    /// its own) unless the client's `hello` asked for more.
+    pub fds_per_message: u8,
 }
 
 impl Connection {
@@ -163,6 +171,7 @@ impl Connection {
             read_done: false,
             interest,
             fds_counted: 0,
+            fds_per_message: 1,
         }
     }
 
@@ -352,20 +361,16 @@ impl Connection {
     /// Sends queued responses until done, the socket is full, or the next
     /// one is not ready. Sent descriptors go to `closing`.
     pub fn flush(&mut self, closing: &mut Vec<OwnedFd>) {
-        while let Some(out) = self.outq.front_mut() {
-            if !out.ready() {
-                return;
-            }
-            let fd = out.fd.as_ref().map(|f| f.as_fd());
-            match fdpass::send(self.stream.as_fd(), &out.bytes[out.sent..], fd) {
-                Ok(n) => {
-                    out.sent += n;
-                    // Delivered with the first byte.
-                    closing.extend(out.fd.take().map(OwnedFd::from));
+        while self.outq.front().is_some_and(Outgoing::ready) {
+            let sent = if self.fds_per_message > 1 {
+                self.send_coalesced()
+            } else {
+                self.send_one().map(|n| (n, 1))
+            };
+            match sent {
+                Ok((n, lines)) => {
                     self.last_active = Instant::now();
-                    if out.sent == out.bytes.len() {
-                        self.outq.pop_front();
-                    }
+                    self.consume(n, lines, closing);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
@@ -374,6 +379,62 @@ impl Connection {
                     return;
                 }
             }
+        }
+    }
+
+    /// The first queued response (or what is left of it), with its
+    /// descriptor: SPEC §2 as in v2.
+    fn send_one(&self) -> io::Result<usize> {
+        let out = self.outq.front().expect("checked by flush");
+        let fd = out.fd.as_ref().map(|f| f.as_fd());
+        fdpass::send(self.stream.as_fd(), &out.bytes[out.sent..], fd)
+    }
+
+    /// The ready responses at the head of the queue in one `sendmsg`, with
+    /// the descriptors of those that carry one, in order, at most
+    /// `fds_per_message` (SPEC §2, v3). A `hello` answer ends the batch:
+    /// what follows it goes out under what it set. Returns the bytes sent
+    /// and how many lines the message began.
+    fn send_coalesced(&self) -> io::Result<(usize, usize)> {
+        let room = usize::from(self.fds_per_message).min(fdpass::MAX_FDS_PER_SEND);
+        let mut iov = [io::IoSlice::new(&[]); MAX_QUEUED_RESPONSES];
+        let (mut lines, mut fds) = (0, 0);
+        for out in self.outq.iter() {
+            if !out.ready() || lines == iov.len() || (out.fd.is_some() && fds == room) {
+                break;
+            }
+            iov[lines] = io::IoSlice::new(&out.bytes[out.sent..]);
+            lines += 1;
+            fds += usize::from(out.fd.is_some());
+            if out.sets_fds_per_message.is_some() {
+                break;
+            }
+        }
+        let fds = self.outq.iter().take(lines).filter_map(|o| o.fd.as_ref());
+        let n = fdpass::send_vectored(self.stream.as_fd(), &iov[..lines], fds.map(|f| f.as_fd()))?;
+        Ok((n, lines))
+    }
+
+    /// `n` bytes of a message that began the first `lines` queued lines
+    /// went out: the descriptors of those lines went with its first byte,
+    /// and the lines wholly sent leave the queue.
+    fn consume(&mut self, mut n: usize, lines: usize, closing: &mut Vec<OwnedFd>) {
+        for out in self.outq.iter_mut().take(lines) {
+            closing.extend(out.fd.take().map(OwnedFd::from));
+        }
+        while n > 0
+            && let Some(out) = self.outq.front_mut()
+        {
+            let left = out.bytes.len() - out.sent;
+            if n < left {
+                out.sent += n;
+                return;
+            }
+            n -= left;
+            if let Some(fds) = out.sets_fds_per_message {
+                self.fds_per_message = fds;
+            }
+            self.outq.pop_front();
         }
     }
 }

@@ -256,10 +256,12 @@ pub(super) fn begin(
         Ok(Request::Tree(tree)) => {
             return begin_tree(policy, shared, peer, tree, parsed.id, scratch, ts, audit);
         }
-        Ok(Request::Hello) => {
+        Ok(Request::Hello(hello)) => {
             let (mnt_ns, root) = where_we_are();
             encode::hello(&mut bytes, parsed.id, mnt_ns, root);
-            return Begun::Answered(Outgoing::new(bytes, None, None));
+            let mut out = Outgoing::new(bytes, None, None);
+            out.sets_fds_per_message = Some(hello.fds_per_message.unwrap_or(1));
+            return Begun::Answered(out);
         }
         Err(e) => {
             encode::error(&mut bytes, parsed.id, ErrorCode::BadRequest, &e.to_string());
@@ -363,7 +365,11 @@ pub(super) fn rebuild_job(
             },
         ),
         Request::Tree(tree) => (tree.op.op(), Work::Tree(tree)),
-        Request::Hello | Request::Bind(_) | Request::Scope | Request::Held(_) | Request::Stats => {
+        Request::Hello(_)
+        | Request::Bind(_)
+        | Request::Scope
+        | Request::Held(_)
+        | Request::Stats => {
             return None;
         }
     };

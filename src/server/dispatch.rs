@@ -236,7 +236,8 @@ pub(super) fn begin(
     let op = parsed.request.as_ref().ok().map(Request::op);
     shared.stats.request(op);
     fault::point(op.map_or("", Op::as_str), "begin");
-    let mut bytes = Vec::with_capacity(192);
+    // Only the answers made here need it: a grant's line is made by finish.
+    let line_buffer = || Vec::with_capacity(192);
     let (request, fds) = match (parsed.request, attachment) {
         (Ok(Request::Held(held)), Attachment::Fds(fds)) => (Ok(Request::Held(held)), fds),
         (Ok(Request::Held(held)), Attachment::None) => (Ok(Request::Held(held)), Vec::new()),
@@ -258,17 +259,20 @@ pub(super) fn begin(
         }
         Ok(Request::Hello(hello)) => {
             let (mnt_ns, root) = where_we_are();
+            let mut bytes = line_buffer();
             encode::hello(&mut bytes, parsed.id, mnt_ns, root);
             let mut out = Outgoing::new(bytes, None, None);
             out.sets_fds_per_message = Some(hello.fds_per_message.unwrap_or(1));
             return Begun::Answered(out);
         }
         Err(e) => {
+            let mut bytes = line_buffer();
             encode::error(&mut bytes, parsed.id, ErrorCode::BadRequest, &e.to_string());
             let end = record_bad_request(peer, ts, audit);
             return Begun::Answered(Outgoing::new(bytes, None, Some(end)));
         }
         Ok(Request::Scope) => {
+            let mut bytes = line_buffer();
             encode::scope(&mut bytes, parsed.id, &policy.scope(peer));
             return Begun::Answered(Outgoing::new(bytes, None, None));
         }

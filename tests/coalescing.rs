@@ -232,3 +232,21 @@ fn the_library_client_can_ask_and_still_gets_every_fd_in_order() {
     }
     assert_eq!(c.unclaimed_fds(), 0);
 }
+
+#[test]
+fn a_coalescing_client_that_reads_late_still_gets_every_fd_in_order() {
+    let f = files(20);
+    for room in [2usize, 253] {
+        let mut sock = f.server.connect();
+        let line = format!(r#"{{"op":"hello","fds_per_message":{room}}}"#);
+        assert_eq!(hello(&mut sock, &line)["ok"], true);
+        // About 300 KiB of answers, more than a socket's default send
+        // buffer (208 KiB): unless this side reads faster than the server
+        // answers, its sends run into a full socket and go on later from
+        // the middle of a message. The 180 KiB of requests fit in this
+        // side's buffer, so they all go out before anything is read.
+        let expected = send_opens(&mut sock, &f, 3000);
+        let most = read_in_order(&sock, room, &f, &expected);
+        assert!(most <= room && most > 1, "{most} fds in one message");
+    }
+}

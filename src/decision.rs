@@ -570,6 +570,9 @@ pub struct Decision {
     /// The file this request created, to remove if its grant cannot be
     /// recorded.
     pub created: Option<CreatedFile>,
+    /// The `O_PATH` handle the decision was made on, left open so that the
+    /// server can close it in one batch with the file it sends.
+    pub pinned: Option<std::os::fd::OwnedFd>,
 }
 
 /// Decides a request end to end and, if granted, returns the open file.
@@ -691,12 +694,15 @@ fn decide_existing(
         Intent::Open => Some(located.reopen(request.mode)?),
         Intent::Check => None,
     };
+    let grant = grant_of(&located.real_path, &facts, rule, false);
+    let (real_path, pinned) = located.into_parts();
     Ok(Decision {
         file,
-        grant: grant_of(&located.real_path, &facts, rule, false),
-        real_path: symlinked.then_some(located.real_path),
+        grant,
+        real_path: symlinked.then_some(real_path),
         truncate: request.truncate && intent == Intent::Open,
         created: None,
+        pinned: Some(pinned),
     })
 }
 
@@ -759,6 +765,7 @@ fn decide_create(
                     real_path: symlinked.then_some(real_path),
                     truncate: false,
                     created: None,
+                    pinned: None,
                 });
             }
             other => other?,
@@ -778,6 +785,7 @@ fn decide_create(
                     real_path: symlinked.then_some(real_path),
                     truncate: false,
                     created: Some(created),
+                    pinned: None,
                 });
             }
             None => parent.entry(name)?,

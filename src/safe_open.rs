@@ -284,6 +284,14 @@ impl Located {
         .map_err(|e| OpenError::from_errno(e, "cannot open"))?;
         Ok(File::from(fd))
     }
+
+    /// The real path, and the `O_PATH` handle for the caller to close
+    /// later: a server closes it with the round's other descriptors, in
+    /// one `close_range` (closing it never blocks: an `O_PATH` file has
+    /// nothing to flush).
+    pub fn into_parts(self) -> (PathBuf, OwnedFd) {
+        (self.real_path, self.handle)
+    }
 }
 
 /// Where a request's paths are looked up from: `/`, or a directory the

@@ -66,6 +66,14 @@ impl Done {
         }
     }
 
+    /// The `O_PATH` handle it was decided on, to close in the round's batch.
+    pub fn take_pinned(&mut self) -> Option<OwnedFd> {
+        match self {
+            Done::File(decision) => decision.pinned.take(),
+            Done::Tree(_) => None,
+        }
+    }
+
     /// The descriptor it would send.
     pub fn into_file(self) -> Option<std::fs::File> {
         match self {

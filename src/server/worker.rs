@@ -366,8 +366,11 @@ impl Core {
         shared: &Shared,
         key: usize,
         job: &FilesystemJob,
-        outcome: dispatch::Outcome,
+        mut outcome: dispatch::Outcome,
     ) {
+        if let Ok(done) = &mut outcome {
+            self.closing.extend(done.take_pinned());
+        }
         let ts = self.clock.now();
         match self.conns.get_mut(key) {
             Some(conn) => {

@@ -101,11 +101,12 @@ static int receive(struct worker *w, struct connection *c) {
         char space[CMSG_SPACE(253 * sizeof(int))]; /* room for -F 253 */
     } control;
     struct iovec iov = {.iov_base = c->buf + c->have, .iov_len = sizeof c->buf - c->have};
-    /* Room for one descriptor, or as many as -F asked for: a server that
-     * sends more than that is caught by MSG_CTRUNC. */
+    /* Room for one descriptor, or as many as -F asked for, and not one
+     * more (CMSG_LEN: CMSG_SPACE's padding would hold another): a server
+     * that sends more is caught by MSG_CTRUNC. */
     int room = fds_per_message ? fds_per_message : 1;
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
-                         .msg_controllen = CMSG_SPACE(room * sizeof(int))};
+                         .msg_controllen = CMSG_LEN(room * sizeof(int))};
     ssize_t n = recvmsg(c->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (n <= 0)
         return n == 0 || (errno != EAGAIN && errno != EINTR) ? -1 : 0;

@@ -105,7 +105,31 @@ pub fn recv_now(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
     recv_flags(sock, buf, libc::MSG_DONTWAIT)
 }
 
+/// [`recv`] with room for only `room` descriptors, as a client that asked
+/// for `room` per message has (SPEC §2; 1 for a v2 client): the kernel
+/// closes any beyond that and `truncated` says so. For tests and tools
+/// that check what a server sends.
+pub fn recv_with_room(sock: BorrowedFd<'_>, buf: &mut [u8], room: usize) -> io::Result<Received> {
+    let room = room.min(MAX_FDS_PER_MESSAGE);
+    // CMSG_LEN, not CMSG_SPACE: the kernel fits as many descriptors as
+    // the length holds, and CMSG_SPACE's padding holds one more.
+    // SAFETY: CMSG_LEN only computes a size.
+    let len = unsafe { libc::CMSG_LEN((room * size_of::<RawFd>()) as u32) } as usize;
+    recv_into(sock, buf, 0, len)
+}
+
 fn recv_flags(sock: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -> io::Result<Received> {
+    recv_into(sock, buf, flags, CONTROL_WORDS * 8)
+}
+
+/// One `recvmsg` with `control_len` bytes (at most room for
+/// `MAX_FDS_PER_MESSAGE`) for ancillary data.
+fn recv_into(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: libc::c_int,
+    control_len: usize,
+) -> io::Result<Received> {
     // u64 elements keep the buffer aligned for `cmsghdr`; sized for
     // `MAX_FDS_PER_MESSAGE` plus headers, on the stack.
     let mut control = [0u64; CONTROL_WORDS];
@@ -118,7 +142,7 @@ fn recv_flags(sock: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -> io::R
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = control.len() * 8;
+    msg.msg_controllen = control_len.min(control.len() * 8);
     let n = loop {
         // SAFETY: msg points at live buffers of the lengths it states.
         let n =

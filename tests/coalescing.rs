@@ -7,7 +7,7 @@ mod common;
 
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 
@@ -49,39 +49,14 @@ struct Message {
 /// One `recvmsg` whose control buffer holds exactly `room` descriptors,
 /// as a client that asked for `room` (or, with 1, a v2 client) has.
 fn recv_with_room(sock: &UnixStream, room: usize) -> Message {
-    let space = unsafe { libc::CMSG_SPACE((room * size_of::<RawFd>()) as u32) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    assert!(n > 0, "recvmsg: {}", std::io::Error::last_os_error());
-    let mut fds = Vec::new();
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg) as *const RawFd;
-                let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
-                for i in 0..count {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    buf.truncate(n as usize);
+    let mut bytes = vec![0u8; 64 * 1024];
+    let got = fdopen::fdpass::recv_with_room(sock.as_fd(), &mut bytes, room).unwrap();
+    assert!(got.bytes > 0, "the server closed the connection");
+    bytes.truncate(got.bytes);
     Message {
-        bytes: buf,
-        fds,
-        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        bytes,
+        fds: got.fds,
+        truncated: got.truncated,
     }
 }
 

@@ -12,11 +12,12 @@
  * active connection first says `hello` with "fds_per_message":N (SPEC §2,
  * v3) and then receives with room for N descriptors, so the server may
  * answer several requests per message; a server that does not know the
- * field refuses the hello, and loadgen stops.
+ * field refuses the hello, and loadgen stops. -o stat sends `stat` requests
+ * (SPEC §3.6) instead of `open`.
  *
  *   cc -O2 -pthread -o loadgen bench/loadgen.c
  *   loadgen -s SOCK -p PATHS [-c CONNS] [-d DEPTH] [-t THREADS] [-n SECONDS]
- *           [-i IDLE] [-P SERVER_PID] [-F FDS_PER_MESSAGE]
+ *           [-i IDLE] [-P SERVER_PID] [-F FDS_PER_MESSAGE] [-o open|stat]
  *
  * Prints one JSON line: requests, ok, errors, fds, violations, rps, and
  * p50/p99/p999 latency in microseconds (plus the idle and server figures).
@@ -44,6 +45,7 @@ static char **paths;
 static size_t path_count;
 static int conns = 1, depth = 1, threads = 1, seconds = 5, idle = 0, server_pid = 0;
 static int fds_per_message = 0; /* 0: never asked; one fd per message */
+static const char *op = "open";
 static volatile int stopping;
 
 struct connection {
@@ -84,7 +86,7 @@ static int connect_to_server(void) {
 static void send_request(struct worker *w, struct connection *c) {
     char line[4200];
     const char *path = paths[c->next_path++ % path_count];
-    int n = snprintf(line, sizeof line, "{\"op\":\"open\",\"path\":\"%s\"}\n", path);
+    int n = snprintf(line, sizeof line, "{\"op\":\"%s\",\"path\":\"%s\"}\n", op, path);
     if (write(c->fd, line, n) != n) {
         w->violations++; /* a short write to a Unix socket this small: broken */
         return;
@@ -301,7 +303,7 @@ static uint64_t percentile(const uint64_t *hist, uint64_t total, double q) {
 int main(int argc, char **argv) {
     const char *paths_file = NULL;
     int opt;
-    while ((opt = getopt(argc, argv, "s:p:c:d:t:n:i:P:F:")) != -1) {
+    while ((opt = getopt(argc, argv, "s:p:c:d:t:n:i:P:F:o:")) != -1) {
         switch (opt) {
         case 's': socket_path = optarg; break;
         case 'p': paths_file = optarg; break;
@@ -312,15 +314,17 @@ int main(int argc, char **argv) {
         case 'i': idle = atoi(optarg); break;
         case 'P': server_pid = atoi(optarg); break;
         case 'F': fds_per_message = atoi(optarg); break;
+        case 'o': op = optarg; break;
         default:
             fprintf(stderr, "usage: loadgen -s SOCK -p PATHS [-c CONNS] [-d DEPTH] [-t THREADS] "
-                            "[-n SECONDS] [-i IDLE] [-P SERVER_PID] [-F FDS_PER_MESSAGE]\n");
+                            "[-n SECONDS] [-i IDLE] [-P SERVER_PID] [-F FDS_PER_MESSAGE] [-o open|stat]\n");
             return 2;
         }
     }
     if (!socket_path || !paths_file || depth < 1 || depth > MAX_DEPTH || conns < 1 || threads < 1 ||
-        (fds_per_message && (fds_per_message < 2 || fds_per_message > 253))) {
-        fprintf(stderr, "loadgen: -s and -p are needed; 1 <= DEPTH <= %d; 2 <= -F <= 253\n",
+        (fds_per_message && (fds_per_message < 2 || fds_per_message > 253)) ||
+        (strcmp(op, "open") != 0 && strcmp(op, "stat") != 0)) {
+        fprintf(stderr, "loadgen: -s and -p are needed; 1 <= DEPTH <= %d; 2 <= -F <= 253; -o open|stat\n",
                 MAX_DEPTH);
         return 2;
     }

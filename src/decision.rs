@@ -607,15 +607,21 @@ pub fn decide_on_filesystem(
         return decide_create(policy, request, client, intent, scratch, &base);
     }
     let path = request.path.path.as_path();
-    let located = match (request.nofollow, path.parent(), path.file_name()) {
+    // Split only when asked: parsing a path's components costs on every grant.
+    let final_name = if request.nofollow {
+        path.parent().zip(path.file_name())
+    } else {
+        None
+    };
+    let located = match final_name {
         // O_NOFOLLOW: the final name itself, pinned, never followed.
-        (true, Some(parent), Some(name)) => base.locate(parent).and_then(|dir| {
+        Some((parent, name)) => base.locate(parent).and_then(|dir| {
             if dir.facts.kind != FileKind::Directory {
                 return Err(OpenError::NotFound);
             }
             dir.entry(name)
         }),
-        _ => base.locate(path),
+        None => base.locate(path),
     };
     let located = match located {
         Ok(located) => located,
@@ -648,7 +654,10 @@ fn decide_existing(
     located: Located,
 ) -> Result<Decision, Refusal> {
     let wants = Wants::of(request);
-    let symlinked = located.real_path != request.path.path;
+    // Both are normal paths, so equal bytes are equal paths (Path's own
+    // comparison parses components); a difference can only cost a
+    // second, redundant match.
+    let symlinked = located.real_path.as_os_str() != request.path.path.as_os_str();
     if symlinked {
         policy
             .candidates(&located.real_path, client, wants, &mut scratch.real)
@@ -739,7 +748,7 @@ fn decide_create(
         Err(e) => return Err(e.into()),
     };
     let real_path = parent.real_path.join(name);
-    let symlinked = real_path != path;
+    let symlinked = real_path.as_os_str() != path.as_os_str();
     if symlinked {
         policy
             .candidates(&real_path, client, Wants::of(request), &mut scratch.real)

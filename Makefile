@@ -24,17 +24,24 @@ test: test-tools
 	$(CARGO) test --locked
 
 # What the tests drive besides our binaries: a C compiler with a static
-# libc (tests/programs/*.c) and /usr/bin/python3 for `run`; debhelper and
-# lintian for the package, logrotate for the audit log's rotation.
-# Installed from Debian's packages when missing and we are root; otherwise
-# those tests skip with a printed reason.
+# libc (tests/programs/*.c), /usr/bin/python3 and the real programs of
+# tests/run_programs.rs (sqlite3, rsync, nginx, getfattr and setfattr from
+# attr, getfacl and setfacl from acl) for `run`; debhelper and lintian for
+# the package, logrotate for the audit log's rotation. Installed from
+# Debian's packages when missing and we are root; otherwise those tests
+# skip with a printed reason.
+# Packages are installed with a policy-rc.d that keeps their services
+# (nginx) from starting: the tests start what they need on free ports.
 test-tools:
 	@if ! { command -v cc && test -e /usr/lib/$$(cc -print-multiarch 2>/dev/null)/libc.a && test -x /usr/bin/python3 \
-	    && command -v dh && command -v lintian && command -v logrotate; } >/dev/null 2>&1; then \
+	    && command -v dh && command -v lintian && command -v logrotate \
+	    && command -v sqlite3 && command -v rsync && test -x /usr/sbin/nginx && command -v setfattr && command -v setfacl; } >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; made_policy=1; fi; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	      gcc libc6-dev python3 debhelper lintian logrotate >/dev/null; \
-	  else echo "note: no cc/static libc/python3/debhelper/lintian/logrotate; the tests that need them will skip"; fi; \
+	      gcc libc6-dev python3 debhelper lintian logrotate sqlite3 rsync nginx attr acl >/dev/null; \
+	    status=$$?; if [ -n "$$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi; [ $$status = 0 ]; \
+	  else echo "note: no cc/static libc/python3/debhelper/lintian/logrotate/sqlite3/rsync/nginx/attr/acl; the tests that need them will skip"; fi; \
 	fi
 
 # fdopen-server against the C floor (../shared/bench/refserver.c), with
@@ -62,6 +69,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --lib --no-default-features -- -D warnings
+	# The API's documentation, with and without the server: no broken links.
+	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --locked --no-deps --no-default-features
+	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --locked --no-deps
 
 # Coverage-guided fuzzing with afl.rs on the stable toolchain: both targets
 # side by side for FUZZ_SECONDS (default 10 minutes), then a summary.

@@ -1,9 +1,9 @@
-//! Times `Client::open` of one file, COUNT times on one connection, and
-//! prints the median and p99 in nanoseconds as JSON. `make bench` compares
-//! it with the same open made by an unchanged program under
-//! `fdopen-client run`.
+//! Times `Client::open` (or, with `stat`, `Client::stat`) of one file,
+//! COUNT times on one connection, and prints the median and p99 in
+//! nanoseconds as JSON. `make bench` compares it with the same call made
+//! by an unchanged program under `fdopen-client run`.
 //!
-//!     cargo run --release --example open_latency -- SOCKET PATH COUNT
+//!     cargo run --release --example open_latency -- SOCKET PATH COUNT [open|stat]
 
 use std::time::Instant;
 
@@ -11,18 +11,26 @@ use fdopen::{Client, Mode};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, socket, path, count] = &args[..] else {
-        return Err("usage: open_latency SOCKET PATH COUNT".into());
+    let (socket, path, count, stat) = match &args[..] {
+        [_, socket, path, count] => (socket, path, count, false),
+        [_, socket, path, count, op] if op == "open" || op == "stat" => {
+            (socket, path, count, op == "stat")
+        }
+        _ => return Err("usage: open_latency SOCKET PATH COUNT [open|stat]".into()),
     };
     let count: usize = count.parse()?;
     let mut client = Client::connect(socket)?;
     let mut ns: Vec<u128> = (0..count)
         .map(|_| {
             let start = Instant::now();
-            let file = client
-                .open(path, Mode::Read)
-                .expect("the bench file is granted");
-            drop(file);
+            if stat {
+                client.stat(path).expect("the bench file may be stat'ed");
+            } else {
+                let file = client
+                    .open(path, Mode::Read)
+                    .expect("the bench file is granted");
+                drop(file);
+            }
             start.elapsed().as_nanos()
         })
         .collect();

@@ -36,6 +36,8 @@ pub enum Mismatch {
     IdentityUnknown,
     /// The path matches, but the file it leads to (through symlinks) does not.
     RealPath,
+    /// The rule has no `paths` at all (a `binds` or `names` rule).
+    NoPaths,
     File(FileMismatch),
 }
 
@@ -59,6 +61,7 @@ impl fmt::Display for Mismatch {
                 f.write_str("the real path (after symlinks) matches none of its globs")
             }
             Mismatch::File(m) => write!(f, "{}", m.describe()),
+            Mismatch::NoPaths => f.write_str("it has no paths (only binds or names)"),
         }
     }
 }
@@ -615,12 +618,23 @@ pub fn decide_on_filesystem(
     };
     let located = match final_name {
         // O_NOFOLLOW: the final name itself, pinned, never followed.
-        Some((parent, name)) => base.locate(parent).and_then(|dir| {
-            if dir.facts.kind != FileKind::Directory {
-                return Err(OpenError::NotFound);
-            }
-            dir.entry(name)
-        }),
+        Some((parent, name)) => match base.locate(parent) {
+            Ok(dir) if dir.facts.kind == FileKind::Directory => match dir.entry(name) {
+                // Missing: said only where the client may see (SPEC §4).
+                Err(OpenError::NotFound) => {
+                    let real = dir.real_path.join(name);
+                    if real != path {
+                        policy
+                            .candidates(&real, client, Wants::of(request), &mut scratch.real)
+                            .map_err(leads_elsewhere)?;
+                    }
+                    Err(OpenError::NotFound)
+                }
+                other => other,
+            },
+            Ok(_) => Err(OpenError::NotFound),
+            Err(e) => Err(e),
+        },
         None => base.locate(path),
     };
     let located = match located {
@@ -936,7 +950,9 @@ pub fn explain<'a>(
         .rules
         .iter()
         .map(|rule| {
-            let mismatch = if !rule.matches_path(path) {
+            let mismatch = if rule.paths.is_empty() {
+                Some(Mismatch::NoPaths)
+            } else if !rule.matches_path(path) {
                 Some(Mismatch::Path)
             } else if let Err(m) = rule.check_request(client, &Wants::of(request)) {
                 Some(m)

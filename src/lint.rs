@@ -114,6 +114,20 @@ pub fn lint(policy: &Policy, fs_checks: bool) -> Vec<Warning> {
                 ));
             }
         }
+        if rule.effect == Effect::Allow && rule.has_mode(PathMode::List) {
+            for top in rule.paths.iter().filter_map(|g| g.strip_suffix("/**")) {
+                let listed = |r: &Rule| {
+                    r.effect == Effect::Allow
+                        && r.has_mode(PathMode::List)
+                        && r.matches_path(Path::new(top))
+                };
+                if is_literal(top) && !policy.rules.iter().any(listed) {
+                    warn(format!(
+                        "\"list\" on {top}/** covers every directory below {top} but not {top} itself: add {top:?} to \"paths\" to list it too"
+                    ));
+                }
+            }
+        }
         if rule.create_perm & !0o666 != 0 {
             warn(format!(
                 "\"create_perm\" {:04o} lets clients create executable files; 0666 is the widest most policies need",
@@ -482,6 +496,22 @@ mod tests {
         // Only delete: reading /tmp is no such risk.
         let w = warnings(r#"{"rules":[{"name":"r","paths":["/tmp/*"]}]}"#);
         assert!(w.iter().all(|w| !w.contains("sticky")), "{w:?}");
+    }
+
+    #[test]
+    fn list_on_a_tree_without_its_top_directory_is_flagged() {
+        let w = warnings(r#"{"rules":[{"name":"l","paths":["/srv/data/**"],"modes":["list"]}]}"#);
+        assert!(
+            w.iter().any(|w| w.contains("not /srv/data itself")),
+            "{w:?}"
+        );
+        for quiet in [
+            r#"{"rules":[{"name":"l","paths":["/srv/data","/srv/data/**"],"modes":["list"]}]}"#,
+            r#"{"rules":[{"name":"l","paths":["/srv/data/**"],"modes":["list"]},{"name":"top","paths":["/srv/data"],"modes":["list"]}]}"#,
+        ] {
+            let w = warnings(quiet);
+            assert!(w.iter().all(|w| !w.contains("itself")), "{w:?}");
+        }
     }
 
     #[test]

@@ -667,6 +667,18 @@ fn parse_file(file: &Path, text: &str, rules: &mut Vec<Rule>, errors: &mut Vec<P
         line,
         column,
     };
+    // serde's own words for it ("invalid type: map, expected a sequence")
+    // name neither the policy's shape nor the fix.
+    if text.trim_start().starts_with('[') {
+        errors.push(PolicyError {
+            location: at(Some(1), Some(1)),
+            rule: None,
+            kind: PolicyErrorKind::Syntax(
+                "a policy is an object, not a bare array of rules: write {\"rules\": [...]}".into(),
+            ),
+        });
+        return;
+    }
     let top: PolicyFile<'_> = match serde_json::from_str(text) {
         Ok(top) => top,
         Err(e) => {

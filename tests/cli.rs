@@ -363,7 +363,7 @@ fn echo_demo_prints_every_line_of_several_clients() {
         .args(["echo", "--socket", sock.to_str().unwrap()])
         .env("NOTIFY_SOCKET", &notify)
         .stdout(fs::File::create(&out_path).unwrap())
-        .stderr(Stdio::null())
+        .stderr(fs::File::create(dir.path().join("echo.err")).unwrap())
         .spawn()
         .unwrap();
     let mut buf = [0u8; 16];
@@ -402,14 +402,66 @@ fn echo_demo_prints_every_line_of_several_clients() {
             .collect();
         assert_eq!(mine, want);
     }
-    // SIGTERM stops it cleanly, and its socket goes with it.
+    // Ctrl-C stops it cleanly, says so by the signal's name, and its
+    // socket goes with it.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(server.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
     assert_eq!(server.wait().unwrap().code(), Some(0));
     assert!(!sock.exists(), "the echo server removes its socket");
+    let said = fs::read_to_string(dir.path().join("echo.err")).unwrap();
+    assert!(
+        said.contains("SIGINT: stopped") && !said.contains("Ok("),
+        "{said}"
+    );
+}
+
+/// What a newcomer writes first is understood: a policy as a bare array
+/// of rules gets told the policy's shape, explain takes a relative path as
+/// the client does, and a rule without paths is said to have none.
+#[test]
+fn check_and_explain_speak_plainly() {
+    let dir = scratch();
+    let bare = dir.path().join("bare.json");
+    fs::write(&bare, r#"[{"name": "a", "paths": ["/srv/*"]}]"#).unwrap();
+    let out = run(SERVER, &["check", "--policy", bare.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stderr);
+    assert!(
+        said.contains(r#"{"rules": [...]}"#) && !said.contains("invalid type"),
+        "{said}"
+    );
+
+    fs::write(dir.path().join("f.txt"), "f").unwrap();
+    let policy = dir.path().join("p.json");
+    fs::write(
+        &policy,
+        json!({"rules": [
+            {"name": "held", "names": ["jobs/*"]},
+            {"name": "txt", "paths": [format!("{}/*.txt", glob(dir.path()))]}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = Command::new(SERVER)
+        .args(["explain", "--policy"])
+        .arg(&policy)
+        .args(["--path", "f.txt"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}{}", text(&out.stderr));
+    let held = said
+        .lines()
+        .find(|l| l.contains("held"))
+        .unwrap_or_default();
+    assert!(
+        held.contains("no paths") && !held.contains("globs"),
+        "{said}"
+    );
 }
 
 #[test]
@@ -681,6 +733,41 @@ fn an_empty_policy_or_directory_is_a_warning() {
     let said = check(&policies);
     assert!(
         said.contains("fdopen-server: warning: ") && said.contains("no rules"),
+        "{said}"
+    );
+}
+
+/// A granted file that then cannot be written (its disk is full) is the
+/// file's failure, not the server's: the client names the file and exits
+/// 1, as for the server's io_error, never "connection to the server
+/// failed" and 3.
+#[test]
+fn a_copy_that_fails_names_the_file_not_the_connection() {
+    let dir = scratch();
+    let Some(disk) = SmallDisk::in_or_skip(dir.path()) else {
+        return;
+    };
+    let target = disk.0.join("big.log");
+    let policy = json!({"rules": [{"name": "disk", "paths": [format!("{}/*", glob(&disk.0))],
+        "modes": ["write"], "create": true}]})
+    .to_string();
+    let mut s = TestServer::start_in(dir, &policy, &[]);
+    s.hold(disk);
+    let out = run_client(
+        &s.socket,
+        &[
+            "open",
+            "--mode",
+            "write",
+            "--create",
+            target.to_str().unwrap(),
+        ],
+        &vec![b'x'; 1 << 20],
+    );
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("big.log") && !said.contains("connection to the server"),
         "{said}"
     );
 }

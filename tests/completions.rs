@@ -37,11 +37,7 @@ printf '%s\n' "${{COMPREPLY[@]}}"
         .current_dir(common::scratch().path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_succeeded(&out);
     Some(
         String::from_utf8(out.stdout)
             .unwrap()

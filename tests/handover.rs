@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::fake_systemd::FdStore;
-use common::upgrade::{install, main_pid, start_from_copy, stop_adopted, upgrade};
+use common::upgrade::{Adopted, install, main_pid, start_from_copy, upgrade};
 use common::{Launch, SERVER, TestServer, scratch};
 use fdopen::{Client, WakeEvent};
 use nix::sys::signal::Signal;
@@ -174,9 +174,15 @@ impl ConnectLoop {
         ConnectLoop { stop, thread }
     }
 
-    fn finish(self) -> (usize, Vec<String>) {
+    /// Stops it; no attempt may have been refused.
+    fn refused_none(self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().unwrap()
+        let (tries, refused) = self.thread.join().unwrap();
+        assert!(
+            refused.is_empty(),
+            "{} of {tries} refused: {refused:?}",
+            refused.len()
+        );
     }
 }
 
@@ -207,22 +213,25 @@ fn an_upgrade_keeps_every_parked_connection_and_held_fd_and_refuses_no_one() {
         .unwrap();
     let before = Fleet::listing(&server);
     assert_eq!(before.len(), PARKED + HELD + 1);
+    // So does a client that opted in, with no request in flight.
+    let mut reconnecting = Client::connect(&server.socket).unwrap();
+    reconnecting
+        .set_reconnect(Some(fdopen::Reconnect::default()))
+        .unwrap();
+    assert_eq!(reconnecting.list(Some("keep/"), None).unwrap().len(), HELD);
 
     let connecting = ConnectLoop::start(&server.socket);
     let said = upgrade(&server);
     let new_pid = main_pid(&said);
+    let successor = Adopted(new_pid);
     let old_exit = common::wait_timeout(server.child.as_mut().unwrap(), Duration::from_secs(30));
     assert!(old_exit.is_some_and(|s| s.success()), "{old_exit:?}");
     // Served by the new process now, whose listing is the same.
     assert_eq!(Fleet::listing(&server), before);
-    let (tries, refused) = connecting.finish();
-    assert!(
-        refused.is_empty(),
-        "{} of {tries} refused: {refused:?}",
-        refused.len()
-    );
+    connecting.refused_none();
 
     assert_ne!(new_pid as u32, server.pid());
+    assert_eq!(reconnecting.list(Some("keep/"), None).unwrap().len(), HELD);
     extra_peer.write_all(b"meanwhile").unwrap();
     let woken = early.next().unwrap().unwrap();
     assert_eq!(woken.name, "web/extra");
@@ -233,7 +242,7 @@ fn an_upgrade_keeps_every_parked_connection_and_held_fd_and_refuses_no_one() {
     UnixStream::from(fd).read_exact(&mut got).unwrap();
     assert_eq!(&got, b"meanwhile");
     fleet.verify(&server);
-    stop_adopted(new_pid);
+    successor.stop();
     assert!(
         server
             .stderr_text()
@@ -241,6 +250,51 @@ fn an_upgrade_keeps_every_parked_connection_and_held_fd_and_refuses_no_one() {
         "{}",
         server.stderr_text()
     );
+}
+
+/// Starts the server as systemd would with `store` (and its sockets):
+/// a socket-activated one is given no `--socket`.
+fn start_by(store: &FdStore, server: &mut TestServer, stderr: &str) {
+    let socket = ["--socket", server.socket.to_str().unwrap()];
+    let mut args = vec!["serve"];
+    if store.sockets.is_empty() {
+        args.extend(socket);
+    }
+    args.extend([
+        "--policy",
+        server.policy.to_str().unwrap(),
+        "--audit-log",
+        server.audit.to_str().unwrap(),
+    ]);
+    let args: Vec<String> = args.into_iter().map(String::from).collect();
+    let command = store.command(SERVER, &args);
+    let stderr = server.path(stderr);
+    server.stderr = stderr.clone();
+    server.child = Some(common::spawn_on(
+        command,
+        &server.notify,
+        &stderr,
+        Launch::default(),
+    ));
+}
+
+/// Stops the server as systemd would, and takes in what it stored.
+fn stop_into(store: &mut FdStore, server: &mut TestServer) {
+    let status = server.stop_with(Signal::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    store.take_messages(&server.notify);
+    store.drop_hung_up();
+    let stored: Vec<&str> = store.entries.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(stored, ["fdopen-held"], "{:?}", store.messages);
+}
+
+/// The restarted server took everything back and the store is empty.
+fn taken_back(store: &mut FdStore, server: &TestServer) {
+    store.take_messages(&server.notify);
+    store.drop_hung_up();
+    assert!(store.entries.is_empty(), "{:?}", store.messages);
+    let log = server.stderr_text();
+    assert!(log.contains("took over 1100"), "{log}");
 }
 
 #[test]
@@ -252,41 +306,36 @@ fn a_restart_through_the_fd_store_keeps_them() {
     let before = Fleet::listing(&server);
     let mut store = FdStore::new(16);
 
-    let status = server.stop_with(Signal::SIGTERM);
-    assert!(status.success(), "{status:?}");
-    store.take_messages(&server.notify);
-    store.drop_hung_up();
-    let stored: Vec<&str> = store.entries.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(stored, ["fdopen-held"], "{:?}", store.messages);
-
-    // The next start gets the store as systemd passes it.
-    let args: Vec<String> = [
-        "serve",
-        "--socket",
-        server.socket.to_str().unwrap(),
-        "--policy",
-        server.policy.to_str().unwrap(),
-        "--audit-log",
-        server.audit.to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let stderr = server.path("restarted.stderr");
-    let command = store.command(SERVER, &args);
-    server.child = Some(common::spawn_on(
-        command,
-        &server.notify,
-        &stderr,
-        Launch::default(),
-    ));
+    stop_into(&mut store, &mut server);
+    start_by(&store, &mut server, "restarted.stderr");
     assert_eq!(Fleet::listing(&server), before);
     fleet.verify(&server);
-    // Read back, it leaves the store.
-    store.take_messages(&server.notify);
-    store.drop_hung_up();
-    assert!(store.entries.is_empty(), "{:?}", store.messages);
-    let log = std::fs::read_to_string(&stderr).unwrap();
-    assert!(log.contains("took over 1100"), "{log}");
+    taken_back(&mut store, &server);
+}
+
+#[test]
+fn a_socket_activated_restart_keeps_them_and_refuses_no_one() {
+    raise_fd_limit();
+    let dir = scratch();
+    // What fdopen.socket does: the socket is systemd's, across restarts.
+    let socket = dir.path().join("fdopen.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let mut store = FdStore::new(16);
+    store
+        .sockets
+        .push(("fdopen.socket".into(), listener.into()));
+    let mut server = TestServer::unstarted(dir, POLICY);
+    start_by(&store, &mut server, "first.stderr");
+    let mut fleet = Fleet::hold(&server);
+    let before = Fleet::listing(&server);
+
+    let connecting = ConnectLoop::start(&server.socket);
+    stop_into(&mut store, &mut server);
+    start_by(&store, &mut server, "restarted.stderr");
+    assert_eq!(Fleet::listing(&server), before);
+    connecting.refused_none();
+    fleet.verify(&server);
+    taken_back(&mut store, &server);
 }
 
 /// Something done to the binary the server was started from.

@@ -129,7 +129,7 @@ fn idle_clients_are_parked_and_every_client_is_answered() {
 
 #[test]
 fn parked_clients_come_back_across_an_upgrade_of_fdopen() {
-    use common::upgrade::{main_pid, start_from_copy, stop_adopted, upgrade};
+    use common::upgrade::{Adopted, main_pid, start_from_copy, upgrade};
     let Some((server, _)) = start_from_copy(POLICY, &[]) else {
         return;
     };
@@ -137,7 +137,7 @@ fn parked_clients_come_back_across_an_upgrade_of_fdopen() {
     let mut clients = greeted(&heavy, 20);
     heavy.await_events("parked heavy/", 20);
 
-    let successor = main_pid(&upgrade(&server));
+    let successor = Adopted(main_pid(&upgrade(&server)));
     // Parked through the upgrade; woken by the subscription that came
     // back by itself.
     for (i, c) in clients.iter_mut().enumerate() {
@@ -146,5 +146,5 @@ fn parked_clients_come_back_across_an_upgrade_of_fdopen() {
     // And parked again, by the parking client that reconnected.
     heavy.await_events("parked heavy/", 20);
     assert_eq!(ask(&mut clients[3], "once more"), "1: once more");
-    stop_adopted(successor);
+    successor.stop();
 }

@@ -122,22 +122,30 @@ fn threads(pid: u32) -> usize {
         .unwrap()
 }
 
-#[test]
-fn a_hung_filesystem_times_out_one_request_and_stalls_nobody() {
+/// A scratch directory holding `local.txt`, with a [`HangingFs`] mounted
+/// at `fuse/`; `None`, the reason printed, where FUSE cannot be mounted.
+fn mount_hanging() -> Option<(tempfile::TempDir, Mounted, Arc<Gate>)> {
     if let Err(why) = common::fuse::available() {
         eprintln!("skipped: {why}");
-        return;
+        return None;
     }
     let dir = scratch();
     fs::write(dir.path().join("local.txt"), "local").unwrap();
     let gate = Arc::new(Gate::default());
     let fs = HangingFs { gate: gate.clone() };
-    let mounted = match Mounted::new(&dir.path().join("fuse"), fs) {
-        Ok(m) => m,
+    match Mounted::new(&dir.path().join("fuse"), fs) {
+        Ok(mounted) => Some((dir, mounted, gate)),
         Err(e) => {
             eprintln!("skipped: cannot mount a FUSE filesystem here: {e}");
-            return;
+            None
         }
+    }
+}
+
+#[test]
+fn a_hung_filesystem_times_out_one_request_and_stalls_nobody() {
+    let Some((dir, mounted, gate)) = mount_hanging() else {
+        return;
     };
     let release = ReleaseOnDrop(gate.clone());
 
@@ -281,4 +289,43 @@ fn a_hung_filesystem_times_out_one_request_and_stalls_nobody() {
     );
     let log = s.stderr_text();
     assert!(log.contains("stuck"), "{log}");
+}
+
+#[test]
+fn tree_requests_on_a_hung_filesystem_time_out_like_opens() {
+    let Some((dir, mounted, gate)) = mount_hanging() else {
+        return;
+    };
+    let release = ReleaseOnDrop(gate.clone());
+    let d = glob(dir.path());
+    let policy = json!({"rules": [{"name": "all", "paths": [format!("{d}/**")],
+                                   "modes": ["read", "stat", "delete"]}]})
+    .to_string();
+    let mut s = TestServer::start_in(dir, &policy, &["--workers", "1", "--fs-timeout", "1s"]);
+    let hung_file = mounted.point.join("file.txt");
+    // Gone with the server, before its directory (which the mount would
+    // otherwise keep in /tmp): the release first.
+    s.hold(mounted);
+    s.hold(release);
+    let local = s.path("local.txt");
+    gate.set_hung(true);
+    for op in ["stat", "unlink", "xattr"] {
+        let mut victim = s.client();
+        victim
+            .send_raw(format!("{}\n", json!({"op": op, "path": hung_file})).as_bytes())
+            .unwrap();
+        // The same worker answers others meanwhile.
+        let (v, _) = s.ask(&json!({"op": "stat", "path": local}).to_string());
+        assert_eq!(v["ok"], true, "{v}");
+        let (v, _) = receive(&mut victim);
+        assert!(code(&v) == "io_error" || code(&v) == "busy", "{op}: {v}");
+    }
+    assert!(
+        gate.blocked.load(Ordering::SeqCst) >= 1,
+        "the lookup really hung"
+    );
+    // Let the stuck calls return before the server is stopped: a thread
+    // stuck in FUSE keeps its process from being reaped.
+    gate.set_hung(false);
+    drop(s);
 }

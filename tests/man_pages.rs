@@ -1,7 +1,8 @@
 //! The man pages: the daemon's in section 8 and the client's in section
 //! 1, none for `help` nor named plain `fdopen` (libc's fdopen(3)), every
 //! cross-reference to a page that exists, and every page, generated or
-//! written by hand in doc/, rendered at 80 columns without a troff warning.
+//! written by hand in doc/, rendered at 80 columns without a troff warning;
+//! and no text a user reads cites the SPEC, which does not ship.
 
 mod common;
 
@@ -109,5 +110,23 @@ fn every_page_renders_at_80_columns_without_a_troff_warning() {
             page.display()
         );
         assert!(!out.stdout.is_empty(), "{}", page.display());
+    }
+}
+
+/// No SPEC ships, so nothing a user reads cites one: not the man pages
+/// (whose text is also `--help`'s), the README, nor the Python client.
+#[test]
+fn no_user_facing_text_cites_the_spec() {
+    let dir = scratch();
+    let mut texts = all_pages(dir.path());
+    texts.push(Path::new(ROOT).join("README.md"));
+    for entry in fs::read_dir(Path::new(ROOT).join("examples/python")).unwrap() {
+        texts.push(entry.unwrap().path());
+    }
+    for path in texts.iter().filter(|p| p.is_file()) {
+        let text = fs::read_to_string(path).unwrap();
+        if let Some(line) = text.lines().find(|l| l.contains("SPEC")) {
+            panic!("{}: {line}", path.display());
+        }
     }
 }

@@ -105,6 +105,13 @@ fn stat_answers_what_the_kernel_says_and_implies_directories_only() {
         let v = c.ask(&req("stat", &t.path(not)));
         assert_eq!(refusal(&v), ("denied", None), "{not}: {v}");
     }
+    // Below a file or a missing name, other metadata ops learn no more.
+    for op in ["readlink", "xattr", "stat"] {
+        for under in ["app/2026/11/secret.txt/x", "app/nodir/x"] {
+            let v = c.ask(&req(op, &t.path(under)));
+            assert_eq!(refusal(&v), ("denied", None), "{op} {under}: {v}");
+        }
+    }
     // A missing file that a glob matches: not_found, with its errno.
     let v = c.ask(&req("stat", &t.path("app/2026/11/gone.log")));
     assert_eq!(refusal(&v), ("not_found", Some("ENOENT")), "{v}");
@@ -134,6 +141,7 @@ fn nofollow_readlink_and_symlinks_judged_at_both_ends() {
     let Some(t) = Tree::start(
         |d| {
             json!([{"name": "links", "paths": [format!("{d}/links/*")], "modes": ["read", "stat"]},
+                   {"name": "via", "paths": [format!("{d}/via/**")], "modes": ["read"]},
                    {"name": "data", "paths": [format!("{d}/data/*")], "modes": ["read"]}])
         },
         &[],
@@ -172,6 +180,19 @@ fn nofollow_readlink_and_symlinks_judged_at_both_ends() {
         assert_eq!(refusal(&v), ("not_regular", Some("ELOOP")), "{op}: {v}");
         let v = c.ask(&json!({"op": op, "path": t.path("links/plain"), "nofollow": true}));
         assert_eq!(v["ok"], true, "{op}: {v}");
+    }
+    // Through a symlinked directory, a missing name is not said to be
+    // missing where the policy does not reach.
+    fs::create_dir(t.path("via")).unwrap();
+    symlink("../hidden", t.path("via/dir")).unwrap();
+    for name in ["missing", "h"] {
+        for op in ["stat", "xattr", "check"] {
+            let r = with(
+                req(op, &t.path(&format!("via/dir/{name}"))),
+                json!({"nofollow": true}),
+            );
+            assert_eq!(refusal(&c.ask(&r)), ("denied", None), "{op} {name}");
+        }
     }
     // Fields that do not belong to an op are bad_request.
     let v = c.ask(&with(
@@ -396,6 +417,16 @@ fn rename_needs_read_and_delete_and_replaces_only_with_delete_on_to() {
         .filter(|n| n.to_string_lossy().starts_with(".fdopen"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    // Its record names both ends.
+    drop(c);
+    let lines = t.server.audit_lines();
+    let first = lines
+        .iter()
+        .find(|l| l["op"] == "rename" && l["ok"] == true)
+        .expect("a rename record");
+    assert_eq!(first["path"], json!(t.path("in/a")));
+    assert_eq!(first["to"], json!(t.path("out/a")));
+    assert_eq!(first["rule"], "out");
 }
 
 #[test]
@@ -459,6 +490,11 @@ fn audit_records_carry_seq_changes_come_first_and_failures_follow() {
     assert_eq!(code(&c.ask(&req("rmdir", &t.path("full")))), "io_error");
     assert_eq!(c.ask(&req("mkdir", &t.path("new")))["ok"], true);
     assert_eq!(c.ask(&json!({"op": "hello"}))["ok"], true);
+    // Refused before anything was tried: one record.
+    assert_eq!(
+        code(&c.ask(&req("unlink", Path::new("/etc/passwd")))),
+        "denied"
+    );
     drop(c);
     let lines = t.server.audit_lines();
     let seqs: Vec<u64> = lines
@@ -483,6 +519,10 @@ fn audit_records_carry_seq_changes_come_first_and_failures_follow() {
         .expect("stat is recorded");
     assert_eq!(stat["ok"], true);
     assert!(lines.iter().any(|l| l["op"] == "mkdir" && l["ok"] == true));
+    let unlink: Vec<&Value> = lines.iter().filter(|l| l["op"] == "unlink").collect();
+    assert_eq!(unlink.len(), 1, "{unlink:?}");
+    assert_eq!(unlink[0]["code"], "denied");
+    assert_eq!(unlink[0]["path"], "/etc/passwd");
 }
 
 #[test]
@@ -542,4 +582,158 @@ fn the_servers_own_files_and_pseudo_filesystems_are_not_changed() {
     assert_eq!(code(&v), "denied", "{v}");
     let v = c.ask(&req("mkdir", Path::new("/sys/fs/fdopen-test")));
     assert_eq!(code(&v), "denied", "{v}");
+}
+
+#[test]
+fn xattr_lists_and_reads_user_attributes_never_trusted() {
+    let Some(t) = Tree::start(
+        |d| json!([{"name": "x", "paths": [format!("{d}/f")], "modes": ["read"]}]),
+        &[],
+    ) else {
+        return;
+    };
+    let file = t.path("f");
+    fs::write(&file, "").unwrap();
+    let set = |name: &str, value: &[u8]| {
+        let path = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
+        let name = std::ffi::CString::new(name).unwrap();
+        // SAFETY: valid C strings and a buffer of the given length.
+        unsafe {
+            libc::setxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        }
+    };
+    if set("user.colour", b"blue\x00\xff") != 0 {
+        eprintln!("skipped: this filesystem has no user xattrs");
+        return;
+    }
+    let _ = set("trusted.secret", b"root only");
+    let mut c = t.nobody();
+    let v = c.ask(&req("xattr", &file));
+    assert_eq!(v["ok"], true, "{v}");
+    let names: Vec<&str> = v["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"user.colour"), "{v}");
+    assert!(!names.iter().any(|n| n.starts_with("trusted.")), "{v}");
+    let v = c.ask(&with(req("xattr", &file), json!({"name": "user.colour"})));
+    assert_eq!(v["value_b64"], "Ymx1ZQD/", "{v}");
+    let v = c.ask(&with(req("xattr", &file), json!({"name": "user.none"})));
+    assert_eq!(refusal(&v), ("not_found", Some("ENODATA")), "{v}");
+    let v = c.ask(&with(
+        req("xattr", &file),
+        json!({"name": "trusted.secret"}),
+    ));
+    assert_eq!(code(&v), "denied", "{v}");
+}
+
+#[test]
+fn rename_across_filesystems_is_exdev() {
+    let Ok(shm) = tempfile::Builder::new()
+        .prefix("fdopen-test")
+        .tempdir_in("/dev/shm")
+    else {
+        eprintln!("skipped: no /dev/shm");
+        return;
+    };
+    let other = glob(shm.path());
+    let Some(t) = Tree::start(
+        |d| {
+            json!([{"name": "in", "paths": [format!("{d}/*")], "modes": ["read", "delete"]},
+                   {"name": "out", "paths": [format!("{other}/*")], "modes": ["write"], "create": true}])
+        },
+        &[],
+    ) else {
+        return;
+    };
+    if fs::metadata(shm.path()).unwrap().dev() == fs::metadata(&t.root).unwrap().dev() {
+        eprintln!("skipped: /dev/shm and /tmp are one filesystem here");
+        return;
+    }
+    fs::write(t.path("a"), "A").unwrap();
+    let mut c = t.nobody();
+    let v = c.ask(&json!({"op": "rename", "path": t.path("a"), "to": shm.path().join("a")}));
+    assert_eq!(refusal(&v), ("io_error", Some("EXDEV")), "{v}");
+    assert!(t.path("a").exists());
+    assert!(!shm.path().join("a").exists());
+}
+
+#[test]
+fn mkdir_in_a_set_group_id_directory_keeps_the_bit_and_the_group() {
+    let Some(t) = Tree::start(
+        |d| json!([{"name": "m", "paths": [format!("{d}/shared/*")], "modes": ["mkdir"], "dir_perm": "0770"}]),
+        &[],
+    ) else {
+        return;
+    };
+    let shared = t.path("shared");
+    fs::create_dir(&shared).unwrap();
+    std::os::unix::fs::chown(&shared, None, Some(4242)).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o2770)).unwrap();
+    let mut c = t.nobody();
+    let v = c.ask(&with(
+        req("mkdir", &shared.join("d")),
+        json!({"perm": "0777"}),
+    ));
+    assert_eq!(v["ok"], true, "{v}");
+    let m = fs::metadata(shared.join("d")).unwrap();
+    assert_eq!(m.gid(), 4242);
+    assert_eq!(m.mode() & 0o7777, 0o2770);
+}
+
+#[test]
+fn a_trailing_slash_asks_for_a_directory() {
+    let Some(t) = Tree::start(
+        |d| json!([{"name": "w", "paths": [format!("{d}/**")], "modes": ["delete"]}]),
+        &[],
+    ) else {
+        return;
+    };
+    fs::write(t.path("file"), "").unwrap();
+    fs::create_dir(t.path("dir")).unwrap();
+    let mut c = t.nobody();
+    let slashed =
+        |rel: &str| json!({"op": "unlink", "path": format!("{}/", t.path(rel).display())});
+    let v = c.ask(&slashed("file"));
+    assert_eq!(refusal(&v), ("not_regular", Some("ENOTDIR")), "{v}");
+    assert!(t.path("file").exists());
+    let v = c.ask(&slashed("dir"));
+    assert_eq!(refusal(&v), ("not_regular", Some("EISDIR")), "{v}");
+    assert!(t.path("dir").exists());
+    let v = c.ask(&json!({"op": "stat", "path": format!("{}/", t.path("file").display())}));
+    assert_eq!(refusal(&v), ("not_regular", Some("ENOTDIR")), "{v}");
+}
+
+#[test]
+fn the_servers_binary_is_not_changed_whatever_the_policy_says() {
+    if !is_root() {
+        return;
+    }
+    let dir = scratch();
+    let copy = common::upgrade::server_copy(dir.path());
+    let d = glob(dir.path());
+    let policy = json!({"rules": [{"name": "all", "paths": [format!("{d}/**")],
+                                   "modes": ["read", "write", "delete", "stat"], "create": true}]})
+    .to_string();
+    let s = TestServer::start_program(dir, &copy, &policy, &["--socket-mode", "0666"]);
+    let mut c = Conn::nobody(&s.socket);
+    let v = c.ask(&req("unlink", &copy));
+    assert_eq!(refusal(&v), ("denied", None), "{v}");
+    let v = c.ask(&json!({"op": "check", "path": copy, "mode": "write"}));
+    assert_eq!(refusal(&v), ("denied", None), "{v}");
+    let v = c.ask(&json!({"op": "rename", "path": s.path("x"), "to": copy}));
+    assert_eq!(refusal(&v), ("denied", None), "{v}");
+    assert_eq!(c.ask(&req("stat", &copy))["ok"], true);
+    assert!(copy.exists());
+    // What is not the server's stays as the policy says.
+    fs::write(s.path("other"), "").unwrap();
+    assert_eq!(c.ask(&req("unlink", &s.path("other")))["ok"], true);
 }

@@ -515,6 +515,7 @@ fn ls_json_carries_entries_stats_and_refusals() {
         denied(),
     ]);
     let out = peer.run(&["ls", "-l", "--json", "/s"]);
+    assert_eq!(out.status.code(), Some(1), "one entry was refused");
     let value: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(value["ok"], true);
     assert_eq!(value["entries"][0]["name"], "a");
@@ -568,4 +569,28 @@ with FdopenClient(os.environ["FDOPEN_SOCKET"]) as c:
         "{}",
         stderr(&out)
     );
+}
+
+/// `ls | head -1`: a reader that stops early is not an error.
+#[test]
+fn ls_into_a_closed_pipe_exits_0() {
+    let entries: Vec<Value> = (0..5000)
+        .map(|i| entry(&format!("a-rather-long-file-name-{i:06}"), "file"))
+        .collect();
+    let peer = scripted(vec![
+        json!({"ok":true,"path":"/s","rule":"r","entries":entries}),
+    ]);
+    let mut child = std::process::Command::new(CLIENT)
+        .env("LC_ALL", "C")
+        .arg("--socket")
+        .arg(&peer.socket)
+        .args(["ls", "/s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    drop(peer.sent());
 }

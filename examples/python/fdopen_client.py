@@ -21,10 +21,11 @@ As a library:
 
 Paths go as str or bytes; names and paths come back as str, with bytes
 that are not UTF-8 kept as os.fsdecode keeps them (surrogate escapes), so
-os.fsencode gives the exact bytes back (SPEC section 3.6, _b64 twins).
+os.fsencode gives the exact bytes back (the _b64 twins of fdopen-protocol(7)).
 
 Responses can arrive several to one recvmsg, so received descriptors wait in
-a FIFO and each response with "fd": true takes the oldest (SPEC section 2).
+a FIFO and each response with "fd": true takes the oldest (FRAMING in
+fdopen-protocol(7)).
 """
 import argparse
 import base64
@@ -37,7 +38,7 @@ import sys
 
 
 class FdopenError(Exception):
-    """The server refused: `code` is one of the SPEC section 4 codes;
+    """The server refused: `code` is one of the ERRORS of fdopen-protocol(7);
     `errno_name` the kernel's error where one decided it ("ENOENT"), and
     `errno` its number here (None without one)."""
 
@@ -72,7 +73,7 @@ def exact(response, key):
 
 def within_field(within):
     """within = (dir_path, st_dev, st_ino): a directory the caller holds
-    (SPEC section 3.1)."""
+    (fdopen-protocol(7), REQUESTS)."""
     path, dev, ino = within
     field = {"id": [dev, ino]}
     put_path(field, "path", path)
@@ -177,10 +178,10 @@ class FdopenClient:
         return self.ask("check", path, mode=mode, create=create, perm=perm, truncate=truncate,
                         nofollow=nofollow, within=within)
 
-    # Tree operations (SPEC section 3.6).
+    # Tree operations (fdopen-protocol(7)).
 
     def stat(self, path, nofollow=False, within=None):
-        """The stat dict of SPEC section 3.6: dev, ino, mode (with the type
+        """The stat dict of fdopen-protocol(7): dev, ino, mode (with the type
         bits), nlink, uid, gid, rdev, size, blksize, blocks, atime, mtime,
         ctime and, where known, btime, each time as [seconds, nanoseconds]."""
         return self.ask("stat", path, nofollow=nofollow, within=within)["stat"]

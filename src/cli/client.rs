@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use super::{CreateFlags, SEE_ALSO, exit, mode_parser};
+use super::{CreateFlags, SEE_ALSO, absolute, exit, mode_parser};
 use crate::client::OpenOptions;
 use crate::client::{Client, Error};
 use crate::protocol::{Mode, parse_perm};
@@ -95,7 +95,8 @@ pub enum ClientCommand {
         command: Vec<OsString>,
     },
     /// Run CMD so that its opens and privileged binds go through the
-    /// server, unchanged (seccomp user notification; SPEC §8).
+    /// server, unchanged (seccomp user notification; see
+    /// fdopen-client-run(1)).
     ///
     /// Whatever the server does not grant, CMD does with its own rights,
     /// exactly as without `run`. This is a convenience, not a sandbox.
@@ -129,7 +130,8 @@ pub enum ClientCommand {
     #[command(flatten)]
     Held(super::held::HeldCommand),
     /// Line-echo demo: the server passes you its standard output; each
-    /// line of your standard input is written to it (SPEC §9).
+    /// line of your standard input is written to it (fdopen-protocol(7),
+    /// THE ECHO DEMO).
     Echo,
     /// Print a shell completion script for fdopen-client.
     Completions {
@@ -168,7 +170,7 @@ pub fn main() -> i32 {
             return match crate::run::run(&socket, &options) {
                 Ok(code) => code,
                 Err(RunError::Client(e)) => report(e, defaulted),
-                Err(e) => fail(exit::USAGE, &e),
+                Err(e) => fail(e.command_exit_code().unwrap_or(exit::USAGE), &e),
             };
         }
         command => Client::connect(&socket).and_then(|mut client| run(&mut client, command)),
@@ -213,9 +215,10 @@ fn run(client: &mut Client, command: ClientCommand) -> Result<i32, Error> {
             creating,
             command,
         } => {
-            let (file, _) = client.open_with(absolute(path), &creating.options(mode))?;
+            let path = absolute(path);
+            let (file, _) = client.open_with(&path, &creating.options(mode))?;
             if command.is_empty() {
-                copy(file, mode)
+                Ok(copy(file, mode, &path))
             } else {
                 run_with(file, mode, &command)
             }
@@ -314,7 +317,10 @@ fn check(
 }
 
 /// Copies the file to stdout, or stdin into it for write and append.
-fn copy(mut file: File, mode: Mode) -> Result<i32, Error> {
+/// Copies the granted file to stdout, or stdin into it. A failure is the
+/// file's or the pipe's, not the server's: it is said so, and exits 1 as
+/// a server's `io_error` would, not 3 (the server answered).
+fn copy(mut file: File, mode: Mode, path: &std::path::Path) -> i32 {
     let copied = match mode {
         Mode::Read | Mode::ReadWrite => {
             io::copy(&mut file, &mut io::stdout().lock()).and_then(|_| io::stdout().flush())
@@ -323,8 +329,11 @@ fn copy(mut file: File, mode: Mode) -> Result<i32, Error> {
     };
     match copied {
         // `| head` closing the pipe early is not a failure.
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(Error::Io(e)),
-        _ => Ok(exit::OK),
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => fail(
+            exit::REFUSED,
+            &format_args!("granted, but copying {} failed: {e}", path.display()),
+        ),
+        _ => exit::OK,
     }
 }
 
@@ -474,10 +483,6 @@ fn split_number(spec: &str) -> Result<(i32, &str), String> {
         .filter(|n| *n >= 0)
         .ok_or_else(|| format!("{spec:?}: N must be a descriptor number"))?;
     Ok((n, rest))
-}
-
-fn absolute(path: PathBuf) -> PathBuf {
-    std::path::absolute(&path).unwrap_or(path)
 }
 
 fn error_exit_code(e: &Error) -> i32 {

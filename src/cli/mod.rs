@@ -48,6 +48,13 @@ fn create_parser() -> impl TypedValueParser<Value = Create> {
     })
 }
 
+/// A path as the user means it: relative to the current directory, as
+/// the protocol takes absolute paths only. Both `fdopen-client` and
+/// `fdopen-server explain` take them so.
+fn absolute(path: std::path::PathBuf) -> std::path::PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
+
 /// Exit codes of SPEC §7.
 pub mod exit {
     pub const OK: i32 = 0;

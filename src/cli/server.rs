@@ -15,7 +15,7 @@ use crate::decision::{Explanation, explain};
 use crate::logging::{self, Level};
 use crate::peer::PeerIdentity;
 use crate::policy::{Policy, PolicyErrors};
-use crate::protocol::{Create, FileRequest, Mode, json_path, normalize_path};
+use crate::protocol::{Create, FileRequest, Mode, PathMode, json_path, normalize_path};
 use crate::server::upgrade::{self, Binary, Inherited};
 use crate::server::{Server, ServerConfig, handover};
 use crate::{lint, socket_path, systemd};
@@ -48,14 +48,15 @@ pub enum ServerCommand {
     /// reloads the policy and reopens the audit log; SIGUSR2 upgrades in
     /// place.
     ///
-    /// Upgrades and restarts keep held and parked descriptors (SPEC §3.4).
+    /// Upgrades and restarts keep held and parked descriptors.
     /// SIGUSR2 answers what was read, stops reading, and runs the binary
     /// this server was started from (the path recorded at start, which
     /// with its directories must belong to root or the server's user and
     /// be writable by no one else) with the same arguments, handing it the
     /// listening socket, never closed, so no client is refused, and every
     /// held and parked descriptor with its name, kind, storer and expiry.
-    /// Once the new process is ready, this one exits 0; if it is missing,
+    /// Once the new process (a new pid, told to a service manager as
+    /// MAINPID=) is ready, this one exits 0; if it is missing,
     /// not executable, or exits or hangs before it is ready, this one serves
     /// on with everything it had, and logs why. To upgrade: install the new
     /// binary over the old path, then kill -USR2 the server (under systemd:
@@ -180,9 +181,10 @@ pub struct ExplainArgs {
     /// A held name the client would act on (with --op), e.g. web/c17.
     #[arg(long, value_name = "N", requires = "op")]
     pub name: Option<String>,
-    /// With --name: store, retrieve, list, drop, park or wake.
-    #[arg(long, value_name = "OP", value_parser = held_op_parser, requires = "name")]
-    pub op: Option<crate::protocol::HeldOp>,
+    /// With --name: store, retrieve, list, drop, park or wake. With
+    /// --path: a tree operation's mode, stat, list, mkdir or delete.
+    #[arg(long, value_name = "OP", conflicts_with = "bind")]
+    pub op: Option<String>,
     /// With --name: whose held fd (a uid) [default: the client's own].
     #[arg(long, value_name = "UID", requires = "name")]
     pub storer: Option<u32>,
@@ -327,7 +329,7 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
         None => systemd::take(handover::FDNAME),
     };
     // Recorded at start: what SIGUSR2 runs again (SPEC §3.4).
-    let binary = Binary::current().map_err(|e| format!("cannot tell which binary this is: {e}"))?;
+    let binary = Binary::current();
     // Signals are taken synchronously by this thread; workers and the
     // hand-over inherit the mask. Blocked first, so a SIGUSR2 arriving
     // early waits for us instead of killing a server just upgraded.
@@ -470,12 +472,21 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
                 let _ = systemd::notify("READY=1");
             }
             Ok(Signal::SIGUSR2) => {
+                let binary = match &binary {
+                    Ok(binary) => binary,
+                    Err(e) => {
+                        serving_on(&format_args!(
+                            "upgrade refused: cannot tell which binary this is ({e})"
+                        ));
+                        continue;
+                    }
+                };
                 let (held, parked) = server.held_counts();
                 log(format_args!(
                     "SIGUSR2: upgrading in place to {} ({held} held, {parked} parked)",
                     binary.path.display()
                 ));
-                match server.upgrade(&binary, owned_path.is_some()) {
+                match server.upgrade(binary, owned_path.is_some()) {
                     Ok(successor) => {
                         log(format_args!(
                             "upgraded: pid {} serves now with {} descriptors; this process stops",
@@ -485,10 +496,7 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
                         server.shutdown();
                         return Ok(());
                     }
-                    Err(e) => {
-                        logging::error(format_args!("{e}; this server serves on"));
-                        let _ = systemd::notify(&format!("STATUS={e}; this server serves on"));
-                    }
+                    Err(e) => serving_on(&e),
                 }
             }
             Ok(signal) => {
@@ -506,6 +514,12 @@ fn try_serve(args: ServeArgs) -> Result<(), String> {
             Err(e) => return Err(format!("waiting for signals failed: {e}")),
         }
     }
+}
+
+/// An upgrade did not happen: the log and the service manager say why.
+fn serving_on(why: &dyn std::fmt::Display) {
+    logging::error(format_args!("{why}; this server serves on"));
+    let _ = systemd::notify(&format!("STATUS={why}; this server serves on"));
 }
 
 /// What a previous server handed over: by an upgrade, or through the
@@ -558,7 +572,7 @@ fn store_held(server: &Server) {
             let state = format!("FDSTORE=1\nFDNAME={}", handover::FDNAME);
             match systemd::notify_with_fd(&state, Some(std::os::fd::AsFd::as_fd(&socket))) {
                 Ok(_) => log(format_args!(
-                    "{count} held and parked descriptors are in the service manager's fd store"
+                    "{count} held and parked descriptors handed to the service manager's fd store"
                 )),
                 Err(e) => logging::error(format_args!(
                     "cannot store the held descriptors with the service manager: {e}; they are lost"
@@ -619,8 +633,10 @@ fn echo(socket: Option<PathBuf>) -> i32 {
             let _ = systemd::notify("READY=1");
             let signal = signals.wait();
             let _ = std::fs::remove_file(&path);
+            // The signal's name, never wait's Result (it said `Ok(SIGINT)`).
+            let signal = signal.map_or("a signal", |s| s.as_str());
             log(format_args!(
-                "{signal:?}: stopped, {} removed",
+                "{signal}: stopped, {} removed",
                 path.display()
             ));
             exit::OK
@@ -650,11 +666,17 @@ fn explain_command(args: ExplainArgs) -> i32 {
     if let Some(address) = &args.bind {
         return explain_bind(&policy, address, args.reuseport, &client);
     }
-    if let (Some(name), Some(op)) = (&args.name, args.op) {
+    if let (Some(name), Some(op)) = (&args.name, &args.op) {
+        let Ok(op) = held_op_parser(op) else {
+            logging::error(format_args!(
+                "--op with --name is one of store, retrieve, list, drop, park, wake"
+            ));
+            return exit::USAGE;
+        };
         let storer = args.storer.unwrap_or(client.uid);
         return explain_held(&policy, name, op, storer, &client);
     }
-    let raw = args.path.as_deref().unwrap_or(Path::new(""));
+    let raw = args.path.clone().map(super::absolute).unwrap_or_default();
     let path = match normalize_path(raw.as_os_str().as_bytes()) {
         Ok(p) => p,
         Err(e) => {
@@ -662,6 +684,18 @@ fn explain_command(args: ExplainArgs) -> i32 {
             return exit::USAGE;
         }
     };
+    if let Some(op) = &args.op {
+        let mode = match op.parse::<PathMode>() {
+            Ok(mode) if PathMode::TREE.contains(&mode) => mode,
+            _ => {
+                logging::error(format_args!(
+                    "--op with --path is one of stat, list, mkdir, delete"
+                ));
+                return exit::USAGE;
+            }
+        };
+        return explain_tree(&policy, &path.path, mode, &client);
+    }
     let mut request = FileRequest::plain(path, args.mode);
     request.create = args.creating.create.unwrap_or_default();
     request.truncate = args.creating.truncate;
@@ -793,6 +827,67 @@ fn print_decision(outcome: Result<&crate::policy::Rule, crate::decision::Refusal
 fn held_op_parser(text: &str) -> Result<crate::protocol::HeldOp, String> {
     crate::protocol::HeldOp::parse(text)
         .ok_or_else(|| "one of store, retrieve, list, drop, park, wake".to_owned())
+}
+
+/// `explain --path P --op stat|list|mkdir|delete`: each rule's verdict,
+/// then the decision on the requested path and, where a symlink leads
+/// elsewhere, on the real one; implied `stat` only on a directory.
+fn explain_tree(policy: &Policy, path: &Path, mode: PathMode, client: &PeerIdentity) -> i32 {
+    println!(
+        "request: {mode} {} as uid {} gid {}",
+        path.display(),
+        client.uid,
+        client.gid
+    );
+    let wants = crate::decision::Wants::mode(mode);
+    print_verdicts(policy, |rule| {
+        if !rule.matches_path(path) {
+            if mode == PathMode::Stat
+                && rule.effect == crate::policy::Effect::Allow
+                && rule.implies_stat(path)
+            {
+                match rule.check_client(client) {
+                    Ok(()) => "matches (stat implied by its glob, on a directory only)".to_owned(),
+                    Err(m) => format!("no: {m}"),
+                }
+            } else {
+                "no: path matches none of its globs".to_owned()
+            }
+        } else if let Err(m) = rule.check_request(client, &wants) {
+            format!("no: {m}")
+        } else {
+            "matches".to_owned()
+        }
+    });
+    let mut scratch = crate::decision::Candidates::default();
+    let outcome = policy
+        .decide_tree_path(path, client, wants, &mut scratch)
+        .and_then(|grant| {
+            let located = crate::safe_open::locate(path).ok();
+            let real = located
+                .as_ref()
+                .map(|l| l.real_path.as_path())
+                .unwrap_or(path);
+            let grant = if real != path {
+                println!("real path: {}", real.display());
+                policy.decide_tree_path(
+                    real,
+                    client,
+                    wants,
+                    &mut crate::decision::Candidates::default(),
+                )?
+            } else {
+                grant
+            };
+            let is_dir = located
+                .as_ref()
+                .is_some_and(|l| l.facts.kind == crate::safe_open::FileKind::Directory);
+            if grant.directories_only() && !is_dir {
+                return Err(crate::decision::tree::not_a_granted_directory(client));
+            }
+            Ok(grant.rule())
+        });
+    print_decision(outcome)
 }
 
 /// `explain --name N --op OP`: each rule's verdict, then the decision.

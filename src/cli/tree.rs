@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
@@ -73,7 +73,7 @@ pub enum TreeCommand {
 /// to report (exit 1), except with `--json`, which prints it.
 pub fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
     let mut out = io::stdout().lock();
-    let written = match command {
+    match command {
         TreeCommand::Stat {
             path,
             nofollow,
@@ -82,7 +82,7 @@ pub fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
             let request = TreeRequest::stat(absolute(&path)).nofollow(nofollow);
             let reply = client.tree(&request);
             if json {
-                return print_json(&mut out, reply.map(|r| reply_json(&r)));
+                return print_json(&mut out, reply.map(|r| (reply_json(&r), exit::OK)));
             }
             let TreeReply::Stat { stat, .. } = reply? else {
                 return Err(Error::Protocol("stat answered without metadata".into()));
@@ -92,18 +92,19 @@ pub fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
             } else {
                 None
             };
-            let text = stat_text(
-                path.as_os_str(),
-                target.as_deref(),
-                &stat,
-                &mut System::new(),
-            );
-            out.write_all(&text)
+            let mut names = System::new();
+            emit(
+                &mut out,
+                &stat_text(path.as_os_str(), target.as_deref(), &stat, &mut names),
+            )?;
         }
         TreeCommand::Readlink { path } => {
-            let target = client.read_link(absolute(&path))?;
-            out.write_all(target.as_os_str().as_bytes())
-                .and_then(|()| out.write_all(b"\n"))
+            let mut target = client
+                .read_link(absolute(&path))?
+                .into_os_string()
+                .into_vec();
+            target.push(b'\n');
+            emit(&mut out, &target)?;
         }
         TreeCommand::Ls {
             dir,
@@ -113,8 +114,14 @@ pub fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
         } => {
             let dir = absolute(&dir);
             let listing = list(client, &dir, all, long);
+            // Like ls: an entry that could not be looked at makes the exit
+            // status 1 (and is said on stderr, or in the JSON).
+            let code = |listing: &Listing| match listing.refused().next() {
+                Some(_) => exit::REFUSED,
+                None => exit::OK,
+            };
             if json {
-                return print_json(&mut out, listing.map(|l| l.to_json()));
+                return print_json(&mut out, listing.map(|l| (l.to_json(), code(&l))));
             }
             let listing = listing?;
             let text = if long {
@@ -122,31 +129,16 @@ pub fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
             } else {
                 listing.names()
             };
-            out.write_all(&text).and_then(|()| out.flush())?;
-            // Like ls: what could not be looked at is said on stderr, and
-            // makes the exit status 1.
-            let mut refused = false;
-            for listed in &listing.entries {
-                if let Some(Err(e)) = &listed.stat {
-                    refused = true;
-                    let path = dir.join(&listed.entry.name);
-                    crate::logging::error(format_args!("cannot stat {}: {e}", path.display()));
-                }
+            emit(&mut out, &text)?;
+            for (name, e) in listing.refused() {
+                let path = dir.join(name);
+                crate::logging::error(format_args!("cannot stat {}: {e}", path.display()));
             }
-            return Ok(if refused { exit::REFUSED } else { exit::OK });
+            return Ok(code(&listing));
         }
-        TreeCommand::Mkdir { path, perm } => {
-            client.create_dir(absolute(&path), perm)?;
-            Ok(())
-        }
-        TreeCommand::Rm { path } => {
-            client.remove_file(absolute(&path))?;
-            Ok(())
-        }
-        TreeCommand::Rmdir { path } => {
-            client.remove_dir(absolute(&path))?;
-            Ok(())
-        }
+        TreeCommand::Mkdir { path, perm } => client.create_dir(absolute(&path), perm)?,
+        TreeCommand::Rm { path } => client.remove_file(absolute(&path))?,
+        TreeCommand::Rmdir { path } => client.remove_dir(absolute(&path))?,
         TreeCommand::Mv {
             old,
             new,
@@ -154,13 +146,17 @@ pub fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
         } => {
             let request = TreeRequest::rename(absolute(&old), absolute(&new)).noreplace(no_replace);
             client.tree(&request)?;
-            Ok(())
         }
-    };
-    match written.and_then(|()| out.flush()) {
-        // `| head` closing the pipe early is not a failure.
+    }
+    Ok(exit::OK)
+}
+
+/// Writes all of `bytes`; `| head` closing the pipe early is not a
+/// failure.
+fn emit(out: &mut impl Write, bytes: &[u8]) -> Result<(), Error> {
+    match out.write_all(bytes).and_then(|()| out.flush()) {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(Error::Io(e)),
-        _ => Ok(exit::OK),
+        _ => Ok(()),
     }
 }
 
@@ -168,14 +164,16 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
-/// Prints an answer or a refusal as JSON; exit 1 for a refusal.
-fn print_json(out: &mut impl Write, value: Result<Value, Error>) -> Result<i32, Error> {
-    let (value, code) = match value {
-        Ok(value) => (value, exit::OK),
+/// Prints an answer (with its exit code) or a refusal (exit 1) as JSON.
+fn print_json(out: &mut impl Write, answer: Result<(Value, i32), Error>) -> Result<i32, Error> {
+    let (value, code) = match answer {
+        Ok(answer) => answer,
         Err(Error::Refused(e)) => (json!({"ok": false, "error": e}), exit::REFUSED),
         Err(e) => return Err(e),
     };
-    writeln!(out, "{value}")?;
+    let mut line = value.to_string().into_bytes();
+    line.push(b'\n');
+    emit(out, &line)?;
     Ok(code)
 }
 
@@ -562,6 +560,14 @@ fn stat_all(client: &mut Client, dir: &Path, entries: &mut [Listed]) -> Result<(
 }
 
 impl Listing {
+    /// The entries whose `stat` was refused, with the refusal.
+    fn refused(&self) -> impl Iterator<Item = (&OsStr, &Error)> {
+        self.entries.iter().filter_map(|l| match &l.stat {
+            Some(Err(e)) => Some((l.entry.name.as_os_str(), e)),
+            _ => None,
+        })
+    }
+
     /// One name a line, as `ls` writes to a pipe.
     fn names(&self) -> Vec<u8> {
         let mut out = Vec::new();

@@ -42,7 +42,11 @@ pub struct Woken {
 }
 
 /// A `wake` subscription: each item is a parked name that woke, in the
-/// order they became readable; `None` once the server closes it.
+/// order they became readable. When the server closes it (it restarts or
+/// upgrades), a subscription whose client connected by socket path
+/// subscribes again by itself (SPEC §3.4), with the client's reconnect
+/// policy or [`Reconnect::default`], and an error comes only once that
+/// gives up; one made from a stream ends (`None`).
 ///
 /// ```no_run
 /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;
@@ -311,7 +315,8 @@ impl Client {
     }
 
     /// Subscribes to parked names under `prefix`: the connection carries
-    /// nothing else from now on, so it is consumed.
+    /// nothing else from now on, so it is consumed. The subscription comes
+    /// back by itself after a restart or upgrade (see [`Wakeups`]).
     ///
     /// ```no_run
     /// # let mut client = fdopen::Client::connect("/run/fdopen/fdopen.sock")?;

@@ -404,23 +404,11 @@ impl Client {
             create: options.create.is_requested().then_some(options.create),
             perm: options.perm.map(|p| format!("{p:04o}")),
             truncate: options.truncate.then_some(true),
+            nofollow: options.nofollow.then_some(true),
+            within: options.within.as_ref().map(Within::to_wire).transpose()?,
             ..WireRequest::new(op)
         };
-        if !options.nofollow && options.within.is_none() {
-            return self.send_request(&request);
-        }
-        // The v3 fields (SPEC §3.1), added to the v2 line.
-        let mut value =
-            serde_json::to_value(&request).map_err(|e| Error::Protocol(e.to_string()))?;
-        if options.nofollow {
-            value["nofollow"] = true.into();
-        }
-        if let Some(within) = &options.within {
-            value["within"] = within.to_json()?;
-        }
-        let mut line = serde_json::to_vec(&value).map_err(|e| Error::Protocol(e.to_string()))?;
-        line.push(b'\n');
-        self.send_raw(&line)
+        self.send_request(&request)
     }
 
     /// What the server's allow rules could grant this client (SPEC §3.5).

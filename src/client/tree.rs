@@ -57,9 +57,8 @@ impl Within {
 
     /// The wire form: `{"path":..,"id":[DEV,INO]}` (`path_b64` for bytes
     /// that are not UTF-8).
-    pub(super) fn to_json(&self) -> Result<Value, Error> {
-        let wire = WireWithin::new(absolute(&self.path)?, self.dev, self.ino);
-        serde_json::to_value(wire).map_err(|e| Error::Protocol(e.to_string()))
+    pub(super) fn to_wire(&self) -> Result<WireWithin, Error> {
+        Ok(WireWithin::new(absolute(&self.path)?, self.dev, self.ino))
     }
 }
 
@@ -371,7 +370,9 @@ impl TreeRequest {
             object.insert("noreplace".into(), true.into());
         }
         if let Some(within) = &self.within {
-            object.insert("within".into(), within.to_json()?);
+            let within = serde_json::to_value(within.to_wire()?)
+                .map_err(|e| Error::Protocol(e.to_string()))?;
+            object.insert("within".into(), within);
         }
         let mut line = serde_json::to_vec(&object).map_err(|e| Error::Protocol(e.to_string()))?;
         line.push(b'\n');

@@ -390,3 +390,114 @@ pub fn encode_answer(
     out.extend_from_slice(&body[1..]);
     out.push(b'\n');
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Request, parse_request};
+
+    fn parse(line: &str) -> Result<TreeRequest, String> {
+        match parse_request(line.as_bytes()).request {
+            Ok(Request::Tree(tree)) => Ok(tree),
+            Ok(other) => Err(format!("not a tree request: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn each_op_takes_its_own_fields_only() {
+        let stat = parse(r#"{"op":"stat","path":"/a/b","nofollow":true}"#).unwrap();
+        assert!(stat.nofollow);
+        let mkdir = parse(r#"{"op":"mkdir","path":"/a/b","perm":"750"}"#).unwrap();
+        assert_eq!(mkdir.perm, 0o750);
+        assert_eq!(parse(r#"{"op":"mkdir","path":"/a"}"#).unwrap().perm, 0o700);
+        let xattr = parse(r#"{"op":"xattr","path":"/a","name":"user.x"}"#).unwrap();
+        assert_eq!(xattr.name.as_deref(), Some(&b"user.x"[..]));
+        let rename =
+            parse(r#"{"op":"rename","path":"/a/x","to_b64":"L2IveQ==","noreplace":true}"#).unwrap();
+        assert_eq!(rename.to.unwrap().path, Path::new("/b/y"));
+        assert!(rename.noreplace);
+        for bad in [
+            r#"{"op":"readlink","path":"/a","nofollow":true}"#,
+            r#"{"op":"unlink","path":"/a","mode":"write"}"#,
+            r#"{"op":"rmdir","path":"/a","perm":"0700"}"#,
+            r#"{"op":"readdir","path":"/a","to":"/b"}"#,
+            r#"{"op":"stat","path":"/a","cursor":"x"}"#,
+            r#"{"op":"rename","path":"/a"}"#,
+            r#"{"op":"rename","path":"/a","to":"/b","to_b64":"L2I="}"#,
+            r#"{"op":"rename","path":"/a","to":"b"}"#,
+            r#"{"op":"rename","path":"/a","to":"/b/../c"}"#,
+            r#"{"op":"mkdir","path":"/a","perm":"4750"}"#,
+            r#"{"op":"xattr","path":"/a","name":""}"#,
+            r#"{"op":"xattr","path":"/a","storer":1}"#,
+            r#"{"op":"stat"}"#,
+            r#"{"op":"stat","path":"/a","nofollow":null}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn within_must_lead_every_path() {
+        let ok = parse(
+            r#"{"op":"rename","path":"/d/a","to":"/d/e/b","within":{"path":"/d","id":[1,2]}}"#,
+        )
+        .unwrap();
+        let within = ok.within.unwrap();
+        assert_eq!(
+            (within.path.path.as_path(), within.dev, within.ino),
+            (Path::new("/d"), 1, 2)
+        );
+        // The directory itself may be asked about.
+        assert!(parse(r#"{"op":"stat","path":"/d","within":{"path":"/d","id":[1,2]}}"#).is_ok());
+        for bad in [
+            r#"{"op":"stat","path":"/dx/a","within":{"path":"/d","id":[1,2]}}"#,
+            r#"{"op":"rename","path":"/d/a","to":"/e/b","within":{"path":"/d","id":[1,2]}}"#,
+            r#"{"op":"stat","path":"/d/a","within":{"path":"/d","id":[1]}}"#,
+            r#"{"op":"stat","path":"/d/a","within":{"path":"/d"}}"#,
+            r#"{"op":"stat","path":"/d/a","within":{"path":"d","id":[1,2]}}"#,
+            r#"{"op":"stat","path":"/d/a","within":{"path":"/d","id":[1,2],"x":1}}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        // open and check take within and nofollow; other ops do not.
+        let open = parse_request(
+            br#"{"op":"open","path":"/d/a","nofollow":true,"within":{"path":"/d","id":[1,2]}}"#,
+        );
+        match open.request {
+            Ok(Request::Open(file)) => assert!(file.nofollow && file.within.is_some()),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            r#"{"op":"hello","nofollow":true}"#,
+            r#"{"op":"bind","address":"tcp:*:80","within":{"path":"/d","id":[1,2]}}"#,
+            r#"{"op":"store","name":"x","nofollow":true}"#,
+            r#"{"op":"open","path":"/d/a","cursor":"c"}"#,
+            r#"{"op":"check","path":"/e/a","within":{"path":"/d","id":[1,2]}}"#,
+        ] {
+            assert!(parse_request(bad.as_bytes()).request.is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn answers_echo_the_id_verbatim_and_give_bytes_that_are_not_utf8() {
+        let mut out = Vec::new();
+        let id = RawValue::from_string("123456789012345678901234567890".into()).unwrap();
+        encode_answer(
+            &mut out,
+            Some(&id),
+            Path::new("/d"),
+            "r",
+            &TreeAnswer::Link(b"\xff/x".to_vec()),
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with(r#"{"id":123456789012345678901234567890,"#),
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["target_b64"], "/y94", "{v}");
+        assert_eq!(v["rule"], "r");
+        assert!(text.ends_with("}\n"));
+    }
+}

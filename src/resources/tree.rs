@@ -60,7 +60,7 @@ pub struct Tree<'a> {
     pub scratch: &'a mut Scratch,
 }
 
-impl Tree<'_> {
+impl<'a> Tree<'a> {
     /// Carries out `request`; a change is recorded through `log`.
     pub fn run(
         &mut self,
@@ -68,9 +68,7 @@ impl Tree<'_> {
         log: &mut dyn ChangeLog,
     ) -> Result<TreeDone, Refusal> {
         match request.op {
-            TreeOp::Stat => self.stat(request),
-            TreeOp::Readlink => self.readlink(request),
-            TreeOp::Xattr => self.xattr(request),
+            TreeOp::Stat | TreeOp::Readlink | TreeOp::Xattr => self.metadata(request),
             TreeOp::Readdir => self.readdir(request),
             TreeOp::Mkdir => self.mkdir(request, log),
             TreeOp::Unlink => self.remove(request, log, false),
@@ -83,74 +81,65 @@ impl Tree<'_> {
     pub fn decide_requested(
         &mut self,
         path: &Path,
-        mode: PathMode,
+        wants: impl Into<Wants>,
     ) -> Result<PathGrant<'_>, Refusal> {
         let (requested, _) = self.scratch.both();
         self.policy
-            .decide_tree_path(path, self.client, Wants::mode(mode), requested)
+            .decide_tree_path(path, self.client, wants.into(), requested)
     }
 
-    /// Decides `mode` on the real path too, where it differs.
-    fn decide_real<'p>(
-        policy: &'p Policy,
-        client: &PeerIdentity,
-        requested: &Path,
-        real: &Path,
-        mode: PathMode,
-        granted: PathGrant<'p>,
-        out: &mut Candidates,
-    ) -> Result<PathGrant<'p>, Refusal> {
-        if real == requested {
-            return Ok(granted);
-        }
-        policy
-            .decide_tree_path(real, client, Wants::mode(mode), out)
-            .map_err(leads_elsewhere)
-    }
-
-    /// Both paths of one side of a request: the requested one granted
-    /// `mode`, then the real one. Returns the grant of the real path and
-    /// whether only a directory may be answered.
+    /// Both paths of one side of a request: the requested one, then the
+    /// real one where it differs (a symlink on the way). Returns the rule
+    /// that grants the real path and whether only a directory may be
+    /// answered (implied `stat`).
     fn judge(
         &mut self,
         requested: &Path,
         real: &Path,
-        mode: PathMode,
-    ) -> Result<(Rule, bool), Refusal> {
+        wants: impl Into<Wants>,
+    ) -> Result<(&'a Rule, bool), Refusal> {
+        let wants = wants.into();
+        let policy: &'a Policy = self.policy;
         let (req_c, real_c) = self.scratch.both();
-        let granted =
-            self.policy
-                .decide_tree_path(requested, self.client, Wants::mode(mode), req_c)?;
-        let real_grant = Self::decide_real(
-            self.policy,
-            self.client,
-            requested,
-            real,
-            mode,
-            granted,
-            real_c,
-        )?;
+        let granted = policy.decide_tree_path(requested, self.client, wants, req_c)?;
+        let real_grant = if real == requested {
+            granted
+        } else {
+            policy
+                .decide_tree_path(real, self.client, wants, real_c)
+                .map_err(leads_elsewhere)?
+        };
         let directories_only = granted.directories_only() || real_grant.directories_only();
-        Ok((real_grant.rule().clone(), directories_only))
+        Ok((real_grant.rule(), directories_only))
+    }
+
+    /// `stat`, `readlink`, `xattr`. A path granted only as a directory
+    /// (implied stat) says nothing more of what is there: missing or not
+    /// a directory, it is denied (SPEC §5).
+    fn metadata(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
+        let implied = self
+            .decide_requested(&request.path.path, PathMode::Stat)?
+            .directories_only();
+        let answer = match request.op {
+            TreeOp::Stat => self.stat(request),
+            TreeOp::Readlink => self.readlink(request),
+            _ => self.xattr(request),
+        };
+        match answer {
+            Err(r) if implied && matches!(r.code, ErrorCode::NotFound | ErrorCode::NotRegular) => {
+                Err(not_a_granted_directory(self.client))
+            }
+            other => other,
+        }
     }
 
     fn stat(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
-        let implied = self
-            .decide_requested(path, PathMode::Stat)?
-            .directories_only();
         let base = base_of(request.within.as_ref())?;
         let located = if request.nofollow {
-            base.entry(path).and_then(|e| e.found.map_err(refusal_of))
+            self.final_name(&base, path)?
         } else {
-            self.follow(&base, path, PathMode::Stat)
-        };
-        let located = match located {
-            // A name granted only as a directory: a missing one is denied.
-            Err(r) if implied && r.code == ErrorCode::NotFound => {
-                return Err(not_a_granted_directory(self.client));
-            }
-            other => other?,
+            self.follow(&base, path, PathMode::Stat)?
         };
         let (rule, directories_only) = self.judge(path, &located.real_path, PathMode::Stat)?;
         if directories_only && located.facts.kind != FileKind::Directory {
@@ -160,7 +149,7 @@ impl Tree<'_> {
         let stat = statx(located.handle()).map_err(|e| io("statx", e))?;
         Ok(TreeDone {
             path: located.real_path,
-            rule: rule.name,
+            rule: rule.name.clone(),
             answer: TreeAnswer::Stat(stat),
             recorded: false,
         })
@@ -168,10 +157,9 @@ impl Tree<'_> {
 
     fn readlink(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
-        self.decide_requested(path, PathMode::Stat)?;
-        let entry = base_of(request.within.as_ref())?.entry(path)?;
+        let entry = entry(&base_of(request.within.as_ref())?, path)?;
         let (rule, directories_only) = self.judge(path, &entry.real, PathMode::Stat)?;
-        let link = entry.found.map_err(refusal_of)?;
+        let link = entry.found.map_err(Refusal::from)?;
         if directories_only {
             return Err(not_a_granted_directory(self.client));
         }
@@ -192,7 +180,7 @@ impl Tree<'_> {
             .map_err(|e| io("readlinkat", e))?;
         Ok(TreeDone {
             path: entry.real,
-            rule: rule.name,
+            rule: rule.name.clone(),
             answer: TreeAnswer::Link(target.as_bytes().to_vec()),
             recorded: false,
         })
@@ -208,10 +196,9 @@ impl Tree<'_> {
                 "only user., security. and system. attributes are read",
             ));
         }
-        self.decide_requested(path, PathMode::Stat)?;
         let base = base_of(request.within.as_ref())?;
         let located = if request.nofollow {
-            base.entry(path).and_then(|e| e.found.map_err(refusal_of))?
+            self.final_name(&base, path)?
         } else {
             self.follow(&base, path, PathMode::Stat)?
         };
@@ -225,7 +212,7 @@ impl Tree<'_> {
         };
         Ok(TreeDone {
             path: located.real_path,
-            rule: rule.name,
+            rule: rule.name.clone(),
             answer,
             recorded: false,
         })
@@ -269,7 +256,7 @@ impl Tree<'_> {
         });
         Ok(TreeDone {
             path: located.real_path,
-            rule: rule.name,
+            rule: rule.name.clone(),
             answer: TreeAnswer::Dir { entries, cursor },
             recorded: false,
         })
@@ -282,9 +269,9 @@ impl Tree<'_> {
     ) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
         self.decide_requested(path, PathMode::Mkdir)?;
-        let entry = base_of(request.within.as_ref())?.entry(path)?;
+        let entry = entry(&base_of(request.within.as_ref())?, path)?;
         let (rule, _) = self.judge(path, &entry.real, PathMode::Mkdir)?;
-        self.may_change(&[path, &entry.real], &entry.parent, &rule)?;
+        self.may_change(&[path, &entry.real], &entry.parent, rule)?;
         if entry.found.is_ok() {
             return Err(Refusal::with_errno(
                 ErrorCode::Exists,
@@ -300,12 +287,12 @@ impl Tree<'_> {
             let refusal = change_failed(e, "mkdirat");
             return Err(log.failed(refusal));
         }
-        if let Err(refusal) = finish_directory(&entry, &rule, request.perm, self.client) {
+        if let Err(refusal) = finish_directory(&entry, rule, request.perm, self.client) {
             return Err(log.failed(refusal));
         }
         Ok(TreeDone {
             path: entry.real,
-            rule: rule.name,
+            rule: rule.name.clone(),
             answer: TreeAnswer::Created,
             recorded: true,
         })
@@ -320,11 +307,13 @@ impl Tree<'_> {
     ) -> Result<TreeDone, Refusal> {
         let path = &request.path.path;
         self.decide_requested(path, PathMode::Delete)?;
-        let entry = base_of(request.within.as_ref())?.entry(path)?;
+        let entry = entry(&base_of(request.within.as_ref())?, path)?;
         let (rule, _) = self.judge(path, &entry.real, PathMode::Delete)?;
-        self.may_change(&[path, &entry.real], &entry.parent, &rule)?;
-        let found = entry.found.as_ref().map_err(|e| refusal_of(e.clone()))?;
+        self.may_change(&[path, &entry.real], &entry.parent, rule)?;
+        let found = entry.found.as_ref().map_err(|e| Refusal::from(e.clone()))?;
         let is_dir = found.facts.kind == FileKind::Directory;
+        // `unlink("file/")` fails in the kernel too.
+        wants_directory(&request.path, found)?;
         if is_dir != directory {
             let (errno, why) = if directory {
                 (Errno::ENOTDIR, "not a directory")
@@ -351,7 +340,7 @@ impl Tree<'_> {
         }
         Ok(TreeDone {
             path: entry.real,
-            rule: rule.name,
+            rule: rule.name.clone(),
             answer: TreeAnswer::Done { to: None },
             recorded: true,
         })
@@ -374,31 +363,16 @@ impl Tree<'_> {
             create: true,
             truncate: false,
         };
-        let mut to_rules = Candidates::default();
-        self.policy
-            .decide_tree_path(to_path, self.client, create, &mut to_rules)?;
+        self.decide_requested(to_path, create)?;
         let base = base_of(request.within.as_ref())?;
-        let from = base.entry(path)?;
-        let to = base.entry(to_path)?;
+        let from = entry(&base, path)?;
+        let to = entry(&base, to_path)?;
         self.judge(path, &from.real, PathMode::Read)?;
         let (from_rule, _) = self.judge(path, &from.real, PathMode::Delete)?;
-        let to_rule = {
-            let mut real = Candidates::default();
-            let granted =
-                self.policy
-                    .decide_tree_path(to_path, self.client, create, &mut to_rules)?;
-            let real_grant = if to.real == *to_path {
-                granted
-            } else {
-                self.policy
-                    .decide_tree_path(&to.real, self.client, create, &mut real)
-                    .map_err(leads_elsewhere)?
-            };
-            real_grant.rule().clone()
-        };
-        self.may_change(&[path, &from.real], &from.parent, &from_rule)?;
-        self.may_change(&[to_path, &to.real], &to.parent, &to_rule)?;
-        let source = from.found.as_ref().map_err(|e| refusal_of(e.clone()))?;
+        let (to_rule, _) = self.judge(to_path, &to.real, create)?;
+        self.may_change(&[path, &from.real], &from.parent, from_rule)?;
+        self.may_change(&[to_path, &to.real], &to.parent, to_rule)?;
+        let source = from.found.as_ref().map_err(|e| Refusal::from(e.clone()))?;
         if source.facts.kind == FileKind::Directory {
             return Err(Refusal::with_errno(
                 ErrorCode::IoError,
@@ -436,7 +410,7 @@ impl Tree<'_> {
             Err(OpenError::NotFound) => {
                 !request.noreplace && self.judge(to_path, &to.real, PathMode::Delete).is_ok()
             }
-            Err(e) => return Err(refusal_of(e.clone())),
+            Err(e) => return Err(Refusal::from(e.clone())),
         };
         if source.facts.dev != to.parent.facts.dev {
             return Err(Refusal::with_errno(
@@ -451,10 +425,18 @@ impl Tree<'_> {
         }
         Ok(TreeDone {
             path: from.real,
-            rule: to_rule.name,
+            rule: to_rule.name.clone(),
             answer: TreeAnswer::Done { to: Some(to.real) },
             recorded: true,
         })
+    }
+
+    /// The final name of `path` itself, not followed (`nofollow`): its
+    /// real path is judged before anything is said of whether it exists.
+    fn final_name(&mut self, base: &Base, path: &Path) -> Result<Located, Refusal> {
+        let entry = entry(base, path)?;
+        self.judge(path, &entry.real, PathMode::Stat)?;
+        Ok(entry.found?)
     }
 
     /// Resolves `path`, following symlinks as an open does; a path that
@@ -471,12 +453,14 @@ impl Tree<'_> {
                     .policy
                     .decide_tree_path(&missing, self.client, Wants::mode(mode), real_c)
                 {
-                    Ok(grant) if !grant.directories_only() => Err(refusal_of(OpenError::NotFound)),
+                    Ok(grant) if !grant.directories_only() => {
+                        Err(Refusal::from(OpenError::NotFound))
+                    }
                     Ok(_) => Err(not_a_granted_directory(self.client)),
                     Err(refusal) => Err(leads_elsewhere(refusal)),
                 }
             }
-            Err(e) => Err(refusal_of(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -543,45 +527,39 @@ fn base_of(within: Option<&Within>) -> Result<Base, Refusal> {
     }
 }
 
-/// Finding a request's final name from its base.
-trait Entries {
-    fn entry(&self, path: &Path) -> Result<Entry, Refusal>;
-}
-
-impl Entries for Base {
-    /// The parent of `path`, resolved, and its entry, not followed.
-    fn entry(&self, path: &Path) -> Result<Entry, Refusal> {
-        let (Some(parent_path), Some(name)) = (path.parent(), path.file_name()) else {
-            // `/` itself: it has no parent to act in.
-            let root = self.locate(path).map_err(refusal_of)?;
-            return Ok(Entry {
-                real: root.real_path.clone(),
-                name: OsString::from("."),
-                found: Ok(safe_open::locate(Path::new("/")).map_err(refusal_of)?),
-                parent: root,
-            });
-        };
-        let parent = match self.locate(parent_path) {
-            Ok(parent) => parent,
-            Err(OpenError::Dangling) => {
-                return Err(leads_elsewhere(Refusal::new(ErrorCode::Denied, "")));
-            }
-            Err(e) => return Err(refusal_of(e)),
-        };
-        if parent.facts.kind != FileKind::Directory {
-            return Err(Refusal::with_errno(
-                ErrorCode::NotFound,
-                Errno::ENOTDIR,
-                "a component of the path is not a directory",
-            ));
+/// The parent of `path`, resolved from `base`, and its final name, not
+/// followed.
+fn entry(base: &Base, path: &Path) -> Result<Entry, Refusal> {
+    let (Some(parent_path), Some(name)) = (path.parent(), path.file_name()) else {
+        // `/` itself: it has no parent to act in.
+        let root = base.locate(path)?;
+        return Ok(Entry {
+            real: root.real_path.clone(),
+            name: OsString::from("."),
+            found: Ok(safe_open::locate(Path::new("/"))?),
+            parent: root,
+        });
+    };
+    let parent = match base.locate(parent_path) {
+        Ok(parent) => parent,
+        Err(OpenError::Dangling) => {
+            return Err(leads_elsewhere(Refusal::new(ErrorCode::Denied, "")));
         }
-        Ok(Entry {
-            real: parent.real_path.join(name),
-            found: parent.entry(name),
-            name: name.to_owned(),
-            parent,
-        })
+        Err(e) => return Err(e.into()),
+    };
+    if parent.facts.kind != FileKind::Directory {
+        return Err(Refusal::with_errno(
+            ErrorCode::NotFound,
+            Errno::ENOTDIR,
+            "a component of the path is not a directory",
+        ));
     }
+    Ok(Entry {
+        real: parent.real_path.join(name),
+        found: parent.entry(name),
+        name: name.to_owned(),
+        parent,
+    })
 }
 
 /// A final name and the directory it is in.
@@ -604,10 +582,6 @@ fn wants_directory(path: &RequestPath, located: &Located) -> Result<(), Refusal>
         ));
     }
     Ok(())
-}
-
-fn refusal_of(e: OpenError) -> Refusal {
-    Refusal::from(e)
 }
 
 fn io(what: &str, errno: Errno) -> Refusal {
@@ -648,7 +622,8 @@ fn finish_directory(
     let st = nix::sys::stat::fstat(&dir).map_err(|e| io("fstat", e))?;
     let ours = st.st_mode & libc::S_IFMT == libc::S_IFDIR
         && st.st_uid == nix::unistd::geteuid().as_raw()
-        && st.st_nlink == 2;
+        // Empty: `.` and `..` only (nlink says nothing on btrfs).
+        && read_entries(&dir, None).is_ok_and(|(entries, more)| entries.len() <= 2 && more.is_none());
     if !ours {
         // Not what mkdirat made: someone else's. Leave it alone.
         return Err(Refusal::with_errno(
@@ -734,13 +709,26 @@ fn link_temporary(source: &Located, dir: &Located) -> Result<OsString, Refusal> 
             std::process::id(),
             random_u64()
         ));
-        match nix::unistd::linkat(
+        let linked = nix::unistd::linkat(
             source.handle(),
             "",
             dir.handle(),
             name.as_os_str(),
             AtFlags::AT_EMPTY_PATH,
-        ) {
+        )
+        .or_else(|e| match e {
+            // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the handle's magic
+            // link names the same inode without it.
+            Errno::ENOENT => nix::unistd::linkat(
+                nix::fcntl::AT_FDCWD,
+                format!("/proc/self/fd/{}", source.handle().as_raw_fd()).as_str(),
+                dir.handle(),
+                name.as_os_str(),
+                AtFlags::AT_SYMLINK_FOLLOW,
+            ),
+            e => Err(e),
+        });
+        match linked {
             Ok(()) => return Ok(name),
             Err(Errno::EEXIST) => continue,
             Err(e) => return Err(change_failed(e, "linkat")),

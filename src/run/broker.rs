@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::bind_call::{BindArgs, ProgramSocket, copy_options};
+use super::dir_stream::{DirStreams, wants_directory};
 use super::listener::{Install, Listener, Notification, target_gone};
 use super::open_call::{Brokerable, OpenArgs, OpenPath, absolute_path};
 use super::scope::BrokerScope;
 use super::target::{Identity, Target};
+use super::tree_broker::client_within;
+use super::tree_call::TreeCall;
 use super::within::Within;
 use crate::address::BindAddress;
 use crate::client::{BindOptions, Client, OpenOptions};
@@ -31,10 +34,12 @@ pub struct Broker {
     pub socket: PathBuf,
     /// `net.ipv4.ip_unprivileged_port_start`; `None` with `--no-bind`.
     pub privileged_below: Option<u16>,
+    /// The placeholders handed out for directory streams (SPEC §8, v3).
+    pub dir_streams: DirStreams,
 }
 
 /// Something that stops a call from being brokered; it then continues.
-struct Untouched;
+pub(super) struct Untouched;
 
 impl Broker {
     /// Answers trapped syscalls until the listener fails (it never does
@@ -56,6 +61,9 @@ impl Broker {
             let args = BindArgs::decode(call, &target, unprivileged_start).ok_or(Untouched)?;
             return self.bind(call, &target, args, client);
         }
+        if let Some(tree) = TreeCall::decode(call) {
+            return self.tree(call, &target, tree, client);
+        }
         let args = OpenArgs::decode(call, &target).ok_or(Untouched)?;
         self.open(call, &target, args, client)
     }
@@ -67,12 +75,23 @@ impl Broker {
         args: OpenArgs,
         client: &mut Option<Client>,
     ) -> Result<(), Untouched> {
+        if wants_directory(args.flags) {
+            return self.open_directory(call, target, args.path_arg(), args.flags, client);
+        }
         let wanted = Brokerable::from_flags(args.flags, args.mode).ok_or(Untouched)?;
         let raw_path = target.read_c_string(args.path_addr).ok_or(Untouched)?;
-        let base = (raw_path.first() != Some(&b'/'))
-            .then(|| target.base_directory(args.dirfd))
-            .flatten();
-        let path = absolute_path(&raw_path, base.as_deref()).ok_or(Untouched)?;
+        let (base, placeholder) = if raw_path.first() == Some(&b'/') {
+            (None, None)
+        } else {
+            match target.base_directory(args.dirfd) {
+                Some(base) => (Some(base), None),
+                None => (None, Some(self.placeholder(target, args.dirfd)?.1)),
+            }
+        };
+        let from = base
+            .as_deref()
+            .or(placeholder.as_ref().map(|p| p.path.as_path()));
+        let path = absolute_path(&raw_path, from).ok_or(Untouched)?;
         if !self
             .scope
             .covers_path(&path, wanted.mode, wanted.create.is_requested())
@@ -82,7 +101,7 @@ impl Broker {
         let tgid = target.tgid_if_same_identity(&self.own).ok_or(Untouched)?;
         let within = match base {
             Some(base) => Some(Within::prove(target, tgid, args.dirfd, base).ok_or(Untouched)?),
-            None => None,
+            None => placeholder,
         };
         let call_path = OpenPath { path, within };
         let umask = if wanted.create.is_requested() {
@@ -104,15 +123,25 @@ impl Broker {
         if !self.listener.still_valid(call.id) {
             return Err(Untouched);
         }
-        let options = wanted.options(umask);
-        let file = self.request_file(client, &call_path.path, &options)?;
+        let mut options = wanted.options(umask);
+        if let Some(within) = &call_path.within {
+            options = options.within(client_within(within));
+        }
+        let file = match self.request_file(client, &call_path.path, &options) {
+            Ok(file) => file,
+            // A directory opened for reading gets a directory stream.
+            Err(Some(libc::EISDIR)) if wanted.mode == crate::protocol::Mode::Read => {
+                return self.open_directory(call, target, args.path_arg(), args.flags, client);
+            }
+            Err(errno) => return self.open_refused(call, &wanted, errno),
+        };
         if wanted.status_flags != 0 {
             set_status_flags(&file, wanted.status_flags)?;
         }
         self.deliver(call, &file, wanted.cloexec, options.truncate)
     }
 
-    /// The server's fd for `path`. Truncation cannot be undone, so it is
+    /// The server's fd for `path`, or the errno of its refusal. Truncation cannot be undone, so it is
     /// never the server's: the server is asked whether it would
     /// truncate (`check`), then opens without, and [`Broker::deliver`]
     /// truncates once the fd is the program's.
@@ -121,14 +150,16 @@ impl Broker {
         client: &mut Option<Client>,
         path: &Path,
         options: &OpenOptions,
-    ) -> Result<File, Untouched> {
+    ) -> Result<File, Option<i32>> {
         let truncation = if options.truncate {
-            Some(ask(client, &self.socket, |c| c.check_with(path, options))?)
+            Some(ask_for_errno(client, &self.socket, |c| {
+                c.check_with(path, options)
+            })?)
         } else {
             None
         };
         let without_truncate = options.clone().truncate(false);
-        let (file, grant) = ask(client, &self.socket, |c| {
+        let (file, grant) = ask_for_errno(client, &self.socket, |c| {
             c.open_with(path, &without_truncate)
         })?;
         // The server judged truncation for the same real path it opened
@@ -137,7 +168,7 @@ impl Broker {
         // another size swapped in at that path between the two requests
         // is the window left.
         if truncation.is_some_and(|t| (t.path, t.path_b64) != (grant.path, grant.path_b64)) {
-            return Err(Untouched);
+            return Err(None);
         }
         Ok(file)
     }
@@ -174,6 +205,23 @@ impl Broker {
             }
         }
         Ok(())
+    }
+
+    /// A refused open: the server's errno where the open can fail with it
+    /// (SPEC §8), else the open continues with the program's rights.
+    fn open_refused(
+        &self,
+        call: &Notification,
+        wanted: &Brokerable,
+        errno: Option<i32>,
+    ) -> Result<(), Untouched> {
+        match errno {
+            Some(errno) if wanted.can_fail_with(errno) => {
+                self.listener.fail(call.id, errno);
+                Ok(())
+            }
+            _ => Err(Untouched),
+        }
     }
 
     fn bind(
@@ -231,24 +279,42 @@ fn ask<T>(
     socket: &PathBuf,
     request: impl FnOnce(&mut Client) -> Result<T, crate::client::Error>,
 ) -> Result<T, Untouched> {
+    ask_for_errno(client, socket, request).map_err(|_| Untouched)
+}
+
+/// [`ask`], telling a refusal's errno (SPEC §4), if the server gave one.
+pub(super) fn ask_for_errno<T>(
+    client: &mut Option<Client>,
+    socket: &PathBuf,
+    request: impl FnOnce(&mut Client) -> Result<T, crate::client::Error>,
+) -> Result<T, Option<i32>> {
     if client.is_none() {
-        let mut fresh = Client::connect(socket).map_err(|_| Untouched)?;
+        let mut fresh = Client::connect(socket).map_err(|_| None)?;
         fresh
             .stream()
             .set_read_timeout(Some(SERVER_PATIENCE))
-            .map_err(|_| Untouched)?;
+            .map_err(|_| None)?;
         // The trapped task waits on this answer with its CPU idle: polling
         // for it saves the wake-up that dominates a brokered call.
         fresh.set_busy_poll(SERVER_BUSY_POLL);
+        // Across an upgrade of the server, a call whose request may be
+        // sent twice is asked again; any other is left to the program. A
+        // server that is gone holds the traced call up for 2 s at most.
+        let patient = crate::client::Reconnect {
+            give_up_after: Duration::from_secs(2),
+            ..Default::default()
+        };
+        // Cannot fail: a client made by connect knows its socket.
+        let _ = fresh.set_reconnect(Some(patient));
         *client = Some(fresh);
     }
     let connection = client.as_mut().expect("connected above");
     match request(connection) {
         Ok(value) => Ok(value),
-        Err(crate::client::Error::Refused(_)) => Err(Untouched),
+        Err(crate::client::Error::Refused(e)) => Err(e.raw_os_error()),
         Err(_) => {
             *client = None;
-            Err(Untouched)
+            Err(None)
         }
     }
 }

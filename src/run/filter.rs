@@ -1,6 +1,7 @@
 //! The seccomp filter `run` installs in the child before `exec` (SPEC §8):
-//! native `open`, `openat`, `openat2`, `creat` and `bind` go to the
-//! supervisor as user notifications; everything else, and every syscall of
+//! native `open`, `openat`, `openat2`, `creat`, `bind` and the tree calls
+//! that name a path (`stat`, `mkdir`, `rename`, ...) go to the supervisor
+//! as user notifications; everything else, and every syscall of
 //! a foreign architecture (x32, i386 on x86_64), runs untouched.
 //!
 //! Everything here that runs in the child after `fork` is a raw syscall on
@@ -19,6 +20,46 @@ const NATIVE_ARCH: u32 = 0xC000_00B7;
 #[cfg(target_arch = "x86_64")]
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
+/// The tree calls of SPEC §8 (v3), and the calls on directory streams.
+const TREE_CALLS: [libc::c_long; 16] = [
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_readlinkat,
+    libc::SYS_getxattr,
+    libc::SYS_lgetxattr,
+    libc::SYS_listxattr,
+    libc::SYS_llistxattr,
+    libc::SYS_fgetxattr,
+    libc::SYS_flistxattr,
+    libc::SYS_mkdirat,
+    libc::SYS_unlinkat,
+    libc::SYS_renameat2,
+    // Directory streams: answered for placeholders only, one `fstat` of
+    // the fd telling them apart once the first placeholder exists.
+    libc::SYS_fstat,
+    libc::SYS_getdents64,
+];
+
+/// The older tree calls only x86_64 has, and `lseek`.
+#[cfg(target_arch = "x86_64")]
+const LEGACY_TREE_CALLS: [libc::c_long; 11] = [
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_access,
+    libc::SYS_readlink,
+    libc::SYS_mkdir,
+    libc::SYS_unlink,
+    libc::SYS_rmdir,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_getdents,
+    libc::SYS_lseek,
+];
+#[cfg(not(target_arch = "x86_64"))]
+const LEGACY_TREE_CALLS: [libc::c_long; 1] = [libc::SYS_lseek];
+
 /// The syscalls the supervisor brokers.
 pub fn trapped_syscalls() -> Vec<u32> {
     let mut nrs = vec![
@@ -28,6 +69,12 @@ pub fn trapped_syscalls() -> Vec<u32> {
     ];
     #[cfg(target_arch = "x86_64")]
     nrs.extend([libc::SYS_open as u32, libc::SYS_creat as u32]);
+    nrs.extend(
+        TREE_CALLS
+            .iter()
+            .chain(&LEGACY_TREE_CALLS)
+            .map(|&nr| nr as u32),
+    );
     nrs
 }
 

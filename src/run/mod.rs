@@ -2,7 +2,8 @@
 //! fdopen so that its opens and privileged binds go through the server.
 //!
 //! The child installs a seccomp filter that turns `open`, `openat`,
-//! `openat2`, `creat` and `bind` into user notifications, hands the
+//! `openat2`, `creat`, `bind` and the tree calls (`stat`, `readlink`,
+//! `mkdir`, `getdents64`, ...) into user notifications, hands the
 //! listener to us, and execs the program. We answer each trapped call:
 //! calls the server grants get the server's descriptor, everything else
 //! continues with the program's own rights. seccomp is a convenience here,
@@ -15,15 +16,27 @@
 //! `narrowing` carries what confines the program's socket to the granted one,
 //! `within` proves the directory a relative call starts from,
 //! `scope` decides which are worth asking, `broker` answers one.
+//! The tree calls: `tree_call` decodes them and lays out their answers,
+//! `tree_broker` answers them, `dir_stream` keeps the placeholders that
+//! stand for directories and `dir_broker` answers calls on them, `memory` writes answers into the program.
+//! `process` signals every supervised process and names exit codes,
+//! `same_tree` tells whether the server sees the program's tree.
 
 mod bind_call;
 mod broker;
+mod dir_broker;
+mod dir_stream;
 mod filter;
 mod listener;
+mod memory;
 mod narrowing;
 mod open_call;
+mod process;
+mod same_tree;
 mod scope;
 mod target;
+mod tree_broker;
+mod tree_call;
 mod within;
 
 use std::ffi::OsString;
@@ -93,6 +106,17 @@ pub enum RunError {
     Spawn { program: String, source: io::Error },
 }
 
+impl RunError {
+    /// `run`'s exit code for this error: 127 or 126 for a command that
+    /// could not be started, as shells say it (SPEC §8); `None` otherwise.
+    pub fn command_exit_code(&self) -> Option<i32> {
+        match self {
+            RunError::Spawn { program, source } => Some(process::spawn_exit_code(program, source)),
+            _ => None,
+        }
+    }
+}
+
 fn setup(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
     move |source| RunError::Setup { what, source }
 }
@@ -100,10 +124,21 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
 /// Runs the command under supervision; returns its exit code. A program
 /// killed by a signal makes `run` die of the same signal.
 pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
-    let scope = Client::connect(socket)?.scope()?;
+    let mut client = Client::connect(socket)?;
+    let ours = same_tree::Place::own().map_err(setup("reading our mount namespace"))?;
+    let shared = same_tree::Place::server(&mut client)?.is_none_or(|theirs| theirs == ours);
+    let scope = if shared {
+        client.scope()?
+    } else {
+        crate::logging::warn(format_args!(
+            "the server is in another mount namespace or root: its answers would be \
+             about another tree, so nothing is brokered"
+        ));
+        Default::default()
+    };
     let scope = BrokerScope::new(&scope, &options.brokers)?;
     let own = Identity::own().map_err(setup("reading our identity"))?;
-    let privileged_below = (!options.no_bind).then(unprivileged_port_start);
+    let privileged_below = (shared && !options.no_bind).then(unprivileged_port_start);
 
     // Blocked before any thread exists, so every thread inherits the mask
     // and the signals wait in the signalfd (the child unblocks them).
@@ -130,6 +165,7 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
         own,
         socket: socket.to_owned(),
         privileged_below,
+        dir_streams: Default::default(),
     });
     for _ in 0..BROKER_THREADS {
         let broker = Arc::clone(&broker);
@@ -198,6 +234,8 @@ fn spawn_trapped(command: &[OsString]) -> Result<(Pid, OwnedFd), RunError> {
 /// Passes signals on and reaps children until no task that could trap is
 /// left; returns how the command itself ended.
 fn supervise(child: Pid, listener: &Listener, signals: &SignalFd) -> Result<WaitStatus, RunError> {
+    // Opened before the command can be reaped, so it is the command's.
+    let command = process::Pidfd::open(child.as_raw()).ok();
     let mut status = None;
     loop {
         // Events 0 on the listener: only POLLHUP (no task left that holds
@@ -222,8 +260,7 @@ fn supervise(child: Pid, listener: &Listener, signals: &SignalFd) -> Result<Wait
                 if signal == libc::SIGCHLD {
                     reap(child, &mut status);
                 } else if info.ssi_code != SI_KERNEL {
-                    // SAFETY: kill with integer arguments.
-                    unsafe { libc::kill(child.as_raw(), signal) };
+                    forward(&command, signal);
                 }
             }
         }
@@ -235,6 +272,16 @@ fn supervise(child: Pid, listener: &Listener, signals: &SignalFd) -> Result<Wait
     match status {
         Some(status) => Ok(status),
         None => waitpid(child, None).map_err(|e| setup("waiting for the command")(e.into())),
+    }
+}
+
+/// Passes on a signal sent to `run`: those that stop a job go to every
+/// supervised process, the others to the command alone.
+fn forward(command: &Option<process::Pidfd>, signal: i32) {
+    if process::reaches_every_process(signal) {
+        process::signal_descendants(std::process::id() as i32, signal);
+    } else if let Some(command) = command {
+        let _ = command.signal(signal);
     }
 }
 

@@ -21,6 +21,14 @@ pub struct OpenArgs {
 }
 
 impl OpenArgs {
+    /// The path argument, as the tree calls take one.
+    pub fn path_arg(&self) -> super::tree_call::PathArg {
+        super::tree_call::PathArg {
+            dirfd: self.dirfd,
+            addr: self.path_addr,
+        }
+    }
+
     /// Decodes the call; `None` for `openat2` with `RESOLVE_*` flags or an
     /// unreadable or malformed `open_how`.
     pub fn decode(call: &Notification, target: &Target) -> Option<OpenArgs> {
@@ -104,15 +112,13 @@ pub struct Brokerable {
     pub cloexec: bool,
     /// Status flags to set with `F_SETFL` before installing the fd.
     pub status_flags: i32,
+    /// `O_NOFOLLOW`, asked as `nofollow` (SPEC §3.6).
+    pub nofollow: bool,
 }
 
 /// Flags the server cannot honour: the call continues untouched.
-const UNTOUCHABLE: i32 = libc::O_PATH
-    | libc::O_DIRECTORY
-    | libc::O_TMPFILE
-    | libc::O_NOFOLLOW
-    | libc::O_SYNC
-    | libc::O_DSYNC;
+const UNTOUCHABLE: i32 =
+    libc::O_PATH | libc::O_DIRECTORY | libc::O_TMPFILE | libc::O_SYNC | libc::O_DSYNC;
 /// Status flags `fcntl(F_SETFL)` sets on the granted fd.
 const SETTABLE: i32 = libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME;
 
@@ -159,7 +165,23 @@ impl Brokerable {
             create_mode: mode,
             cloexec: flags & libc::O_CLOEXEC != 0,
             status_flags: flags & SETTABLE,
+            nofollow: flags & libc::O_NOFOLLOW != 0,
         })
+    }
+
+    /// Whether the kernel could fail this open with `errno`, so that the
+    /// server's may be handed on (SPEC §8): `ELOOP` only with
+    /// `O_NOFOLLOW`, `EEXIST` only with `O_EXCL`, `EISDIR` only when
+    /// writing (a directory opens for reading).
+    pub fn can_fail_with(&self, errno: i32) -> bool {
+        let writing = self.mode != Mode::Read;
+        match errno {
+            libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG | libc::EIO => true,
+            libc::ELOOP => self.nofollow,
+            libc::EEXIST => self.create == Create::Exclusive,
+            libc::EISDIR | libc::EROFS | libc::ETXTBSY => writing,
+            _ => false,
+        }
     }
 
     /// The request, with the created file's bits as the kernel would give
@@ -167,7 +189,8 @@ impl Brokerable {
     pub fn options(&self, umask: u32) -> OpenOptions {
         let options = OpenOptions::new(self.mode)
             .create(self.create)
-            .truncate(self.truncate);
+            .truncate(self.truncate)
+            .nofollow(self.nofollow);
         if self.create.is_requested() {
             options.perm(self.create_mode & !umask & 0o777)
         } else {
@@ -224,7 +247,6 @@ mod tests {
             libc::O_PATH,
             libc::O_DIRECTORY,
             libc::O_TMPFILE,
-            libc::O_NOFOLLOW,
             libc::O_SYNC,
             libc::O_DSYNC,
         ] {

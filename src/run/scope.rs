@@ -12,6 +12,9 @@ use crate::protocol::{Mode, Scope};
 
 struct PathGrant {
     glob: GlobMatcher,
+    /// The glob's text up to its first wildcard: the directories on the
+    /// way there may be `stat`ed (SPEC §5, implied stat).
+    literal: String,
     modes: Vec<crate::protocol::PathMode>,
     create: bool,
 }
@@ -42,6 +45,7 @@ impl BrokerScope {
             .filter_map(|p| {
                 Some(PathGrant {
                     glob: compile_glob(&p.glob).ok()?.compile_matcher(),
+                    literal: literal_prefix(&p.glob).to_owned(),
                     modes: p.modes.clone(),
                     create: p.create,
                 })
@@ -70,9 +74,37 @@ impl BrokerScope {
         })
     }
 
+    /// Whether a tree call on `path` is worth asking: some grant's glob
+    /// matches it, or it is a directory on the way to one (implied stat).
+    /// Which of `stat`, `list`, `mkdir`, `delete` the call needs is left to
+    /// the server: asking too much costs a round trip, never a right.
+    pub fn covers_tree_path(&self, path: &Path) -> bool {
+        if let Some(set) = &self.narrowed_to
+            && !set.is_match(path)
+        {
+            return false;
+        }
+        let text = path.as_os_str().as_encoded_bytes();
+        self.paths
+            .iter()
+            .any(|p| p.glob.is_match(path) || on_the_way(text, p.literal.as_bytes()))
+    }
+
     pub fn covers_bind(&self, address: &BindAddress) -> bool {
         self.binds.iter().any(|b| b.matches(address))
     }
+}
+
+/// A glob's text before its first wildcard or escape.
+fn literal_prefix(glob: &str) -> &str {
+    let end = glob.find(['*', '?', '[', '{', '\\']).unwrap_or(glob.len());
+    &glob[..end]
+}
+
+/// `path` is `/` or a directory whose text, with a `/` after it, begins
+/// `literal`: every grant below it passes through it.
+fn on_the_way(path: &[u8], literal: &[u8]) -> bool {
+    path == b"/" || (literal.starts_with(path) && literal.get(path.len()) == Some(&b'/'))
 }
 
 #[cfg(test)]
@@ -106,6 +138,19 @@ mod tests {
         let s = BrokerScope::new(&scope(), &["/srv/logs/*".into()]).unwrap();
         assert!(s.covers_path(Path::new("/srv/logs/a"), Mode::Read, false));
         assert!(!s.covers_path(Path::new("/srv/data/a"), Mode::Read, false));
+    }
+
+    #[test]
+    fn tree_calls_cover_granted_paths_and_the_directories_on_the_way() {
+        let s = BrokerScope::new(&scope(), &[]).unwrap();
+        for path in ["/", "/srv", "/srv/a", "/srv/a/b/c"] {
+            assert!(s.covers_tree_path(Path::new(path)), "{path}");
+        }
+        for path in ["/sr", "/srvx", "/etc", "/etc/passwd"] {
+            assert!(!s.covers_tree_path(Path::new(path)), "{path}");
+        }
+        assert_eq!(literal_prefix("/srv/app/*.log"), "/srv/app/");
+        assert_eq!(literal_prefix("/srv/app"), "/srv/app");
     }
 
     #[test]

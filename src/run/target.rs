@@ -297,6 +297,13 @@ impl Target {
     /// (its cwd for `AT_FDCWD`: `/proc/TID/cwd` opened, then `fstat`);
     /// `None` for anything that is not a directory.
     pub fn directory_id(&self, tgid: i32, dirfd: i32) -> Option<(u64, u64)> {
+        let meta = self.held_metadata(tgid, dirfd)?;
+        meta.is_dir().then(|| (meta.dev(), meta.ino()))
+    }
+
+    /// What `fstat` says of the task's `dirfd`, or of its cwd for
+    /// `AT_FDCWD`.
+    pub fn held_metadata(&self, tgid: i32, dirfd: i32) -> Option<fs::Metadata> {
         let held = if dirfd == libc::AT_FDCWD {
             use std::os::unix::fs::OpenOptionsExt;
             let cwd = fs::OpenOptions::new()
@@ -310,8 +317,7 @@ impl Target {
         } else {
             return None;
         };
-        let meta = fs::File::from(held).metadata().ok()?;
-        meta.is_dir().then(|| (meta.dev(), meta.ino()))
+        fs::File::from(held).metadata().ok()
     }
 
     /// Whether one more descriptor fits in the task's table: fewer open

@@ -509,10 +509,15 @@ fn finish_tree(
     };
     let quiet = !request.op.changes() && !job.audit_metadata;
     if recorded || quiet {
+        audit.count(&record);
         return Outgoing::new(bytes, None, None);
     }
     let end = audit.append(&record);
-    Outgoing::new(bytes, None, Some(end))
+    // Metadata granted but not recorded is not given (SPEC §6).
+    Outgoing {
+        grants: record.ok,
+        ..Outgoing::new(bytes, None, Some(end))
+    }
 }
 
 /// Decides and makes a bind (SPEC §3.3), with its audit record.

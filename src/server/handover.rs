@@ -234,6 +234,7 @@ pub fn read(reader: &OwnedFd, timeout: Option<Duration>) -> Result<Received, Han
         ..Received::default()
     };
     let mut buf = vec![0u8; MESSAGE_ROOM];
+    let base = PeerIdentity::current();
     loop {
         if let Some(timeout) = timeout
             && !readable(reader, timeout).map_err(HandoverError::Read)?
@@ -263,7 +264,7 @@ pub fn read(reader: &OwnedFd, timeout: Option<Duration>) -> Result<Received, Han
                 received.complete = n == received.len() + received.damaged;
                 return Ok(received);
             }
-            Some(message) if fds.len() == 1 => match incoming(message, fds.remove(0)) {
+            Some(message) if fds.len() == 1 => match incoming(message, fds.remove(0), &base) {
                 Some(entry) => received.entries.push(entry),
                 None => received.damaged += 1,
             },
@@ -298,7 +299,9 @@ fn readable(fd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
     }
 }
 
-fn incoming(message: Message, fd: OwnedFd) -> Option<Incoming> {
+/// The entry a message describes. What an identity has beyond what the
+/// hand-over carries is `base`'s: nothing that decides about a held fd.
+fn incoming(message: Message, fd: OwnedFd, base: &PeerIdentity) -> Option<Incoming> {
     let name = message.name?;
     crate::protocol::held::check_name(&name, false).ok()?;
     let kind = match message.kind?.as_str() {
@@ -307,18 +310,16 @@ fn incoming(message: Message, fd: OwnedFd) -> Option<Incoming> {
         _ => return None,
     };
     let who = message.storer?;
+    let mut storer = base.clone();
+    storer.pid = who.pid;
+    storer.uid = who.uid;
+    storer.gid = who.gid;
+    storer.groups = who.groups;
+    storer.cgroup = who.cgroup;
     Some(Incoming {
         name,
         kind,
-        storer: PeerIdentity {
-            pid: who.pid,
-            uid: who.uid,
-            gid: who.gid,
-            groups: who.groups,
-            cgroup: who.cgroup,
-            foreign_net: false,
-            connection: 0,
-        },
+        storer,
         expires: message
             .expires_ms
             .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
@@ -337,15 +338,13 @@ mod tests {
     use std::io::Write;
 
     fn peer() -> PeerIdentity {
-        PeerIdentity {
-            pid: 7,
-            uid: 1000,
-            gid: 100,
-            groups: vec![4, 27],
-            cgroup: Some("/system.slice/web.service".into()),
-            foreign_net: false,
-            connection: 0,
-        }
+        let mut peer = PeerIdentity::current();
+        peer.pid = 7;
+        peer.uid = 1000;
+        peer.gid = 100;
+        peer.groups = vec![4, 27];
+        peer.cgroup = Some("/system.slice/web.service".into());
+        peer
     }
 
     #[test]

@@ -133,6 +133,13 @@ impl<'a> Recorder<'a> {
     /// Appends `record` and counts its outcome; returns where it ends.
     pub fn append(&mut self, record: &crate::audit::Record<'_>) -> usize {
         record.append_to(self.buf);
+        self.count(record);
+        self.buf.len()
+    }
+
+    /// Counts the outcome of a record written elsewhere (a tree change,
+    /// recorded before it was made) or not at all (`--audit-metadata off`).
+    pub fn count(&self, record: &crate::audit::Record<'_>) {
         if record.ok {
             self.stats.grant();
         } else if let Some(code) = record.code
@@ -140,6 +147,5 @@ impl<'a> Recorder<'a> {
         {
             self.stats.refusal(*code);
         }
-        self.buf.len()
     }
 }

@@ -9,7 +9,8 @@
 //! - `FDSTOREREMOVE=1` with `FDNAME=` removes every fd of that name;
 //! - a stored fd that polls `EPOLLHUP` or `EPOLLERR` is dropped (PID 1
 //!   watches each one; `on_fd_store_io` in src/core/service.c);
-//! - at the next start the fds come at 3, 4, ... with `LISTEN_FDS`,
+//! - at the next start the fds come at 3, 4, ... (those of the socket
+//!   units first, named by them, then the stored ones) with `LISTEN_FDS`,
 //!   `LISTEN_FDNAMES` (colon-separated) and `LISTEN_PID` set to the
 //!   started process's own pid; the store keeps them until removed.
 
@@ -21,6 +22,9 @@ use std::process::Command;
 pub struct FdStore {
     /// `FileDescriptorStoreMax=`.
     pub max: usize,
+    /// What socket units pass, by name (`fdopen.socket`): never stored,
+    /// never closed between starts.
+    pub sockets: Vec<(String, OwnedFd)>,
     pub entries: Vec<(String, OwnedFd)>,
     /// Every notification seen, for assertions.
     pub messages: Vec<String>,
@@ -30,6 +34,7 @@ impl FdStore {
     pub fn new(max: usize) -> FdStore {
         FdStore {
             max,
+            sockets: Vec::new(),
             entries: Vec::new(),
             messages: Vec::new(),
         }
@@ -82,7 +87,8 @@ impl FdStore {
     /// store: fds at 3.., `LISTEN_*` set (`LISTEN_PID` by the shell that
     /// then execs the program, so it is the program's own pid).
     pub fn command(&self, program: &str, args: &[String]) -> Command {
-        let names: Vec<&str> = self.entries.iter().map(|(n, _)| n.as_str()).collect();
+        let passed = || self.sockets.iter().chain(&self.entries);
+        let names: Vec<&str> = passed().map(|(n, _)| n.as_str()).collect();
         let script = format!(
             "export LISTEN_PID=$$ LISTEN_FDS={} LISTEN_FDNAMES={}; exec \"$0\" \"$@\"",
             names.len(),
@@ -90,7 +96,7 @@ impl FdStore {
         );
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c").arg(script).arg(program).args(args);
-        let raw: Vec<i32> = self.entries.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        let raw: Vec<i32> = passed().map(|(_, fd)| fd.as_raw_fd()).collect();
         use std::os::unix::process::CommandExt;
         // SAFETY: only dup2 and fcntl, async-signal-safe. Sources are
         // first moved above the targets so none is overwritten early.

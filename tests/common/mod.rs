@@ -125,30 +125,37 @@ impl TestServer {
         extra: &[&str],
         launch: Launch,
     ) -> TestServer {
-        let policy_path = dir.path().join("policy.json");
-        fs::write(&policy_path, policy).unwrap();
-        let socket = dir.path().join("fdopen.sock");
-        let audit = dir.path().join("audit.log");
-        let stderr = dir.path().join("server.stderr");
+        let mut server = Self::unstarted(dir, policy);
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--socket".into(),
-            socket.to_str().unwrap().into(),
+            server.socket.to_str().unwrap().into(),
             "--policy".into(),
-            policy_path.to_str().unwrap().into(),
+            server.policy.to_str().unwrap().into(),
             "--audit-log".into(),
-            audit.to_str().unwrap().into(),
+            server.audit.to_str().unwrap().into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let (child, notify) = spawn_notifying(dir.path(), program, &args, &stderr, launch);
+        let mut cmd = Command::new(program);
+        cmd.args(&args);
+        server.child = Some(spawn_on(cmd, &server.notify, &server.stderr, launch));
+        server
+    }
+
+    /// A server's directory, policy and notify socket, with no server
+    /// yet: for a test that starts it its own way (as a service manager
+    /// would, say).
+    pub fn unstarted(dir: TempDir, policy: &str) -> TestServer {
+        let policy_path = dir.path().join("policy.json");
+        fs::write(&policy_path, policy).unwrap();
         TestServer {
-            dir,
-            socket,
+            socket: dir.path().join("fdopen.sock"),
             policy: policy_path,
-            audit,
-            child: Some(child),
-            stderr,
-            notify,
+            audit: dir.path().join("audit.log"),
+            child: None,
+            stderr: dir.path().join("server.stderr"),
+            notify: notify_socket(dir.path()),
+            dir,
             guards: Vec::new(),
         }
     }
@@ -419,6 +426,59 @@ pub fn run_client(socket: &Path, args: &[&str], stdin: &[u8]) -> Output {
     let _ = input.write_all(stdin);
     drop(input);
     child.wait_with_output().unwrap()
+}
+
+/// A tmpfs of `size`, unmounted when dropped.
+pub struct SmallDisk(pub PathBuf);
+
+impl SmallDisk {
+    /// A 64 KiB disk at `DIR/disk`, or `None` with the reason printed
+    /// (not root, or no tmpfs here).
+    pub fn in_or_skip(dir: &Path) -> Option<SmallDisk> {
+        if !is_root() {
+            eprintln!("skipped: mounting a small tmpfs needs root");
+            return None;
+        }
+        SmallDisk::mount(&dir.join("disk"), "64k")
+            .map_err(|e| eprintln!("skipped: {e}"))
+            .ok()
+    }
+
+    pub fn mount(at: &Path, size: &str) -> Result<SmallDisk, String> {
+        fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(SmallDisk(at.to_owned()))
+        } else {
+            Err(format!("mount -t tmpfs failed: {status}"))
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Panics, showing its stderr, unless the command succeeded.
+pub fn assert_succeeded(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Count of open descriptors of a process.

@@ -81,3 +81,26 @@ pub fn stop_adopted(pid: i32) {
     nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
     nix::sys::wait::waitpid(pid, None).unwrap();
 }
+
+/// An adopted server (the successor an upgrade started), stopped and
+/// reaped when dropped: a test that fails half-way leaves no server, nor
+/// the directory it holds, behind.
+pub struct Adopted(pub i32);
+
+impl Adopted {
+    /// Stops it now, checking that it was still there to stop.
+    pub fn stop(self) {
+        let pid = self.0;
+        std::mem::forget(self);
+        stop_adopted(pid);
+    }
+}
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(self.0);
+        if nix::sys::signal::kill(pid, Signal::SIGTERM).is_ok() {
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+    }
+}

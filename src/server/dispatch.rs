@@ -66,14 +66,6 @@ impl Done {
         }
     }
 
-    /// The `O_PATH` handle it was decided on, to close in the round's batch.
-    pub fn take_pinned(&mut self) -> Option<OwnedFd> {
-        match self {
-            Done::File(decision) => decision.pinned.take(),
-            Done::Tree(_) => None,
-        }
-    }
-
     /// The descriptor it would send.
     pub fn into_file(self) -> Option<std::fs::File> {
         match self {
@@ -85,6 +77,15 @@ impl Done {
 
 /// The outcome of a filesystem job.
 pub(super) type Outcome = Result<Done, Refusal>;
+
+/// The `O_PATH` handle a granted file was decided on, for the caller to
+/// close with the round's other descriptors (in one batch).
+pub(super) fn take_pinned(outcome: &mut Outcome) -> Option<OwnedFd> {
+    match outcome {
+        Ok(Done::File(decision)) => decision.pinned.take(),
+        Ok(Done::Tree(_)) | Err(_) => None,
+    }
+}
 
 /// What a filesystem job may need of the server besides the policy.
 pub(super) struct JobEnv<'a> {

@@ -368,9 +368,7 @@ impl Core {
         job: &FilesystemJob,
         mut outcome: dispatch::Outcome,
     ) {
-        if let Ok(done) = &mut outcome {
-            self.closing.extend(done.take_pinned());
-        }
+        self.closing.extend(dispatch::take_pinned(&mut outcome));
         let ts = self.clock.now();
         match self.conns.get_mut(key) {
             Some(conn) => {
@@ -408,7 +406,12 @@ impl Core {
                         still_waiting = true;
                         continue;
                     }
-                    Polled::Arrived(outcome) => outcome,
+                    Polled::Arrived(mut outcome) => {
+                        // Closed watched, like the handle of a job that
+                        // ran here: this one's filesystem hung once.
+                        self.closing.extend(dispatch::take_pinned(&mut outcome));
+                        outcome
+                    }
                     Polled::TimedOut => {
                         shared.stats.fs_timeouts.fetch_add(1, Ordering::Relaxed);
                         Err(Refusal::new(

@@ -6,7 +6,8 @@
  * out of each (no JSON parser, no policy, no audit), opens it read-only,
  * fstat()s it and answers with the descriptor attached, as SPEC §2 and §4
  * say a server answers. `hello` is answered too, so idle clients can check
- * they are served. Anything fdopen-server does beyond this is its cost.
+ * they are served, and `stat` with one fstatat() (the floor of SPEC §3.6's
+ * tree ops). Anything fdopen-server does beyond this is its cost.
  *
  *   cc -O2 -pthread -o floor bench/floor.c && ./floor SOCKET
  */
@@ -72,8 +73,21 @@ static int serve_line(int conn, char *line) {
                          "{\"ok\":false,\"error\":{\"code\":\"bad_request\",\"message\":\"no path\"}}\n");
         return answer(conn, reply, n, -1);
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     struct stat st;
+    if (strcmp(op, "stat") == 0) {
+        /* A tree op's floor: one fstatat, no descriptor. */
+        int n = fstatat(AT_FDCWD, path, &st, 0) != 0
+                    ? snprintf(reply, sizeof reply,
+                               "{\"ok\":false,\"error\":{\"code\":\"not_found\",\"message\":\"%s\"}}\n",
+                               strerror(errno))
+                    : snprintf(reply, sizeof reply,
+                               "{\"ok\":true,\"path\":\"%s\",\"rule\":\"floor\",\"stat\":{\"size\":%lld,"
+                               "\"mtime\":%lld,\"mode\":%u,\"ino\":%llu}}\n",
+                               path, (long long)st.st_size, (long long)st.st_mtime, st.st_mode,
+                               (unsigned long long)st.st_ino);
+        return answer(conn, reply, n, -1);
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd == -1 || fstat(fd, &st) != 0) {
         int n = snprintf(reply, sizeof reply,
                          "{\"ok\":false,\"error\":{\"code\":\"not_found\",\"message\":\"%s\"}}\n",

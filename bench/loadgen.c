@@ -8,11 +8,16 @@
  * request, in order, and a line with "fd":true comes with exactly one
  * descriptor; anything else is counted as a violation. With -i, IDLE more
  * connections say `hello` once and then sit there for the whole run; with
- * -P, the server's RSS and threads are read while they do.
+ * -P, the server's RSS and threads are read while they do. With -F N, each
+ * active connection first says `hello` with "fds_per_message":N (SPEC §2,
+ * v3) and then receives with room for N descriptors, so the server may
+ * answer several requests per message; a server that does not know the
+ * field refuses the hello, and loadgen stops. -o stat sends `stat` requests
+ * (SPEC §3.6) instead of `open`.
  *
  *   cc -O2 -pthread -o loadgen bench/loadgen.c
  *   loadgen -s SOCK -p PATHS [-c CONNS] [-d DEPTH] [-t THREADS] [-n SECONDS]
- *           [-i IDLE] [-P SERVER_PID]
+ *           [-i IDLE] [-P SERVER_PID] [-F FDS_PER_MESSAGE] [-o open|stat]
  *
  * Prints one JSON line: requests, ok, errors, fds, violations, rps, and
  * p50/p99/p999 latency in microseconds (plus the idle and server figures).
@@ -39,6 +44,8 @@ static const char *socket_path;
 static char **paths;
 static size_t path_count;
 static int conns = 1, depth = 1, threads = 1, seconds = 5, idle = 0, server_pid = 0;
+static int fds_per_message = 0; /* 0: never asked; one fd per message */
+static const char *op = "open";
 static volatile int stopping;
 
 struct connection {
@@ -79,7 +86,7 @@ static int connect_to_server(void) {
 static void send_request(struct worker *w, struct connection *c) {
     char line[4200];
     const char *path = paths[c->next_path++ % path_count];
-    int n = snprintf(line, sizeof line, "{\"op\":\"open\",\"path\":\"%s\"}\n", path);
+    int n = snprintf(line, sizeof line, "{\"op\":\"%s\",\"path\":\"%s\"}\n", op, path);
     if (write(c->fd, line, n) != n) {
         w->violations++; /* a short write to a Unix socket this small: broken */
         return;
@@ -93,11 +100,15 @@ static void send_request(struct worker *w, struct connection *c) {
 static int receive(struct worker *w, struct connection *c) {
     union {
         struct cmsghdr align;
-        char space[CMSG_SPACE(64 * sizeof(int))];
+        char space[CMSG_SPACE(253 * sizeof(int))]; /* room for -F 253 */
     } control;
     struct iovec iov = {.iov_base = c->buf + c->have, .iov_len = sizeof c->buf - c->have};
+    /* Room for one descriptor, or as many as -F asked for, and not one
+     * more (CMSG_LEN: CMSG_SPACE's padding would hold another): a server
+     * that sends more is caught by MSG_CTRUNC. */
+    int room = fds_per_message ? fds_per_message : 1;
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
-                         .msg_controllen = sizeof control.space};
+                         .msg_controllen = CMSG_LEN(room * sizeof(int))};
     ssize_t n = recvmsg(c->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (n <= 0)
         return n == 0 || (errno != EAGAIN && errno != EINTR) ? -1 : 0;
@@ -162,12 +173,38 @@ static void take_lines(struct worker *w, struct connection *c) {
     }
 }
 
+/* Says hello with "fds_per_message" (-F) and waits for the answer. */
+static void ask_coalescing(int fd) {
+    char line[80], answer[512];
+    int n = snprintf(line, sizeof line, "{\"op\":\"hello\",\"fds_per_message\":%d}\n",
+                     fds_per_message);
+    size_t have = 0;
+    if (write(fd, line, n) != n) {
+        perror("loadgen: hello");
+        exit(1);
+    }
+    while (!memchr(answer, '\n', have)) {
+        ssize_t got = read(fd, answer + have, sizeof answer - 1 - have);
+        if (got <= 0 || (have += got) == sizeof answer - 1) {
+            fprintf(stderr, "loadgen: no answer to hello\n");
+            exit(1);
+        }
+    }
+    answer[have] = 0;
+    if (!strstr(answer, "\"ok\":true")) {
+        fprintf(stderr, "loadgen: the server refused fds_per_message: %s", answer);
+        exit(1);
+    }
+}
+
 static void *run_worker(void *arg) {
     struct worker *w = arg;
     int ep = epoll_create1(EPOLL_CLOEXEC);
     for (int i = 0; i < w->count; i++) {
         struct connection *c = &w->conns[i];
         c->fd = connect_to_server();
+        if (fds_per_message)
+            ask_coalescing(c->fd);
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
         while (c->in_flight < depth)
@@ -266,7 +303,7 @@ static uint64_t percentile(const uint64_t *hist, uint64_t total, double q) {
 int main(int argc, char **argv) {
     const char *paths_file = NULL;
     int opt;
-    while ((opt = getopt(argc, argv, "s:p:c:d:t:n:i:P:")) != -1) {
+    while ((opt = getopt(argc, argv, "s:p:c:d:t:n:i:P:F:o:")) != -1) {
         switch (opt) {
         case 's': socket_path = optarg; break;
         case 'p': paths_file = optarg; break;
@@ -276,14 +313,19 @@ int main(int argc, char **argv) {
         case 'n': seconds = atoi(optarg); break;
         case 'i': idle = atoi(optarg); break;
         case 'P': server_pid = atoi(optarg); break;
+        case 'F': fds_per_message = atoi(optarg); break;
+        case 'o': op = optarg; break;
         default:
             fprintf(stderr, "usage: loadgen -s SOCK -p PATHS [-c CONNS] [-d DEPTH] [-t THREADS] "
-                            "[-n SECONDS] [-i IDLE] [-P SERVER_PID]\n");
+                            "[-n SECONDS] [-i IDLE] [-P SERVER_PID] [-F FDS_PER_MESSAGE] [-o open|stat]\n");
             return 2;
         }
     }
-    if (!socket_path || !paths_file || depth < 1 || depth > MAX_DEPTH || conns < 1 || threads < 1) {
-        fprintf(stderr, "loadgen: -s and -p are needed; 1 <= DEPTH <= %d\n", MAX_DEPTH);
+    if (!socket_path || !paths_file || depth < 1 || depth > MAX_DEPTH || conns < 1 || threads < 1 ||
+        (fds_per_message && (fds_per_message < 2 || fds_per_message > 253)) ||
+        (strcmp(op, "open") != 0 && strcmp(op, "stat") != 0)) {
+        fprintf(stderr, "loadgen: -s and -p are needed; 1 <= DEPTH <= %d; 2 <= -F <= 253; -o open|stat\n",
+                MAX_DEPTH);
         return 2;
     }
     read_paths(paths_file);

@@ -573,6 +573,9 @@ pub struct Decision {
     /// The file this request created, to remove if its grant cannot be
     /// recorded.
     pub created: Option<CreatedFile>,
+    /// The `O_PATH` handle the decision was made on, left open so that the
+    /// server can close it in one batch with the file it sends.
+    pub pinned: Option<std::os::fd::OwnedFd>,
 }
 
 /// Decides a request end to end and, if granted, returns the open file.
@@ -607,9 +610,15 @@ pub fn decide_on_filesystem(
         return decide_create(policy, request, client, intent, scratch, &base);
     }
     let path = request.path.path.as_path();
-    let located = match (request.nofollow, path.parent(), path.file_name()) {
+    // Split only when asked: parsing a path's components costs on every grant.
+    let final_name = if request.nofollow {
+        path.parent().zip(path.file_name())
+    } else {
+        None
+    };
+    let located = match final_name {
         // O_NOFOLLOW: the final name itself, pinned, never followed.
-        (true, Some(parent), Some(name)) => match base.locate(parent) {
+        Some((parent, name)) => match base.locate(parent) {
             // Missing, or below no directory: said only where the client
             // may see (SPEC §4), since a symlinked parent may lead anywhere.
             Ok(dir) => match dir.entry(name) {
@@ -626,7 +635,7 @@ pub fn decide_on_filesystem(
             },
             Err(e) => Err(e),
         },
-        _ => base.locate(path),
+        None => base.locate(path),
     };
     let located = match located {
         Ok(located) => located,
@@ -659,7 +668,10 @@ fn decide_existing(
     located: Located,
 ) -> Result<Decision, Refusal> {
     let wants = Wants::of(request);
-    let symlinked = located.real_path != request.path.path;
+    // Both are normal paths, so equal bytes are equal paths (Path's own
+    // comparison parses components); a difference can only cost a
+    // second, redundant match.
+    let symlinked = located.real_path.as_os_str() != request.path.path.as_os_str();
     if symlinked {
         policy
             .candidates(&located.real_path, client, wants, &mut scratch.real)
@@ -705,12 +717,15 @@ fn decide_existing(
         Intent::Open => Some(located.reopen(request.mode)?),
         Intent::Check => None,
     };
+    let grant = grant_of(&located.real_path, &facts, rule, false);
+    let (real_path, pinned) = located.into_parts();
     Ok(Decision {
         file,
-        grant: grant_of(&located.real_path, &facts, rule, false),
-        real_path: symlinked.then_some(located.real_path),
+        grant,
+        real_path: symlinked.then_some(real_path),
         truncate: request.truncate && intent == Intent::Open,
         created: None,
+        pinned: Some(pinned),
     })
 }
 
@@ -747,7 +762,7 @@ fn decide_create(
         Err(e) => return Err(e.into()),
     };
     let real_path = parent.real_path.join(name);
-    let symlinked = real_path != path;
+    let symlinked = real_path.as_os_str() != path.as_os_str();
     if symlinked {
         policy
             .candidates(&real_path, client, Wants::of(request), &mut scratch.real)
@@ -773,6 +788,7 @@ fn decide_create(
                     real_path: symlinked.then_some(real_path),
                     truncate: false,
                     created: None,
+                    pinned: None,
                 });
             }
             other => other?,
@@ -792,6 +808,7 @@ fn decide_create(
                     real_path: symlinked.then_some(real_path),
                     truncate: false,
                     created: Some(created),
+                    pinned: None,
                 });
             }
             None => parent.entry(name)?,

@@ -8,6 +8,7 @@
 //! lookups, then only globs that can possibly match.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
 use globset::{GlobSet, GlobSetBuilder};
@@ -44,7 +45,49 @@ struct Bucket {
 /// All globs of a policy, grouped by literal prefix.
 #[derive(Debug, Clone, Default)]
 pub struct PathIndex {
-    buckets: HashMap<Box<[u8]>, Bucket>,
+    buckets: HashMap<Box<[u8]>, Bucket, BuildHasherDefault<PrefixHasher>>,
+}
+
+/// Hashes a prefix a word at a time: every request looks up each of its
+/// path's ancestors, and SipHash's defence against chosen keys buys
+/// nothing here, the keys being the policy's own. The final mix spreads
+/// every input bit over the bits the table uses.
+#[derive(Debug, Default)]
+struct PrefixHasher(u64);
+
+impl PrefixHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for PrefixHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.add(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // MurmurHash3's finaliser.
+        let mut k = self.0;
+        k ^= k >> 33;
+        k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        k ^= k >> 33;
+        k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        k ^ (k >> 33)
+    }
 }
 
 impl PathIndex {

@@ -486,6 +486,13 @@ pub struct WireRequest<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub within: Option<tree::WireWithin>,
+    /// `hello` (v3, SPEC §2): how many descriptors one message may carry.
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub fds_per_message: Option<u8>,
     /// Kept as raw JSON so it is echoed byte for byte, `null` included.
     #[serde(
         default,
@@ -523,6 +530,7 @@ impl WireRequest<'_> {
             noreplace: None,
             cursor: None,
             within: None,
+            fds_per_message: None,
             id: None,
         }
     }
@@ -672,10 +680,35 @@ pub fn parse_perm(text: &str) -> Result<u32, String> {
     }
 }
 
+/// The fewest and most descriptors a client may ask to receive per
+/// message (SPEC §2): 253 is the kernel's `SCM_MAX_FD`; 1 is the default.
+pub const FDS_PER_MESSAGE: std::ops::RangeInclusive<u8> = 2..=253;
+
+/// A `hello` (SPEC §3.5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hello {
+    /// The client receives with room for this many descriptors, so the
+    /// server may coalesce responses (SPEC §2); `None`: one per message.
+    pub fds_per_message: Option<u8>,
+}
+
+impl Hello {
+    fn new(fds_per_message: Option<u8>) -> Result<Hello, RequestError> {
+        match fds_per_message {
+            Some(n) if !FDS_PER_MESSAGE.contains(&n) => Err(RequestError::BadOption(format!(
+                "fds_per_message is an integer from {} to {}, not {n}",
+                FDS_PER_MESSAGE.start(),
+                FDS_PER_MESSAGE.end()
+            ))),
+            fds_per_message => Ok(Hello { fds_per_message }),
+        }
+    }
+}
+
 /// A request the server can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Hello,
+    Hello(Hello),
     Open(FileRequest),
     Check(FileRequest),
     Bind(crate::address::BindRequest),
@@ -688,7 +721,7 @@ pub enum Request {
 impl Request {
     pub fn op(&self) -> Op {
         match self {
-            Request::Hello => Op::Hello,
+            Request::Hello(_) => Op::Hello,
             Request::Open(_) => Op::Open,
             Request::Check(_) => Op::Check,
             Request::Bind(_) => Op::Bind,
@@ -720,7 +753,7 @@ pub enum RequestError {
     TwoPaths,
     #[error("\"path_b64\" is not valid base64")]
     BadBase64,
-    #[error("hello takes no other fields")]
+    #[error("hello takes no fields but id and fds_per_message")]
     HelloWithArguments,
     #[error("{0}")]
     BadOption(String),
@@ -819,6 +852,12 @@ impl WireRequest<'_> {
 
 fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
     let op = wire.op;
+    if wire.fds_per_message.is_some() && op != Op::Hello {
+        return Err(RequestError::BadOption(format!(
+            "{} takes no fds_per_message (only hello does)",
+            op.as_str()
+        )));
+    }
     if let Some(held) = op.held() {
         return held::validate(wire, held).map(Request::Held);
     }
@@ -895,7 +934,7 @@ fn validate(wire: WireRequest<'_>) -> Result<Request, RequestError> {
             Err(RequestError::HelloWithArguments)
         }
         Op::Hello if bind_fields => Err(RequestError::HelloWithArguments),
-        Op::Hello => Ok(Request::Hello),
+        Op::Hello => Hello::new(wire.fds_per_message).map(Request::Hello),
         Op::Scope if file_fields || bind_fields => Err(RequestError::BadOption(
             "scope takes no fields but id".into(),
         )),
@@ -1484,6 +1523,25 @@ mod tests {
     }
 
     #[test]
+    fn hello_takes_fds_per_message_from_2_to_253() {
+        for n in [2u8, 64, 253] {
+            let line = format!(r#"{{"op":"hello","fds_per_message":{n}}}"#);
+            let want = Hello {
+                fds_per_message: Some(n),
+            };
+            assert_eq!(parse(&line).1, Ok(Request::Hello(want)), "{line}");
+        }
+        for bad in [
+            "1", "0", "254", "-1", "\"4\"", "null", "2.5", "1e1", "true", "[4]",
+        ] {
+            let line = format!(r#"{{"op":"hello","fds_per_message":{bad}}}"#);
+            assert!(parse(&line).1.is_err(), "{line}");
+        }
+        let line = r#"{"op":"open","path":"/x","fds_per_message":4}"#;
+        assert!(parse(line).1.is_err(), "{line}");
+    }
+
+    #[test]
     fn parses_requests_with_defaults() {
         assert_eq!(
             parse(r#"{"op":"open","path":"/x"}"#).1,
@@ -1493,7 +1551,10 @@ mod tests {
             parse(r#"{"op":"check","path":"/x","mode":"append"}"#).1,
             Ok(Request::Check(file("/x", Mode::Append)))
         );
-        assert_eq!(parse(r#"{"op":"hello"}"#).1, Ok(Request::Hello));
+        assert_eq!(
+            parse(r#"{"op":"hello"}"#).1,
+            Ok(Request::Hello(Hello::default()))
+        );
     }
 
     #[test]
@@ -1595,7 +1656,7 @@ mod tests {
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
-        assert_eq!(parse(&deep).1, Ok(Request::Hello));
+        assert_eq!(parse(&deep).1, Ok(Request::Hello(Hello::default())));
         // Elsewhere, serde_json's depth limit turns it into an error.
         let deep = format!(
             r#"{{"op":"open","path":{}{}}}"#,

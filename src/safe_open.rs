@@ -163,8 +163,34 @@ fn proc_fd_path(fd: &impl AsRawFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
-fn fd_name(fd: &impl AsRawFd) -> String {
-    fd.as_raw_fd().to_string()
+/// A descriptor's name in `/proc/self/fd`, written on the stack: it is
+/// made once per grant, and a `String` would be an allocation each time.
+struct FdName {
+    digits: [u8; 10],
+    start: usize,
+}
+
+impl FdName {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.digits[self.start..]).expect("ASCII digits")
+    }
+}
+
+fn fd_name(fd: &impl AsRawFd) -> FdName {
+    // A descriptor is never negative; u32 has at most 10 digits.
+    let mut n = fd.as_raw_fd().unsigned_abs();
+    let mut name = FdName {
+        digits: [0; 10],
+        start: 10,
+    };
+    loop {
+        name.start -= 1;
+        name.digits[name.start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return name;
+        }
+    }
 }
 
 /// Opens what [`Located::reopen`] keeps open for the life of the process,
@@ -257,6 +283,14 @@ impl Located {
         }
         .map_err(|e| OpenError::from_errno(e, "cannot open"))?;
         Ok(File::from(fd))
+    }
+
+    /// The real path, and the `O_PATH` handle for the caller to close
+    /// later: a server closes it with the round's other descriptors, in
+    /// one `close_range` (closing it never blocks: an `O_PATH` file has
+    /// nothing to flush).
+    pub fn into_parts(self) -> (PathBuf, OwnedFd) {
+        (self.real_path, self.handle)
     }
 }
 
@@ -504,5 +538,25 @@ fn open_flags(mode: Mode) -> OFlag {
         Mode::Write => OFlag::O_WRONLY,
         Mode::ReadWrite => OFlag::O_RDWR,
         Mode::Append => OFlag::O_WRONLY | OFlag::O_APPEND,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Raw(i32);
+
+    impl AsRawFd for Raw {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.0
+        }
+    }
+
+    #[test]
+    fn fd_names_are_the_decimal_numbers() {
+        for n in [0, 7, 10, 42, 1023, 65536, i32::MAX] {
+            assert_eq!(fd_name(&Raw(n)).as_str(), n.to_string());
+        }
     }
 }

@@ -38,7 +38,7 @@ fn main() {
                 assert!(!bytes.split(|&b| b == b'/').any(|c| c == b".." || c == b"."));
                 let _ = POLICY.candidates(&file.path.path, &client, file.mode, &mut candidates);
             }
-            Ok(Request::Hello) => encode::hello(&mut out, parsed.id),
+            Ok(Request::Hello(_)) => encode::hello(&mut out, parsed.id),
             Err(e) => encode::error(&mut out, parsed.id, ErrorCode::BadRequest, &e.to_string()),
         }
         if !out.is_empty() {

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,6 +43,10 @@ pub(super) struct Outgoing {
     /// Still being decided by a thread stuck on the filesystem: the line is
     /// written when the answer comes or `--fs-timeout` passes.
     pub waiting: Option<(Arc<Delivery>, Box<FilesystemJob>)>,
+    /// The answer to a `hello`: once it is sent, the connection's responses
+    /// may carry this many descriptors per message (SPEC §2; 1 when the
+    /// `hello` did not ask).
+    pub sets_fds_per_message: Option<u8>,
 }
 
 impl Outgoing {
@@ -56,6 +60,7 @@ impl Outgoing {
             after_record: AfterRecord::default(),
             held: None,
             waiting: None,
+            sets_fds_per_message: None,
         }
     }
 
@@ -76,6 +81,13 @@ impl Outgoing {
 
     fn ready(&self) -> bool {
         self.audit_end.is_none() && self.waiting.is_none()
+    }
+
+    /// The descriptor this answer passes: its granted file, or the held fd
+    /// a `retrieve` took (kept by its guard until the answer goes out).
+    fn fd_to_send(&self) -> Option<BorrowedFd<'_>> {
+        let taken = self.held.as_deref().and_then(HeldGuard::taken_fd);
+        self.fd.as_ref().map(|f| f.as_fd()).or(taken)
     }
 }
 
@@ -152,6 +164,9 @@ pub(super) struct Connection {
     pub interest: EpollFlags,
     /// Received descriptors waiting, as last counted against the quota.
     pub fds_counted: usize,
+    /// How many descriptors one `sendmsg` may carry: 1 (each response on
+    /// its own) unless the client's `hello` asked for more.
+    pub fds_per_message: u8,
 }
 
 impl Connection {
@@ -168,6 +183,7 @@ impl Connection {
             read_done: false,
             interest,
             fds_counted: 0,
+            fds_per_message: 1,
         }
     }
 
@@ -391,30 +407,95 @@ impl Connection {
     /// Sends queued responses until done, the socket is full, or the next
     /// one is not ready. Sent descriptors go to `closing`.
     pub fn flush(&mut self, closing: &mut Vec<OwnedFd>) {
-        while let Some(out) = self.outq.front_mut() {
-            if !out.ready() {
-                return;
-            }
-            let taken = out.held.as_deref().and_then(HeldGuard::taken_fd);
-            let fd = out.fd.as_ref().map(|f| f.as_fd()).or(taken);
-            match fdpass::send(self.stream.as_fd(), &out.bytes[out.sent..], fd) {
-                Ok(n) => {
-                    out.sent += n;
-                    // Delivered with the first byte.
-                    closing.extend(out.fd.take().map(OwnedFd::from));
-                    closing.extend(out.held.take().and_then(|held| held.keep()));
-                    self.last_active = Instant::now();
-                    if out.sent == out.bytes.len() {
-                        self.outq.pop_front();
-                    }
+        let mut took = false;
+        while self.outq.front().is_some_and(Outgoing::ready) {
+            let sent = if self.fds_per_message > 1 {
+                self.send_coalesced()
+            } else {
+                self.send_one().map(|n| (n, 1))
+            };
+            match sent {
+                Ok((n, lines)) => {
+                    took = true;
+                    self.consume(n, lines, closing);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     // The client is gone; drop everything it asked for.
                     self.abandon_output(closing);
                     return;
                 }
             }
+        }
+        if took {
+            // Once per flush: the clock is read for nothing else here.
+            self.last_active = Instant::now();
+        }
+    }
+
+    /// The first queued response (or what is left of it), with its
+    /// descriptor: SPEC §2 as in v2.
+    fn send_one(&self) -> io::Result<usize> {
+        let out = self.outq.front().expect("checked by flush");
+        fdpass::send(
+            self.stream.as_fd(),
+            &out.bytes[out.sent..],
+            out.fd_to_send(),
+        )
+    }
+
+    /// The ready responses at the head of the queue in one `sendmsg`, with
+    /// the descriptors of those that carry one, in order, at most
+    /// `fds_per_message` (SPEC §2, v3). A `hello` answer ends the batch:
+    /// what follows it goes out under what it set. Returns the bytes sent
+    /// and how many lines the message began.
+    fn send_coalesced(&self) -> io::Result<(usize, usize)> {
+        let room = usize::from(self.fds_per_message).min(fdpass::MAX_FDS_PER_SEND);
+        let mut iov = [io::IoSlice::new(&[]); MAX_QUEUED_RESPONSES];
+        let (mut lines, mut fds) = (0, 0);
+        for out in self.outq.iter() {
+            let carries = out.fd_to_send().is_some();
+            if !out.ready() || lines == iov.len() || (carries && fds == room) {
+                break;
+            }
+            iov[lines] = io::IoSlice::new(&out.bytes[out.sent..]);
+            lines += 1;
+            fds += usize::from(carries);
+            if out.sets_fds_per_message.is_some() {
+                break;
+            }
+        }
+        let fds = self
+            .outq
+            .iter()
+            .take(lines)
+            .filter_map(Outgoing::fd_to_send);
+        let n = fdpass::send_vectored(self.stream.as_fd(), &iov[..lines], fds)?;
+        Ok((n, lines))
+    }
+
+    /// `n` bytes of a message that began the first `lines` queued lines
+    /// went out: the descriptors of those lines went with its first byte,
+    /// and the lines wholly sent leave the queue.
+    fn consume(&mut self, mut n: usize, lines: usize, closing: &mut Vec<OwnedFd>) {
+        for out in self.outq.iter_mut().take(lines) {
+            // Delivered with the first byte: a taken held fd stays taken.
+            closing.extend(out.fd.take().map(OwnedFd::from));
+            closing.extend(out.held.take().and_then(|held| held.keep()));
+        }
+        while n > 0
+            && let Some(out) = self.outq.front_mut()
+        {
+            let left = out.bytes.len() - out.sent;
+            if n < left {
+                out.sent += n;
+                return;
+            }
+            n -= left;
+            if let Some(fds) = out.sets_fds_per_message {
+                self.fds_per_message = fds;
+            }
+            self.outq.pop_front();
         }
     }
 }

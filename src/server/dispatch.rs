@@ -78,6 +78,15 @@ impl Done {
 /// The outcome of a filesystem job.
 pub(super) type Outcome = Result<Done, Refusal>;
 
+/// The `O_PATH` handle a granted file was decided on, for the caller to
+/// close with the round's other descriptors (in one batch).
+pub(super) fn take_pinned(outcome: &mut Outcome) -> Option<OwnedFd> {
+    match outcome {
+        Ok(Done::File(decision)) => decision.pinned.take(),
+        Ok(Done::Tree(_)) | Err(_) => None,
+    }
+}
+
 /// What a filesystem job may need of the server besides the policy.
 pub(super) struct JobEnv<'a> {
     pub audit: &'a AuditLog,
@@ -236,7 +245,8 @@ pub(super) fn begin(
     let op = parsed.request.as_ref().ok().map(Request::op);
     shared.stats.request(op);
     fault::point(op.map_or("", Op::as_str), "begin");
-    let mut bytes = Vec::with_capacity(192);
+    // Only the answers made here need it: a grant's line is made by finish.
+    let line_buffer = || Vec::with_capacity(192);
     let (request, fds) = match (parsed.request, attachment) {
         (Ok(Request::Held(held)), Attachment::Fds(fds)) => (Ok(Request::Held(held)), fds),
         (Ok(Request::Held(held)), Attachment::None) => (Ok(Request::Held(held)), Vec::new()),
@@ -256,17 +266,22 @@ pub(super) fn begin(
         Ok(Request::Tree(tree)) => {
             return begin_tree(policy, shared, peer, tree, parsed.id, scratch, ts, audit);
         }
-        Ok(Request::Hello) => {
+        Ok(Request::Hello(hello)) => {
             let (mnt_ns, root) = where_we_are();
+            let mut bytes = line_buffer();
             encode::hello(&mut bytes, parsed.id, mnt_ns, root);
-            return Begun::Answered(Outgoing::new(bytes, None, None));
+            let mut out = Outgoing::new(bytes, None, None);
+            out.sets_fds_per_message = Some(hello.fds_per_message.unwrap_or(1));
+            return Begun::Answered(out);
         }
         Err(e) => {
+            let mut bytes = line_buffer();
             encode::error(&mut bytes, parsed.id, ErrorCode::BadRequest, &e.to_string());
             let end = record_bad_request(peer, ts, audit);
             return Begun::Answered(Outgoing::new(bytes, None, Some(end)));
         }
         Ok(Request::Scope) => {
+            let mut bytes = line_buffer();
             encode::scope(&mut bytes, parsed.id, &policy.scope(peer));
             return Begun::Answered(Outgoing::new(bytes, None, None));
         }
@@ -363,7 +378,11 @@ pub(super) fn rebuild_job(
             },
         ),
         Request::Tree(tree) => (tree.op.op(), Work::Tree(tree)),
-        Request::Hello | Request::Bind(_) | Request::Scope | Request::Held(_) | Request::Stats => {
+        Request::Hello(_)
+        | Request::Bind(_)
+        | Request::Scope
+        | Request::Held(_)
+        | Request::Stats => {
             return None;
         }
     };

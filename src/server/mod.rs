@@ -9,6 +9,7 @@
 //! responses (`connection`). A client that stops reading simply stops
 //! being read from; it costs the others nothing.
 
+mod close_batch;
 mod connection;
 mod dispatch;
 mod failure;

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use super::close_batch;
 use super::dispatch::Outcome;
 use super::lock;
 
@@ -93,7 +94,7 @@ impl CallWatch {
     /// socket with `SO_LINGER`). False when the thread was abandoned in
     /// it: the thread must then end, another serves in its place.
     pub fn close(&self, watchdog: &Watchdog, fds: Vec<OwnedFd>) -> bool {
-        match self.run(watchdog, CLOSER_UID, || drop(fds)) {
+        match self.run(watchdog, CLOSER_UID, || close_batch::close_all(fds)) {
             Watched::Finished(()) => true,
             Watched::Abandoned((), delivery) => {
                 watchdog.stuck.remove(delivery.uid);

@@ -367,8 +367,9 @@ impl Core {
         shared: &Shared,
         key: usize,
         job: &FilesystemJob,
-        outcome: dispatch::Outcome,
+        mut outcome: dispatch::Outcome,
     ) {
+        self.closing.extend(dispatch::take_pinned(&mut outcome));
         let ts = self.clock.now();
         match self.conns.get_mut(key) {
             Some(conn) => {
@@ -406,7 +407,12 @@ impl Core {
                         still_waiting = true;
                         continue;
                     }
-                    Polled::Arrived(outcome) => outcome,
+                    Polled::Arrived(mut outcome) => {
+                        // Closed watched, like the handle of a job that
+                        // ran here: this one's filesystem hung once.
+                        self.closing.extend(dispatch::take_pinned(&mut outcome));
+                        outcome
+                    }
                     Polled::TimedOut => {
                         shared.stats.fs_timeouts.fetch_add(1, Ordering::Relaxed);
                         Err(Refusal::new(

@@ -434,18 +434,7 @@ pub(super) fn finish(
                 record.set_real_path(real);
             }
         }
-        Err(refusal) => {
-            let errno = refusal.errno_name();
-            encode::error_with_errno(
-                &mut bytes,
-                id,
-                refusal.code,
-                errno.as_deref(),
-                &refusal.message,
-            );
-            record.code = Some(refusal.code.as_str());
-            record.rule = refusal.rule.as_deref();
-        }
+        Err(refusal) => refuse(&mut bytes, id, refusal, &mut record),
     }
     let end = audit.append(&record);
     let Ok(granted) = outcome else {
@@ -461,6 +450,20 @@ pub(super) fn finish(
         },
         ..Outgoing::new(bytes, granted.file, Some(end))
     }
+}
+
+/// A file or tree refusal's answer, with its errno where it has one (SPEC
+/// §4), and the code and deciding rule of its audit record.
+fn refuse<'r>(
+    bytes: &mut Vec<u8>,
+    id: Option<&RawValue>,
+    refusal: &'r Refusal,
+    record: &mut Record<'r>,
+) {
+    let errno = refusal.errno_name();
+    encode::error_with_errno(bytes, id, refusal.code, errno.as_deref(), &refusal.message);
+    record.code = Some(refusal.code.as_str());
+    record.rule = refusal.rule.as_deref();
 }
 
 /// The response and audit record of a tree request (SPEC §3.6, §6): a
@@ -495,16 +498,7 @@ fn finish_tree(
         }
         Ok(Done::File(_)) => unreachable!("a tree job does no open"),
         Err(refusal) => {
-            let errno = refusal.errno_name();
-            encode::error_with_errno(
-                &mut bytes,
-                id,
-                refusal.code,
-                errno.as_deref(),
-                &refusal.message,
-            );
-            record.code = Some(refusal.code.as_str());
-            record.rule = refusal.rule.as_deref();
+            refuse(&mut bytes, id, refusal, &mut record);
             refusal.recorded
         }
     };

@@ -316,11 +316,7 @@ fn mkdir_on_a_cgroup_filesystem_under_a_rule_rooted_there() {
 /// the kernel checks: `mv` then copies, where `EEXIST` would stop it.
 #[test]
 fn rename_across_filesystems_onto_an_existing_name_is_exdev() {
-    let Ok(shm) = tempfile::Builder::new()
-        .prefix("fdopen-test")
-        .tempdir_in("/dev/shm")
-    else {
-        eprintln!("skipped: no /dev/shm");
+    let Some(shm) = common::tree::scratch_on_another_filesystem() else {
         return;
     };
     let other = glob(shm.path());

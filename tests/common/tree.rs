@@ -40,3 +40,15 @@ pub fn grant_below(d: &str) -> [Value; 2] {
         json!({"name": "top", "paths": [d], "modes": ["stat", "list"]}),
     ]
 }
+
+/// A scratch directory on another filesystem than `/tmp` (`/dev/shm`), for
+/// cross-device renames; `None`, the reason printed, where there is none.
+pub fn scratch_on_another_filesystem() -> Option<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("fdopen-test")
+        .tempdir_in("/dev/shm");
+    if dir.is_err() {
+        eprintln!("skipped: no /dev/shm");
+    }
+    dir.ok()
+}

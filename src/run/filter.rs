@@ -103,11 +103,13 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 /// The classic-BPF program: check the architecture, then the number.
 pub fn program() -> Vec<libc::sock_filter> {
     use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
-    let trapped = trapped_syscalls();
+    let mut trapped = trapped_syscalls();
+    trapped.sort_unstable();
+    let tree = tree_len(trapped.len());
+    let checks = u8::try_from(tree).expect("a decision tree of a few dozen jumps");
     let mut prog = vec![stmt(BPF_LD | BPF_W | BPF_ABS, ARCH_OFFSET)];
     // Layout after the arch load: [arch check] [nr load] [x32 check]
-    // [one jeq per trapped nr] [ALLOW] [USER_NOTIF].
-    let checks = trapped.len() as u8;
+    // [decision tree] [ALLOW] [USER_NOTIF].
     #[cfg(target_arch = "x86_64")]
     let x32_checks = 1u8;
     #[cfg(not(target_arch = "x86_64"))]
@@ -127,18 +129,58 @@ pub fn program() -> Vec<libc::sock_filter> {
         checks,
         0,
     ));
-    for (i, nr) in trapped.iter().enumerate() {
-        // To USER_NOTIF: past the remaining checks and the ALLOW.
-        let to_notify = (checks - i as u8 - 1) + 1;
-        prog.push(jump(BPF_JMP | BPF_JEQ | BPF_K, *nr, to_notify, 0));
-    }
+    let allow = prog.len() + tree;
+    decide(&trapped, allow, &mut prog);
     prog.push(stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW));
     prog.push(stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_USER_NOTIF));
     prog
 }
 
+/// Numbers left to a chain of `JEQ`s rather than split further.
+const LEAF: usize = 3;
+
+/// Instructions in the decision tree over `n` numbers.
+fn tree_len(n: usize) -> usize {
+    if n <= LEAF {
+        n
+    } else {
+        1 + tree_len(n / 2) + tree_len(n - n / 2)
+    }
+}
+
+/// Appends a binary decision tree over the sorted `nrs` that ends at
+/// `allow` (the `ALLOW` instruction's index; `USER_NOTIF` follows it) for
+/// numbers not in `nrs`. Any syscall then takes a handful of comparisons
+/// instead of up to one per trapped number. That matters at install time
+/// too: the kernel runs the filter over every syscall number to cache the
+/// ones it always allows, in the child, on the way to every exec.
+fn decide(nrs: &[u32], allow: usize, prog: &mut Vec<libc::sock_filter>) {
+    use libc::{BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K};
+    let ahead = |from: usize, to: usize| u8::try_from(to - from - 1).expect("a short jump");
+    if nrs.len() <= LEAF {
+        for (i, &nr) in nrs.iter().enumerate() {
+            let at = prog.len();
+            let last = i + 1 == nrs.len();
+            let miss = if last { ahead(at, allow) } else { 0 };
+            prog.push(jump(
+                BPF_JMP | BPF_JEQ | BPF_K,
+                nr,
+                ahead(at, allow + 1),
+                miss,
+            ));
+        }
+        return;
+    }
+    let (low, high) = nrs.split_at(nrs.len() / 2);
+    let skip_low = u8::try_from(tree_len(low.len())).expect("a short jump");
+    prog.push(jump(BPF_JMP | BPF_JGE | BPF_K, high[0], skip_low, 0));
+    decide(low, allow, prog);
+    decide(high, allow, prog);
+}
+
 /// Sets `PR_SET_NO_NEW_PRIVS` and installs `prog` with a new listener,
-/// which it returns. Async-signal-safe: meant for `pre_exec`.
+/// which it returns. Async-signal-safe: meant for a child between fork
+/// and exec.
 ///
 /// `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` keeps a signal (Go's `SIGURG`)
 /// from restarting a trapped syscall once the supervisor has received it,
@@ -179,9 +221,10 @@ pub fn install(prog: &[libc::sock_filter]) -> io::Result<RawFd> {
     }
 }
 
-/// Sends `fd` over `socket` with `SCM_RIGHTS`, from a stack buffer.
-/// Async-signal-safe: meant for `pre_exec`.
-pub fn send_fd(socket: RawFd, fd: RawFd) -> io::Result<()> {
+/// Sends `fd` over `socket` with `SCM_RIGHTS`, attached to the one byte
+/// `tag`, from a stack buffer. Async-signal-safe: meant for a child
+/// between fork and exec.
+pub fn send_fd(socket: RawFd, fd: RawFd, tag: u8) -> io::Result<()> {
     // Room for one cmsghdr carrying one int, aligned as cmsghdr wants.
     #[repr(C)]
     struct Control {
@@ -189,7 +232,7 @@ pub fn send_fd(socket: RawFd, fd: RawFd) -> io::Result<()> {
         fd: RawFd,
         _pad: [u8; 4],
     }
-    let mut byte = [0u8; 1];
+    let mut byte = [tag];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
@@ -252,11 +295,14 @@ mod tests {
                 libc::SECCOMP_RET_USER_NOTIF
             );
         }
-        for nr in [libc::SYS_read, libc::SYS_close, libc::SYS_connect] {
-            assert_eq!(
-                verdict(&prog, NATIVE_ARCH, nr as u32),
+        let trapped = trapped_syscalls();
+        for nr in 0..1024 {
+            let expected = if trapped.contains(&nr) {
+                libc::SECCOMP_RET_USER_NOTIF
+            } else {
                 libc::SECCOMP_RET_ALLOW
-            );
+            };
+            assert_eq!(verdict(&prog, NATIVE_ARCH, nr), expected, "syscall {nr}");
         }
         let foreign = 0x4000_0003; // AUDIT_ARCH_I386
         assert_eq!(

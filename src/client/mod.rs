@@ -424,6 +424,12 @@ impl Client {
     /// ```
     pub fn scope(&mut self) -> Result<Scope, Error> {
         self.send_request(&WireRequest::new(Op::Scope))?;
+        self.scope_answer()
+    }
+
+    /// Reads the answer to a `scope` sent earlier (`run` asks it together
+    /// with `hello`).
+    pub(crate) fn scope_answer(&mut self) -> Result<Scope, Error> {
         let line = self.receive()?.line;
         if !line.ok {
             return Err(Error::Refused(line.error.ok_or_else(|| {

@@ -10,7 +10,8 @@
 //! not a sandbox: the server's policy is the only boundary, and a program
 //! that sidesteps the filter (io_uring, say) only loses the brokering.
 //!
-//! Layout: `filter` builds and installs the filter, `listener` speaks
+//! Layout: `spawn` forks the child and lets it exec, `filter` builds and
+//! installs the filter, `listener` speaks
 //! the notification ioctls, `target` reads the trapped task,
 //! `open_call` and `bind_call` decode the two kinds of call,
 //! `narrowing` carries what confines the program's socket to the granted one,
@@ -34,6 +35,7 @@ mod open_call;
 mod process;
 mod same_tree;
 mod scope;
+mod spawn;
 mod target;
 mod tree_broker;
 mod tree_call;
@@ -42,11 +44,8 @@ mod within;
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::Command;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -55,7 +54,10 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use globset::GlobSet;
+
 use crate::client::Client;
+use crate::protocol::Scope;
 use broker::Broker;
 use listener::Listener;
 use scope::BrokerScope;
@@ -126,11 +128,11 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
 /// Runs the command under supervision; returns its exit code. A program
 /// killed by a signal makes `run` die of the same signal.
 ///
-/// The server is asked what to broker on the first broker thread while
-/// the child forks and installs its filter; the child waits for that
-/// thread's go before it execs, so a server that cannot be reached still
-/// means the command never starts, and its first trapped call finds the
-/// thread serving.
+/// A server that cannot be reached, or does not answer `hello` and
+/// `scope`, means the command never starts. To start it soon anyway, the
+/// two questions go out first, the child forks and installs its filter
+/// while the server answers, and the broker thread starts while the child
+/// execs (BENCHMARKS.md has the timeline).
 pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
     // Blocked before any thread exists, so every thread inherits the mask
     // and the signals wait in the signalfd (the child unblocks them).
@@ -150,100 +152,93 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
         return Err(setup("becoming a subreaper")(io::Error::last_os_error()));
     }
 
-    let (ours, theirs) = UnixDatagram::pair().map_err(setup("creating a socketpair"))?;
-    let (ready_tx, ready) = mpsc::sync_channel(1);
-    let (socket_path, wanted) = (socket.to_owned(), options.clone());
+    let narrowed_to = BrokerScope::narrowing(&options.brokers)?;
+    let mut client = Client::connect(socket)?;
+    ask(&mut client)?;
+    // The child installs its filter while the server answers; it execs
+    // only once the server has.
+    let mut child = spawn::fork_trapped(&options.command)?;
+    let own = Identity::own().map_err(setup("reading our identity"))?;
+    let ours = same_tree::Place::own().map_err(setup("reading our mount namespace"))?;
+    let scope = answers(client, ours)?;
+    child.go()?;
+    // The broker thread compiles the scope while we wait for the child's
+    // listener, which it then gets.
+    let (hand_over, listener) = mpsc::sync_channel::<OwnedFd>(1);
+    let start = Start {
+        scope,
+        narrowed_to,
+        own,
+        socket: socket.to_owned(),
+        no_bind: options.no_bind,
+    };
     std::thread::Builder::new()
         .name("fdopen-run".into())
-        .spawn(move || start_broker(&socket_path, &wanted, ours, ready_tx))
+        .spawn(move || start.serve(listener))
         .map_err(setup("starting a broker thread"))?;
-    let child = match spawn_trapped(&options.command, theirs) {
-        Ok(child) => child,
-        // The broker thread's failure stopped the child before exec.
-        Err(spawn) => return Err(ready.try_recv().ok().and_then(Result::err).unwrap_or(spawn)),
-    };
-    let broker = match ready.recv() {
-        Ok(Ok(broker)) => broker,
-        failed => {
-            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-            let _ = waitpid(child, None);
-            return Err(match failed {
-                Ok(Err(e)) => e,
-                _ => setup("starting a broker thread")(io::Error::other("it ended early")),
-            });
-        }
-    };
-    let status = supervise(child, &broker.listener, &signals)?;
+    let listener = child.listener()?;
+    let watched = listener
+        .try_clone()
+        .map_err(setup("duplicating the seccomp listener"))?;
+    let _ = hand_over.send(listener);
+    let child = child.exec_confirmed()?;
+    let status = supervise(child, watched.as_fd(), &signals)?;
     Ok(exit_code(status))
 }
 
-/// The first broker thread: asks the server what to broker, receives the
-/// child's listener, reports to `run` and tells the child to exec (or not),
-/// then serves.
-fn start_broker(
-    socket: &Path,
-    options: &RunOptions,
-    child: UnixDatagram,
-    ready: mpsc::SyncSender<Result<Arc<Broker>, RunError>>,
-) {
-    let broker = prepare(socket, options).and_then(|prepared| {
-        let mut byte = [0u8; 1];
-        let received = crate::fdpass::recv(child.as_fd(), &mut byte)
-            .map_err(setup("receiving the seccomp listener"))?;
-        let listener = received.fds.into_iter().next().ok_or_else(|| {
-            setup("receiving the seccomp listener")(io::Error::other("no descriptor came"))
-        })?;
-        Ok(Arc::new_cyclic(|me| Broker {
+/// Asks the server `hello` and `scope` at once; [`answers`] reads them.
+fn ask(client: &mut Client) -> Result<(), RunError> {
+    same_tree::Place::ask_server(client)?;
+    client.send(crate::protocol::Op::Scope, None, None)?;
+    Ok(())
+}
+
+/// The scope to broker: the server's, or `None` (nothing, not even a
+/// bind) when the server sees another tree than ours.
+fn answers(mut client: Client, ours: same_tree::Place) -> Result<Option<Scope>, RunError> {
+    let shared = same_tree::Place::server_answer(&mut client)?.is_none_or(|theirs| theirs == ours);
+    let scope = client.scope_answer();
+    if shared {
+        return Ok(Some(scope?));
+    }
+    crate::logging::warn(format_args!(
+        "the server is in another mount namespace or root: its answers would be \
+         about another tree, so nothing is brokered"
+    ));
+    Ok(None)
+}
+
+/// What the broker thread starts from: it compiles the scope itself,
+/// while the child installs its filter and execs.
+struct Start {
+    scope: Option<Scope>,
+    narrowed_to: Option<GlobSet>,
+    own: Identity,
+    socket: PathBuf,
+    no_bind: bool,
+}
+
+impl Start {
+    /// Serves the listener that comes on `listener`, if one comes.
+    fn serve(self, listener: mpsc::Receiver<OwnedFd>) {
+        let shared = self.scope.is_some();
+        let scope = BrokerScope::new(&self.scope.unwrap_or_default(), self.narrowed_to);
+        let privileged_below = (shared && !self.no_bind).then(unprivileged_port_start);
+        let Ok(listener) = listener.recv() else {
+            return;
+        };
+        let broker = Arc::new_cyclic(|me| Broker {
             listener: Listener::new(listener),
-            scope: prepared.scope,
-            own: prepared.own,
-            socket: socket.to_owned(),
-            privileged_below: prepared.privileged_below,
+            scope,
+            own: self.own,
+            socket: self.socket,
+            privileged_below,
             dir_streams: Default::default(),
             turns: turns::Turns::new(1, BROKER_THREADS),
             me: me.clone(),
-        }))
-    });
-    let serving = broker.as_ref().ok().cloned();
-    // Reported before the child hears of it, so `run` has the reason when
-    // the child gives up.
-    let _ = ready.send(broker);
-    let go = if serving.is_some() { GO } else { b'!' };
-    let _ = child.send(&[go]);
-    drop(child);
-    if let Some(broker) = serving {
+        });
         broker.serve();
     }
-}
-
-/// The byte that lets the child exec; anything else, or none, stops it.
-const GO: u8 = b'g';
-
-/// What the broker needs from the server and from us.
-struct Prepared {
-    scope: BrokerScope,
-    own: Identity,
-    privileged_below: Option<u16>,
-}
-
-fn prepare(socket: &Path, options: &RunOptions) -> Result<Prepared, RunError> {
-    let mut client = Client::connect(socket)?;
-    let ours = same_tree::Place::own().map_err(setup("reading our mount namespace"))?;
-    let shared = same_tree::Place::server(&mut client)?.is_none_or(|theirs| theirs == ours);
-    let scope = if shared {
-        client.scope()?
-    } else {
-        crate::logging::warn(format_args!(
-            "the server is in another mount namespace or root: its answers would be \
-             about another tree, so nothing is brokered"
-        ));
-        Default::default()
-    };
-    Ok(Prepared {
-        scope: BrokerScope::new(&scope, &options.brokers)?,
-        own: Identity::own().map_err(setup("reading our identity"))?,
-        privileged_below: (shared && !options.no_bind).then(unprivileged_port_start),
-    })
 }
 
 fn unprivileged_port_start() -> u16 {
@@ -253,59 +248,13 @@ fn unprivileged_port_start() -> u16 {
         .unwrap_or(1024)
 }
 
-/// Forks, installs the filter in the child, sends its listener over
-/// `broker` and, once the broker thread says go, execs the command there;
-/// returns the child's pid.
-fn spawn_trapped(command: &[OsString], broker: UnixDatagram) -> Result<Pid, RunError> {
-    let program = filter::program();
-    let broker_raw = broker.as_raw_fd();
-    let supervisor = std::process::id() as libc::pid_t;
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..]);
-    // SAFETY: the closure makes raw syscalls on memory prepared before the
-    // fork (the filter program, one socket): async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The program starts with no signal blocked: ours are blocked
-            // for the signalfd, and `Command` keeps the mask.
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-            // Without its supervisor the program's trapped calls would
-            // fail with ENOSYS: it goes when the supervisor goes.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != supervisor {
-                return Err(io::Error::other("the supervisor is gone"));
-            }
-            let listener = filter::install(&program)?;
-            let sent = filter::send_fd(broker_raw, listener);
-            libc::close(listener);
-            sent?;
-            let mut go = 0u8;
-            loop {
-                let n = libc::read(broker_raw, (&raw mut go).cast(), 1);
-                if n == 1 && go == GO {
-                    return Ok(());
-                }
-                if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(io::Error::other("the supervisor could not start"));
-            }
-        });
-    }
-    let child = cmd.spawn().map_err(|source| RunError::Spawn {
-        program: command[0].to_string_lossy().into_owned(),
-        source,
-    })?;
-    Ok(Pid::from_raw(child.id() as i32))
-}
-
 /// Passes signals on and reaps children until no task that could trap is
 /// left; returns how the command itself ended.
-fn supervise(child: Pid, listener: &Listener, signals: &SignalFd) -> Result<WaitStatus, RunError> {
+fn supervise(
+    child: Pid,
+    listener: BorrowedFd<'_>,
+    signals: &SignalFd,
+) -> Result<WaitStatus, RunError> {
     // Opened before the command can be reaped, so it is the command's.
     let command = process::Pidfd::open(child.as_raw()).ok();
     let mut status = None;
@@ -313,7 +262,7 @@ fn supervise(child: Pid, listener: &Listener, signals: &SignalFd) -> Result<Wait
         // Events 0 on the listener: only POLLHUP (no task left that holds
         // the filter) concerns us; the broker threads take POLLIN.
         let mut fds = [
-            PollFd::new(listener.as_fd(), PollFlags::empty()),
+            PollFd::new(listener, PollFlags::empty()),
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, PollTimeout::NONE) {

@@ -28,10 +28,15 @@ impl Place {
         })
     }
 
-    /// The server's, from its `hello`; `None` from a server that does not
-    /// say (before protocol 3), which is then taken to share ours.
-    pub fn server(client: &mut Client) -> Result<Option<Place>, Error> {
-        client.send(Op::Hello, None, None)?;
+    /// Asks the server `hello`; [`Place::server_answer`] reads the answer,
+    /// so that other questions can go out meanwhile.
+    pub fn ask_server(client: &mut Client) -> Result<(), Error> {
+        client.send(Op::Hello, None, None)
+    }
+
+    /// The server's, from its answer to `hello`; `None` from a server that
+    /// does not say (before protocol 3), which is then taken to share ours.
+    pub fn server_answer(client: &mut Client) -> Result<Option<Place>, Error> {
         let line = client.receive()?.line;
         if !line.ok {
             return Err(Error::Protocol("hello refused".into()));

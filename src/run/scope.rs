@@ -27,18 +27,22 @@ pub struct BrokerScope {
 }
 
 impl BrokerScope {
+    /// The `--broker` globs, compiled before anything starts: a bad one is
+    /// a usage error. `None` when none were given.
+    pub fn narrowing(brokers: &[String]) -> Result<Option<GlobSet>, globset::Error> {
+        if brokers.is_empty() {
+            return Ok(None);
+        }
+        let mut set = GlobSetBuilder::new();
+        for glob in brokers {
+            set.add(compile_glob(glob)?);
+        }
+        Ok(Some(set.build()?))
+    }
+
     /// Globs or bind patterns the server sent that do not compile are
     /// skipped: they can only make `run` broker less.
-    pub fn new(scope: &Scope, brokers: &[String]) -> Result<BrokerScope, globset::Error> {
-        let narrowed_to = if brokers.is_empty() {
-            None
-        } else {
-            let mut set = GlobSetBuilder::new();
-            for glob in brokers {
-                set.add(compile_glob(glob)?);
-            }
-            Some(set.build()?)
-        };
+    pub fn new(scope: &Scope, narrowed_to: Option<GlobSet>) -> BrokerScope {
         let paths = scope
             .paths
             .iter()
@@ -56,11 +60,11 @@ impl BrokerScope {
             .iter()
             .filter_map(|b| BindPattern::parse(b).ok())
             .collect();
-        Ok(BrokerScope {
+        BrokerScope {
             paths,
             narrowed_to,
             binds,
-        })
+        }
     }
 
     pub fn covers_path(&self, path: &Path, mode: Mode, create: bool) -> bool {
@@ -126,7 +130,7 @@ mod tests {
 
     #[test]
     fn a_path_needs_a_glob_its_mode_and_create() {
-        let s = BrokerScope::new(&scope(), &[]).unwrap();
+        let s = BrokerScope::new(&scope(), None);
         assert!(s.covers_path(Path::new("/srv/a/b"), Mode::Read, false));
         assert!(!s.covers_path(Path::new("/srv/a/b"), Mode::Write, false));
         assert!(!s.covers_path(Path::new("/srv/a/b"), Mode::Append, true));
@@ -135,14 +139,17 @@ mod tests {
 
     #[test]
     fn broker_globs_narrow_the_scope() {
-        let s = BrokerScope::new(&scope(), &["/srv/logs/*".into()]).unwrap();
+        let s = BrokerScope::new(
+            &scope(),
+            BrokerScope::narrowing(&["/srv/logs/*".into()]).unwrap(),
+        );
         assert!(s.covers_path(Path::new("/srv/logs/a"), Mode::Read, false));
         assert!(!s.covers_path(Path::new("/srv/data/a"), Mode::Read, false));
     }
 
     #[test]
     fn tree_calls_cover_granted_paths_and_the_directories_on_the_way() {
-        let s = BrokerScope::new(&scope(), &[]).unwrap();
+        let s = BrokerScope::new(&scope(), None);
         for path in ["/", "/srv", "/srv/a", "/srv/a/b/c"] {
             assert!(s.covers_tree_path(Path::new(path)), "{path}");
         }
@@ -155,7 +162,7 @@ mod tests {
 
     #[test]
     fn binds_follow_the_scope_patterns() {
-        let s = BrokerScope::new(&scope(), &[]).unwrap();
+        let s = BrokerScope::new(&scope(), None);
         assert!(s.covers_bind(&BindAddress::parse("tcp:[::]:80").unwrap()));
         assert!(!s.covers_bind(&BindAddress::parse("tcp:0.0.0.0:81").unwrap()));
     }

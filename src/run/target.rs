@@ -141,12 +141,14 @@ fn root_id(path: &str) -> io::Result<(u64, u64)> {
 impl Identity {
     /// The supervisor's own.
     pub fn own() -> io::Result<Identity> {
-        let status = fs::read_to_string("/proc/thread-self/status")?;
-        let status = Status::parse(&status)
-            .ok_or_else(|| io::Error::other("unreadable /proc/thread-self/status"))?;
+        // SAFETY: gettid has no arguments.
+        let tid = unsafe { libc::gettid() };
+        let ids = Target { tid }
+            .credentials()
+            .ok_or_else(|| io::Error::other("cannot read our own ids"))?;
         Ok(Identity {
-            uids: status.uids,
-            gids: status.gids,
+            uids: ids.uids,
+            gids: ids.gids,
             mount_ns: fs::read_link("/proc/self/ns/mnt")?.into_os_string(),
             user_ns: fs::read_link("/proc/self/ns/user")?.into_os_string(),
             root: root_id("/proc/self/root")?,

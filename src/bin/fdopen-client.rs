@@ -1,3 +1,15 @@
-fn main() {
+//! `fdopen-client`, started without std's runtime set-up (`no_main`):
+//! that set-up reads `/proc/self/maps` to find the main thread's stack,
+//! for the message a stack overflow prints, which costs ~45 µs of every
+//! start, and `fdopen-client run` adds its whole start to the start of
+//! the program it runs (BENCHMARKS.md). What else it does is done here.
+#![no_main]
+
+use std::ffi::{c_char, c_int};
+
+#[unsafe(no_mangle)]
+extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
+    fdopen::cli::start_without_runtime();
+    // `exit` flushes stdout, as returning from std's `main` would.
     std::process::exit(fdopen::cli::client::main());
 }

@@ -14,6 +14,34 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 
 use crate::protocol::{Create, Mode};
 
+/// What std's runtime would have done before `main` in a binary started
+/// without it (`no_main`, see `src/bin/fdopen-client.rs`): descriptors
+/// 0, 1 and 2 open, to `/dev/null` where they were closed, so that no
+/// socket or granted file we open lands on them and gets our output; and
+/// `SIGPIPE` ignored, so a closed pipe is an error, not death.
+pub fn start_without_runtime() {
+    let mut stdio = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: poll on our own array; open, fcntl and signal with constant
+    // arguments.
+    unsafe {
+        while libc::poll(stdio.as_mut_ptr(), 3, 0) < 0
+            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {}
+        for entry in &stdio {
+            if entry.revents & libc::POLLNVAL != 0
+                && libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) < 0
+            {
+                libc::abort();
+            }
+        }
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
 /// `--mode` with its possible values listed in `--help`.
 fn mode_parser() -> impl TypedValueParser<Value = Mode> {
     PossibleValuesParser::new(Mode::ALL.map(Mode::as_str))

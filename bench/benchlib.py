@@ -22,7 +22,10 @@ def json_out(cmd):
 
 
 def build_release():
-    sh("cargo", "build", "--release", "--locked", "-q", "--bins", "--examples", cwd=ROOT)
+    """The binaries as `make build` links them (a static fdopen-client),
+    then the examples the benchmarks drive."""
+    sh("make", "-s", "build", cwd=ROOT)
+    sh("cargo", "build", "--release", "--locked", "-q", "--examples", cwd=ROOT)
 
 
 def wait_socket(path, proc, timeout=30):

@@ -4,14 +4,13 @@
 
 use std::path::Path;
 
-use globset::{GlobMatcher, GlobSet, GlobSetBuilder};
+use globset::{GlobSet, GlobSetBuilder};
 
 use crate::address::{BindAddress, BindPattern};
 use crate::policy::compile_glob;
 use crate::protocol::{Mode, Scope};
 
 struct PathGrant {
-    glob: GlobMatcher,
     /// The glob's text up to its first wildcard: the directories on the
     /// way there may be `stat`ed (SPEC §5, implied stat).
     literal: String,
@@ -20,6 +19,11 @@ struct PathGrant {
 }
 
 pub struct BrokerScope {
+    /// The grants' globs as one set, so a scope of literal paths needs no
+    /// regex at all (globset matches those by hash): compiling one regex
+    /// per grant was most of what `run` did while its program started.
+    globs: GlobSet,
+    /// What each glob of `globs` grants, by index.
     paths: Vec<PathGrant>,
     /// `--broker` globs; `None` when none were given.
     narrowed_to: Option<GlobSet>,
@@ -43,24 +47,29 @@ impl BrokerScope {
     /// Globs or bind patterns the server sent that do not compile are
     /// skipped: they can only make `run` broker less.
     pub fn new(scope: &Scope, narrowed_to: Option<GlobSet>) -> BrokerScope {
-        let paths = scope
-            .paths
-            .iter()
-            .filter_map(|p| {
-                Some(PathGrant {
-                    glob: compile_glob(&p.glob).ok()?.compile_matcher(),
+        let mut globs = GlobSetBuilder::new();
+        let mut paths = Vec::new();
+        for p in &scope.paths {
+            if let Ok(glob) = compile_glob(&p.glob) {
+                globs.add(glob);
+                paths.push(PathGrant {
                     literal: literal_prefix(&p.glob).to_owned(),
                     modes: p.modes.clone(),
                     create: p.create,
-                })
-            })
-            .collect();
+                });
+            }
+        }
+        let (globs, paths) = match globs.build() {
+            Ok(globs) => (globs, paths),
+            Err(_) => (GlobSet::empty(), Vec::new()),
+        };
         let binds = scope
             .binds
             .iter()
             .filter_map(|b| BindPattern::parse(b).ok())
             .collect();
         BrokerScope {
+            globs,
             paths,
             narrowed_to,
             binds,
@@ -73,8 +82,9 @@ impl BrokerScope {
         {
             return false;
         }
-        self.paths.iter().any(|p| {
-            p.modes.contains(&mode.into()) && (p.create || !create) && p.glob.is_match(path)
+        self.globs.matches(path).into_iter().any(|i| {
+            let p = &self.paths[i];
+            p.modes.contains(&mode.into()) && (p.create || !create)
         })
     }
 
@@ -89,9 +99,11 @@ impl BrokerScope {
             return false;
         }
         let text = path.as_os_str().as_encoded_bytes();
-        self.paths
-            .iter()
-            .any(|p| p.glob.is_match(path) || on_the_way(text, p.literal.as_bytes()))
+        self.globs.is_match(path)
+            || self
+                .paths
+                .iter()
+                .any(|p| on_the_way(text, p.literal.as_bytes()))
     }
 
     pub fn covers_bind(&self, address: &BindAddress) -> bool {
@@ -135,6 +147,30 @@ mod tests {
         assert!(!s.covers_path(Path::new("/srv/a/b"), Mode::Write, false));
         assert!(!s.covers_path(Path::new("/srv/a/b"), Mode::Append, true));
         assert!(!s.covers_path(Path::new("/etc/passwd"), Mode::Read, false));
+    }
+
+    /// Each glob keeps its own grant, also past one that does not compile.
+    #[test]
+    fn each_glob_grants_what_its_own_grant_says() {
+        let grant = |glob: &str, modes: &[Mode], create| ScopePath {
+            glob: glob.into(),
+            modes: modes.iter().map(|&m| m.into()).collect(),
+            create,
+        };
+        let scope = Scope {
+            paths: vec![
+                grant("/bad/[", &[Mode::Write], true),
+                grant("/srv/a.txt", &[Mode::Read], false),
+                grant("/srv/*.log", &[Mode::Append], true),
+            ],
+            ..Scope::default()
+        };
+        let s = BrokerScope::new(&scope, None);
+        assert!(s.covers_path(Path::new("/srv/a.txt"), Mode::Read, false));
+        assert!(!s.covers_path(Path::new("/srv/a.txt"), Mode::Append, false));
+        assert!(s.covers_path(Path::new("/srv/x.log"), Mode::Append, true));
+        assert!(!s.covers_path(Path::new("/srv/x.log"), Mode::Read, false));
+        assert!(!s.covers_path(Path::new("/bad/["), Mode::Write, false));
     }
 
     #[test]

@@ -515,3 +515,31 @@ fn without_a_server_the_command_never_starts() {
     );
     assert!(!mark.exists(), "the command ran");
 }
+
+/// A server at its `--max-clients` answers `run`'s connection `busy` and
+/// closes it: the command never starts, and `run` says why, as `hello`
+/// does, whether its questions went out before the close or not (the
+/// runs race the server's close). Any uid.
+#[test]
+fn a_busy_server_is_named_and_the_command_never_starts() {
+    let server = common::TestServer::start(r#"{"rules":[]}"#, &["--max-clients", "1"]);
+    let mut admitted = server.client();
+    assert_eq!(
+        common::ask(&mut admitted, r#"{"op":"hello"}"#).0["ok"],
+        true
+    );
+    let mark = server.path("started");
+    for _ in 0..20 {
+        let out = Command::new(CLIENT)
+            .arg("--socket")
+            .arg(&server.socket)
+            .args(["run", "--", "/usr/bin/touch"])
+            .arg(&mark)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("busy: too many clients"), "{out:?}");
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(!mark.exists(), "the command ran");
+    }
+}

@@ -187,9 +187,18 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
 }
 
 /// Asks the server `hello` and `scope` at once; [`answers`] reads them.
+/// A server that refuses us (`busy`) says why and closes, maybe before
+/// we have asked: its reason, still in the socket, beats our `EPIPE`.
 fn ask(client: &mut Client) -> Result<(), RunError> {
-    same_tree::Place::ask_server(client)?;
-    client.send(crate::protocol::Op::Scope, None, None)?;
+    let asked = same_tree::Place::ask_server(client)
+        .and_then(|()| client.send(crate::protocol::Op::Scope, None, None));
+    if let Err(broken) = asked {
+        return Err(match same_tree::Place::server_answer(client) {
+            Err(refused @ crate::client::Error::Refused(_)) => refused,
+            _ => broken,
+        }
+        .into());
+    }
     Ok(())
 }
 

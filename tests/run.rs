@@ -543,3 +543,25 @@ fn a_busy_server_is_named_and_the_command_never_starts() {
         assert!(!mark.exists(), "the command ran");
     }
 }
+
+/// A `--broker` glob that does not compile is a usage error (exit 2),
+/// said before anything starts: no server is asked (none listens here,
+/// which would be exit 3) and the command never runs. Any uid.
+#[test]
+fn a_bad_broker_glob_is_a_usage_error_before_anything_starts() {
+    let dir = common::scratch();
+    let mark = dir.path().join("started");
+    let out = Command::new(CLIENT)
+        .arg("--socket")
+        .arg(dir.path().join("nobody-listens.sock"))
+        .args(["run", "--broker", "/srv/[", "--", "/usr/bin/touch"])
+        .arg(&mark)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad --broker glob"),
+        "{out:?}"
+    );
+    assert!(!mark.exists(), "the command ran");
+}

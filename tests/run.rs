@@ -565,3 +565,43 @@ fn a_bad_broker_glob_is_a_usage_error_before_anything_starts() {
     );
     assert!(!mark.exists(), "the command ran");
 }
+
+/// The command dies with its supervisor (`PR_SET_PDEATHSIG`): without
+/// it, its next trapped call would fail. `run` is killed outright once
+/// the command has started and waits in a shell builtin; the command
+/// must end too. Any uid.
+#[test]
+fn the_command_dies_with_a_killed_supervisor() {
+    let server = common::TestServer::start(r#"{"rules":[]}"#, &[]);
+    let mut run = Command::new(CLIENT)
+        .arg("--socket")
+        .arg(&server.socket)
+        .args(["run", "--", "/bin/sh", "-c", "echo $$; read line"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The shell waits on this pipe, held open until the end, making no
+    // call that traps: only the death signal can end it.
+    let _held = run.stdin.take();
+    let mut pid = String::new();
+    BufReader::new(run.stdout.take().unwrap())
+        .read_line(&mut pid)
+        .unwrap();
+    let pid: i32 = pid.trim().parse().unwrap();
+    // SAFETY: pidfd_open with integer arguments; the result is ours.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    assert!(pidfd >= 0, "{}", std::io::Error::last_os_error());
+    run.kill().unwrap();
+    run.wait().unwrap();
+    // Readable once the command has ended; ten seconds is "never".
+    let mut ended = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd we own, then close of our own pidfd.
+    let ready = unsafe { libc::poll(&mut ended, 1, 10_000) };
+    unsafe { libc::close(pidfd) };
+    assert_eq!(ready, 1, "the command outlived its supervisor");
+}

@@ -605,3 +605,36 @@ fn the_command_dies_with_a_killed_supervisor() {
     unsafe { libc::close(pidfd) };
     assert_eq!(ready, 1, "the command outlived its supervisor");
 }
+
+/// A signal sent to `run` while it waits for the server's answers, with
+/// the child forked but not yet exec'd, reaches the command once it has
+/// exec'd: `run` then dies of it as the command did. The server here is
+/// the test, which answers only after the signal. Any uid.
+#[test]
+fn a_signal_sent_before_the_exec_reaches_the_command() {
+    let dir = common::scratch();
+    let socket = dir.path().join("slow.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let mut run = Command::new(CLIENT)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["run", "--", "/bin/sleep", "300"])
+        .spawn()
+        .unwrap();
+    let (stream, _) = listener.accept().unwrap();
+    let mut questions = BufReader::new(stream.try_clone().unwrap()).lines();
+    // Both asked before any answer: run now waits for them.
+    assert!(questions.next().unwrap().unwrap().contains("hello"));
+    assert!(questions.next().unwrap().unwrap().contains("scope"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    (&stream)
+        .write_all(b"{\"ok\":true}\n{\"ok\":true,\"paths\":[],\"binds\":[]}\n")
+        .unwrap();
+    let status = common::wait_timeout(&mut run, std::time::Duration::from_secs(30))
+        .expect("the command never got the signal");
+    assert_eq!(status.signal(), Some(libc::SIGTERM));
+}

@@ -606,35 +606,34 @@ fn the_command_dies_with_a_killed_supervisor() {
     assert_eq!(ready, 1, "the command outlived its supervisor");
 }
 
-/// A signal sent to `run` while it waits for the server's answers, with
-/// the child forked but not yet exec'd, reaches the command once it has
-/// exec'd: `run` then dies of it as the command did. The server here is
-/// the test, which answers only after the signal. Any uid.
+/// A server that takes the questions and never answers must not leave
+/// `run` deaf: SIGTERM (or Ctrl-C's SIGINT) sent to it while it waits
+/// ends it, dying of that signal, and the command, forked but not
+/// exec'd, never starts. The server here is the test. Any uid.
 #[test]
-fn a_signal_sent_before_the_exec_reaches_the_command() {
+fn a_signal_while_the_server_does_not_answer_ends_run_and_the_command_never_starts() {
     let dir = common::scratch();
-    let socket = dir.path().join("slow.sock");
+    let socket = dir.path().join("mute.sock");
+    let mark = dir.path().join("started");
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    let mut run = Command::new(CLIENT)
-        .arg("--socket")
-        .arg(&socket)
-        .args(["run", "--", "/bin/sleep", "300"])
-        .spawn()
-        .unwrap();
-    let (stream, _) = listener.accept().unwrap();
-    let mut questions = BufReader::new(stream.try_clone().unwrap()).lines();
-    // Both asked before any answer: run now waits for them.
-    assert!(questions.next().unwrap().unwrap().contains("hello"));
-    assert!(questions.next().unwrap().unwrap().contains("scope"));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(run.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    (&stream)
-        .write_all(b"{\"ok\":true}\n{\"ok\":true,\"paths\":[],\"binds\":[]}\n")
-        .unwrap();
-    let status = common::wait_timeout(&mut run, std::time::Duration::from_secs(30))
-        .expect("the command never got the signal");
-    assert_eq!(status.signal(), Some(libc::SIGTERM));
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut run = Command::new(CLIENT)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["run", "--", "/usr/bin/touch"])
+            .arg(&mark)
+            .spawn()
+            .unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        let mut questions = BufReader::new(&stream).lines();
+        // Both asked, neither answered, the connection open: run waits.
+        assert!(questions.next().unwrap().unwrap().contains("hello"));
+        assert!(questions.next().unwrap().unwrap().contains("scope"));
+        // SAFETY: kill with integer arguments, to our own child.
+        unsafe { libc::kill(run.id() as i32, signal) };
+        let status = common::wait_timeout(&mut run, std::time::Duration::from_secs(30))
+            .expect("run ignored the signal while the server was mute");
+        assert_eq!(status.signal(), Some(signal));
+        assert!(!mark.exists(), "the command ran");
+    }
 }

@@ -494,26 +494,44 @@ fn a_call_the_server_is_slow_to_answer_holds_up_no_other_call() {
     assert_eq!(out, "answered\n");
 }
 
+/// `fdopen-client --socket SOCKET run [extra] -- touch MARK`, as this
+/// user, with `MARK` beside the socket: it exists afterwards only if
+/// the command ran.
+fn touch_under_run(socket: &std::path::Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(CLIENT);
+    cmd.arg("--socket")
+        .arg(socket)
+        .arg("run")
+        .args(extra)
+        .args(["--", "/usr/bin/touch"])
+        .arg(socket.with_file_name("started"));
+    cmd
+}
+
+/// [`touch_under_run`] where the command must never start, `run` saying
+/// `why` on stderr; returns how it ended.
+fn never_starts(socket: &std::path::Path, extra: &[&str], why: &str) -> Output {
+    let out = touch_under_run(socket, extra).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(why),
+        "{out:?}"
+    );
+    assert!(
+        !socket.with_file_name("started").exists(),
+        "the command ran"
+    );
+    out
+}
+
 /// Without a server, the command never starts: the child waits for the
 /// broker thread's word before it execs (`run` asks the server while the
 /// child forks). Any uid.
 #[test]
 fn without_a_server_the_command_never_starts() {
     let dir = common::scratch();
-    let mark = dir.path().join("started");
-    let out = Command::new(CLIENT)
-        .arg("--socket")
-        .arg(dir.path().join("nobody-listens.sock"))
-        .args(["run", "--", "/usr/bin/touch"])
-        .arg(&mark)
-        .output()
-        .unwrap();
+    let socket = dir.path().join("nobody-listens.sock");
+    let out = never_starts(&socket, &[], "no server answers");
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no server answers"),
-        "{out:?}"
-    );
-    assert!(!mark.exists(), "the command ran");
 }
 
 /// A server at its `--max-clients` answers `run`'s connection `busy` and
@@ -528,19 +546,9 @@ fn a_busy_server_is_named_and_the_command_never_starts() {
         common::ask(&mut admitted, r#"{"op":"hello"}"#).0["ok"],
         true
     );
-    let mark = server.path("started");
     for _ in 0..20 {
-        let out = Command::new(CLIENT)
-            .arg("--socket")
-            .arg(&server.socket)
-            .args(["run", "--", "/usr/bin/touch"])
-            .arg(&mark)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("busy: too many clients"), "{out:?}");
+        let out = never_starts(&server.socket, &[], "busy: too many clients");
         assert_eq!(out.status.code(), Some(1), "{out:?}");
-        assert!(!mark.exists(), "the command ran");
     }
 }
 
@@ -550,20 +558,9 @@ fn a_busy_server_is_named_and_the_command_never_starts() {
 #[test]
 fn a_bad_broker_glob_is_a_usage_error_before_anything_starts() {
     let dir = common::scratch();
-    let mark = dir.path().join("started");
-    let out = Command::new(CLIENT)
-        .arg("--socket")
-        .arg(dir.path().join("nobody-listens.sock"))
-        .args(["run", "--broker", "/srv/[", "--", "/usr/bin/touch"])
-        .arg(&mark)
-        .output()
-        .unwrap();
+    let socket = dir.path().join("nobody-listens.sock");
+    let out = never_starts(&socket, &["--broker", "/srv/["], "bad --broker glob");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("bad --broker glob"),
-        "{out:?}"
-    );
-    assert!(!mark.exists(), "the command ran");
 }
 
 /// The command dies with its supervisor (`PR_SET_PDEATHSIG`): without
@@ -617,13 +614,7 @@ fn a_signal_while_the_server_does_not_answer_ends_run_and_the_command_never_star
     let mark = dir.path().join("started");
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     for signal in [libc::SIGTERM, libc::SIGINT] {
-        let mut run = Command::new(CLIENT)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["run", "--", "/usr/bin/touch"])
-            .arg(&mark)
-            .spawn()
-            .unwrap();
+        let mut run = touch_under_run(&socket, &[]).spawn().unwrap();
         let (stream, _) = listener.accept().unwrap();
         let mut questions = BufReader::new(&stream).lines();
         // Both asked, neither answered, the connection open: run waits.

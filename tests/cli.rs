@@ -210,6 +210,32 @@ fn client_exit_codes() {
 /// path it tried and how to start a server, whether no default applies
 /// (root without /run/fdopen/fdopen.sock, no XDG_RUNTIME_DIR) or the
 /// default names a socket nobody listens on.
+/// A client that cannot write its answer (stdout on a full device)
+/// panics as it did under std's runtime: exit 101 with the message, not
+/// an abort (SIGABRT, a core file) from a panic unwinding into the C
+/// `main` of the `no_main` binary.
+#[test]
+fn a_panicking_client_exits_101_and_does_not_abort() {
+    let s = demo_server();
+    let out = Command::new(CLIENT)
+        .arg("--socket")
+        .arg(&s.socket)
+        .arg("hello")
+        .stdout(
+            fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(101), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("No space left on device"),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn no_server_is_exit_3_with_the_paths_tried_and_how_to_start_one() {
     if std::path::Path::new("/run/fdopen/fdopen.sock").exists() {

@@ -494,24 +494,137 @@ fn a_call_the_server_is_slow_to_answer_holds_up_no_other_call() {
     assert_eq!(out, "answered\n");
 }
 
+/// `fdopen-client --socket SOCKET run [extra] -- touch MARK`, as this
+/// user, with `MARK` beside the socket: it exists afterwards only if
+/// the command ran.
+fn touch_under_run(socket: &std::path::Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(CLIENT);
+    cmd.arg("--socket")
+        .arg(socket)
+        .arg("run")
+        .args(extra)
+        .args(["--", "/usr/bin/touch"])
+        .arg(socket.with_file_name("started"));
+    cmd
+}
+
+/// [`touch_under_run`] where the command must never start, `run` saying
+/// `why` on stderr; returns how it ended.
+fn never_starts(socket: &std::path::Path, extra: &[&str], why: &str) -> Output {
+    let out = touch_under_run(socket, extra).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(why),
+        "{out:?}"
+    );
+    assert!(
+        !socket.with_file_name("started").exists(),
+        "the command ran"
+    );
+    out
+}
+
 /// Without a server, the command never starts: the child waits for the
 /// broker thread's word before it execs (`run` asks the server while the
 /// child forks). Any uid.
 #[test]
 fn without_a_server_the_command_never_starts() {
     let dir = common::scratch();
-    let mark = dir.path().join("started");
-    let out = Command::new(CLIENT)
-        .arg("--socket")
-        .arg(dir.path().join("nobody-listens.sock"))
-        .args(["run", "--", "/usr/bin/touch"])
-        .arg(&mark)
-        .output()
-        .unwrap();
+    let socket = dir.path().join("nobody-listens.sock");
+    let out = never_starts(&socket, &[], "no server answers");
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no server answers"),
-        "{out:?}"
+}
+
+/// A server at its `--max-clients` answers `run`'s connection `busy` and
+/// closes it: the command never starts, and `run` says why, as `hello`
+/// does, whether its questions went out before the close or not (the
+/// runs race the server's close). Any uid.
+#[test]
+fn a_busy_server_is_named_and_the_command_never_starts() {
+    let server = common::TestServer::start(r#"{"rules":[]}"#, &["--max-clients", "1"]);
+    let mut admitted = server.client();
+    assert_eq!(
+        common::ask(&mut admitted, r#"{"op":"hello"}"#).0["ok"],
+        true
     );
-    assert!(!mark.exists(), "the command ran");
+    for _ in 0..20 {
+        let out = never_starts(&server.socket, &[], "busy: too many clients");
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+    }
+}
+
+/// A `--broker` glob that does not compile is a usage error (exit 2),
+/// said before anything starts: no server is asked (none listens here,
+/// which would be exit 3) and the command never runs. Any uid.
+#[test]
+fn a_bad_broker_glob_is_a_usage_error_before_anything_starts() {
+    let dir = common::scratch();
+    let socket = dir.path().join("nobody-listens.sock");
+    let out = never_starts(&socket, &["--broker", "/srv/["], "bad --broker glob");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// The command dies with its supervisor (`PR_SET_PDEATHSIG`): without
+/// it, its next trapped call would fail. `run` is killed outright once
+/// the command has started and waits in a shell builtin; the command
+/// must end too. Any uid.
+#[test]
+fn the_command_dies_with_a_killed_supervisor() {
+    let server = common::TestServer::start(r#"{"rules":[]}"#, &[]);
+    let mut run = Command::new(CLIENT)
+        .arg("--socket")
+        .arg(&server.socket)
+        .args(["run", "--", "/bin/sh", "-c", "echo $$; read line"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The shell waits on this pipe, held open until the end, making no
+    // call that traps: only the death signal can end it.
+    let _held = run.stdin.take();
+    let mut pid = String::new();
+    BufReader::new(run.stdout.take().unwrap())
+        .read_line(&mut pid)
+        .unwrap();
+    let pid: i32 = pid.trim().parse().unwrap();
+    // SAFETY: pidfd_open with integer arguments; the result is ours.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    assert!(pidfd >= 0, "{}", std::io::Error::last_os_error());
+    run.kill().unwrap();
+    run.wait().unwrap();
+    // Readable once the command has ended; ten seconds is "never".
+    let mut ended = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd we own, then close of our own pidfd.
+    let ready = unsafe { libc::poll(&mut ended, 1, 10_000) };
+    unsafe { libc::close(pidfd) };
+    assert_eq!(ready, 1, "the command outlived its supervisor");
+}
+
+/// A server that takes the questions and never answers must not leave
+/// `run` deaf: SIGTERM (or Ctrl-C's SIGINT) sent to it while it waits
+/// ends it, dying of that signal, and the command, forked but not
+/// exec'd, never starts. The server here is the test. Any uid.
+#[test]
+fn a_signal_while_the_server_does_not_answer_ends_run_and_the_command_never_starts() {
+    let dir = common::scratch();
+    let socket = dir.path().join("mute.sock");
+    let mark = dir.path().join("started");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut run = touch_under_run(&socket, &[]).spawn().unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        let mut questions = BufReader::new(&stream).lines();
+        // Both asked, neither answered, the connection open: run waits.
+        assert!(questions.next().unwrap().unwrap().contains("hello"));
+        assert!(questions.next().unwrap().unwrap().contains("scope"));
+        // SAFETY: kill with integer arguments, to our own child.
+        unsafe { libc::kill(run.id() as i32, signal) };
+        let status = common::wait_timeout(&mut run, std::time::Duration::from_secs(30))
+            .expect("run ignored the signal while the server was mute");
+        assert_eq!(status.signal(), Some(signal));
+        assert!(!mark.exists(), "the command ran");
+    }
 }

@@ -618,6 +618,13 @@ mod tests {
             "fdopen-client --socket=/t run --no-bind --broker /c -- --help",
             "fdopen-client run --broker=/a=b --broker /c -- env A=B",
             "fdopen-client run -- --",
+            "fdopen-client run --broker=-x -- y",
+            "fdopen-client run --socket=-x -- y",
+            "fdopen-client run --broker=-- -- y",
+            "fdopen-client run --broker==x -- y",
+            "fdopen-client --socket run run -- y",
+            "fdopen-client run -- ",
+            "fdopen-client run --broker=/a --socket=/s --broker /b -- x",
         ] {
             let fast = Cli::parse_run(&argv(line)).expect(line);
             let full = Cli::try_parse_from(argv(line)).expect(line);

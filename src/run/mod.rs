@@ -132,7 +132,9 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
 /// `scope`, means the command never starts. To start it soon anyway, the
 /// two questions go out first, the child forks and installs its filter
 /// while the server answers, and the broker thread starts while the child
-/// execs (BENCHMARKS.md has the timeline).
+/// execs (BENCHMARKS.md has the timeline). A signal that ends a job, sent
+/// while the server has not answered, ends `run` and the command never
+/// starts.
 pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
     // Blocked before any thread exists, so every thread inherits the mask
     // and the signals wait in the signalfd (the child unblocks them).
@@ -144,6 +146,16 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&watched), None)
         .map_err(|e| setup("blocking signals")(e.into()))?;
     let signals = SignalFd::with_flags(&watched, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| setup("creating a signalfd")(e.into()))?;
+    // Only the signals that end a job, for the wait on the server: the
+    // others stay queued in `signals` for the command.
+    let mut ending = SigSet::empty();
+    for signal in FORWARDED {
+        if process::reaches_every_process(signal as i32) {
+            ending.add(signal);
+        }
+    }
+    let job_ends = SignalFd::with_flags(&ending, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| setup("creating a signalfd")(e.into()))?;
     // Orphaned descendants come to us, so they keep being served and we
     // can reap them (a zombie still holds the filter).
@@ -160,6 +172,12 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
     let mut child = spawn::fork_trapped(&options.command)?;
     let own = Identity::own().map_err(setup("reading our identity"))?;
     let ours = same_tree::Place::own().map_err(setup("reading our mount namespace"))?;
+    if let Some(signal) = await_server(&client, &job_ends)? {
+        // The command never started: its child goes, and we die as told.
+        drop(child);
+        return Ok(exit_code(WaitStatus::Signaled(Pid::this(), signal, false)));
+    }
+    drop(job_ends);
     let scope = answers(client, ours)?;
     child.go()?;
     // The broker thread compiles the scope while we wait for the child's
@@ -187,10 +205,43 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
 }
 
 /// Asks the server `hello` and `scope` at once; [`answers`] reads them.
+/// A server that refuses us (`busy`) says why and closes, maybe before
+/// we have asked: its reason, still in the socket, beats our `EPIPE`.
 fn ask(client: &mut Client) -> Result<(), RunError> {
-    same_tree::Place::ask_server(client)?;
-    client.send(crate::protocol::Op::Scope, None, None)?;
+    let asked = same_tree::Place::ask_server(client)
+        .and_then(|()| client.send(crate::protocol::Op::Scope, None, None));
+    if let Err(broken) = asked {
+        return Err(match same_tree::Place::server_answer(client) {
+            Err(refused @ crate::client::Error::Refused(_)) => refused,
+            _ => broken,
+        }
+        .into());
+    }
     Ok(())
+}
+
+/// Waits until the server has begun to answer, or returns the signal
+/// that ends a job (SIGTERM, SIGINT, SIGHUP, SIGQUIT) if one comes first:
+/// a server that never answers must not leave `run` deaf to them.
+fn await_server(client: &Client, job_ends: &SignalFd) -> Result<Option<Signal>, RunError> {
+    loop {
+        let mut fds = [
+            PollFd::new(client.stream().as_fd(), PollFlags::POLLIN),
+            PollFd::new(job_ends.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(setup("polling")(e.into())),
+        }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            return Ok(None);
+        }
+        if let Ok(Some(info)) = job_ends.read_signal()
+            && let Ok(signal) = Signal::try_from(info.ssi_signo as i32)
+        {
+            return Ok(Some(signal));
+        }
+    }
 }
 
 /// The scope to broker: the server's, or `None` (nothing, not even a

@@ -39,7 +39,11 @@ impl Place {
     pub fn server_answer(client: &mut Client) -> Result<Option<Place>, Error> {
         let line = client.receive()?.line;
         if !line.ok {
-            return Err(Error::Protocol("hello refused".into()));
+            // A server at its limit answers `busy` before it closes: say so.
+            return Err(match line.error {
+                Some(refusal) => Error::Refused(refusal),
+                None => Error::Protocol("hello refused".into()),
+            });
         }
         Ok(match (line.mnt_ns, line.root) {
             (Some(mnt_ns), Some(root)) => Some(Place { mnt_ns, root }),

@@ -17,7 +17,7 @@ all: build
 build:
 	$(CARGO) build --release --locked --bin fdopen-server
 	$(CARGO) rustc --release --locked --bin fdopen-client -- -C target-feature=+crt-static \
-	  || { echo "note: no static libc here: fdopen-client is linked dynamically"; \
+	  || { echo "note: the static link failed (no static libc?): linking fdopen-client dynamically"; \
 	       $(CARGO) build --release --locked --bin fdopen-client; }
 
 # Serve the demo policy (files shipped in demo/) on ./fdopen.sock; no root needed.

@@ -204,13 +204,15 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
     Ok(exit_code(status))
 }
 
+/// `hello` and `scope`, in one write: the server reads and answers both
+/// in one go, where two writes can cost it two wake-ups.
+const HELLO_AND_SCOPE: &[u8] = b"{\"op\":\"hello\"}\n{\"op\":\"scope\"}\n";
+
 /// Asks the server `hello` and `scope` at once; [`answers`] reads them.
 /// A server that refuses us (`busy`) says why and closes, maybe before
 /// we have asked: its reason, still in the socket, beats our `EPIPE`.
 fn ask(client: &mut Client) -> Result<(), RunError> {
-    let asked = same_tree::Place::ask_server(client)
-        .and_then(|()| client.send(crate::protocol::Op::Scope, None, None));
-    if let Err(broken) = asked {
+    if let Err(broken) = client.send_raw(HELLO_AND_SCOPE) {
         return Err(match same_tree::Place::server_answer(client) {
             Err(refused @ crate::client::Error::Refused(_)) => refused,
             _ => broken,

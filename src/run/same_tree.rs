@@ -8,7 +8,6 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 
 use crate::client::{Client, Error};
-use crate::protocol::Op;
 
 /// Where a process lives: its mount namespace's inode and the device and
 /// inode of its `/`.
@@ -28,14 +27,9 @@ impl Place {
         })
     }
 
-    /// Asks the server `hello`; [`Place::server_answer`] reads the answer,
-    /// so that other questions can go out meanwhile.
-    pub fn ask_server(client: &mut Client) -> Result<(), Error> {
-        client.send(Op::Hello, None, None)
-    }
-
-    /// The server's, from its answer to `hello`; `None` from a server that
-    /// does not say (before protocol 3), which is then taken to share ours.
+    /// The server's, from its answer to a `hello` sent earlier (`run`
+    /// sends it with `scope`); `None` from a server that does not say
+    /// (before protocol 3), which is then taken to share ours.
     pub fn server_answer(client: &mut Client) -> Result<Option<Place>, Error> {
         let line = client.receive()?.line;
         if !line.ok {

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -44,9 +44,35 @@ pub(super) struct CallWatch {
     /// Start of the call in progress, in microseconds since server start.
     started: AtomicU64,
     uid: AtomicU32,
+    /// The thread making it, whose state tells a hang from a wait for a CPU.
+    tid: AtomicI32,
     /// Where each abandoned call, by sequence number, leaves its outcome:
     /// a lane's later calls can be abandoned before an earlier one returns.
     deliveries: Mutex<Vec<(u64, Arc<Delivery>)>>,
+}
+
+thread_local! {
+    /// This thread's id, read once: a call's watch records it each time.
+    static THREAD_ID: libc::pid_t = own_thread_id();
+}
+
+fn own_thread_id() -> libc::pid_t {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// Whether thread `tid` of this process is running or waiting for a CPU
+/// (`R` in `/proc/self/task/TID/stat`), rather than asleep in the kernel.
+/// Unknown counts as asleep: the watchdog then does what it did before.
+fn runnable(tid: libc::pid_t) -> bool {
+    let Ok(stat) = std::fs::read(format!("/proc/self/task/{tid}/stat")) else {
+        return false;
+    };
+    // "TID (COMM) STATE ...": COMM may hold anything, ")" included.
+    let Some(end) = stat.iter().rposition(|&b| b == b')') else {
+        return false;
+    };
+    stat.get(end + 2) == Some(&b'R')
 }
 
 /// Closes are charged to no client.
@@ -66,6 +92,8 @@ impl CallWatch {
         let sequence = (self.state.load(Ordering::Relaxed) >> 2) + 1;
         self.started.store(watchdog.micros(), Ordering::Relaxed);
         self.uid.store(uid, Ordering::Relaxed);
+        self.tid
+            .store(THREAD_ID.with(|tid| *tid), Ordering::Relaxed);
         let in_call = sequence << 2 | IN_CALL;
         self.state.store(in_call, Ordering::SeqCst);
         watchdog.nudge();
@@ -251,7 +279,17 @@ impl Watchdog {
                 }
                 busy = true;
                 let started = call.started.load(Ordering::Relaxed);
-                if self.micros().saturating_sub(started) < self.stall.as_micros() as u64 {
+                let running = self.micros().saturating_sub(started);
+                if running < self.stall.as_micros() as u64 {
+                    continue;
+                }
+                // A runnable thread is not held by a filesystem: it waits
+                // for a CPU on a busy machine, or is still computing. It
+                // gets up to half the --fs-timeout before its lane goes on
+                // without it; only a sleeping one is taken to hang.
+                if running < (self.fs_timeout / 2).as_micros() as u64
+                    && runnable(call.tid.load(Ordering::Relaxed))
+                {
                     continue;
                 }
                 if let Some(delivery) = self.abandon(call, state, started) {
@@ -304,6 +342,65 @@ impl Watchdog {
                 lock(&call.deliveries).retain(|(s, _)| *s != sequence);
                 None
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A watchdog over one lane's calls, for the life of the test process.
+    fn watched() -> (&'static Watchdog, &'static CallWatch) {
+        let watchdog: &'static Watchdog =
+            Box::leak(Box::new(Watchdog::new(Duration::from_secs(10))));
+        let call: &'static CallWatch = Box::leak(Box::default());
+        std::thread::spawn(move || watchdog.run(&[call], |_, _| {}));
+        (watchdog, call)
+    }
+
+    #[test]
+    fn a_thread_is_runnable_while_it_runs_and_not_while_it_sleeps() {
+        assert!(runnable(own_thread_id()));
+        let (tid_tx, tid) = mpsc::channel();
+        let (_wake, asleep) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            tid_tx.send(own_thread_id()).unwrap();
+            let _ = asleep.recv();
+        });
+        let tid = tid.recv().unwrap();
+        // It blocks in recv a moment after it has sent its id.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while runnable(tid) {
+            assert!(Instant::now() < deadline, "never slept");
+            std::thread::yield_now();
+        }
+    }
+
+    /// A call that computes (or waits for a CPU) past the stall is not a
+    /// hang: its lane does not go on without it.
+    #[test]
+    fn a_runnable_call_past_the_stall_is_not_abandoned() {
+        let (watchdog, call) = watched();
+        let spin = || {
+            let until = Instant::now() + 4 * MAX_STALL;
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        };
+        assert!(matches!(call.run(watchdog, 7, spin), Watched::Finished(())));
+    }
+
+    /// A call asleep in the kernel past the stall is abandoned, as a hung
+    /// filesystem's would be.
+    #[test]
+    fn a_sleeping_call_past_the_stall_is_abandoned() {
+        let (watchdog, call) = watched();
+        let nap = || std::thread::sleep(4 * MAX_STALL);
+        match call.run(watchdog, 7, nap) {
+            Watched::Abandoned((), delivery) => watchdog.stuck.remove(delivery.uid),
+            Watched::Finished(()) => panic!("a sleeping call was not abandoned"),
         }
     }
 }

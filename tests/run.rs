@@ -628,3 +628,52 @@ fn a_signal_while_the_server_does_not_answer_ends_run_and_the_command_never_star
         assert!(!mark.exists(), "the command ran");
     }
 }
+
+/// A server that stops halfway, after the answer to `hello` or in the
+/// middle of a line, must not leave `run` deaf either: SIGTERM sent once
+/// `run` has read what came ends it, and the command never starts.
+#[test]
+fn a_signal_while_the_server_stops_halfway_ends_run_and_the_command_never_starts() {
+    let dir = common::scratch();
+    let socket = dir.path().join("halting.sock");
+    let mark = dir.path().join("started");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let hello = "{\"ok\":true,\"server\":\"fdopen\",\"version\":\"0.2.0\",\"protocol\":3}\n";
+    for said in [hello, "{\"ok\":tr"] {
+        let mut run = touch_under_run(&socket, &[]).spawn().unwrap();
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut questions = BufReader::new(&stream).lines();
+        assert!(questions.next().unwrap().unwrap().contains("hello"));
+        assert!(questions.next().unwrap().unwrap().contains("scope"));
+        stream.write_all(said.as_bytes()).unwrap();
+        // Until run has read it all: nothing left unread on our side.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let mut unread: libc::c_int = 0;
+            // SAFETY: SIOCOUTQ writes one int.
+            let rc = unsafe {
+                libc::ioctl(
+                    std::os::fd::AsRawFd::as_raw_fd(&stream),
+                    libc::TIOCOUTQ,
+                    &mut unread,
+                )
+            };
+            assert_eq!(rc, 0, "SIOCOUTQ");
+            if unread == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run never read {said:?}"
+            );
+            std::thread::yield_now();
+        }
+        // SAFETY: kill with integer arguments, to our own child.
+        unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
+        let status = common::wait_timeout(&mut run, std::time::Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("run ignored SIGTERM after the server said {said:?}"));
+        assert_eq!(status.signal(), Some(libc::SIGTERM), "{said:?}");
+        assert!(!mark.exists(), "the command ran");
+        drop(stream);
+    }
+}

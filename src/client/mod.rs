@@ -720,6 +720,31 @@ impl Client {
         }
     }
 
+    /// Reads what the server has sent so far, without waiting, so that a
+    /// caller polling [`Client::stream`] alongside other things never
+    /// blocks on half a line. False once the server has closed.
+    pub(crate) fn read_available(&mut self) -> Result<bool, Error> {
+        let mut buf = [0u8; 16 * 1024];
+        let received = match fdpass::recv_now(self.stream.as_fd(), &mut buf) {
+            Ok(received) => received,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) => return Err(Error::Io(e)),
+        };
+        if received.truncated {
+            return Err(Error::Protocol(
+                "descriptors were truncated (MSG_CTRUNC)".into(),
+            ));
+        }
+        self.inbuf.extend_from_slice(&buf[..received.bytes]);
+        self.fds.extend(received.fds);
+        Ok(received.bytes > 0)
+    }
+
+    /// Whole response lines already buffered.
+    pub(crate) fn buffered_lines(&self) -> usize {
+        self.inbuf.iter().filter(|&&b| b == b'\n').count()
+    }
+
     /// A whole response line is already buffered.
     ///
     /// ```no_run

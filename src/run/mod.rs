@@ -172,7 +172,7 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
     let mut child = spawn::fork_trapped(&options.command)?;
     let own = Identity::own().map_err(setup("reading our identity"))?;
     let ours = same_tree::Place::own().map_err(setup("reading our mount namespace"))?;
-    if let Some(signal) = await_server(&client, &job_ends)? {
+    if let Some(signal) = await_server(&mut client, &job_ends)? {
         // The command never started: its child goes, and we die as told.
         drop(child);
         return Ok(exit_code(WaitStatus::Signaled(Pid::this(), signal, false)));
@@ -222,11 +222,13 @@ fn ask(client: &mut Client) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Waits until the server has begun to answer, or returns the signal
-/// that ends a job (SIGTERM, SIGINT, SIGHUP, SIGQUIT) if one comes first:
-/// a server that never answers must not leave `run` deaf to them.
-fn await_server(client: &Client, job_ends: &SignalFd) -> Result<Option<Signal>, RunError> {
-    loop {
+/// Waits until the server has answered both questions (or closed), or
+/// returns the signal that ends a job (SIGTERM, SIGINT, SIGHUP, SIGQUIT)
+/// if one comes first: a server that never answers, or stops halfway,
+/// must not leave `run` deaf to them.
+fn await_server(client: &mut Client, job_ends: &SignalFd) -> Result<Option<Signal>, RunError> {
+    const ANSWERS: usize = 2;
+    while client.buffered_lines() < ANSWERS {
         let mut fds = [
             PollFd::new(client.stream().as_fd(), PollFlags::POLLIN),
             PollFd::new(job_ends.as_fd(), PollFlags::POLLIN),
@@ -235,15 +237,24 @@ fn await_server(client: &Client, job_ends: &SignalFd) -> Result<Option<Signal>, 
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(setup("polling")(e.into())),
         }
-        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
-            return Ok(None);
-        }
         if let Ok(Some(info)) = job_ends.read_signal()
             && let Ok(signal) = Signal::try_from(info.ssi_signo as i32)
         {
             return Ok(Some(signal));
         }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            match client.read_available() {
+                Ok(true) => {}
+                // Closed, or reset (a server at its limit says `busy` and
+                // closes on our unread questions): what it said before
+                // is for `answers` to report.
+                Ok(false) => break,
+                Err(_) if client.buffered_lines() > 0 => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
+    Ok(None)
 }
 
 /// The scope to broker: the server's, or `None` (nothing, not even a

@@ -215,13 +215,20 @@ line.recv(1)
     }
 }
 
-/// `cmd` with `fd` as its descriptor 3.
+/// `cmd` with `fd` as its descriptor 3. An `fd` that already is 3 keeps
+/// its close-on-exec flag through `dup2` (which then does nothing): that
+/// one is cleared instead, or the command would get no fd 3 at all.
 fn with_fd_3(cmd: &mut Command, fd: BorrowedFd<'_>) {
     let raw = fd.as_raw_fd();
-    // SAFETY: dup2 only, after the fork.
+    // SAFETY: dup2 or fcntl only, after the fork.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(raw, 3) < 0 {
+            let done = if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, 3)
+            };
+            if done < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

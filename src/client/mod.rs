@@ -723,6 +723,7 @@ impl Client {
     /// Reads what the server has sent so far, without waiting, so that a
     /// caller polling [`Client::stream`] alongside other things never
     /// blocks on half a line. False once the server has closed.
+    #[cfg(feature = "cli")]
     pub(crate) fn read_available(&mut self) -> Result<bool, Error> {
         let mut buf = [0u8; 16 * 1024];
         let received = match fdpass::recv_now(self.stream.as_fd(), &mut buf) {
@@ -741,6 +742,7 @@ impl Client {
     }
 
     /// Whole response lines already buffered.
+    #[cfg(feature = "cli")]
     pub(crate) fn buffered_lines(&self) -> usize {
         self.inbuf.iter().filter(|&&b| b == b'\n').count()
     }

@@ -31,6 +31,8 @@ pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> i
 /// [`MAX_FDS_PER_SEND`]; more is a bug and panics) attached in order.
 /// Returns the number of bytes sent; if any were, every descriptor went
 /// with the first of them (the kernel attaches them to its first buffer).
+/// It allocates nothing and takes no lock, so `run`'s child calls it
+/// between `fork` and `exec`.
 pub fn send_vectored<'a>(
     sock: BorrowedFd<'_>,
     iov: &[io::IoSlice<'_>],

@@ -221,43 +221,6 @@ pub fn install(prog: &[libc::sock_filter]) -> io::Result<RawFd> {
     }
 }
 
-/// Sends `fd` over `socket` with `SCM_RIGHTS`, attached to the one byte
-/// `tag`, from a stack buffer. Async-signal-safe: meant for a child
-/// between fork and exec.
-pub fn send_fd(socket: RawFd, fd: RawFd, tag: u8) -> io::Result<()> {
-    // Room for one cmsghdr carrying one int, aligned as cmsghdr wants.
-    #[repr(C)]
-    struct Control {
-        header: libc::cmsghdr,
-        fd: RawFd,
-        _pad: [u8; 4],
-    }
-    let mut byte = [tag];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: plain-old-data structs, zeroed then filled in.
-    let mut control: Control = unsafe { std::mem::zeroed() };
-    // SAFETY: CMSG_LEN is a pure computation.
-    control.header.cmsg_len = unsafe { libc::CMSG_LEN(size_of::<RawFd>() as u32) } as _;
-    control.header.cmsg_level = libc::SOL_SOCKET;
-    control.header.cmsg_type = libc::SCM_RIGHTS;
-    control.fd = fd;
-    // SAFETY: as above.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = (&mut control as *mut Control).cast();
-    // SAFETY: CMSG_SPACE is a pure computation.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as _;
-    // SAFETY: every pointer in `msg` is to live stack memory.
-    if unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) } != 1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,10 +16,11 @@
 //! close-on-exec, so the exec shows as end of stream) or [`FAILED`].
 
 use std::ffi::{CString, OsString};
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
@@ -51,24 +52,31 @@ pub fn fork_trapped(command: &[OsString]) -> Result<Pending, RunError> {
     // Everything the child needs is made here: after the fork it only
     // makes system calls on this memory.
     let program = filter::program();
+    let name = command[0].to_string_lossy().into_owned();
     let argv: Vec<CString> = command
         .iter()
         .map(|arg| CString::new(arg.as_bytes()))
         .collect::<Result<_, _>>()
         .map_err(|e| RunError::Spawn {
-            program: command[0].to_string_lossy().into_owned(),
+            program: name.clone(),
             source: io::Error::new(io::ErrorKind::InvalidInput, e),
         })?;
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
-    let (ours, theirs) = seqpacket_pair().map_err(setup("creating a socketpair"))?;
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| setup("creating a socketpair")(e.into()))?;
     let supervisor = std::process::id() as libc::pid_t;
     // SAFETY: `run` has no other thread yet (the broker threads start
     // after this), and the child only makes system calls before it execs
     // or exits.
     match unsafe { libc::fork() } {
         -1 => Err(RunError::Spawn {
-            program: command[0].to_string_lossy().into_owned(),
+            program: name,
             source: io::Error::last_os_error(),
         }),
         0 => {
@@ -79,7 +87,7 @@ pub fn fork_trapped(command: &[OsString]) -> Result<Pending, RunError> {
         pid => Ok(Pending {
             pid: Pid::from_raw(pid),
             channel: ours,
-            program: command[0].to_string_lossy().into_owned(),
+            program: name,
             settled: false,
         }),
     }
@@ -152,9 +160,7 @@ impl Pending {
             _ => setup("starting the command")(io::Error::other("it ended early")),
         }
     }
-}
 
-impl Pending {
     /// Kills and reaps the child: it has not exec'd, so it has done
     /// nothing yet but set itself up.
     fn stop(&mut self) {
@@ -171,24 +177,6 @@ impl Drop for Pending {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: socketpair fills two descriptors, which we then own.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptors, owned once each.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The child between fork and exec: filter, listener to the supervisor,
@@ -228,7 +216,14 @@ unsafe fn child(
         Ok(listener) => listener,
         Err(e) => report(AT_FILTER, e.raw_os_error().unwrap_or(libc::EIO)),
     };
-    if let Err(e) = filter::send_fd(channel, listener, LISTENER) {
+    // SAFETY: both descriptors are open for the duration of the call.
+    let (to, sent) = unsafe {
+        (
+            BorrowedFd::borrow_raw(channel),
+            BorrowedFd::borrow_raw(listener),
+        )
+    };
+    if let Err(e) = crate::fdpass::send_vectored(to, &[IoSlice::new(&[LISTENER])], [sent]) {
         report(AT_FILTER, e.raw_os_error().unwrap_or(libc::EIO));
     }
     // SAFETY: plain system calls; `argv` is NULL-terminated and its

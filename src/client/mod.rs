@@ -710,14 +710,21 @@ impl Client {
                     "server closed the connection",
                 )));
             }
-            if received.truncated {
-                return Err(Error::Protocol(
-                    "descriptors were truncated (MSG_CTRUNC)".into(),
-                ));
-            }
-            self.inbuf.extend_from_slice(&buf[..received.bytes]);
-            self.fds.extend(received.fds);
+            self.keep(&buf, received)?;
         }
+    }
+
+    /// Keeps what one receive brought: its bytes, and its descriptors for
+    /// the lines that claim them.
+    fn keep(&mut self, buf: &[u8], received: fdpass::Received) -> Result<(), Error> {
+        if received.truncated {
+            return Err(Error::Protocol(
+                "descriptors were truncated (MSG_CTRUNC)".into(),
+            ));
+        }
+        self.inbuf.extend_from_slice(&buf[..received.bytes]);
+        self.fds.extend(received.fds);
+        Ok(())
     }
 
     /// Reads what the server has sent so far, without waiting, so that a
@@ -731,14 +738,9 @@ impl Client {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
             Err(e) => return Err(Error::Io(e)),
         };
-        if received.truncated {
-            return Err(Error::Protocol(
-                "descriptors were truncated (MSG_CTRUNC)".into(),
-            ));
-        }
-        self.inbuf.extend_from_slice(&buf[..received.bytes]);
-        self.fds.extend(received.fds);
-        Ok(received.bytes > 0)
+        let more = received.bytes > 0;
+        self.keep(&buf, received)?;
+        Ok(more)
     }
 
     /// Whole response lines already buffered.

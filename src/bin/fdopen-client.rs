@@ -8,11 +8,13 @@
 use std::ffi::{c_char, c_int};
 
 #[unsafe(no_mangle)]
-extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
+extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
     fdopen::cli::start_without_runtime();
+    // SAFETY: the C runtime passes `argc` valid, NUL-terminated strings.
+    let args = unsafe { fdopen::cli::args_from_c(argc, argv) };
     // A panic must not unwind into C (that aborts, with a core file): it
     // ends the client with 101, as std's runtime ends it.
-    let code = std::panic::catch_unwind(fdopen::cli::client::main).unwrap_or(101);
+    let code = std::panic::catch_unwind(|| fdopen::cli::client::main(args)).unwrap_or(101);
     // `exit` flushes stdout, as returning from std's `main` would.
     std::process::exit(code);
 }

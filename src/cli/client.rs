@@ -214,10 +214,11 @@ pub enum ClientCommand {
     },
 }
 
-/// Runs the client; returns the exit code.
-pub fn main() -> i32 {
+/// Runs the client on its command line (program name first); returns
+/// the exit code.
+pub fn main(args: Vec<OsString>) -> i32 {
     crate::logging::set_program("fdopen-client");
-    let cli = Cli::from_args(std::env::args_os().collect());
+    let cli = Cli::from_args(args);
     if let ClientCommand::Completions { shell } = cli.command {
         super::completions::print::<Cli>(shell, "fdopen-client");
         return exit::OK;

@@ -42,6 +42,25 @@ pub fn start_without_runtime() {
     }
 }
 
+/// The command line as C's `main` gets it. std's `args_os` is filled by
+/// std's runtime set-up (and by glibc's, not musl's), which a `no_main`
+/// binary does not run.
+///
+/// # Safety
+///
+/// `argv` holds `argc` pointers to NUL-terminated strings.
+pub unsafe fn args_from_c(
+    argc: std::ffi::c_int,
+    argv: *const *const std::ffi::c_char,
+) -> Vec<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    (0..usize::try_from(argc).unwrap_or(0))
+        // SAFETY: as the caller promised.
+        .map(|i| unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) })
+        .map(|arg| std::ffi::OsStr::from_bytes(arg.to_bytes()).to_owned())
+        .collect()
+}
+
 /// `--mode` with its possible values listed in `--help`.
 fn mode_parser() -> impl TypedValueParser<Value = Mode> {
     PossibleValuesParser::new(Mode::ALL.map(Mode::as_str))

@@ -45,11 +45,11 @@ pub fn send_vectored<'a>(
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     // `IoSlice` is ABI-compatible with `iovec`; sendmsg only reads them.
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = iov.len();
+    msg.msg_iovlen = iov.len() as _;
     let mut fds = fds.into_iter().peekable();
     if fds.peek().is_some() {
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of_val(&control);
+        msg.msg_controllen = size_of_val(&control) as _;
         // SAFETY: CMSG_* only compute sizes and walk the buffer set above,
         // which holds one header and MAX_FDS_PER_SEND descriptors; the
         // count is checked before each write.
@@ -68,8 +68,8 @@ pub fn send_vectored<'a>(
             let len = (count * size_of::<RawFd>()) as u32;
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(len) as usize;
-            msg.msg_controllen = libc::CMSG_SPACE(len) as usize;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(len) as _;
+            msg.msg_controllen = libc::CMSG_SPACE(len) as _;
         }
     }
     loop {
@@ -144,7 +144,7 @@ fn recv_into(
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = control_len.min(control.len() * 8);
+    msg.msg_controllen = control_len.min(control.len() * 8) as _;
     let n = loop {
         // SAFETY: msg points at live buffers of the lengths it states.
         let n =

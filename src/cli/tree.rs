@@ -279,7 +279,9 @@ impl Civil {
         // SAFETY: localtime_r writes only the tm we own; a zeroed tm is a
         // valid value of the plain C struct.
         let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-        let t = sec as libc::time_t;
+        // time_t, inferred from localtime_r's argument: the libc crate
+        // deprecates musl's alias (the static client is built for musl).
+        let t = sec as _;
         // SAFETY: both pointers are to live locals.
         if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
             return Civil::utc(sec);

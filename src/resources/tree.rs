@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, RenameFlags};
+use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode as Perm;
 use nix::unistd::UnlinkatFlags;
 
@@ -729,18 +729,7 @@ fn finish_directory(
 /// only the checked file arrives at `to`.
 fn move_pinned(source: &Located, from: &Entry, to: &Entry, replace: bool) -> Result<(), Refusal> {
     let temp = link_temporary(source, &to.parent)?;
-    let flags = if replace {
-        RenameFlags::empty()
-    } else {
-        RenameFlags::RENAME_NOREPLACE
-    };
-    let renamed = nix::fcntl::renameat2(
-        to.parent.handle(),
-        temp.as_os_str(),
-        to.parent.handle(),
-        to.name.as_os_str(),
-        flags,
-    );
+    let renamed = rename_in(&to.parent, &temp, &to.name, replace);
     // Gone if the rename moved it; still there if it failed, or if `to`
     // already was this very inode.
     remove_if_pinned(&to.parent, &temp, source);
@@ -749,6 +738,19 @@ fn move_pinned(source: &Located, from: &Entry, to: &Entry, replace: bool) -> Res
         remove_if_pinned(&from.parent, &from.name, source);
     }
     Ok(())
+}
+
+/// `renameat2` of `from` to `to`, both in `dir`, replacing `to` only if
+/// `replace`. Through libc rather than nix, whose wrapper exists for glibc
+/// alone: the library also builds for musl (the static `fdopen-client`).
+fn rename_in(dir: &Located, from: &OsStr, to: &OsStr, replace: bool) -> nix::Result<()> {
+    let flags = if replace { 0 } else { libc::RENAME_NOREPLACE };
+    let from = std::ffi::CString::new(from.as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let to = std::ffi::CString::new(to.as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let dir = dir.handle().as_raw_fd();
+    // SAFETY: both names are NUL-terminated and outlive the call; `dir` is
+    // a descriptor `Located` keeps open.
+    Errno::result(unsafe { libc::renameat2(dir, from.as_ptr(), dir, to.as_ptr(), flags) }).map(drop)
 }
 
 /// Links `source` into `dir` under a fresh name.

@@ -11,6 +11,9 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
 /// `PATH_MAX`, terminating NUL included.
 pub const PATH_MAX: usize = 4096;
 const PAGE: usize = 4096;
@@ -307,13 +310,12 @@ impl Target {
     /// `AT_FDCWD`.
     pub fn held_metadata(&self, tgid: i32, dirfd: i32) -> Option<fs::Metadata> {
         let held = if dirfd == libc::AT_FDCWD {
-            use std::os::unix::fs::OpenOptionsExt;
-            let cwd = fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-                .open(self.proc("cwd"))
-                .ok()?;
-            OwnedFd::from(cwd)
+            // Not through std's OpenOptions: it masks custom flags with
+            // O_ACCMODE, which on musl includes O_PATH (as O_SEARCH), and
+            // a plain read open of a directory the program may search but
+            // not read would fail.
+            let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            nix::fcntl::open(self.proc("cwd").as_str(), flags, Mode::empty()).ok()?
         } else if dirfd >= 0 {
             self.duplicate_fd(tgid, dirfd).ok()?
         } else {

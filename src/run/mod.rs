@@ -165,13 +165,15 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
     }
 
     let narrowed_to = BrokerScope::narrowing(&options.brokers)?;
+    let ours = same_tree::Place::own().map_err(setup("reading our mount namespace"))?;
+    // The child installs its filter while the server answers; it execs
+    // only once the server has. The questions go out after the fork, and
+    // we wait right after them: the kernel wakes the server's thread on
+    // our core, as we send, expecting us to sleep (a sync wake-up), so
+    // until we do, the server waits for us.
+    let mut child = spawn::fork_trapped(&options.command)?;
     let mut client = Client::connect(socket)?;
     ask(&mut client)?;
-    // The child installs its filter while the server answers; it execs
-    // only once the server has.
-    let mut child = spawn::fork_trapped(&options.command)?;
-    let own = Identity::own().map_err(setup("reading our identity"))?;
-    let ours = same_tree::Place::own().map_err(setup("reading our mount namespace"))?;
     if let Some(signal) = await_server(&mut client, &job_ends)? {
         // The command never started: its child goes, and we die as told.
         drop(child);
@@ -180,6 +182,8 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
     drop(job_ends);
     let scope = answers(client, ours)?;
     child.go()?;
+    // Only the broker needs it: read while the child execs.
+    let own = Identity::own().map_err(setup("reading our identity"))?;
     // The broker thread compiles the scope while we wait for the child's
     // listener, which it then gets.
     let (hand_over, listener) = mpsc::sync_channel::<OwnedFd>(1);

@@ -130,9 +130,9 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
 ///
 /// A server that cannot be reached, or does not answer `hello` and
 /// `scope`, means the command never starts. To start it soon anyway, the
-/// two questions go out first, the child forks and installs its filter
-/// while the server answers, and the broker thread starts while the child
-/// execs (BENCHMARKS.md has the timeline). A signal that ends a job, sent
+/// child forks first and installs its filter while the server answers the
+/// two questions, and the broker thread starts while the child execs
+/// (BENCHMARKS.md has the timeline). A signal that ends a job, sent
 /// while the server has not answered, ends `run` and the command never
 /// starts.
 pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {

@@ -13,7 +13,7 @@ use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output, Stdio};
 
-use common::{CLIENT, glob, is_root};
+use common::{client_under_test, glob, is_root};
 use supervised::{NOBODY, Supervised, direct, stdout};
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -472,7 +472,7 @@ fn a_call_the_server_is_slow_to_answer_holds_up_no_other_call() {
         slow.display(),
         go.display()
     );
-    let mut run = Command::new(CLIENT)
+    let mut run = Command::new(client_under_test())
         .arg("--socket")
         .arg(&socket)
         .args(["run", "--", "/bin/sh", "-c", &script])
@@ -498,7 +498,7 @@ fn a_call_the_server_is_slow_to_answer_holds_up_no_other_call() {
 /// user, with `MARK` beside the socket: it exists afterwards only if
 /// the command ran.
 fn touch_under_run(socket: &std::path::Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(CLIENT);
+    let mut cmd = Command::new(client_under_test());
     cmd.arg("--socket")
         .arg(socket)
         .arg("run")
@@ -570,7 +570,7 @@ fn a_bad_broker_glob_is_a_usage_error_before_anything_starts() {
 #[test]
 fn the_command_dies_with_a_killed_supervisor() {
     let server = common::TestServer::start(r#"{"rules":[]}"#, &[]);
-    let mut run = Command::new(CLIENT)
+    let mut run = Command::new(client_under_test())
         .arg("--socket")
         .arg(&server.socket)
         .args(["run", "--", "/bin/sh", "-c", "echo $$; read line"])

@@ -24,6 +24,13 @@ use tempfile::TempDir;
 pub const SERVER: &str = env!("CARGO_BIN_EXE_fdopen-server");
 pub const CLIENT: &str = env!("CARGO_BIN_EXE_fdopen-client");
 
+/// The client the `run` tests drive: `FDOPEN_TEST_CLIENT` if set (`make
+/// test` sets it to the static musl build that `make build` ships, for a
+/// second pass), else this build's.
+pub fn client_under_test() -> String {
+    std::env::var("FDOPEN_TEST_CLIENT").unwrap_or_else(|_| CLIENT.to_owned())
+}
+
 /// A scratch directory whose path is safe to put in a glob.
 ///
 /// Files the tests write get the usual 0644/0755 whatever umask the test

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::{CLIENT, TestServer, as_ids, is_root};
+use crate::common::{TestServer, as_ids, client_under_test, is_root};
 
 pub const NOBODY: u32 = 65534;
 
@@ -32,7 +32,7 @@ impl Supervised {
         // until its exec, and running the copy would fail with ETXTBSY.
         let client = server.path("fdopen-client");
         let copied = Command::new("install")
-            .args(["-m", "0755", CLIENT])
+            .args(["-m", "0755", &client_under_test()])
             .arg(&client)
             .status()
             .unwrap();

@@ -17,10 +17,12 @@ all: build
 # has a static libc (`cargo rustc` passes the flag to that binary alone),
 # else dynamically; `make` says which. The server stays dynamic, for NSS.
 MUSL ?= $(shell uname -m)-unknown-linux-musl
+# True when rustup has the musl target or can add it (in time).
+HAVE_MUSL = { rustup target list --installed 2>/dev/null | grep -qx '$(MUSL)' \
+  || timeout 300 rustup target add '$(MUSL)'; }
 build:
 	$(CARGO) build --release --locked --bin fdopen-server
-	@if { rustup target list --installed 2>/dev/null | grep -qx '$(MUSL)' || rustup target add '$(MUSL)'; } \
-	    && $(CARGO) build --release --locked --bin fdopen-client --target '$(MUSL)'; then \
+	@if $(HAVE_MUSL) && $(CARGO) build --release --locked --bin fdopen-client --target '$(MUSL)'; then \
 	  rm -f target/release/fdopen-client && cp target/$(MUSL)/release/fdopen-client target/release/; \
 	  echo "fdopen-client: linked statically against musl"; \
 	elif $(CARGO) rustc --release --locked --bin fdopen-client -- -C target-feature=+crt-static; then \
@@ -42,7 +44,7 @@ test: test-tools
 	$(CARGO) test --locked
 	# The `run` tests again, against fdopen-client built for musl, as
 	# `make build` ships it: its libc differs (std masks O_PATH on musl).
-	@if rustup target list --installed 2>/dev/null | grep -qx '$(MUSL)' || rustup target add '$(MUSL)' >/dev/null 2>&1; then \
+	@if $(HAVE_MUSL) >/dev/null 2>&1; then \
 	  $(CARGO) build --locked --bin fdopen-client --target '$(MUSL)' && \
 	  FDOPEN_TEST_CLIENT='$(CURDIR)/target/$(MUSL)/debug/fdopen-client' \
 	    $(CARGO) test --locked --test run --test run_hardening --test run_programs; \
@@ -95,7 +97,7 @@ lint:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --lib --no-default-features -- -D warnings
 	# The static client's target (`make build`): the library builds for musl.
-	@if rustup target list --installed 2>/dev/null | grep -qx '$(MUSL)' || rustup target add '$(MUSL)' >/dev/null 2>&1; then \
+	@if $(HAVE_MUSL) >/dev/null 2>&1; then \
 	  $(CARGO) clippy --locked --target '$(MUSL)' --lib --bin fdopen-client -- -D warnings; \
 	else echo "note: no $(MUSL) target (rustup): the musl build of fdopen-client is not linted"; fi
 	# The API's documentation, with and without the server: no broken links.

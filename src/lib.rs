@@ -81,6 +81,9 @@ pub mod cli;
 pub mod echo;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
+pub mod exec;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod run;
 
 pub use client::{

@@ -41,6 +41,37 @@ fn a_command_not_found_is_127_and_one_not_executable_is_126() {
 }
 
 #[test]
+fn a_script_without_a_shebang_runs_with_sh_found_by_path_or_named() {
+    let Some(s) = Supervised::start(common::scratch(), EMPTY_POLICY) else {
+        return;
+    };
+    // execvp runs a file the kernel cannot (ENOEXEC) with /bin/sh, as
+    // POSIX says: glibc's does, musl's does not, and the client is built
+    // against either (`make test` runs this against both).
+    let script = s.server.path("plain-script");
+    fs::write(&script, "echo \"ran by sh: $0 $1\"\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let named = script.to_str().unwrap();
+    let out = s.run(&[named, "one"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        supervised::stdout(&out),
+        format!("ran by sh: {named} one\n")
+    );
+    let dir = script.parent().unwrap();
+    let out = s
+        .run_command(&[], &["plain-script", "two"])
+        .env("PATH", format!("/nonexistent:{}", dir.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        supervised::stdout(&out),
+        format!("ran by sh: {named} two\n")
+    );
+}
+
+#[test]
 fn sigterm_to_run_reaches_every_supervised_process() {
     let Some(s) = Supervised::start(common::scratch(), EMPTY_POLICY) else {
         return;

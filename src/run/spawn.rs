@@ -15,10 +15,9 @@
 //! `errno` of what went wrong; after go, nothing at all (the pair is
 //! close-on-exec, so the exec shows as end of stream) or [`FAILED`].
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::wait::waitpid;
@@ -26,6 +25,7 @@ use nix::unistd::Pid;
 
 use super::filter;
 use super::{RunError, setup};
+use crate::exec::ExecPlan;
 
 /// The byte that lets the child exec; anything else, or none, stops it.
 const GO: u8 = b'g';
@@ -53,16 +53,10 @@ pub fn fork_trapped(command: &[OsString]) -> Result<Pending, RunError> {
     // makes system calls on this memory.
     let program = filter::program();
     let name = command[0].to_string_lossy().into_owned();
-    let argv: Vec<CString> = command
-        .iter()
-        .map(|arg| CString::new(arg.as_bytes()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| RunError::Spawn {
-            program: name.clone(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, e),
-        })?;
-    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
+    let mut plan = ExecPlan::new(command).ok_or_else(|| RunError::Spawn {
+        program: name.clone(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "an argument holds a NUL byte"),
+    })?;
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -82,7 +76,7 @@ pub fn fork_trapped(command: &[OsString]) -> Result<Pending, RunError> {
         0 => {
             drop(ours);
             // SAFETY: in the child, on memory prepared before the fork.
-            unsafe { child(theirs.as_raw_fd(), supervisor, &program, &argv_ptrs) }
+            unsafe { child(theirs.as_raw_fd(), supervisor, &program, &mut plan) }
         }
         pid => Ok(Pending {
             pid: Pid::from_raw(pid),
@@ -185,7 +179,7 @@ unsafe fn child(
     channel: RawFd,
     supervisor: libc::pid_t,
     program: &[libc::sock_filter],
-    argv: &[*const libc::c_char],
+    plan: &mut ExecPlan,
 ) -> ! {
     let report = |stage: u8, errno: i32| -> ! {
         let mut message = [FAILED, stage, 0, 0, 0, 0];
@@ -226,8 +220,8 @@ unsafe fn child(
     if let Err(e) = crate::fdpass::send_vectored(to, &[IoSlice::new(&[LISTENER])], [sent]) {
         report(AT_FILTER, e.raw_os_error().unwrap_or(libc::EIO));
     }
-    // SAFETY: plain system calls; `argv` is NULL-terminated and its
-    // strings outlive the exec.
+    // SAFETY: plain system calls, and the exec in the child, as `plan`
+    // requires.
     unsafe {
         libc::close(listener);
         let mut go = 0u8;
@@ -248,7 +242,7 @@ unsafe fn child(
         libc::sigemptyset(&mut none);
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        libc::execvp(argv[0], argv.as_ptr());
-        report(AT_EXEC, last_errno())
+        let errno = plan.exec();
+        report(AT_EXEC, errno)
     }
 }

@@ -42,12 +42,12 @@ run: build
 test: test-tools
 	$(CARGO) check --locked --lib --no-default-features
 	$(CARGO) test --locked
-	# The `run` tests again, against fdopen-client built for musl, as
+	# The `run` and CLI tests again, against fdopen-client built for musl, as
 	# `make build` ships it: its libc differs (std masks O_PATH on musl).
 	@if $(HAVE_MUSL) >/dev/null 2>&1; then \
 	  $(CARGO) build --locked --bin fdopen-client --target '$(MUSL)' && \
 	  FDOPEN_TEST_CLIENT='$(CURDIR)/target/$(MUSL)/debug/fdopen-client' \
-	    $(CARGO) test --locked --test run --test run_hardening --test run_programs; \
+	    $(CARGO) test --locked --test run --test run_hardening --test run_programs --test cli; \
 	else echo "note: no $(MUSL) target (rustup): the run tests ran against the glibc client only"; fi
 
 # What the tests drive besides our binaries: a C compiler with a static

@@ -324,6 +324,39 @@ fn open_runs_a_command_with_the_file_as_stdin_or_stdout() {
 }
 
 #[test]
+fn a_cmd_without_a_shebang_runs_with_sh_as_execvp_runs_it() {
+    // glibc's execvp runs a file the kernel cannot (ENOEXEC) with /bin/sh,
+    // as POSIX says; musl's does not, and the client is built against
+    // either (`make test` runs this against both).
+    let s = demo_server();
+    let hello = s.path("hello.txt");
+    let hello = hello.to_str().unwrap();
+    let script = |name: &str, body: &str| {
+        let path = s.path(name);
+        fs::write(&path, body).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let from_stdin = script("from-stdin", "echo \"stdin: $(cat)\"\n");
+    let out = run_client(&s.socket, &["open", hello, "--", &from_stdin], b"");
+    assert_eq!(
+        text(&out.stdout),
+        "stdin: hello world\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let from_fd = script("from-fd", "echo \"fd 3: $(cat <&3)\"\n");
+    let fd = format!("3={hello}");
+    let out = run_client(&s.socket, &["exec", "--fd", &fd, "--", &from_fd], b"");
+    assert_eq!(
+        text(&out.stdout),
+        "fd 3: hello world\n",
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn check_subcommand_prints_json_on_request() {
     let s = demo_server();
     let hello = s.path("hello.txt");

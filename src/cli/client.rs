@@ -3,10 +3,8 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -414,16 +412,31 @@ fn copy(mut file: File, mode: Mode, path: &std::path::Path) -> i32 {
 
 /// Replaces this process with CMD, the granted file as stdin and/or stdout.
 fn run_with(file: File, mode: Mode, command: &[OsString]) -> Result<i32, Error> {
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..]);
-    match mode {
-        Mode::Read => cmd.stdin(Stdio::from(file)),
-        Mode::Write | Mode::Append => cmd.stdout(Stdio::from(file)),
-        Mode::ReadWrite => cmd
-            .stdin(Stdio::from(file.try_clone()?))
-            .stdout(Stdio::from(file)),
+    let onto: &[RawFd] = match mode {
+        Mode::Read => &[0],
+        Mode::Write | Mode::Append => &[1],
+        Mode::ReadWrite => &[0, 1],
     };
-    Ok(exec_failed(cmd.exec(), &command[0]))
+    make_stdio(file.as_fd(), onto)?;
+    drop(file);
+    Ok(exec_failed(
+        crate::exec::replace_process(command, |_| {}),
+        &command[0],
+    ))
+}
+
+/// Puts `fd` at each of `onto` (0, 1) for the command that replaces us.
+/// Not through `Stdio`: [`crate::exec::replace_process`] may build the
+/// command twice.
+pub(super) fn make_stdio(fd: BorrowedFd<'_>, onto: &[RawFd]) -> io::Result<()> {
+    for &target in onto {
+        // SAFETY: dup2 of a descriptor we hold onto a standard one, which
+        // it closes first if open.
+        if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Replaces this process with `command`, the sockets at fds 3.. and the
@@ -440,12 +453,12 @@ fn exec_with_sockets(sockets: Vec<(String, OwnedFd)>, command: &[OsString]) -> i
     if let Err(e) = place_fds(placed) {
         return fail(exit::USAGE, &format!("cannot place the sockets: {e}"));
     }
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..])
-        .env("LISTEN_FDS", count.to_string())
-        .env("LISTEN_PID", std::process::id().to_string())
-        .env("LISTEN_FDNAMES", names);
-    exec_failed(cmd.exec(), &command[0])
+    let exec = crate::exec::replace_process(command, |cmd| {
+        cmd.env("LISTEN_FDS", count.to_string())
+            .env("LISTEN_PID", std::process::id().to_string())
+            .env("LISTEN_FDNAMES", &names);
+    });
+    exec_failed(exec, &command[0])
 }
 
 /// Puts each descriptor at its number, inheritable: first out of the way
@@ -506,9 +519,8 @@ fn exec_with_fds(
         let (fd, _) = client.bind(address, false)?;
         placed.push((*n, fd));
     }
-    let args: Vec<OsString> = command[1..]
-        .iter()
-        .map(|arg| {
+    let substituted: Vec<OsString> = std::iter::once(command[0].clone())
+        .chain(command[1..].iter().map(|arg| {
             let mut text = arg.to_string_lossy().into_owned();
             if text.contains('{') {
                 for n in &numbers {
@@ -518,7 +530,7 @@ fn exec_with_fds(
             } else {
                 arg.clone()
             }
-        })
+        }))
         .collect();
     if let Err(e) = place_fds(placed) {
         return Ok(fail(
@@ -527,7 +539,7 @@ fn exec_with_fds(
         ));
     }
     Ok(exec_failed(
-        Command::new(&command[0]).args(args).exec(),
+        crate::exec::replace_process(&substituted, |_| {}),
         &command[0],
     ))
 }

@@ -3,8 +3,6 @@
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -75,10 +73,9 @@ pub fn run(client: &mut Client, command: HeldCommand) -> Result<i32, Error> {
             if command.is_empty() {
                 copy_out(fd)
             } else {
-                let e = Command::new(&command[0])
-                    .args(&command[1..])
-                    .stdin(Stdio::from(fd))
-                    .exec();
+                super::client::make_stdio(fd.as_fd(), &[0])?;
+                drop(fd);
+                let e = crate::exec::replace_process(&command, |_| {});
                 Ok(super::client::exec_failed(e, &command[0]))
             }
         }

@@ -24,9 +24,9 @@ use tempfile::TempDir;
 pub const SERVER: &str = env!("CARGO_BIN_EXE_fdopen-server");
 pub const CLIENT: &str = env!("CARGO_BIN_EXE_fdopen-client");
 
-/// The client the `run` tests drive: `FDOPEN_TEST_CLIENT` if set (`make
-/// test` sets it to the static musl build that `make build` ships, for a
-/// second pass), else this build's.
+/// The client the `run` tests and [`run_client`] drive:
+/// `FDOPEN_TEST_CLIENT` if set (`make test` sets it to the static musl
+/// build that `make build` ships, for a second pass), else this build's.
 pub fn client_under_test() -> String {
     std::env::var("FDOPEN_TEST_CLIENT").unwrap_or_else(|_| CLIENT.to_owned())
 }
@@ -422,7 +422,7 @@ pub fn code(v: &Value) -> &str {
 
 /// Runs the client binary against `socket`.
 pub fn run_client(socket: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(CLIENT)
+    let mut child = Command::new(client_under_test())
         .arg("--socket")
         .arg(socket)
         .args(args)

@@ -71,8 +71,7 @@ impl ExecPlan {
     ///
     /// Only after `fork`, in the child: the environment is read as it is.
     pub unsafe fn exec(&mut self) -> i32 {
-        let mut denied = false;
-        let mut last = libc::ENOENT;
+        let mut search = Search::default();
         for file in &self.candidates {
             // SAFETY: NUL-terminated strings and arrays made before the
             // fork, alive until the exec replaces them.
@@ -84,54 +83,83 @@ impl ExecPlan {
                 unsafe { libc::execve(SHELL.as_ptr(), self.shell_argv.as_ptr(), environ) };
                 errno = last_errno();
             }
-            match errno {
-                libc::EACCES => denied = true,
-                libc::ENOENT | libc::ESTALE | libc::ENOTDIR | libc::ENODEV | libc::ETIMEDOUT => {}
-                other => return other,
+            if let Some(errno) = search.failed(errno) {
+                return errno;
             }
-            last = errno;
         }
-        if denied { libc::EACCES } else { last }
+        search.result()
+    }
+}
+
+/// How `execvp` goes on after a candidate fails: on to the next where
+/// the file is missing (or denied, remembered), else it stops there.
+/// It allocates nothing: `run`'s child uses it between fork and exec.
+struct Search {
+    denied: bool,
+    last: i32,
+}
+
+impl Default for Search {
+    fn default() -> Search {
+        Search {
+            denied: false,
+            last: libc::ENOENT,
+        }
+    }
+}
+
+impl Search {
+    /// Notes a candidate's `errno`; `Some` if the search ends with it.
+    fn failed(&mut self, errno: i32) -> Option<i32> {
+        match errno {
+            libc::EACCES => self.denied = true,
+            libc::ENOENT | libc::ESTALE | libc::ENOTDIR | libc::ENODEV | libc::ETIMEDOUT => {}
+            other => return Some(other),
+        }
+        self.last = errno;
+        None
+    }
+
+    /// The `errno` once every candidate failed: `EACCES` if a file was
+    /// found but could not be run, else the last error.
+    fn result(&self) -> i32 {
+        if self.denied { libc::EACCES } else { self.last }
     }
 }
 
 /// Replaces this process with `command`, set up by `build` (stdio, the
-/// environment), as `execvp` runs it: a file the kernel cannot run is run
-/// again, by `/bin/sh`, with `build` called a second time. Returns only
+/// environment), as glibc's `execvp` runs it: looked for in `PATH`, or
+/// in glibc's default where there is none (musl's `execvp` would try
+/// `/usr/local/bin` first), and a file the kernel cannot run is run
+/// again, by `/bin/sh`. `build` is called for each attempt. Returns only
 /// on failure, with the error to report.
 pub fn replace_process(command: &[OsString], mut build: impl FnMut(&mut Command)) -> io::Error {
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..]);
-    build(&mut cmd);
-    let error = cmd.exec();
-    if error.raw_os_error() != Some(libc::ENOEXEC) {
-        return error;
-    }
-    let Some(file) = runnable_file(&command[0]) else {
-        return error;
-    };
-    let mut shell = Command::new(OsStr::from_bytes(SHELL.to_bytes()));
-    shell.arg(file).args(&command[1..]);
-    build(&mut shell);
-    shell.exec()
-}
-
-/// The file `execvp` found for `program`: the first candidate that is a
-/// regular file we may execute.
-fn runnable_file(program: &OsStr) -> Option<OsString> {
     let path = std::env::var_os("PATH");
-    candidates(
-        program,
+    let mut search = Search::default();
+    for file in candidates(
+        &command[0],
         path.as_deref().map_or(DEFAULT_PATH, OsStr::as_bytes),
-    )
-    .into_iter()
-    .find(|file| {
-        // SAFETY: a NUL-terminated path.
-        let executable = unsafe { libc::access(file.as_ptr(), libc::X_OK) } == 0;
-        executable
-            && std::fs::metadata(OsStr::from_bytes(file.to_bytes())).is_ok_and(|m| m.is_file())
-    })
-    .map(|file| OsStr::from_bytes(file.to_bytes()).to_owned())
+    ) {
+        let file = OsStr::from_bytes(file.to_bytes());
+        // A path, so that std's exec goes straight to `execve`.
+        let mut cmd = Command::new(file);
+        cmd.arg0(&command[0]).args(&command[1..]);
+        build(&mut cmd);
+        let mut error = cmd.exec();
+        if error.raw_os_error() == Some(libc::ENOEXEC) {
+            let mut shell = Command::new(OsStr::from_bytes(SHELL.to_bytes()));
+            shell.arg(file).args(&command[1..]);
+            build(&mut shell);
+            error = shell.exec();
+        }
+        if search
+            .failed(error.raw_os_error().unwrap_or(libc::EIO))
+            .is_some()
+        {
+            return error;
+        }
+    }
+    io::Error::from_raw_os_error(search.result())
 }
 
 /// The files `execvp` tries for `program`: itself if it holds a `/`, else

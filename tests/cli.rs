@@ -356,6 +356,84 @@ fn a_cmd_without_a_shebang_runs_with_sh_as_execvp_runs_it() {
     );
 }
 
+/// `fdopen-client ARGS...` run with no `PATH`, in a private mount namespace
+/// where `/usr/local/bin` is an empty tmpfs holding only `only-here`
+/// (`echo found`), or with `PATH=/usr/local/bin` if `path` says so.
+/// `None`, the reason printed, where that cannot be set up.
+fn in_a_private_usr_local_bin(path: bool, args: &[&str]) -> Option<std::process::Output> {
+    if !is_root() || !std::path::Path::new("/usr/local/bin").is_dir() {
+        eprintln!("skipped: needs root and /usr/local/bin to mount a tmpfs over it");
+        return None;
+    }
+    let script = r#"client=$1; shift
+mount -t tmpfs fdopen-test /usr/local/bin || exit 99
+printf '#!/bin/sh\necho found\n' > /usr/local/bin/only-here
+chmod 755 /usr/local/bin/only-here
+if [ "$FDOPEN_TEST_KEEP_PATH" ]; then exec env PATH=/usr/local/bin "$client" "$@"; fi
+exec env -u PATH "$client" "$@""#;
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ])
+    .arg(client_under_test())
+    .args(args);
+    if path {
+        cmd.env("FDOPEN_TEST_KEEP_PATH", "1");
+    }
+    let out = cmd.output().unwrap();
+    if out.status.code() == Some(99) {
+        eprintln!("skipped: cannot mount a tmpfs here: {}", text(&out.stderr));
+        return None;
+    }
+    Some(out)
+}
+
+#[test]
+fn without_path_cmd_is_looked_for_in_bin_and_usr_bin_only() {
+    // With no PATH, glibc's execvp looks in /bin:/usr/bin, musl's in
+    // /usr/local/bin first. `run` looks where glibc does, and so must
+    // `open`, `exec`, `bind` and `retrieve -- CMD`, whichever libc the
+    // client has (`make test` runs this against both).
+    let s = demo_server();
+    let hello = s.path("hello.txt");
+    let socket = s.socket.to_str().unwrap();
+    let hello = hello.to_str().unwrap();
+    let commands: [&[&str]; 3] = [
+        &["--socket", socket, "run", "--", "only-here"],
+        &["--socket", socket, "exec", "--", "only-here"],
+        &["--socket", socket, "open", hello, "--", "only-here"],
+    ];
+    for args in commands {
+        // The set-up works: with PATH naming it, the program is found.
+        let Some(found) = in_a_private_usr_local_bin(true, args) else {
+            return;
+        };
+        assert_eq!(
+            text(&found.stdout),
+            "found\n",
+            "{args:?}: {}",
+            text(&found.stderr)
+        );
+        let out = in_a_private_usr_local_bin(false, args).unwrap();
+        assert_eq!(
+            text(&out.stdout),
+            "",
+            "{args:?} ran /usr/local/bin/only-here"
+        );
+        assert!(
+            text(&out.stderr).contains("No such file or directory"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn check_subcommand_prints_json_on_request() {
     let s = demo_server();

@@ -427,7 +427,7 @@ fn run_with(file: File, mode: Mode, command: &[OsString]) -> Result<i32, Error> 
 
 /// Puts `fd` at each of `onto` (0, 1) for the command that replaces us.
 /// Not through `Stdio`: [`crate::exec::replace_process`] may build the
-/// command twice.
+/// command more than once.
 pub(super) fn make_stdio(fd: BorrowedFd<'_>, onto: &[RawFd]) -> io::Result<()> {
     for &target in onto {
         // SAFETY: dup2 of a descriptor we hold onto a standard one, which

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,8 +26,11 @@ pub struct DirStreams {
     /// False until the first placeholder: until then a trapped
     /// `getdents`, `lseek` or `fstat` costs no more than reading this.
     any: AtomicBool,
-    made: AtomicU64,
 }
+
+/// Placeholders made by this process: each gets a name of its own, even
+/// with several [`DirStreams`] (tests) at once.
+static MADE: AtomicU64 = AtomicU64::new(0);
 
 /// One placeholder's real directory and where its reader is.
 pub struct Stream {
@@ -36,7 +39,7 @@ pub struct Stream {
     /// The placeholder's birth time, where its filesystem records one: an
     /// inode number freed and reused by another deleted directory is not
     /// taken for the placeholder that had it.
-    born: Option<std::time::SystemTime>,
+    born: Option<Birth>,
     /// The listing, fetched on the first read after opening or rewinding,
     /// and dropped once read to the end.
     entries: Option<Vec<DirEntry>>,
@@ -50,7 +53,7 @@ pub struct Stream {
 impl DirStreams {
     /// A new placeholder for `real`, registered; the caller installs it.
     pub fn make(&self, real: Within) -> io::Result<OwnedFd> {
-        let n = self.made.fetch_add(1, Ordering::Relaxed);
+        let n = MADE.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!(".fdopen-run-{}-{n}", std::process::id()));
         fs::DirBuilder::new().mode(0o700).create(&path)?;
         let opened = fs::OpenOptions::new()
@@ -63,7 +66,7 @@ impl DirStreams {
         let meta = dir.metadata()?;
         let stream = Stream {
             real,
-            born: meta.created().ok(),
+            born: birth(dir.as_fd()),
             entries: None,
             position: 0,
             at_end: false,
@@ -95,9 +98,11 @@ impl DirStreams {
         if !self.any() {
             return None;
         }
-        let meta = target.held_metadata(tgid, fd)?;
+        let held = target.held(tgid, fd)?;
+        let born = birth(held.as_fd());
+        let meta = fs::File::from(held).metadata().ok()?;
         let key = (meta.dev(), meta.ino());
-        let ours = |s: &Stream| s.born == meta.created().ok();
+        let ours = |s: &Stream| s.born == born;
         (meta.is_dir() && meta.nlink() == 0 && self.lock().get(&key).is_some_and(ours))
             .then_some(key)
     }
@@ -172,6 +177,29 @@ impl Stream {
             _ => None,
         }
     }
+}
+
+/// A birth time, seconds and nanoseconds.
+type Birth = (i64, u32);
+
+/// `fd`'s birth time, where its filesystem records one. From `statx`
+/// itself: std's `Metadata::created` has none on musl, which the shipped
+/// client links, and would leave every placeholder without one.
+fn birth(fd: BorrowedFd<'_>) -> Option<Birth> {
+    // SAFETY: all-zero is a valid statx; the call writes only it.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a live fd, an empty NUL-terminated path, our own buffer.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_BTIME,
+            &mut stx,
+        )
+    };
+    (rc == 0 && stx.stx_mask & libc::STATX_BTIME != 0)
+        .then_some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec))
 }
 
 /// Whether an open asks for a directory stream: `O_DIRECTORY`, read-only,
@@ -392,5 +420,38 @@ mod tests {
         );
         streams.forget(&fd);
         assert_eq!(streams.real(key), None);
+    }
+
+    #[test]
+    fn a_placeholder_knows_its_birth_time_where_the_kernel_gives_one() {
+        // std's `Metadata::created` has no statx on musl, which the
+        // shipped client links: it must not be what the check rests on.
+        let streams = DirStreams::default();
+        let real = Within {
+            path: "/srv".into(),
+            dev: 1,
+            ino: 2,
+        };
+        let fd = streams.make(real).unwrap();
+        // SAFETY: all-zero is a valid statx; the call writes only it.
+        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::statx(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                libc::STATX_BTIME,
+                &mut stx,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        if stx.stx_mask & libc::STATX_BTIME == 0 {
+            eprintln!("skipped: no birth times on {:?}", std::env::temp_dir());
+            return;
+        }
+        let meta = fs::File::from(fd.try_clone().unwrap()).metadata().unwrap();
+        let streams = streams.lock();
+        let stream = &streams[&(meta.dev(), meta.ino())];
+        assert!(stream.born.is_some(), "the kernel gave {:?}", stx.stx_btime);
     }
 }

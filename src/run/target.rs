@@ -309,6 +309,12 @@ impl Target {
     /// What `fstat` says of the task's `dirfd`, or of its cwd for
     /// `AT_FDCWD`.
     pub fn held_metadata(&self, tgid: i32, dirfd: i32) -> Option<fs::Metadata> {
+        fs::File::from(self.held(tgid, dirfd)?).metadata().ok()
+    }
+
+    /// Our own descriptor of what the task holds as `dirfd`, or of its
+    /// cwd for `AT_FDCWD`.
+    pub fn held(&self, tgid: i32, dirfd: i32) -> Option<OwnedFd> {
         let held = if dirfd == libc::AT_FDCWD {
             // Not through std's OpenOptions: it masks custom flags with
             // O_ACCMODE, which on musl includes O_PATH (as O_SEARCH), and
@@ -321,7 +327,7 @@ impl Target {
         } else {
             return None;
         };
-        fs::File::from(held).metadata().ok()
+        Some(held)
     }
 
     /// Whether one more descriptor fits in the task's table: fewer open

@@ -435,6 +435,47 @@ fn without_path_cmd_is_looked_for_in_bin_and_usr_bin_only() {
 }
 
 #[test]
+fn stat_reads_a_tz_naming_a_zoneinfo_file_from_that_file() {
+    // `EST5EDT` both names a zoneinfo file and parses as a POSIX zone
+    // without daylight rules: glibc (and stat(1)) read the file, musl
+    // took the string, and put a January time in daylight saving.
+    if !std::path::Path::new("/usr/share/zoneinfo/EST5EDT").is_file() {
+        eprintln!("skipped: no /usr/share/zoneinfo/EST5EDT");
+        return;
+    }
+    let dir = scratch();
+    let file = dir.path().join("f");
+    fs::write(&file, "").unwrap();
+    // 2026-01-15 12:00:00 UTC, in winter.
+    let january = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_768_478_400);
+    fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(january)
+        .unwrap();
+    let policy = json!({"rules": [
+        {"name": "f", "paths": [glob(&file)], "modes": ["stat"]}
+    ]})
+    .to_string();
+    let s = TestServer::start_in(dir, &policy, &[]);
+    let out = Command::new(client_under_test())
+        .env("TZ", "EST5EDT")
+        .arg("--socket")
+        .arg(&s.socket)
+        .arg("stat")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_succeeded(&out);
+    assert!(
+        text(&out.stdout).contains("Modify: 2026-01-15 07:00:00.000000000 -0500\n"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
 fn check_subcommand_prints_json_on_request() {
     let s = demo_server();
     let hello = s.path("hello.txt");

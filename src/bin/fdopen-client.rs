@@ -14,7 +14,9 @@ extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
     let args = unsafe { fdopen::cli::args_from_c(argc, argv) };
     // A panic must not unwind into C (that aborts, with a core file): it
     // ends the client with 101, as std's runtime ends it.
-    let code = std::panic::catch_unwind(|| fdopen::cli::client::main(args)).unwrap_or(101);
+    // SAFETY: nothing has started a thread yet.
+    let code =
+        std::panic::catch_unwind(|| unsafe { fdopen::cli::client::main(args) }).unwrap_or(101);
     // `exit` flushes stdout, as returning from std's `main` would.
     std::process::exit(code);
 }

@@ -214,7 +214,12 @@ pub enum ClientCommand {
 
 /// Runs the client on its command line (program name first); returns
 /// the exit code.
-pub fn main(args: Vec<OsString>) -> i32 {
+///
+/// # Safety
+///
+/// Only on the process's only thread: `stat` and `ls` may set `TZ`
+/// (see `zone`).
+pub unsafe fn main(args: Vec<OsString>) -> i32 {
     crate::logging::set_program("fdopen-client");
     let cli = Cli::from_args(args);
     if let ClientCommand::Completions { shell } = cli.command {
@@ -339,7 +344,9 @@ fn run(client: &mut Client, command: ClientCommand) -> Result<i32, Error> {
             }
             Ok(exit::OK)
         }
-        ClientCommand::Tree(tree) => super::tree::run(client, tree),
+        // SAFETY: `main`'s caller promised a single thread, and a tree
+        // command execs nothing.
+        ClientCommand::Tree(tree) => unsafe { super::tree::run(client, tree) },
         ClientCommand::Held(held) => super::held::run(client, held),
         ClientCommand::Stats { prometheus } => {
             let stats = client.stats()?;

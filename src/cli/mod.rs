@@ -9,6 +9,7 @@ pub mod man;
 pub mod prometheus;
 pub mod server;
 pub mod tree;
+mod zone;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 

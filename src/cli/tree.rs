@@ -71,7 +71,14 @@ pub enum TreeCommand {
 
 /// Runs one tree command; a refusal comes back as `Err` for the caller
 /// to report (exit 1), except with `--json`, which prints it.
-pub fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
+///
+/// # Safety
+///
+/// May change the environment (`TZ`, see [`super::zone`]): only on a
+/// single-threaded client that execs nothing afterwards.
+pub unsafe fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
+    // SAFETY: as the caller promised.
+    unsafe { super::zone::read_tz_as_glibc_does() };
     let mut out = io::stdout().lock();
     match command {
         TreeCommand::Stat {

@@ -16,7 +16,7 @@ const NOBODY: u32 = 65534;
 
 /// Runs `fdopen-client ARGS` as `nobody`.
 fn client_as_nobody(socket: &std::path::Path, args: &[&str]) -> std::process::Child {
-    let mut cmd = Command::new(CLIENT);
+    let mut cmd = Command::new(client_under_test());
     cmd.arg("--socket").arg(socket).args(args);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     common::as_ids(&mut cmd, NOBODY, NOBODY, &[])

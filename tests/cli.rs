@@ -191,13 +191,16 @@ fn client_exit_codes() {
     );
     assert!(refused.stdout.is_empty());
 
-    let usage = run(CLIENT, &["--socket", sock, "open", "--mode", "exec", "/x"]);
+    let usage = run(
+        &client_under_test(),
+        &["--socket", sock, "open", "--mode", "exec", "/x"],
+    );
     assert_eq!(usage.status.code(), Some(2));
-    let usage = run(CLIENT, &["--socket", sock, "frobnicate"]);
+    let usage = run(&client_under_test(), &["--socket", sock, "frobnicate"]);
     assert_eq!(usage.status.code(), Some(2));
 
     let unreachable = run(
-        CLIENT,
+        &client_under_test(),
         &["--socket", s.path("nobody.sock").to_str().unwrap(), "hello"],
     );
     assert_eq!(unreachable.status.code(), Some(3));
@@ -217,7 +220,7 @@ fn client_exit_codes() {
 #[test]
 fn a_panicking_client_exits_101_and_does_not_abort() {
     let s = demo_server();
-    let out = Command::new(CLIENT)
+    let out = Command::new(client_under_test())
         .arg("--socket")
         .arg(&s.socket)
         .arg("hello")
@@ -245,7 +248,7 @@ fn no_server_is_exit_3_with_the_paths_tried_and_how_to_start_one() {
     let dir = scratch();
     let runtime = dir.path().to_str().unwrap();
     for xdg in [None, Some(runtime)] {
-        let mut cmd = Command::new(CLIENT);
+        let mut cmd = Command::new(client_under_test());
         cmd.arg("hello")
             .env_remove("FDOPEN_SOCKET")
             .env_remove("XDG_RUNTIME_DIR");
@@ -270,7 +273,7 @@ fn no_server_is_exit_3_with_the_paths_tried_and_how_to_start_one() {
 #[test]
 fn socket_comes_from_fdopen_socket_when_not_given() {
     let s = demo_server();
-    let out = Command::new(CLIENT)
+    let out = Command::new(client_under_test())
         .arg("hello")
         .env("FDOPEN_SOCKET", &s.socket)
         .output()
@@ -525,7 +528,7 @@ fn help_documents_every_subcommand() {
     ] {
         assert!(t.contains(flag), "{flag}: {t}");
     }
-    let out = run(CLIENT, &["open", "--help"]);
+    let out = run(&client_under_test(), &["open", "--help"]);
     let t = text(&out.stdout);
     assert!(t.contains("readwrite") && t.contains("CMD"), "{t}");
 }
@@ -549,7 +552,7 @@ fn echo_demo_prints_every_line_of_several_clients() {
 
     let clients: Vec<_> = (0..4)
         .map(|i| {
-            let mut child = Command::new(CLIENT)
+            let mut child = Command::new(client_under_test())
                 .args(["--socket", sock.to_str().unwrap(), "echo"])
                 .stdin(Stdio::piped())
                 .spawn()

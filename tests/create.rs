@@ -269,7 +269,7 @@ fn created_files_belong_to_the_client_or_to_the_server_as_the_rule_says() {
     let s = upload_server();
     // Creates `path` as uid 1000 with `stdin` as its contents.
     let create_as_1000 = |path: &Path, extra: &[&str], stdin: &[u8]| {
-        let mut cmd = std::process::Command::new(CLIENT);
+        let mut cmd = std::process::Command::new(client_under_test());
         cmd.arg("--socket").arg(&s.socket).arg("open").arg(path);
         cmd.args(["--mode", "write", "--create"]).args(extra);
         cmd.stdin(std::process::Stdio::piped())

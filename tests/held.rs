@@ -379,7 +379,7 @@ fn another_users_fds_need_a_stored_by_rule() {
       {"name":"ops","names":["jobs/**"],"ops":["retrieve","list"],"stored_by":["nobody"],"users":[0]}]}"#;
     let s = TestServer::start(policy, &["--socket-mode", "0666"]);
     // nobody stores; the name is nobody's alone.
-    let mut store = std::process::Command::new(common::CLIENT);
+    let mut store = std::process::Command::new(common::client_under_test());
     store
         .arg("--socket")
         .arg(&s.socket)

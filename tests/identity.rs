@@ -109,7 +109,7 @@ fn identity_server() -> TestServer {
 }
 
 fn check_from(s: &TestServer, procs: &Path, path: &Path) -> std::process::Output {
-    let mut cmd = Command::new(CLIENT);
+    let mut cmd = Command::new(client_under_test());
     cmd.arg("--socket").arg(&s.socket).arg("check").arg(path);
     in_cgroup(cmd, procs).output().unwrap()
 }

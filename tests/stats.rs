@@ -104,7 +104,7 @@ fn stats_are_for_root_the_server_user_and_the_stats_group() {
     );
     // `fdopen-client stats` as uid:gid; its exit code (1: refused).
     let ask_as = |uid: u32, gid: u32| {
-        let mut cmd = std::process::Command::new(common::CLIENT);
+        let mut cmd = std::process::Command::new(common::client_under_test());
         cmd.arg("--socket").arg(&s.socket).arg("stats");
         common::as_ids(&mut cmd, uid, gid, &[])
             .output()

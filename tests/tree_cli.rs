@@ -57,7 +57,7 @@ impl Scripted {
 /// The client binary in the C locale, so `ls` sorts by bytes whatever
 /// locale the tests run in.
 fn client(socket: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(CLIENT)
+    std::process::Command::new(client_under_test())
         .env("LC_ALL", "C")
         .arg("--socket")
         .arg(socket)
@@ -468,7 +468,7 @@ fn nobody_sees_a_root_only_tree_as_root_sees_it_with_coreutils() {
     let client_as = |args: &[&str]| {
         let mut all = vec!["--socket", arg(&server.socket)];
         all.extend_from_slice(args);
-        run_as(uid, gid, CLIENT, &all)
+        run_as(uid, gid, &client_under_test(), &all)
     };
     // Without the server, nobody cannot even list it.
     assert!(!run_as(uid, gid, "ls", &[arg(&tree)]).status.success());
@@ -563,7 +563,7 @@ fn ls_into_a_closed_pipe_exits_0() {
     let peer = scripted(vec![
         json!({"ok":true,"path":"/s","rule":"r","entries":entries}),
     ]);
-    let mut child = std::process::Command::new(CLIENT)
+    let mut child = std::process::Command::new(client_under_test())
         .env("LC_ALL", "C")
         .arg("--socket")
         .arg(&peer.socket)

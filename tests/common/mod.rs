@@ -24,7 +24,7 @@ use tempfile::TempDir;
 pub const SERVER: &str = env!("CARGO_BIN_EXE_fdopen-server");
 pub const CLIENT: &str = env!("CARGO_BIN_EXE_fdopen-client");
 
-/// The client the `run` tests and [`run_client`] drive:
+/// The client every test that runs `fdopen-client` drives:
 /// `FDOPEN_TEST_CLIENT` if set (`make test` sets it to the static musl
 /// build that `make build` ships, for a second pass), else this build's.
 pub fn client_under_test() -> String {

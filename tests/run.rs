@@ -384,6 +384,21 @@ fn exit_status_and_signals_pass_through() {
 }
 
 #[test]
+fn a_command_killed_by_a_real_time_signal_ends_run_with_it() {
+    // Signal 40 is real-time whichever libc (glibc's SIGRTMIN is 34,
+    // musl's 35): nix's `WaitStatus` has no variant for it.
+    let Some(s) = Setup::new() else { return };
+    let killed = s.run(&["/bin/sh", "-c", "kill -40 $$"]);
+    assert_eq!(
+        killed.status.signal(),
+        Some(40),
+        "{:?}: {}",
+        killed.status,
+        String::from_utf8_lossy(&killed.stderr)
+    );
+}
+
+#[test]
 fn the_program_gets_no_descriptor_it_did_not_ask_for() {
     let Some(s) = Setup::new() else { return };
     let script = "import os\nprint(sorted(os.listdir('/proc/self/fd')))";

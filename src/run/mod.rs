@@ -51,7 +51,6 @@ use std::sync::{Arc, mpsc};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use globset::GlobSet;
@@ -60,6 +59,7 @@ use crate::client::Client;
 use crate::protocol::Scope;
 use broker::Broker;
 use listener::Listener;
+use process::Ended;
 use scope::BrokerScope;
 use target::Identity;
 
@@ -177,7 +177,7 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
     if let Some(signal) = await_server(&mut client, &job_ends)? {
         // The command never started: its child goes, and we die as told.
         drop(child);
-        return Ok(exit_code(WaitStatus::Signaled(Pid::this(), signal, false)));
+        return Ok(exit_code(Ended::Signaled(signal as i32)));
     }
     drop(job_ends);
     let scope = answers(client, ours)?;
@@ -318,11 +318,7 @@ fn unprivileged_port_start() -> u16 {
 
 /// Passes signals on and reaps children until no task that could trap is
 /// left; returns how the command itself ended.
-fn supervise(
-    child: Pid,
-    listener: BorrowedFd<'_>,
-    signals: &SignalFd,
-) -> Result<WaitStatus, RunError> {
+fn supervise(child: Pid, listener: BorrowedFd<'_>, signals: &SignalFd) -> Result<Ended, RunError> {
     // Opened before the command can be reaped, so it is the command's.
     let command = process::Pidfd::open(child.as_raw()).ok();
     let mut status = None;
@@ -360,7 +356,13 @@ fn supervise(
     reap(child, &mut status);
     match status {
         Some(status) => Ok(status),
-        None => waitpid(child, None).map_err(|e| setup("waiting for the command")(e.into())),
+        None => match process::wait(child.as_raw(), false) {
+            Ok(Some((_, ended))) => Ok(ended),
+            Ok(None) => Err(setup("waiting for the command")(
+                io::ErrorKind::Other.into(),
+            )),
+            Err(e) => Err(setup("waiting for the command")(e)),
+        },
     }
 }
 
@@ -375,14 +377,10 @@ fn forward(command: &Option<process::Pidfd>, signal: i32) {
 }
 
 /// Reaps every child that has ended, noting the command's status.
-fn reap(child: Pid, status: &mut Option<WaitStatus>) {
-    while let Ok(ended) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-        match ended {
-            WaitStatus::StillAlive => break,
-            WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) if pid == child => {
-                *status = Some(ended);
-            }
-            _ => {}
+fn reap(child: Pid, status: &mut Option<Ended>) {
+    while let Ok(Some((pid, ended))) = process::wait(-1, true) {
+        if pid == child.as_raw() {
+            *status = Some(ended);
         }
     }
 }
@@ -390,26 +388,26 @@ fn reap(child: Pid, status: &mut Option<WaitStatus>) {
 /// The command's exit code; for a command killed by a signal, `run` dies
 /// of the same signal (without a core file of its own), or returns
 /// 128 + the signal's number if it cannot.
-fn exit_code(status: WaitStatus) -> i32 {
+fn exit_code(status: Ended) -> i32 {
     match status {
-        WaitStatus::Exited(_, code) => code,
-        WaitStatus::Signaled(_, signal, _) => {
+        Ended::Exited(code) => code,
+        Ended::Signaled(signal) => {
             let no_core = libc::rlimit {
                 rlim_cur: 0,
                 rlim_max: 0,
             };
-            // SAFETY: plain syscalls; the default action of `signal` is what
-            // we want to happen to this process.
+            // SAFETY: plain syscalls on a set we own; the default action
+            // of `signal` is what we want to happen to this process.
             unsafe {
                 libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-                libc::signal(signal as i32, libc::SIG_DFL);
-                let mut set = SigSet::empty();
-                set.add(signal);
-                let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
-                libc::raise(signal as i32);
+                libc::signal(signal, libc::SIG_DFL);
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, signal);
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                libc::raise(signal);
             }
-            128 + signal as i32
+            128 + signal
         }
-        _ => 1,
     }
 }

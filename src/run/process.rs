@@ -8,6 +8,44 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+/// How a child ended. Not nix's `WaitStatus`: it has no variant for a
+/// real-time signal, and its `waitpid` fails on one, the status reaped
+/// and lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    Exited(i32),
+    /// Killed by this signal, whatever its number.
+    Signaled(i32),
+}
+
+/// `waitpid` for `pid` (-1: any child), exits and deaths only; `Ok(None)`
+/// where `nohang` found none ended yet.
+pub fn wait(pid: i32, nohang: bool) -> io::Result<Option<(i32, Ended)>> {
+    let flags = if nohang { libc::WNOHANG } else { 0 };
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes only the status we own.
+        let reaped = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if reaped < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if reaped == 0 {
+            return Ok(None);
+        }
+        // Without WUNTRACED or WCONTINUED a wait reports only these two.
+        let ended = if libc::WIFSIGNALED(status) {
+            Ended::Signaled(libc::WTERMSIG(status))
+        } else {
+            Ended::Exited(libc::WEXITSTATUS(status))
+        };
+        return Ok(Some((reaped, ended)));
+    }
+}
+
 /// Exit code, as shells give it, of a command that could not be started:
 /// 127 if it was not found, 126 if it was found but cannot be executed.
 /// A bare name searched in `PATH` fails with `EACCES` when some directory

@@ -74,7 +74,7 @@ pub enum TreeCommand {
 ///
 /// # Safety
 ///
-/// May change the environment (`TZ`, see [`super::zone`]): only on a
+/// May change the environment (`TZ`, see `cli::zone`): only on a
 /// single-threaded client that execs nothing afterwards.
 pub unsafe fn run(client: &mut Client, command: TreeCommand) -> Result<i32, Error> {
     // SAFETY: as the caller promised.

@@ -46,7 +46,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
@@ -181,12 +181,16 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
     }
     drop(job_ends);
     let scope = answers(client, ours)?;
+    // Taken before go, so that no failure after it leaves a started
+    // program unserved; by now the child has usually sent it.
+    let listener = child.listener()?;
+    let watched = listener
+        .try_clone()
+        .map_err(setup("duplicating the seccomp listener"))?;
     child.go()?;
     // Only the broker needs it: read while the child execs.
     let own = Identity::own().map_err(setup("reading our identity"))?;
-    // The broker thread compiles the scope while we wait for the child's
-    // listener, which it then gets.
-    let (hand_over, listener) = mpsc::sync_channel::<OwnedFd>(1);
+    // The broker thread compiles the scope while the child execs.
     let start = Start {
         scope,
         narrowed_to,
@@ -198,11 +202,6 @@ pub fn run(socket: &Path, options: &RunOptions) -> Result<i32, RunError> {
         .name("fdopen-run".into())
         .spawn(move || start.serve(listener))
         .map_err(setup("starting a broker thread"))?;
-    let listener = child.listener()?;
-    let watched = listener
-        .try_clone()
-        .map_err(setup("duplicating the seccomp listener"))?;
-    let _ = hand_over.send(listener);
     let child = child.exec_confirmed()?;
     let status = supervise(child, watched.as_fd(), &signals)?;
     Ok(exit_code(status))
@@ -287,14 +286,11 @@ struct Start {
 }
 
 impl Start {
-    /// Serves the listener that comes on `listener`, if one comes.
-    fn serve(self, listener: mpsc::Receiver<OwnedFd>) {
+    /// Serves the child's seccomp `listener`.
+    fn serve(self, listener: OwnedFd) {
         let shared = self.scope.is_some();
         let scope = BrokerScope::new(&self.scope.unwrap_or_default(), self.narrowed_to);
         let privileged_below = (shared && !self.no_bind).then(unprivileged_port_start);
-        let Ok(listener) = listener.recv() else {
-            return;
-        };
         let broker = Arc::new_cyclic(|me| Broker {
             listener: Listener::new(listener),
             scope,

@@ -162,6 +162,20 @@ pub fn replace_process(command: &[OsString], mut build: impl FnMut(&mut Command)
     io::Error::from_raw_os_error(search.result())
 }
 
+/// The files [`ExecPlan`] and [`replace_process`] try for `program`, with
+/// `PATH` as it is now (glibc's default where there is none): for `run`
+/// to tell a command not found from one found but not runnable.
+pub fn search(program: &OsStr) -> Vec<std::path::PathBuf> {
+    let path = std::env::var_os("PATH");
+    candidates(
+        program,
+        path.as_deref().map_or(DEFAULT_PATH, OsStr::as_bytes),
+    )
+    .into_iter()
+    .map(|file| OsStr::from_bytes(file.to_bytes()).into())
+    .collect()
+}
+
 /// The files `execvp` tries for `program`: itself if it holds a `/`, else
 /// `DIR/program` for each `DIR` of `path` (an empty entry is the current
 /// directory). None for an empty name.

@@ -760,3 +760,52 @@ fn a_directory_of_more_entries_than_one_answer_holds_lists_whole() {
     let out = t.same_as_root(&["/usr/bin/ls", "-1", many.to_str().unwrap()]);
     assert_eq!(out.lines().count(), 2500);
 }
+
+#[test]
+fn with_no_path_a_command_found_in_usr_bin_but_not_executable_is_126() {
+    // With no PATH, `run` looks for CMD in /bin:/usr/bin (as glibc's
+    // execvp does); its exit code must judge "found" by the same places,
+    // not by the current directory: a 0644 file at /usr/bin/yes, bound
+    // over it in a private mount namespace, is found and cannot run (126).
+    if !is_root() || !Path::new("/usr/bin/yes").is_file() {
+        eprintln!("skipped: needs root and /usr/bin/yes to bind a file over it");
+        return;
+    }
+    let s = common::TestServer::start(EMPTY_POLICY, &[]);
+    let plain = s.path("not-executable");
+    fs::write(&plain, "not a program\n").unwrap();
+    fs::set_permissions(&plain, fs::Permissions::from_mode(0o644)).unwrap();
+    let script = r#"plain=$1; shift
+mount --bind "$plain" /usr/bin/yes || exit 99
+exec env -u PATH "$@""#;
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(&plain)
+        .arg(common::client_under_test())
+        .arg("--socket")
+        .arg(&s.socket)
+        .args(["run", "--", "yes"])
+        .current_dir(s.path(""))
+        .output()
+        .unwrap();
+    if out.status.code() == Some(99) {
+        eprintln!(
+            "skipped: cannot bind-mount here: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+}

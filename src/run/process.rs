@@ -58,10 +58,13 @@ pub fn spawn_exit_code(program: &str, err: &io::Error) -> i32 {
     }
 }
 
-/// Whether some directory in `PATH` has an entry `name` we can see.
+/// Whether some place the exec looked for `name` in has an entry we can
+/// see: each `PATH` directory, or glibc's default (`/bin:/usr/bin`) where
+/// there is no `PATH`, as the exec itself searched.
 fn on_path(name: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).any(|dir| fs::symlink_metadata(dir.join(name)).is_ok())
+    crate::exec::search(name.as_ref())
+        .iter()
+        .any(|file| fs::symlink_metadata(file).is_ok())
 }
 
 /// The signals that reach every supervised process, not only the command:

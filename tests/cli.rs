@@ -326,6 +326,69 @@ fn open_runs_a_command_with_the_file_as_stdin_or_stdout() {
     assert_eq!(out.status.code(), Some(7));
 }
 
+/// `fdopen-client ARGS...` started with the descriptors `closed` closed,
+/// as a service manager or `cmd <&- >&-` may start it.
+fn client_with_closed(closed: &'static [i32], args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(client_under_test());
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+    // SAFETY: close only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in closed {
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn open_cmd_gets_the_file_on_stdin_and_stdout_even_when_started_without_them() {
+    // The granted file must reach CMD at 0 and/or 1 whichever descriptor
+    // it was received at, even at the very one it goes to (dup2 onto
+    // itself would leave it close-on-exec) or the other (closed as the
+    // original after its copy).
+    let s = demo_server();
+    let socket = s.socket.to_str().unwrap();
+    let hello = s.path("hello.txt");
+    let hello = hello.to_str().unwrap();
+    let log = s.path("out.log");
+    let log_path = log.to_str().unwrap();
+    for closed in [&[0][..], &[1], &[0, 1]] {
+        let out = client_with_closed(
+            closed,
+            &[
+                "--socket", socket, "open", hello, "--", "sh", "-c", "cat >&2",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{closed:?}: {out:?}");
+        assert_eq!(text(&out.stderr), "hello world\n", "{closed:?}");
+
+        fs::write(&log, "").unwrap();
+        let args = [
+            "--socket",
+            socket,
+            "open",
+            "--mode",
+            "readwrite",
+            log_path,
+            "--",
+            "sh",
+            "-c",
+            "cat <&0 >&2; echo written; echo also to stdin >&0",
+        ];
+        let out = client_with_closed(closed, &args);
+        assert_eq!(out.status.code(), Some(0), "{closed:?}: {out:?}");
+        assert_eq!(
+            fs::read_to_string(&log).unwrap(),
+            "written\nalso to stdin\n",
+            "{closed:?}: {out:?}"
+        );
+    }
+}
+
 #[test]
 fn a_cmd_without_a_shebang_runs_with_sh_as_execvp_runs_it() {
     // glibc's execvp runs a file the kernel cannot (ENOEXEC) with /bin/sh,

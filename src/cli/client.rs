@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -424,24 +424,35 @@ fn run_with(file: File, mode: Mode, command: &[OsString]) -> Result<i32, Error> 
         Mode::Write | Mode::Append => &[1],
         Mode::ReadWrite => &[0, 1],
     };
-    make_stdio(file.as_fd(), onto)?;
-    drop(file);
+    make_stdio(file.into(), onto)?;
     Ok(exec_failed(
         crate::exec::replace_process(command, |_| {}),
         &command[0],
     ))
 }
 
-/// Puts `fd` at each of `onto` (0, 1) for the command that replaces us.
-/// Not through `Stdio`: [`crate::exec::replace_process`] may build the
-/// command more than once.
-pub(super) fn make_stdio(fd: BorrowedFd<'_>, onto: &[RawFd]) -> io::Result<()> {
+/// Puts `fd` at each of `onto` (0, 1) for the command that replaces us,
+/// and closes it unless it already is one of them. Not through `Stdio`:
+/// [`crate::exec::replace_process`] may build the command more than once.
+pub(super) fn make_stdio(fd: OwnedFd, onto: &[RawFd]) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
     for &target in onto {
-        // SAFETY: dup2 of a descriptor we hold onto a standard one, which
-        // it closes first if open.
-        if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+        // SAFETY: fcntl and dup2 on a descriptor we hold; dup2 onto a
+        // standard one closes that first if open.
+        let done = if raw == target {
+            // dup2 onto itself would change nothing: the received file
+            // would stay close-on-exec and the command would lose it.
+            unsafe { libc::fcntl(raw, libc::F_SETFD, 0) }
+        } else {
+            unsafe { libc::dup2(raw, target) }
+        };
+        if done < 0 {
             return Err(io::Error::last_os_error());
         }
+    }
+    if onto.contains(&raw) {
+        // It is the command's now.
+        let _ = fd.into_raw_fd();
     }
     Ok(())
 }

@@ -73,8 +73,7 @@ pub fn run(client: &mut Client, command: HeldCommand) -> Result<i32, Error> {
             if command.is_empty() {
                 copy_out(fd)
             } else {
-                super::client::make_stdio(fd.as_fd(), &[0])?;
-                drop(fd);
+                super::client::make_stdio(fd, &[0])?;
                 let e = crate::exec::replace_process(&command, |_| {});
                 Ok(super::client::exec_failed(e, &command[0]))
             }

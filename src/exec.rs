@@ -45,11 +45,7 @@ impl ExecPlan {
             .iter()
             .map(|arg| CString::new(arg.as_bytes()).ok())
             .collect::<Option<_>>()?;
-        let path = std::env::var_os("PATH");
-        let candidates = candidates(
-            command.first()?,
-            path.as_deref().map_or(DEFAULT_PATH, OsStr::as_bytes),
-        );
+        let candidates = candidates_on_path(command.first()?);
         let mut pointers: Vec<_> = argv.iter().map(|a| a.as_ptr()).collect();
         pointers.push(std::ptr::null());
         let mut shell_argv = vec![SHELL.as_ptr(), std::ptr::null()];
@@ -134,12 +130,8 @@ impl Search {
 /// again, by `/bin/sh`. `build` is called for each attempt. Returns only
 /// on failure, with the error to report.
 pub fn replace_process(command: &[OsString], mut build: impl FnMut(&mut Command)) -> io::Error {
-    let path = std::env::var_os("PATH");
     let mut search = Search::default();
-    for file in candidates(
-        &command[0],
-        path.as_deref().map_or(DEFAULT_PATH, OsStr::as_bytes),
-    ) {
+    for file in candidates_on_path(&command[0]) {
         let file = OsStr::from_bytes(file.to_bytes());
         // A path, so that std's exec goes straight to `execve`.
         let mut cmd = Command::new(file);
@@ -166,14 +158,20 @@ pub fn replace_process(command: &[OsString], mut build: impl FnMut(&mut Command)
 /// `PATH` as it is now (glibc's default where there is none): for `run`
 /// to tell a command not found from one found but not runnable.
 pub fn search(program: &OsStr) -> Vec<std::path::PathBuf> {
+    candidates_on_path(program)
+        .into_iter()
+        .map(|file| OsStr::from_bytes(file.to_bytes()).into())
+        .collect()
+}
+
+/// [`candidates`] with `PATH` as it is now, or glibc's default where
+/// there is none.
+fn candidates_on_path(program: &OsStr) -> Vec<CString> {
     let path = std::env::var_os("PATH");
     candidates(
         program,
         path.as_deref().map_or(DEFAULT_PATH, OsStr::as_bytes),
     )
-    .into_iter()
-    .map(|file| OsStr::from_bytes(file.to_bytes()).into())
-    .collect()
 }
 
 /// The files `execvp` tries for `program`: itself if it holds a `/`, else

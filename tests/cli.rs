@@ -437,23 +437,13 @@ printf '#!/bin/sh\necho found\n' > /usr/local/bin/only-here
 chmod 755 /usr/local/bin/only-here
 if [ "$FDOPEN_TEST_KEEP_PATH" ]; then exec env PATH=/usr/local/bin "$client" "$@"; fi
 exec env -u PATH "$client" "$@""#;
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        script,
-        "sh",
-    ])
-    .arg(client_under_test())
-    .args(args);
+    let mut cmd = in_a_private_mount_namespace(script);
+    cmd.arg(client_under_test()).args(args);
     if path {
         cmd.env("FDOPEN_TEST_KEEP_PATH", "1");
     }
     let out = cmd.output().unwrap();
-    if out.status.code() == Some(99) {
+    if out.status.code() == Some(CANNOT_MOUNT) {
         eprintln!("skipped: cannot mount a tmpfs here: {}", text(&out.stderr));
         return None;
     }

@@ -778,16 +778,7 @@ fn with_no_path_a_command_found_in_usr_bin_but_not_executable_is_126() {
     let script = r#"plain=$1; shift
 mount --bind "$plain" /usr/bin/yes || exit 99
 exec env -u PATH "$@""#;
-    let out = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-            "sh",
-        ])
+    let out = common::in_a_private_mount_namespace(script)
         .arg(&plain)
         .arg(common::client_under_test())
         .arg("--socket")
@@ -796,7 +787,7 @@ exec env -u PATH "$@""#;
         .current_dir(s.path(""))
         .output()
         .unwrap();
-    if out.status.code() == Some(99) {
+    if out.status.code() == Some(common::CANNOT_MOUNT) {
         eprintln!(
             "skipped: cannot bind-mount here: {}",
             String::from_utf8_lossy(&out.stderr)

@@ -495,6 +495,28 @@ pub fn fd_count(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
+/// The exit code of a script for [`in_a_private_mount_namespace`] whose
+/// mount failed (no privilege, no tmpfs here): the test skips.
+pub const CANNOT_MOUNT: i32 = 99;
+
+/// `sh -c SCRIPT sh ARGS...` (arguments added by the caller) in a mount
+/// namespace of its own with private propagation, so that what the
+/// script mounts is gone when it ends and never seen outside. The script
+/// exits [`CANNOT_MOUNT`] when a mount fails.
+pub fn in_a_private_mount_namespace(script: &str) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ]);
+    cmd
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

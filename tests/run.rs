@@ -618,6 +618,16 @@ fn the_command_dies_with_a_killed_supervisor() {
     assert_eq!(ready, 1, "the command outlived its supervisor");
 }
 
+/// `run`'s connection to a server played by the test, once `run` has
+/// asked its two questions, `hello` then `scope`.
+fn accept_questions(listener: &std::os::unix::net::UnixListener) -> std::os::unix::net::UnixStream {
+    let (stream, _) = listener.accept().unwrap();
+    let mut questions = BufReader::new(&stream).lines();
+    assert!(questions.next().unwrap().unwrap().contains("hello"));
+    assert!(questions.next().unwrap().unwrap().contains("scope"));
+    stream
+}
+
 /// A server that takes the questions and never answers must not leave
 /// `run` deaf: SIGTERM (or Ctrl-C's SIGINT) sent to it while it waits
 /// ends it, dying of that signal, and the command, forked but not
@@ -630,11 +640,8 @@ fn a_signal_while_the_server_does_not_answer_ends_run_and_the_command_never_star
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let mut run = touch_under_run(&socket, &[]).spawn().unwrap();
-        let (stream, _) = listener.accept().unwrap();
-        let mut questions = BufReader::new(&stream).lines();
         // Both asked, neither answered, the connection open: run waits.
-        assert!(questions.next().unwrap().unwrap().contains("hello"));
-        assert!(questions.next().unwrap().unwrap().contains("scope"));
+        let _stream = accept_questions(&listener);
         // SAFETY: kill with integer arguments, to our own child.
         unsafe { libc::kill(run.id() as i32, signal) };
         let status = common::wait_timeout(&mut run, std::time::Duration::from_secs(30))
@@ -656,10 +663,7 @@ fn a_signal_while_the_server_stops_halfway_ends_run_and_the_command_never_starts
     let hello = "{\"ok\":true,\"server\":\"fdopen\",\"version\":\"0.2.0\",\"protocol\":3}\n";
     for said in [hello, "{\"ok\":tr"] {
         let mut run = touch_under_run(&socket, &[]).spawn().unwrap();
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut questions = BufReader::new(&stream).lines();
-        assert!(questions.next().unwrap().unwrap().contains("hello"));
-        assert!(questions.next().unwrap().unwrap().contains("scope"));
+        let mut stream = accept_questions(&listener);
         stream.write_all(said.as_bytes()).unwrap();
         // Until run has read it all: nothing left unread on our side.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

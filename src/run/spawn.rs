@@ -20,7 +20,6 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
 use super::filter;
@@ -160,7 +159,7 @@ impl Pending {
     fn stop(&mut self) {
         if !std::mem::replace(&mut self.settled, true) {
             let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = waitpid(self.pid, None);
+            let _ = super::process::wait(self.pid.as_raw(), false);
         }
     }
 }

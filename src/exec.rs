@@ -199,7 +199,8 @@ fn candidates(program: &OsStr, path: &[u8]) -> Vec<CString> {
         .collect()
 }
 
-fn last_errno() -> i32 {
+/// This thread's `errno` after a failed call (`EIO` if it has none).
+pub(crate) fn last_errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)

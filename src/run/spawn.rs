@@ -24,7 +24,7 @@ use nix::unistd::Pid;
 
 use super::filter;
 use super::{RunError, setup};
-use crate::exec::ExecPlan;
+use crate::exec::{ExecPlan, last_errno};
 
 /// The byte that lets the child exec; anything else, or none, stops it.
 const GO: u8 = b'g';
@@ -188,11 +188,6 @@ unsafe fn child(
             libc::send(channel, message.as_ptr().cast(), 6, libc::MSG_NOSIGNAL);
             libc::_exit(127)
         }
-    };
-    let last_errno = || {
-        io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
     };
     // SAFETY: plain system calls on our own process.
     unsafe {

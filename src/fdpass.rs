@@ -46,35 +46,131 @@ pub fn send_vectored<'a>(
     // `IoSlice` is ABI-compatible with `iovec`; sendmsg only reads them.
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iov.len() as _;
-    let mut fds = fds.into_iter().peekable();
-    if fds.peek().is_some() {
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of_val(&control) as _;
-        // SAFETY: CMSG_* only compute sizes and walk the buffer set above,
-        // which holds one header and MAX_FDS_PER_SEND descriptors; the
-        // count is checked before each write.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            let data = libc::CMSG_DATA(cmsg) as *mut RawFd;
-            let mut count = 0;
-            for fd in fds {
-                assert!(
-                    count < MAX_FDS_PER_SEND,
-                    "too many descriptors for one sendmsg"
-                );
-                data.add(count).write_unaligned(fd.as_raw_fd());
-                count += 1;
-            }
-            let len = (count * size_of::<RawFd>()) as u32;
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(len) as _;
-            msg.msg_controllen = libc::CMSG_SPACE(len) as _;
-        }
-    }
-    loop {
+    attach_rights(&mut msg, &mut control, fds);
+    retry_interrupted(|| {
         // SAFETY: msg points at live buffers of the lengths it states.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) }
+    })
+}
+
+/// Most messages one [`send_each`] sends.
+pub const MAX_MESSAGES_PER_SEND: usize = 64;
+
+/// One message for [`send_each`]: its bytes and the descriptor they carry.
+#[derive(Clone, Copy)]
+pub struct Message<'a> {
+    pub bytes: &'a [u8],
+    pub fd: Option<BorrowedFd<'a>>,
+}
+
+/// What [`send_each`] got out: `messages` were begun, all whole but
+/// perhaps the last, and `bytes` went out in all.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SentEach {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+/// Room for one `SCM_RIGHTS` header and one descriptor, aligned for
+/// `cmsghdr`.
+type OneFdControl = [u64; 3];
+
+/// Sends each of `messages` (at most [`MAX_MESSAGES_PER_SEND`]; more is a
+/// bug and panics) as a message of its own, its descriptor attached to it
+/// alone, in one `sendmmsg`. The receiver sees exactly what a `sendmsg`
+/// per message would have given it: a stream read never runs past bytes
+/// that carry descriptors. But we enter the kernel once, and a reader
+/// asleep on the socket is woken, and may take our CPU, once per call
+/// rather than once per message. Like the kernel, stops after a message
+/// the socket took only in part; a message after the first that fails
+/// ends the batch without an error (the next call meets it).
+pub fn send_each(sock: BorrowedFd<'_>, messages: &[Message<'_>]) -> io::Result<SentEach> {
+    assert!(
+        messages.len() <= MAX_MESSAGES_PER_SEND,
+        "too many messages for one sendmmsg"
+    );
+    if messages.is_empty() {
+        return Ok(SentEach {
+            messages: 0,
+            bytes: 0,
+        });
+    }
+    let mut iovs = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_MESSAGES_PER_SEND];
+    let mut controls = [OneFdControl::default(); MAX_MESSAGES_PER_SEND];
+    // SAFETY: all-zero is a valid mmsghdr.
+    let mut headers: [libc::mmsghdr; MAX_MESSAGES_PER_SEND] = unsafe { std::mem::zeroed() };
+    for (i, message) in messages.iter().enumerate() {
+        // sendmmsg only reads through iov_base.
+        iovs[i].iov_base = message.bytes.as_ptr() as *mut libc::c_void;
+        iovs[i].iov_len = message.bytes.len();
+        let msg = &mut headers[i].msg_hdr;
+        msg.msg_iov = &mut iovs[i];
+        msg.msg_iovlen = 1;
+        attach_rights(msg, &mut controls[i], message.fd);
+    }
+    let sent = retry_interrupted(|| {
+        // SAFETY: each header points at its own live iovec and control
+        // buffer, of the lengths it states; the kernel writes only msg_len.
+        unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                headers.as_mut_ptr(),
+                messages.len() as _,
+                libc::MSG_NOSIGNAL as _,
+            ) as isize
+        }
+    })?;
+    Ok(SentEach {
+        messages: sent,
+        bytes: headers[..sent].iter().map(|h| h.msg_len as usize).sum(),
+    })
+}
+
+/// Points `msg` at `control` and writes one `SCM_RIGHTS` message with
+/// `fds` into it, in order; with no descriptors, `msg` gets no control
+/// data. Panics if `control` has no room for them all.
+fn attach_rights<'a>(
+    msg: &mut libc::msghdr,
+    control: &mut [u64],
+    fds: impl IntoIterator<Item = BorrowedFd<'a>>,
+) {
+    let mut fds = fds.into_iter().peekable();
+    if fds.peek().is_none() {
+        return;
+    }
+    // SAFETY: CMSG_SPACE only computes a size.
+    let header_space = unsafe { libc::CMSG_SPACE(0) } as usize;
+    let room = (size_of_val(control) - header_space) / size_of::<RawFd>();
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(control) as _;
+    // SAFETY: CMSG_* only compute sizes and walk the buffer set above,
+    // which holds one header and `room` descriptors; the count is checked
+    // before each write.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(msg);
+        let data = libc::CMSG_DATA(cmsg) as *mut RawFd;
+        let mut count = 0;
+        for fd in fds {
+            assert!(count < room, "too many descriptors for one sendmsg");
+            data.add(count).write_unaligned(fd.as_raw_fd());
+            count += 1;
+        }
+        let len = (count * size_of::<RawFd>()) as u32;
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(len) as _;
+        msg.msg_controllen = libc::CMSG_SPACE(len) as _;
+    }
+}
+
+/// Runs a system call until it is not interrupted by a signal; a
+/// negative return is the error in `errno`.
+fn retry_interrupted(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let n = call();
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -145,18 +241,10 @@ fn recv_into(
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = control_len.min(control.len() * 8) as _;
-    let n = loop {
+    let n = retry_interrupted(|| {
         // SAFETY: msg points at live buffers of the lengths it states.
-        let n =
-            unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    };
+        unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags) }
+    })?;
     let mut fds = Vec::new();
     // SAFETY: the kernel filled msg_control up to msg_controllen; the CMSG
     // macros walk it within those bounds.
@@ -179,4 +267,104 @@ fn recv_into(
         fds,
         truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::net::UnixStream;
+
+    fn inode(fd: impl AsFd) -> u64 {
+        std::fs::File::from(fd.as_fd().try_clone_to_owned().unwrap())
+            .metadata()
+            .unwrap()
+            .ino()
+    }
+
+    #[test]
+    fn send_each_keeps_every_message_and_its_descriptor_apart() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let files: Vec<_> = ["/", "/proc", "/dev/null"]
+            .iter()
+            .map(|p| std::fs::File::open(p).unwrap())
+            .collect();
+        let messages = [
+            Message {
+                bytes: b"one\n",
+                fd: Some(files[0].as_fd()),
+            },
+            Message {
+                bytes: b"two\n",
+                fd: None,
+            },
+            Message {
+                bytes: b"three\n",
+                fd: Some(files[1].as_fd()),
+            },
+            Message {
+                bytes: b"four\n",
+                fd: Some(files[2].as_fd()),
+            },
+        ];
+        let sent = send_each(ours.as_fd(), &messages).unwrap();
+        assert_eq!(
+            sent,
+            SentEach {
+                messages: 4,
+                bytes: 19
+            }
+        );
+        // A reader with room for one descriptor gets each with the bytes
+        // of its own message: a read may take in "two" (no descriptor)
+        // before "three", but never goes past a message that brings one.
+        let mut buf = [0u8; 64];
+        let first = recv_with_room(theirs.as_fd(), &mut buf, 1).unwrap();
+        assert!(!first.truncated);
+        assert_eq!(first.fds.len(), 1);
+        assert_eq!(inode(&first.fds[0]), inode(&files[0]));
+        assert_eq!(&buf[..first.bytes], b"one\n");
+        let mut text = buf[..first.bytes].to_vec();
+        let mut fds = first.fds;
+        while text.len() < 19 {
+            let got = recv_with_room(theirs.as_fd(), &mut buf, 1).unwrap();
+            assert!(!got.truncated && got.fds.len() <= 1);
+            text.extend_from_slice(&buf[..got.bytes]);
+            if let Some(fd) = got.fds.into_iter().next() {
+                // A read ends with the message that brought a descriptor.
+                assert!(text.ends_with(b"three\n") || text.ends_with(b"four\n"));
+                fds.push(fd);
+            }
+        }
+        assert_eq!(text, b"one\ntwo\nthree\nfour\n");
+        let inodes: Vec<_> = fds.iter().map(inode).collect();
+        let wanted: Vec<_> = [&files[0], &files[1], &files[2]].map(inode).to_vec();
+        assert_eq!(inodes, wanted);
+    }
+
+    #[test]
+    fn send_each_stops_where_the_socket_is_full() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let big = vec![b'x'; 100 * 1024];
+        let messages = [Message {
+            bytes: &big,
+            fd: None,
+        }; 8];
+        let sent = send_each(ours.as_fd(), &messages).unwrap();
+        // Some went out, not all: the last counted one may be in part.
+        assert!(sent.messages >= 1 && sent.messages < 8, "{sent:?}");
+        assert!(sent.bytes > (sent.messages - 1) * big.len());
+        assert!(sent.bytes <= sent.messages * big.len());
+        // Full: the next call says so instead of sending nothing.
+        let err = loop {
+            match send_each(ours.as_fd(), &messages[..2]) {
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        drop(theirs);
+    }
 }

@@ -225,3 +225,16 @@ fn a_coalescing_client_that_reads_late_still_gets_every_fd_in_order() {
         assert!(most <= room && most > 1, "{most} fds in one message");
     }
 }
+
+#[test]
+fn a_client_that_did_not_ask_and_reads_late_still_gets_one_fd_per_message_in_order() {
+    // As above, for the answers the server sends several at a time, each
+    // a message of its own (`sendmmsg`): the socket fills up in the
+    // middle of a batch, and the rest goes out later, still one
+    // descriptor per message, in order.
+    let f = files(20);
+    let mut sock = f.server.connect();
+    assert_eq!(hello(&mut sock, r#"{"op":"hello"}"#)["ok"], true);
+    let expected = send_opens(&mut sock, &f, 3000);
+    assert_eq!(read_in_order(&sock, 1, &f, &expected), 1);
+}

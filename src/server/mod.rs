@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How long a worker polls for more work before it sleeps.
     pub busy_poll: Duration,
+    /// Niceness of the worker threads (`--worker-nice`).
+    pub worker_nice: i32,
     /// A request whose filesystem calls take longer is answered `io_error`.
     pub fs_timeout: Duration,
     /// Load a policy that others could have written, with a warning
@@ -76,6 +78,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             max_clients: 4096,
             busy_poll: Duration::from_micros(50),
+            worker_nice: -5,
             workers: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .clamp(1, 16),

@@ -158,6 +158,7 @@ pub(super) fn spawn_lane(
         .name(format!("fdopen-worker-{index}"))
         .stack_size(256 * 1024)
         .spawn(move || {
+            set_nice(shared.config.worker_nice);
             let mut taking_over = taking_over;
             // Requests catch their own failures; this is for the rest of
             // the loop: the lane is served on, never left with clients.
@@ -166,6 +167,26 @@ pub(super) fn spawn_lane(
             }
         })
         .map(drop)
+}
+
+/// Gives this thread the niceness `nice`. Without the right to raise its
+/// priority (a server not run as root, nor with `CAP_SYS_NICE`), the
+/// thread stays as it is, and says so once.
+fn set_nice(nice: i32) {
+    static REFUSED: std::sync::Once = std::sync::Once::new();
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority reads nothing of ours; the niceness of one
+    // thread (PRIO_PROCESS with a thread id) is a Linux guarantee.
+    let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if set != 0 {
+        let error = io::Error::last_os_error();
+        REFUSED.call_once(|| {
+            logging::warn(format_args!(
+                "workers keep their niceness: --worker-nice {nice} refused: {error}"
+            ));
+        });
+    }
 }
 
 /// A lane thread's life: rounds of wait, answer, flush, until shutdown or

@@ -119,6 +119,8 @@ struct Shared {
     protected: crate::resources::protected::Protected,
     /// Lanes stopped from reading for an upgrade.
     pause: upgrade::Pause,
+    /// Lanes busy-polling right now (see `worker::Poller`).
+    polling: AtomicUsize,
 }
 
 impl Shared {
@@ -211,6 +213,7 @@ impl Server {
             stats: stats::Stats::new(),
             protected,
             pause: upgrade::Pause::default(),
+            polling: AtomicUsize::new(0),
         });
         let refused = shared.holder.import(handed.entries);
         holder::spawn(shared.clone())?;

@@ -56,10 +56,11 @@ pub fn send_vectored<'a>(
 /// Most messages one [`send_each`] sends.
 pub const MAX_MESSAGES_PER_SEND: usize = 64;
 
-/// One message for [`send_each`]: its bytes and the descriptor they carry.
+/// One message for [`send_each`]: its bytes, gathered from `parts` in
+/// order, and the descriptor they carry.
 #[derive(Clone, Copy)]
 pub struct Message<'a> {
-    pub bytes: &'a [u8],
+    pub parts: &'a [io::IoSlice<'a>],
     pub fd: Option<BorrowedFd<'a>>,
 }
 
@@ -95,25 +96,20 @@ pub fn send_each(sock: BorrowedFd<'_>, messages: &[Message<'_>]) -> io::Result<S
             bytes: 0,
         });
     }
-    let mut iovs = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; MAX_MESSAGES_PER_SEND];
     let mut controls = [OneFdControl::default(); MAX_MESSAGES_PER_SEND];
     // SAFETY: all-zero is a valid mmsghdr.
     let mut headers: [libc::mmsghdr; MAX_MESSAGES_PER_SEND] = unsafe { std::mem::zeroed() };
     for (i, message) in messages.iter().enumerate() {
-        // sendmmsg only reads through iov_base.
-        iovs[i].iov_base = message.bytes.as_ptr() as *mut libc::c_void;
-        iovs[i].iov_len = message.bytes.len();
         let msg = &mut headers[i].msg_hdr;
-        msg.msg_iov = &mut iovs[i];
-        msg.msg_iovlen = 1;
+        // `IoSlice` is ABI-compatible with `iovec`; sendmmsg only reads them.
+        msg.msg_iov = message.parts.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = message.parts.len() as _;
         attach_rights(msg, &mut controls[i], message.fd);
     }
     let sent = retry_interrupted(|| {
-        // SAFETY: each header points at its own live iovec and control
-        // buffer, of the lengths it states; the kernel writes only msg_len.
+        // SAFETY: each header points at its message's live iovecs and its
+        // own control buffer, of the lengths it states; the kernel writes
+        // only msg_len.
         unsafe {
             libc::sendmmsg(
                 sock.as_raw_fd(),
@@ -292,19 +288,19 @@ mod tests {
             .collect();
         let messages = [
             Message {
-                bytes: b"one\n",
+                parts: &[io::IoSlice::new(b"one\n")],
                 fd: Some(files[0].as_fd()),
             },
             Message {
-                bytes: b"two\n",
+                parts: &[io::IoSlice::new(b"two\n")],
                 fd: None,
             },
             Message {
-                bytes: b"three\n",
+                parts: &[io::IoSlice::new(b"three\n")],
                 fd: Some(files[1].as_fd()),
             },
             Message {
-                bytes: b"four\n",
+                parts: &[io::IoSlice::new(b"four\n")],
                 fd: Some(files[2].as_fd()),
             },
         ];
@@ -348,8 +344,12 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
         let big = vec![b'x'; 100 * 1024];
+        let big_parts = [
+            io::IoSlice::new(&big[..40 * 1024]),
+            io::IoSlice::new(&big[40 * 1024..]),
+        ];
         let messages = [Message {
-            bytes: &big,
+            parts: &big_parts,
             fd: None,
         }; 8];
         let sent = send_each(ours.as_fd(), &messages).unwrap();

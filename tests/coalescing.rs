@@ -238,3 +238,54 @@ fn a_client_that_did_not_ask_and_reads_late_still_gets_one_fd_per_message_in_ord
     let expected = send_opens(&mut sock, &f, 3000);
     assert_eq!(read_in_order(&sock, 1, &f, &expected), 1);
 }
+
+#[test]
+fn answers_without_a_descriptor_between_grants_leave_one_fd_per_message_in_order() {
+    // A client that did not ask: answers without a descriptor (`check`,
+    // refusals) may share a message, each grant still has one of its own.
+    // 3000 of them, read late, so that sends also stop halfway.
+    let f = files(20);
+    let mut sock = f.server.connect();
+    assert_eq!(hello(&mut sock, r#"{"op":"hello"}"#)["ok"], true);
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..3000 {
+        let file = (i * 7) % f.inodes.len();
+        let (line, grant) = match i % 5 {
+            0 | 3 => (json!({"op": "open", "path": f.inodes[file].0}), Some(file)),
+            1 => (json!({"op": "check", "path": f.inodes[file].0}), None),
+            2 => (json!({"op": "open", "path": "/nowhere/granted"}), None),
+            _ => (
+                json!({"op": "open", "path": f.inodes[file].0, "mode": "write"}),
+                None,
+            ),
+        };
+        batch.extend_from_slice(format!("{line}\n").as_bytes());
+        expected.push(grant);
+    }
+    sock.write_all(&batch).unwrap();
+    let mut pending = Vec::new();
+    let mut fifo = std::collections::VecDeque::new();
+    let mut answered = 0;
+    while answered < expected.len() {
+        let message = recv_with_room(&sock, 1);
+        assert!(!message.truncated, "two descriptors in one message");
+        fifo.extend(message.fds);
+        pending.extend_from_slice(&message.bytes);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let v: Value = serde_json::from_slice(&line).unwrap();
+            match expected[answered] {
+                Some(file) => {
+                    assert_eq!(v["fd"], true, "answer {answered}: {v}");
+                    let fd = fifo.pop_front().expect("a descriptor came before its line");
+                    let ino = fs::File::from(fd).metadata().unwrap().ino();
+                    assert_eq!(ino, f.inodes[file].1, "answer {answered}: not its file");
+                }
+                None => assert_ne!(v["fd"], true, "answer {answered}: {v}"),
+            }
+            answered += 1;
+        }
+    }
+    assert!(pending.is_empty() && fifo.is_empty(), "nothing more came");
+}

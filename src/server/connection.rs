@@ -433,33 +433,62 @@ impl Connection {
         }
     }
 
-    /// The ready responses at the head of the queue, each in a message of
-    /// its own with its descriptor (SPEC §2 as in v2), the first (or what
-    /// is left of it) alone in a `sendmsg`, several in one `sendmmsg`: to
-    /// the client the same messages, but one call and one wake-up. Returns
-    /// the bytes sent and how many lines they began.
+    /// The ready responses at the head of the queue, as SPEC §2 has it for
+    /// a client that did not ask for `fds_per_message`: each one with a
+    /// descriptor in a message of its own, those without one together
+    /// (on a stream socket a reader cannot tell where their sends began).
+    /// One message goes out with `sendmsg`, several with one `sendmmsg`:
+    /// to the client the same messages, but one call and one wake-up.
+    /// Returns the bytes sent and how many lines they began.
     fn send_separately(&self) -> io::Result<(usize, usize)> {
-        let mut messages = [fdpass::Message {
-            bytes: &[],
-            fd: None,
-        }; fdpass::MAX_MESSAGES_PER_SEND];
-        let mut count = 0;
-        for out in self.outq.iter().take(messages.len()) {
+        let mut parts = [io::IoSlice::new(&[]); MAX_QUEUED_RESPONSES];
+        let mut fds = [None; MAX_QUEUED_RESPONSES];
+        let mut lines = 0;
+        for out in self.outq.iter().take(parts.len()) {
             if !out.ready() {
                 break;
             }
+            parts[lines] = io::IoSlice::new(&out.bytes[out.sent..]);
+            fds[lines] = out.fd_to_send();
+            lines += 1;
+        }
+        let mut messages = [fdpass::Message {
+            parts: &[],
+            fd: None,
+        }; fdpass::MAX_MESSAGES_PER_SEND];
+        let (mut count, mut line) = (0, 0);
+        while line < lines && count < messages.len() {
+            let first = line;
+            line += 1;
+            if fds[first].is_none() {
+                while line < lines && fds[line].is_none() {
+                    line += 1;
+                }
+            }
             messages[count] = fdpass::Message {
-                bytes: &out.bytes[out.sent..],
-                fd: out.fd_to_send(),
+                parts: &parts[first..line],
+                fd: fds[first],
             };
             count += 1;
         }
-        if count == 1 {
+        let sent = if count == 1 {
             let only = messages[0];
-            return fdpass::send(self.stream.as_fd(), only.bytes, only.fd).map(|n| (n, 1));
-        }
-        let sent = fdpass::send_each(self.stream.as_fd(), &messages[..count])?;
-        Ok((sent.bytes, sent.messages))
+            fdpass::send_vectored(self.stream.as_fd(), only.parts, only.fd)?
+        } else {
+            fdpass::send_each(self.stream.as_fd(), &messages[..count])?.bytes
+        };
+        // Messages go out in order, and a batch stops after one that went
+        // out in part: the lines begun are those that start before `sent`.
+        let mut start = 0;
+        let begun = parts[..line]
+            .iter()
+            .take_while(|part| {
+                let begins = start < sent;
+                start += part.len();
+                begins
+            })
+            .count();
+        Ok((sent, begun))
     }
 
     /// The ready responses at the head of the queue in one `sendmsg`, with

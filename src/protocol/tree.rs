@@ -434,7 +434,8 @@ pub enum TreeAnswer {
     },
 }
 
-/// Writes the answer line of a granted tree request.
+/// Writes the answer line of a granted tree request, serialised straight
+/// into `out` (a `stat` answer is the hot one: no map is built for it).
 pub fn encode_answer(
     out: &mut Vec<u8>,
     id: Option<&RawValue>,
@@ -442,79 +443,79 @@ pub fn encode_answer(
     rule: &str,
     answer: &TreeAnswer,
 ) {
-    let (path, path_b64) = json_path(path);
-    let mut line = serde_json::Map::new();
-    line.insert("ok".into(), true.into());
-    line.insert("path".into(), path.into_owned().into());
-    if let Some(b64) = path_b64 {
-        line.insert("path_b64".into(), b64.into());
+    let start = out.len();
+    let line = AnswerLine { path, rule, answer };
+    serde_json::to_writer(&mut *out, &line).expect("answer serialises");
+    // The id goes first, byte for byte as the client sent it.
+    if let Some(id) = id {
+        let id = id.get().as_bytes();
+        let at = start + 1;
+        out.splice(at..at, [b"\"id\":".as_slice(), id, b","].concat());
     }
-    let bytes_field =
-        |line: &mut serde_json::Map<String, serde_json::Value>, field: &str, bytes: &[u8]| {
-            let (text, b64) = json_path(Path::new(OsStr::from_bytes(bytes)));
-            line.insert(field.into(), text.into_owned().into());
-            if let Some(b64) = b64 {
-                line.insert(format!("{field}_b64"), b64.into());
+    out.push(b'\n');
+}
+
+/// The fields of a granted tree answer, in the order they go out.
+struct AnswerLine<'a> {
+    path: &'a Path,
+    rule: &'a str,
+    answer: &'a TreeAnswer,
+}
+
+impl Serialize for AnswerLine<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut line = serializer.serialize_map(None)?;
+        line.serialize_entry("ok", &true)?;
+        bytes_field(&mut line, "path", self.path.as_os_str().as_bytes())?;
+        match self.answer {
+            TreeAnswer::Stat(stat) => line.serialize_entry("stat", stat)?,
+            TreeAnswer::Link(target) => bytes_field(&mut line, "target", target)?,
+            TreeAnswer::XattrNames(names) => {
+                let text: Vec<_> = names.iter().map(|n| String::from_utf8_lossy(n)).collect();
+                line.serialize_entry("names", &text)?;
+                // Any name that is not UTF-8: every name's exact bytes too.
+                if names.iter().any(|n| std::str::from_utf8(n).is_err()) {
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    let exact: Vec<String> = names.iter().map(|n| b64.encode(n)).collect();
+                    line.serialize_entry("names_b64", &exact)?;
+                }
             }
-        };
-    match answer {
-        TreeAnswer::Stat(stat) => {
-            line.insert(
-                "stat".into(),
-                serde_json::to_value(stat).unwrap_or_default(),
-            );
-        }
-        TreeAnswer::Link(target) => bytes_field(&mut line, "target", target),
-        TreeAnswer::XattrNames(names) => {
-            let text: Vec<String> = names
-                .iter()
-                .map(|n| String::from_utf8_lossy(n).into_owned())
-                .collect();
-            line.insert("names".into(), text.into());
-            // Any name that is not UTF-8: every name's exact bytes too.
-            if names.iter().any(|n| std::str::from_utf8(n).is_err()) {
-                let b64 = base64::engine::general_purpose::STANDARD;
-                let exact: Vec<String> = names.iter().map(|n| b64.encode(n)).collect();
-                line.insert("names_b64".into(), exact.into());
+            TreeAnswer::XattrValue(value) => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+                line.serialize_entry("value_b64", &b64)?;
             }
-        }
-        TreeAnswer::XattrValue(value) => {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(value);
-            line.insert("value_b64".into(), b64.into());
-        }
-        TreeAnswer::Dir { entries, cursor } => {
-            line.insert(
-                "entries".into(),
-                serde_json::to_value(entries).unwrap_or_default(),
-            );
-            if let Some(cursor) = cursor {
-                line.insert("cursor".into(), cursor.clone().into());
+            TreeAnswer::Dir { entries, cursor } => {
+                line.serialize_entry("entries", entries)?;
+                if let Some(cursor) = cursor {
+                    line.serialize_entry("cursor", cursor)?;
+                }
             }
-        }
-        TreeAnswer::Created => {
-            line.insert("created".into(), true.into());
-        }
-        TreeAnswer::Done { to } => {
-            if let Some(to) = to {
-                let (text, b64) = json_path(to);
-                line.insert("to".into(), text.into_owned().into());
-                if let Some(b64) = b64 {
-                    line.insert("to_b64".into(), b64.into());
+            TreeAnswer::Created => line.serialize_entry("created", &true)?,
+            TreeAnswer::Done { to } => {
+                if let Some(to) = to {
+                    bytes_field(&mut line, "to", to.as_os_str().as_bytes())?;
                 }
             }
         }
+        line.serialize_entry("rule", self.rule)?;
+        line.end()
     }
-    line.insert("rule".into(), rule.into());
-    // The id goes first, byte for byte as the client sent it.
-    out.push(b'{');
-    if let Some(id) = id {
-        out.extend_from_slice(b"\"id\":");
-        out.extend_from_slice(id.get().as_bytes());
-        out.push(b',');
+}
+
+/// `field` as text, and where the bytes are not UTF-8, `field_b64` with
+/// them exactly (SPEC §4).
+fn bytes_field<M: serde::ser::SerializeMap>(
+    line: &mut M,
+    field: &'static str,
+    bytes: &[u8],
+) -> Result<(), M::Error> {
+    let (text, b64) = json_path(Path::new(OsStr::from_bytes(bytes)));
+    line.serialize_entry(field, &text)?;
+    if let Some(b64) = b64 {
+        line.serialize_entry(&format!("{field}_b64"), &b64)?;
     }
-    let body = serde_json::to_vec(&line).expect("answer serialises");
-    out.extend_from_slice(&body[1..]);
-    out.push(b'\n');
+    Ok(())
 }
 
 #[cfg(test)]
@@ -643,5 +644,41 @@ mod tests {
         assert_eq!(v["target_b64"], "/y94", "{v}");
         assert_eq!(v["rule"], "r");
         assert!(text.ends_with("}\n"));
+    }
+
+    #[test]
+    fn a_stat_answer_appends_one_line_whose_metadata_reads_back_whole() {
+        let time = |sec| Timestamp { sec, nsec: 5 };
+        let stat = Metadata {
+            dev: 1,
+            ino: 2,
+            mode: 0o100644,
+            nlink: 3,
+            uid: 4,
+            gid: 5,
+            rdev: 0,
+            size: 6,
+            blksize: 4096,
+            blocks: 8,
+            atime: time(7),
+            mtime: time(8),
+            ctime: time(9),
+            btime: None,
+        };
+        // What the buffer held before stays as it was.
+        let mut out = b"earlier\n".to_vec();
+        let id = RawValue::from_string("\"x\"".into()).unwrap();
+        let answer = TreeAnswer::Stat(stat.clone());
+        encode_answer(&mut out, Some(&id), Path::new("/d/f"), "r", &answer);
+        let text = std::str::from_utf8(&out).unwrap();
+        let line = text.strip_prefix("earlier\n").expect("appended");
+        assert!(line.starts_with(r#"{"id":"x","ok":true,"#), "{line}");
+        assert_eq!(line.matches('\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["path"], "/d/f");
+        assert_eq!(v["rule"], "r");
+        assert!(v.get("path_b64").is_none() && v["stat"].get("btime").is_none());
+        let back: Metadata = serde_json::from_value(v["stat"].clone()).unwrap();
+        assert_eq!(back, stat);
     }
 }

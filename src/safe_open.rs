@@ -18,9 +18,10 @@ use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{FileStat, Mode as Perm, SFlag};
+use nix::sys::stat::{Mode as Perm, SFlag};
 
 use crate::protocol::Mode;
+use crate::protocol::tree::{Metadata, Timestamp};
 
 /// The kind of filesystem object a path names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,8 +37,8 @@ pub enum FileKind {
 }
 
 impl FileKind {
-    fn of(stat: &FileStat) -> FileKind {
-        match SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT {
+    fn of(mode: u32) -> FileKind {
+        match SFlag::from_bits_truncate(mode) & SFlag::S_IFMT {
             SFlag::S_IFREG => FileKind::Regular,
             SFlag::S_IFDIR => FileKind::Directory,
             SFlag::S_IFIFO => FileKind::Fifo,
@@ -76,20 +77,7 @@ pub struct FileFacts {
 
 impl FileFacts {
     pub fn of(fd: impl AsFd) -> Result<FileFacts, OpenError> {
-        let stat = nix::sys::stat::fstat(fd).map_err(|e| OpenError::from_errno(e, "fstat"))?;
-        let mtime = if stat.st_mtime >= 0 {
-            SystemTime::UNIX_EPOCH + Duration::new(stat.st_mtime as u64, stat.st_mtime_nsec as u32)
-        } else {
-            SystemTime::UNIX_EPOCH - Duration::from_secs(stat.st_mtime.unsigned_abs())
-        };
-        Ok(FileFacts {
-            kind: FileKind::of(&stat),
-            size: stat.st_size.max(0) as u64,
-            mtime,
-            dev: stat.st_dev,
-            ino: stat.st_ino,
-            links: stat.st_nlink,
-        })
+        Ok(FileFacts::from(&metadata(fd.as_fd())?))
     }
 
     /// What a file about to be created would show: empty, new.
@@ -116,6 +104,63 @@ impl FileFacts {
     pub fn age(&self, now: SystemTime) -> Duration {
         now.duration_since(self.mtime).unwrap_or_default()
     }
+}
+
+impl From<&Metadata> for FileFacts {
+    fn from(stat: &Metadata) -> FileFacts {
+        let mtime = if stat.mtime.sec >= 0 {
+            SystemTime::UNIX_EPOCH + Duration::new(stat.mtime.sec as u64, stat.mtime.nsec)
+        } else {
+            SystemTime::UNIX_EPOCH - Duration::from_secs(stat.mtime.sec.unsigned_abs())
+        };
+        FileFacts {
+            kind: FileKind::of(stat.mode),
+            size: stat.size,
+            mtime,
+            dev: stat.dev,
+            ino: stat.ino,
+            links: stat.nlink,
+        }
+    }
+}
+
+/// `statx` of `fd`'s inode itself (`AT_EMPTY_PATH`; on an `O_PATH` handle
+/// nothing is opened, so a FIFO never blocks): the facts the policy
+/// checks and, in the same call, all a `stat` answer reports.
+pub fn metadata(fd: BorrowedFd<'_>) -> Result<Metadata, OpenError> {
+    // SAFETY: statx is plain old data; zero is a valid value of it.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a valid C string and `st` is writable.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
+            &mut st,
+        )
+    };
+    Errno::result(rc).map_err(|e| OpenError::from_errno(e, "statx"))?;
+    let time = |t: libc::statx_timestamp| Timestamp {
+        sec: t.tv_sec,
+        nsec: t.tv_nsec,
+    };
+    Ok(Metadata {
+        dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor),
+        ino: st.stx_ino,
+        mode: u32::from(st.stx_mode),
+        nlink: u64::from(st.stx_nlink),
+        uid: st.stx_uid,
+        gid: st.stx_gid,
+        rdev: libc::makedev(st.stx_rdev_major, st.stx_rdev_minor),
+        size: st.stx_size,
+        blksize: u64::from(st.stx_blksize),
+        blocks: st.stx_blocks,
+        atime: time(st.stx_atime),
+        mtime: time(st.stx_mtime),
+        ctime: time(st.stx_ctime),
+        btime: (st.stx_mask & libc::STATX_BTIME != 0).then(|| time(st.stx_btime)),
+    })
 }
 
 /// Why a file could not be opened.
@@ -151,6 +196,8 @@ pub struct Located {
     /// The path of the inode after every symlink was followed.
     pub real_path: PathBuf,
     pub facts: FileFacts,
+    /// Everything `statx` said of it, of which `facts` is the policy's part.
+    pub metadata: Metadata,
 }
 
 fn how(resolve: ResolveFlag) -> OpenHow {
@@ -252,7 +299,8 @@ fn locate_from(dir: BorrowedFd<'_>, base: &Path, rel: &Path) -> Result<Located, 
             }
             Err(e) => return Err(OpenError::from_errno(e, "cannot resolve path")),
         };
-    let facts = FileFacts::of(&handle)?;
+    let metadata = metadata(handle.as_fd())?;
+    let facts = FileFacts::from(&metadata);
     if facts.links == 0 && facts.kind == FileKind::Regular {
         // Unlinked between lookup and fstat: it no longer has a path.
         return Err(OpenError::NotFound);
@@ -261,6 +309,7 @@ fn locate_from(dir: BorrowedFd<'_>, base: &Path, rel: &Path) -> Result<Located, 
         handle,
         real_path,
         facts,
+        metadata,
     })
 }
 
@@ -395,11 +444,12 @@ impl Located {
             Perm::empty(),
         )
         .map_err(|e| OpenError::from_errno(e, "cannot resolve path"))?;
-        let facts = FileFacts::of(&handle)?;
+        let metadata = metadata(handle.as_fd())?;
         Ok(Located {
             handle,
             real_path: self.real_path.join(name),
-            facts,
+            facts: FileFacts::from(&metadata),
+            metadata,
         })
     }
 

@@ -27,7 +27,7 @@ use crate::decision::{Candidates, PathGrant, Refusal, Scratch, Wants, leads_else
 use crate::path_index::literal_prefix;
 use crate::peer::PeerIdentity;
 use crate::policy::{Owner, Policy, Rule, compile_glob};
-use crate::protocol::tree::{FileType, MAX_ENTRIES, Metadata, Timestamp, TreeAnswer, WireEntry};
+use crate::protocol::tree::{FileType, MAX_ENTRIES, TreeAnswer, WireEntry};
 use crate::protocol::{ErrorCode, PathMode, RequestPath, TreeOp, TreeRequest, Within};
 use crate::safe_open::{self, Base, FileKind, Located, OpenError};
 
@@ -157,7 +157,8 @@ impl<'a> Tree<'a> {
 
     fn stat(&mut self, request: &TreeRequest) -> Result<TreeDone, Refusal> {
         let (located, rule) = self.inode(request)?;
-        let stat = statx(located.handle()).map_err(|e| io("statx", e))?;
+        // Read when it was located, on the handle that pins it.
+        let stat = located.metadata.clone();
         Ok(TreeDone {
             path: located.real_path,
             rule: rule.name.clone(),
@@ -915,44 +916,6 @@ fn read_entries(
             at += reclen;
         }
     }
-}
-
-/// `statx` of the pinned inode itself (`AT_EMPTY_PATH` on its `O_PATH`
-/// handle): nothing is opened, so a FIFO never blocks.
-fn statx(fd: BorrowedFd<'_>) -> Result<Metadata, Errno> {
-    // SAFETY: statx is plain old data; zero is a valid value of it.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: the path is a valid C string and `st` is writable.
-    let rc = unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
-            &mut st,
-        )
-    };
-    Errno::result(rc)?;
-    let time = |t: libc::statx_timestamp| Timestamp {
-        sec: t.tv_sec,
-        nsec: t.tv_nsec,
-    };
-    Ok(Metadata {
-        dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor),
-        ino: st.stx_ino,
-        mode: u32::from(st.stx_mode),
-        nlink: u64::from(st.stx_nlink),
-        uid: st.stx_uid,
-        gid: st.stx_gid,
-        rdev: libc::makedev(st.stx_rdev_major, st.stx_rdev_minor),
-        size: st.stx_size,
-        blksize: u64::from(st.stx_blksize),
-        blocks: st.stx_blocks,
-        atime: time(st.stx_atime),
-        mtime: time(st.stx_mtime),
-        ctime: time(st.stx_ctime),
-        btime: (st.stx_mask & libc::STATX_BTIME != 0).then(|| time(st.stx_btime)),
-    })
 }
 
 /// The namespaces read (SPEC §3.6): never `trusted.`.

@@ -45,13 +45,14 @@ test: test-tools
 	# The tests that drive fdopen-client again, against it built for musl, as
 	# `make build` ships it: its libc differs (std masks O_PATH on musl;
 	# execvp's default PATH and TZ differ too); and `run`'s directory
-	# streams' unit tests (std's Metadata::created fails on musl).
+	# streams' unit tests (std's Metadata::created fails on musl) and fdpass's
+	# (musl's sendmmsg is a loop of sendmsg that we replace).
 	@if $(HAVE_MUSL) >/dev/null 2>&1; then \
 	  $(CARGO) build --locked --bin fdopen-client --target '$(MUSL)' && \
 	  FDOPEN_TEST_CLIENT='$(CURDIR)/target/$(MUSL)/debug/fdopen-client' \
 	    $(CARGO) test --locked --test run --test run_hardening --test run_programs --test cli \
 	      --test tree_cli --test bind --test create --test held --test identity --test stats && \
-	  $(CARGO) test --locked --lib --target '$(MUSL)' run::dir_stream; \
+	  $(CARGO) test --locked --lib --target '$(MUSL)' -- run::dir_stream fdpass; \
 	else echo "note: no $(MUSL) target (rustup): the client tests ran against the glibc client only"; fi
 
 # What the tests drive besides our binaries: a C compiler with a static

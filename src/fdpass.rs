@@ -110,19 +110,58 @@ pub fn send_each(sock: BorrowedFd<'_>, messages: &[Message<'_>]) -> io::Result<S
         // SAFETY: each header points at its message's live iovecs and its
         // own control buffer, of the lengths it states; the kernel writes
         // only msg_len.
-        unsafe {
-            libc::sendmmsg(
-                sock.as_raw_fd(),
-                headers.as_mut_ptr(),
-                messages.len() as _,
-                libc::MSG_NOSIGNAL as _,
-            ) as isize
-        }
+        unsafe { sendmmsg(sock, &mut headers[..messages.len()]) }
     })?;
     Ok(SentEach {
         messages: sent,
         bytes: headers[..sent].iter().map(|h| h.msg_len as usize).sum(),
     })
+}
+
+/// `sendmmsg(2)` of `headers`, with `MSG_NOSIGNAL`.
+///
+/// # Safety
+/// Each header must point at live buffers of the lengths it states.
+#[cfg(not(target_env = "musl"))]
+unsafe fn sendmmsg(sock: BorrowedFd<'_>, headers: &mut [libc::mmsghdr]) -> isize {
+    // SAFETY: as the caller promises.
+    unsafe {
+        libc::sendmmsg(
+            sock.as_raw_fd(),
+            headers.as_mut_ptr(),
+            headers.len() as _,
+            libc::MSG_NOSIGNAL as _,
+        ) as isize
+    }
+}
+
+/// `sendmmsg(2)` as the kernel does it, on musl: musl's own is, on 64-bit
+/// targets, a loop of `sendmsg` that goes on past a message the socket
+/// took only in part, so a reader that made room meanwhile got the next
+/// message in the middle of that one. This loop stops there, as the
+/// kernel's does, and like it returns an error only for the first message.
+///
+/// # Safety
+/// Each header must point at live buffers of the lengths it states.
+#[cfg(target_env = "musl")]
+unsafe fn sendmmsg(sock: BorrowedFd<'_>, headers: &mut [libc::mmsghdr]) -> isize {
+    for (i, header) in headers.iter_mut().enumerate() {
+        // SAFETY: as the caller promises.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &header.msg_hdr, libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            return if i == 0 { -1 } else { i as isize };
+        }
+        header.msg_len = n as _;
+        // SAFETY: the iovecs are live, as the caller promises.
+        let parts = unsafe {
+            std::slice::from_raw_parts(header.msg_hdr.msg_iov, header.msg_hdr.msg_iovlen as usize)
+        };
+        let len: usize = parts.iter().map(|part| part.iov_len).sum();
+        if (n as usize) < len {
+            return i as isize + 1;
+        }
+    }
+    headers.len() as isize
 }
 
 /// Points `msg` at `control` and writes one `SCM_RIGHTS` message with
@@ -366,5 +405,116 @@ mod tests {
         };
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         drop(theirs);
+    }
+
+    /// Sends `messages` as the server does, each call taking up to eight
+    /// from where the last stopped (the rest of a message begun first),
+    /// waiting with poll for room: what the reader gets must be every
+    /// message whole and in order. A short message must end a call:
+    /// musl's `sendmmsg` on 64-bit is a loop of `sendmsg` that went on past
+    /// one, so a reader draining meanwhile got the next message inside it.
+    #[test]
+    fn send_each_never_sends_past_a_message_sent_in_part() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        // A small buffer: most messages go out in parts.
+        let size: libc::c_int = 4096;
+        // SAFETY: the option's value is one live c_int.
+        let set = unsafe {
+            libc::setsockopt(
+                ours.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&size as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as _,
+            )
+        };
+        assert_eq!(set, 0);
+        // Message i: a run of one letter, ended by a newline; the slices
+        // share 26 buffers.
+        const COUNT: usize = 20_000;
+        const LONGEST: usize = 8_000;
+        let pools: Vec<Vec<u8>> = (b'a'..=b'z')
+            .map(|letter| {
+                let mut pool = vec![letter; LONGEST];
+                pool[LONGEST - 1] = b'\n';
+                pool
+            })
+            .collect();
+        let body = |i: usize| &pools[i % 26][LONGEST - 1 - (i * 7919) % (LONGEST - 1)..];
+        let bodies: Vec<&[u8]> = (0..COUNT).map(body).collect();
+        let lens: Vec<usize> = bodies.iter().map(|b| b.len()).collect();
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            for (i, len) in lens.into_iter().enumerate() {
+                let mut at = 0;
+                while at < len {
+                    let n = recv(theirs.as_fd(), &mut buf[..len - at]).unwrap().bytes;
+                    assert!(n > 0, "the stream ended early");
+                    let wanted = |j| {
+                        if at + j + 1 == len {
+                            b'\n'
+                        } else {
+                            b'a' + (i % 26) as u8
+                        }
+                    };
+                    for (j, &byte) in buf[..n].iter().enumerate() {
+                        assert_eq!(byte, wanted(j), "message {i}, byte {}", at + j);
+                    }
+                    at += n;
+                }
+            }
+        });
+        let (mut next, mut sent_of_next) = (0, 0);
+        while next < bodies.len() {
+            // Each message in two slices, as a server gathers answers.
+            let parts: Vec<[io::IoSlice<'_>; 2]> = bodies[next..bodies.len().min(next + 8)]
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    let body = &body[if i == 0 { sent_of_next } else { 0 }..];
+                    let (head, tail) = body.split_at(body.len() / 2);
+                    [io::IoSlice::new(head), io::IoSlice::new(tail)]
+                })
+                .collect();
+            let messages: Vec<_> = parts
+                .iter()
+                .map(|parts| Message { parts, fd: None })
+                .collect();
+            match send_each(ours.as_fd(), &messages) {
+                Ok(sent) => {
+                    // All whole but perhaps the last begun: this is what
+                    // Connection::consume counts on.
+                    let mut bytes = sent.bytes;
+                    for message in &messages[..sent.messages] {
+                        let len: usize = message.parts.iter().map(|p| p.len()).sum();
+                        if bytes < len {
+                            sent_of_next += bytes;
+                            bytes = 0;
+                            break;
+                        }
+                        bytes -= len;
+                        next += 1;
+                        sent_of_next = 0;
+                    }
+                    assert_eq!(bytes, 0);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut pollfd = libc::pollfd {
+                        fd: ours.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    // SAFETY: one live pollfd.
+                    unsafe { libc::poll(&mut pollfd, 1, -1) };
+                }
+                // The reader stopped: it says why.
+                Err(_) => break,
+            }
+        }
+        drop(ours);
+        reader
+            .join()
+            .expect("the reader got every message whole, in order");
     }
 }

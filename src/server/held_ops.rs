@@ -73,6 +73,7 @@ fn user_uid(
     let spawned = std::thread::Builder::new()
         .name("fdopen-getpwnam".into())
         .spawn(move || {
+            super::worker::unset_nice();
             let _ = tx.send(resolve(&owned));
             LOOKUPS.fetch_sub(1, Ordering::AcqRel);
         });
@@ -316,5 +317,34 @@ mod tests {
         assert_eq!(user_uid("root", |_| Some(0)).unwrap(), 0);
         let unknown = user_uid("nobody-here", |_| None).unwrap_err();
         assert_eq!(unknown.code, ErrorCode::BadRequest);
+    }
+
+    /// The niceness of the calling thread, plus 100 (a uid is unsigned).
+    fn niceness() -> u32 {
+        // SAFETY: gettid and getpriority read nothing of ours.
+        let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        (nice + 100) as u32
+    }
+
+    /// A thread inherits the niceness of the one that starts it: the
+    /// lookup thread must not keep its worker's (`--worker-nice`).
+    #[test]
+    fn a_user_lookup_runs_at_the_servers_niceness_not_its_workers() {
+        std::thread::spawn(|| {
+            let server = niceness();
+            // A worker that weighs less: that needs no privilege.
+            super::super::worker::set_nice(server as i32 - 100 + 3);
+            assert_eq!(niceness(), server + 3);
+            let looked_up = loop {
+                match user_uid("anyone", |_| Some(niceness())) {
+                    // a_hung_user_lookup_... may fill every lookup slot.
+                    Err(refusal) if refusal.code == ErrorCode::Busy => std::thread::yield_now(),
+                    other => break other.unwrap(),
+                }
+            };
+            assert_eq!(looked_up, server);
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -197,13 +197,32 @@ impl Drop for Poller<'_> {
     }
 }
 
+/// The niceness of the server's threads other than workers.
+static SERVER_NICE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Gives a thread that a worker started the niceness of the server's
+/// other threads: it inherited the worker's, which is for workers alone.
+pub(super) fn unset_nice() {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let nice = SERVER_NICE.load(Ordering::Relaxed);
+    // SAFETY: setpriority reads nothing of ours. Should it be refused, the
+    // thread keeps the worker's niceness, which set_nice has warned of.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+}
+
 /// Gives this thread the niceness `nice`. Without the right to raise its
 /// priority (a server not run as root, nor with `CAP_SYS_NICE`), the
 /// thread stays as it is, and says so once.
-fn set_nice(nice: i32) {
+pub(super) fn set_nice(nice: i32) {
     static REFUSED: std::sync::Once = std::sync::Once::new();
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
+    // What it had from the thread that started it, the server's own: for
+    // threads a worker starts (see `unset_nice`).
+    // SAFETY: getpriority reads nothing of ours.
+    let before = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
+    SERVER_NICE.store(before, Ordering::Relaxed);
     // SAFETY: setpriority reads nothing of ours; the niceness of one
     // thread (PRIO_PROCESS with a thread id) is a Linux guarantee.
     let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };

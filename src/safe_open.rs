@@ -348,7 +348,11 @@ impl Located {
 #[derive(Debug)]
 pub enum Base {
     Root,
-    Within { dir: Located, requested: PathBuf },
+    /// Boxed: a located inode carries all its `statx` says.
+    Within {
+        dir: Box<Located>,
+        requested: PathBuf,
+    },
 }
 
 impl Base {
@@ -358,7 +362,7 @@ impl Base {
         let dir = locate(path).ok()?;
         (dir.facts.kind == FileKind::Directory && (dir.facts.dev, dir.facts.ino) == (dev, ino))
             .then(|| Base::Within {
-                dir,
+                dir: Box::new(dir),
                 requested: path.to_owned(),
             })
     }

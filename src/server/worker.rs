@@ -183,11 +183,15 @@ impl<'a> Poller<'a> {
     }
 
     /// A turn, if fewer than `most` lanes counted in `polling` have one.
+    /// The count goes up only with a turn given, so a lane turned away
+    /// never makes another one look refused.
     fn enter(polling: &'a AtomicUsize, most: usize) -> Option<Poller<'a>> {
-        let before = polling.fetch_add(1, Ordering::Relaxed);
-        let turn = Poller(polling);
-        // When not taken, dropping `turn` gives the count back.
-        (before < most).then_some(turn)
+        polling
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < most).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Poller(polling))
     }
 }
 

@@ -200,6 +200,10 @@ def main():
     # no worse than the floor's.
     lines.append(f"worst throughput ratio of the open shapes: {min(ratios):.2f} (target >= 1.00); "
                  f"worst p99 ratio: {max(p99s):.2f} (target <= 1.00)")
+    deep = results.get((4, 16, "open"))
+    if deep:
+        lines.append(f"server CPU per grant at 4:16: {deep['fdopen']['cpu_us']:.2f} µs "
+                     f"(floor {deep['floor']['cpu_us']:.2f} µs; target <= 3.0 µs)")
     lines.append("")
     lines.append(f"| {args.idle} idle + 4 active | req/s | idle answered (start/end) | server RSS MiB | server threads |")
     lines.append("| --- | ---: | ---: | ---: | ---: |")

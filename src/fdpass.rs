@@ -80,9 +80,9 @@ type OneFdControl = [u64; 3];
 /// bug and panics) as a message of its own, its descriptor attached to it
 /// alone, in one `sendmmsg`. The receiver sees exactly what a `sendmsg`
 /// per message would have given it: a stream read never runs past bytes
-/// that carry descriptors. But we enter the kernel once, and a reader
-/// asleep on the socket is woken, and may take our CPU, once per call
-/// rather than once per message. Like the kernel, stops after a message
+/// that carry descriptors. But we enter the kernel once, not once per
+/// message (the reader is still signalled per message; only the first
+/// signal finds it asleep). Like the kernel, stops after a message
 /// the socket took only in part; a message after the first that fails
 /// ends the batch without an error (the next call meets it).
 pub fn send_each(sock: BorrowedFd<'_>, messages: &[Message<'_>]) -> io::Result<SentEach> {

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -183,23 +183,12 @@ impl Stream {
 type Birth = (i64, u32);
 
 /// `fd`'s birth time, where its filesystem records one. From `statx`
-/// itself: std's `Metadata::created` has none on musl, which the shipped
-/// client links, and would leave every placeholder without one.
+/// itself (the one [`crate::safe_open::metadata`] makes): std's
+/// `Metadata::created` has none on musl, which the shipped client links,
+/// and would leave every placeholder without one.
 fn birth(fd: BorrowedFd<'_>) -> Option<Birth> {
-    // SAFETY: all-zero is a valid statx; the call writes only it.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: a live fd, an empty NUL-terminated path, our own buffer.
-    let rc = unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            libc::STATX_BTIME,
-            &mut stx,
-        )
-    };
-    (rc == 0 && stx.stx_mask & libc::STATX_BTIME != 0)
-        .then_some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec))
+    let btime = crate::safe_open::metadata(fd).ok()?.btime?;
+    Some((btime.sec, btime.nsec))
 }
 
 /// Whether an open asks for a directory stream: `O_DIRECTORY`, read-only,
